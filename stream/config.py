@@ -1,0 +1,114 @@
+"""Settings: a YAML file, then environment overrides (``MLMON_<KEY>``), then explicit arguments.
+
+>>> Config.from_mapping({"join_ttl": "2h", "windows": ["tumbling 1h", "cumulative"]}).join_ttl_s
+7200
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream.core.rules import Rule
+from stream.core.windows import WindowSpec, parse_duration_s
+from stream.errors import ConfigError
+
+DEFAULT_WINDOWS = ("tumbling 1h", "tumbling 1d", "cumulative")
+
+
+@dataclass
+class Config:
+    join_ttl_s: int = 86400
+    windows: list[WindowSpec] = field(default_factory=lambda: [WindowSpec.parse(w) for w in DEFAULT_WINDOWS])
+    emit_interval_s: int = 60  # event time between metric revisions in replay
+    watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
+    regression_models: list[str] = field(default_factory=list)
+    max_models: int = 100
+    max_classes: int = 100
+    max_segment_values: int = 50
+    max_record_bytes: int = 64 * 1024
+    rules: list[Rule] = field(default_factory=list)
+    # Kafka (used by the worker only)
+    broker: str = "127.0.0.1:9092"
+    predictions_topic: str = "predictions"
+    labels_topic: str = "labels"
+    metrics_topic: str = "model-metrics"
+    alerts_topic: str = "model-alerts"
+    dead_letters_topic: str = "mlmon-dead-letters"
+    partitions: int = 4
+    app_id: str = "mlmon"
+    data_dir: str = "mlmon-data"
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> Config:
+        config = cls()
+        known = {f.name for f in fields(cls)}
+        for key, value in raw.items():
+            if key in ("rules", "windows", "regression_models"):
+                continue
+            name = key if key in known else f"{key}_s" if f"{key}_s" in known else None
+            if name is None:
+                raise ConfigError(f"unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            current = getattr(config, name)
+            if name.endswith("_s"):
+                value = parse_duration_s(value)
+            elif isinstance(current, int):
+                if isinstance(value, str) and value.isdigit():
+                    value = int(value)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"setting '{key}' must be a whole number, got {value!r}")
+            setattr(config, name, value)
+        if "windows" in raw:
+            if not isinstance(raw["windows"], list) or not raw["windows"]:
+                raise ConfigError("'windows' must be a non-empty list")
+            config.windows = [WindowSpec.parse(w) for w in raw["windows"]]
+        if len({w.name for w in config.windows}) != len(config.windows):
+            raise ConfigError("'windows' lists the same window twice")
+        config.regression_models = [str(m) for m in raw.get("regression_models", [])]
+        config.rules = parse_rules(raw.get("rules", []))
+        config.check_rules()
+        return config
+
+    def check_rules(self) -> None:
+        names = {w.name for w in self.windows}
+        for rule in self.rules:
+            if rule.window not in names:
+                raise ConfigError(f"rule {rule.name}: window '{rule.window}' is not configured {sorted(names)}")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, rules_path: str | Path | None = None) -> Config:
+        raw = read_yaml(path) if path else {}
+        for f in fields(cls):
+            env = os.environ.get(f"MLMON_{f.name.upper()}")
+            if env is not None and f.name not in ("rules", "windows", "regression_models"):
+                raw[f.name] = env
+        config = cls.from_mapping(raw)
+        if rules_path:
+            config.rules = parse_rules(read_yaml(rules_path).get("rules", []))
+            config.check_rules()
+        return config
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return raw
+
+
+def parse_rules(raw: Any) -> list[Rule]:
+    if not isinstance(raw, list):
+        raise ConfigError("'rules' must be a list")
+    rules = [Rule.parse(r) for r in raw]
+    if len({r.name for r in rules}) != len(rules):
+        raise ConfigError("two rules share a name")
+    return rules

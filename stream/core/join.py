@@ -1,0 +1,140 @@
+"""Pair predictions with labels by request id, in either arrival order, within a TTL.
+
+Rules (issue #3): a label more than ``ttl_s`` after its prediction is *late* (not joined);
+a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no prediction by
+``ts + ttl_s`` is *orphaned*; the first prediction and the first label per id win, later ones
+are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
+replay engine and the Kafka worker count the same input the same way.
+
+Resolved ids leave a small tombstone (id -> outcome) until ``2 * ttl_s`` after their time, so
+duplicates and late labels are recognised; expiry is swept by time buckets (one list slot per
+entry), not a heap of tuples.
+
+Entries are opaque tuples whose first item is the event timestamp.
+
+>>> jb = JoinBuffer(ttl_s=100)
+>>> jb.add_label("r1", (5.0, "cat"))[0] is Outcome.PENDING
+True
+>>> outcome, prediction, label = jb.add_prediction("r1", (1.0, "dog"))
+>>> outcome.name, prediction, label
+('JOINED', (1.0, 'dog'), (5.0, 'cat'))
+>>> jb.add_label("r1", (6.0, "cat"))[0].name
+'DUPLICATE'
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from enum import Enum
+from typing import Any
+
+Entry = tuple[Any, ...]  # (timestamp, ...): the caller's payload
+
+
+class Outcome(Enum):
+    PENDING = "pending"
+    JOINED = "joined"
+    DUPLICATE = "duplicate"
+    LATE = "late"  # the label came after the TTL; its prediction is expired at once
+
+
+# Tombstone states: what a resolved id's next record means.
+_JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
+_NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
+
+
+class _Buckets:
+    """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers."""
+
+    __slots__ = ("bucket_s", "by_bucket", "heap")
+
+    def __init__(self, bucket_s: float) -> None:
+        self.bucket_s = bucket_s
+        self.by_bucket: dict[int, list[str]] = {}
+        self.heap: list[int] = []
+
+    def add(self, deadline: float, request_id: str) -> None:
+        bucket = int(deadline // self.bucket_s)
+        ids = self.by_bucket.get(bucket)
+        if ids is None:
+            ids = self.by_bucket[bucket] = []
+            heapq.heappush(self.heap, bucket)
+        ids.append(request_id)
+
+    def due(self, watermark: float) -> list[str]:
+        """Ids whose bucket ended at or before the watermark (their deadline has passed)."""
+        out: list[str] = []
+        heap = self.heap
+        while heap and (math.isinf(watermark) or (heap[0] + 1) * self.bucket_s <= watermark):
+            out.extend(self.by_bucket.pop(heapq.heappop(heap)))
+        return out
+
+
+class JoinBuffer:
+    def __init__(self, ttl_s: float, bucket_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self.predictions: dict[str, Entry] = {}
+        self.labels: dict[str, Entry] = {}
+        self.tombstones: dict[str, int] = {}
+        self._prediction_due = _Buckets(bucket_s)
+        self._label_due = _Buckets(bucket_s)
+        self._tombstone_due = _Buckets(bucket_s)
+
+    def _resolve(self, request_id: str, state: int, ts: float) -> None:
+        self.tombstones[request_id] = state
+        self._tombstone_due.add(ts + 2 * self.ttl_s, request_id)
+
+    def add_prediction(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
+        if request_id in self.predictions:
+            return Outcome.DUPLICATE, None, None
+        label = self.labels.pop(request_id, None)
+        if label is not None:
+            self._resolve(request_id, _JOINED, entry[0])
+            if label[0] - entry[0] > self.ttl_s:
+                return Outcome.LATE, entry, label
+            return Outcome.JOINED, entry, label
+        if request_id in self.tombstones and self.tombstones[request_id] != _LABEL_ORPHANED:
+            return Outcome.DUPLICATE, None, None
+        self.predictions[request_id] = entry
+        self._prediction_due.add(entry[0] + self.ttl_s, request_id)
+        return _NOTHING
+
+    def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
+        prediction = self.predictions.pop(request_id, None)
+        if prediction is not None:
+            self._resolve(request_id, _JOINED, prediction[0])
+            if entry[0] - prediction[0] > self.ttl_s:
+                return Outcome.LATE, prediction, entry
+            return Outcome.JOINED, prediction, entry
+        if request_id in self.labels:
+            return Outcome.DUPLICATE, None, None
+        state = self.tombstones.get(request_id)
+        if state == _PREDICTION_EXPIRED:
+            self.tombstones[request_id] = _JOINED  # any further label is a duplicate
+            return Outcome.LATE, None, entry
+        if state is not None:
+            return Outcome.DUPLICATE, None, None
+        self.labels[request_id] = entry
+        self._label_due.add(entry[0] + self.ttl_s, request_id)
+        return _NOTHING
+
+    def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
+        """Resolve what the watermark has passed: (expired predictions, orphaned labels)."""
+        expired = self._sweep(self.predictions, self._prediction_due, watermark, _PREDICTION_EXPIRED)
+        orphaned = self._sweep(self.labels, self._label_due, watermark, _LABEL_ORPHANED)
+        tombstones = self.tombstones
+        for request_id in self._tombstone_due.due(watermark):
+            tombstones.pop(request_id, None)
+        return expired, orphaned
+
+    def _sweep(self, pending: dict[str, Entry], due: _Buckets, watermark: float, state: int) -> list[Entry]:
+        out: list[Entry] = []
+        ttl = self.ttl_s
+        for request_id in due.due(watermark):
+            entry = pending.get(request_id)
+            if entry is not None and entry[0] + ttl < watermark:
+                del pending[request_id]
+                out.append(entry)
+                self._resolve(request_id, state, entry[0])
+        return out

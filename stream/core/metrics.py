@@ -1,0 +1,206 @@
+"""Exact metrics from additive state, equal to scikit-learn (``zero_division=0``) to 1e-9.
+
+Classification figures come from one confusion matrix; probabilistic ones (log loss, Brier)
+and regression ones from running sums that also support ``revert`` for rolling windows.
+
+>>> import numpy as np
+>>> m = classification(np.array([[3, 1], [0, 4]]), ["no", "yes"])
+>>> round(m["accuracy"], 3), round(m["f1_macro"], 3), m["support"]
+(0.875, 0.873, {'no': 4, 'yes': 4})
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+EPS = float(np.finfo(np.float64).eps)
+
+# Metrics that are proportions of pairs: the statistical gate may use a Wilson bound on them.
+PROPORTIONS = frozenset({
+    "accuracy", "balanced_accuracy", "precision_macro", "precision_micro", "precision_weighted",
+    "recall_macro", "recall_micro", "recall_weighted", "f1_macro", "f1_micro", "f1_weighted",
+})
+HIGHER_IS_BETTER = PROPORTIONS | {"mcc", "cohen_kappa", "r2"}
+
+
+def _ratio(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """num / den, with 0 where den is 0 (scikit-learn's zero_division=0)."""
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def classification(counts: npt.NDArray[np.int64], classes: list[str]) -> dict[str, Any]:
+    """All classification metrics of one matrix (rows actual, columns predicted)."""
+    cells = counts.astype(np.float64)
+    n = float(cells.sum())
+    if n == 0:
+        return {}
+    tp = np.diag(cells)
+    actual = cells.sum(axis=1)
+    predicted = cells.sum(axis=0)
+    precision = _ratio(tp, predicted)
+    recall = _ratio(tp, actual)
+    f1 = _ratio(2 * tp, actual + predicted)
+    weights = actual / n
+    correct = float(tp.sum())
+    accuracy = correct / n
+    has_support = actual > 0
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "balanced_accuracy": float(recall[has_support].mean()),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+        "precision_micro": accuracy,
+        "recall_micro": accuracy,
+        "f1_micro": accuracy,
+        "precision_weighted": float(precision @ weights),
+        "recall_weighted": float(recall @ weights),
+        "f1_weighted": float(f1 @ weights),
+        "mcc": _mcc(correct, n, actual, predicted),
+        "cohen_kappa": _kappa(cells, actual, predicted, n),
+        "precision": dict(zip(classes, precision.tolist(), strict=True)),
+        "recall": dict(zip(classes, recall.tolist(), strict=True)),
+        "f1": dict(zip(classes, f1.tolist(), strict=True)),
+        "support": dict(zip(classes, actual.astype(np.int64).tolist(), strict=True)),
+    }
+    return out
+
+
+def _mcc(correct: float, n: float, actual: npt.NDArray[np.float64], predicted: npt.NDArray[np.float64]) -> float:
+    cov_tp = correct * n - float(actual @ predicted)
+    cov_pp = n * n - float(predicted @ predicted)
+    cov_tt = n * n - float(actual @ actual)
+    if cov_pp * cov_tt == 0:
+        return 0.0
+    return cov_tp / math.sqrt(cov_tt * cov_pp)
+
+
+def _kappa(
+    cells: npt.NDArray[np.float64], actual: npt.NDArray[np.float64], predicted: npt.NDArray[np.float64], n: float
+) -> float | None:
+    """Cohen's kappa; None where scikit-learn gives NaN (one class only: chance agreement is total)."""
+    expected = np.outer(actual, predicted) / n
+    off_diagonal = ~np.eye(len(cells), dtype=bool)
+    disagreement_expected = float(expected[off_diagonal].sum())
+    if disagreement_expected == 0:
+        return None
+    return 1.0 - float(cells[off_diagonal].sum()) / disagreement_expected
+
+
+class ScoreSums:
+    """Log loss and Brier score over the pairs that carried ``scores``.
+
+    >>> s = ScoreSums()
+    >>> s.update("a", {"a": 0.8, "b": 0.2}); s.update("b", {"a": 0.3, "b": 0.7})
+    >>> round(s.get()["log_loss"], 4), round(s.get()["brier"], 4)
+    (0.2899, 0.065)
+    """
+
+    __slots__ = ("brier_sum", "log_loss_sum", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.log_loss_sum = 0.0
+        self.brier_sum = 0.0
+
+    @staticmethod
+    def terms(y_true: str, scores: dict[str, float]) -> tuple[float, float]:
+        """One pair's (log loss, Brier) terms; binary Brier is halved as scikit-learn does."""
+        p_true = min(max(scores.get(y_true, 0.0), EPS), 1 - EPS)
+        brier = sum((p - (cls == y_true)) ** 2 for cls, p in scores.items())
+        if y_true not in scores:
+            brier += 1.0
+        if len(scores) == 2:
+            brier /= 2
+        return -math.log(p_true), brier
+
+    def update(self, y_true: str, scores: dict[str, float], sign: int = 1) -> None:
+        log_loss, brier = self.terms(y_true, scores)
+        self.n += sign
+        self.log_loss_sum += sign * log_loss
+        self.brier_sum += sign * brier
+
+    def revert(self, y_true: str, scores: dict[str, float]) -> None:
+        self.update(y_true, scores, -1)
+
+    def get(self) -> dict[str, float]:
+        if self.n <= 0:
+            return {}
+        return {"log_loss": self.log_loss_sum / self.n, "brier": self.brier_sum / self.n}
+
+
+class RegressionStats:
+    """MAE, RMSE, R² and mean error (prediction - label), with Welford's update for stability.
+
+    >>> r = RegressionStats()
+    >>> for label, pred in [(3.0, 2.5), (-0.5, 0.0), (2.0, 2.0), (7.0, 8.0)]:
+    ...     r.update(label, pred)
+    >>> {k: round(v, 4) for k, v in r.get().items()}
+    {'mae': 0.5, 'rmse': 0.6124, 'r2': 0.9486, 'mean_error': 0.25}
+    """
+
+    __slots__ = ("abs_sum", "err_sum", "mean_y", "n", "sq_sum", "ss_y")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.err_sum = self.abs_sum = self.sq_sum = 0.0
+        self.mean_y = self.ss_y = 0.0
+
+    def update(self, y_true: float, y_pred: float) -> None:
+        err = y_pred - y_true
+        self.n += 1
+        self.err_sum += err
+        self.abs_sum += abs(err)
+        self.sq_sum += err * err
+        delta = y_true - self.mean_y
+        self.mean_y += delta / self.n
+        self.ss_y += delta * (y_true - self.mean_y)
+
+    def revert(self, y_true: float, y_pred: float) -> None:
+        err = y_pred - y_true
+        self.n -= 1
+        self.err_sum -= err
+        self.abs_sum -= abs(err)
+        self.sq_sum -= err * err
+        if self.n == 0:
+            self.mean_y = self.ss_y = 0.0
+            return
+        old_mean = self.mean_y
+        self.mean_y = (old_mean * (self.n + 1) - y_true) / self.n
+        self.ss_y -= (y_true - old_mean) * (y_true - self.mean_y)
+
+    def get(self) -> dict[str, float]:
+        if self.n <= 0:
+            return {}
+        n = self.n
+        if self.ss_y <= 1e-12 * max(1.0, self.mean_y * self.mean_y) * n:
+            r2 = 1.0 if self.sq_sum == 0 else 0.0
+        else:
+            r2 = 1.0 - self.sq_sum / self.ss_y
+        return {
+            "mae": self.abs_sum / n,
+            "rmse": math.sqrt(max(self.sq_sum, 0.0) / n),
+            "r2": r2,
+            "mean_error": self.err_sum / n,
+        }
+
+
+def wilson_interval(p: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed over n trials.
+
+    >>> lo, hi = wilson_interval(0.5, 100, 1.96)
+    >>> round(lo, 3), round(hi, 3)
+    (0.404, 0.596)
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,176 @@
+"""The input contract (``schemas/prediction.json``, ``schemas/label.json``): decode and validate.
+
+Every rejection raises :class:`InvalidRecord` with a reason a person can act on; the adapters
+turn it into a dead letter. Classes are compared as strings (``1``, ``"1"`` are one class;
+``true`` becomes ``"true"``), so producers that mix JSON types still join cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stream.errors import InvalidRecord
+
+MAX_RECORD_BYTES = 64 * 1024
+MAX_ID_CHARS = 256
+MAX_NAME_CHARS = 128
+MAX_SEGMENT_KEYS = 16
+MAX_SCORE_CLASSES = 1000
+
+Value = str | float  # a class (always a string) or a regression target
+
+
+@dataclass(slots=True)
+class Prediction:
+    request_id: str
+    model: str
+    model_version: str
+    timestamp: float
+    value: str | int | float | bool  # raw; the engine makes it a class or a number per model task
+    scores: dict[str, float] | None
+    segment: dict[str, str] | None
+
+
+@dataclass(slots=True)
+class Label:
+    request_id: str
+    timestamp: float
+    value: str | int | float | bool
+
+
+def decode(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    """Bytes to a JSON object, refusing oversized or non-object input."""
+    if len(raw) > max_bytes:
+        raise InvalidRecord(f"record is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _text(obj: dict[str, Any], field: str, max_chars: int, default: str | None = None) -> str:
+    value = obj.get(field, default)
+    if value is None:
+        raise InvalidRecord(f"missing field '{field}'")
+    if not isinstance(value, str):
+        raise InvalidRecord(f"'{field}' must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidRecord(f"'{field}' is empty")
+    if len(value) > max_chars:
+        raise InvalidRecord(f"'{field}' is {len(value)} characters, over the limit of {max_chars}")
+    return value
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds (a finite number) or an RFC 3339 string with an offset, as epoch seconds."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidRecord("'timestamp' must be epoch seconds or an RFC 3339 string")
+    if isinstance(value, int | float):
+        ts = float(value)
+        if not math.isfinite(ts) or ts < 0:
+            raise InvalidRecord(f"'timestamp' must be finite and not negative, got {value!r}")
+        return ts
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is not an RFC 3339 date-time") from None
+        if parsed.tzinfo is None:
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} has no UTC offset (add Z or +00:00)")
+        return parsed.timestamp()
+    raise InvalidRecord(f"'timestamp' must be a number or a string, got {type(value).__name__}")
+
+
+def _outcome(obj: dict[str, Any], field: str) -> str | int | float | bool:
+    if field not in obj:
+        raise InvalidRecord(f"missing field '{field}'")
+    value = obj[field]
+    if isinstance(value, str):
+        if not value or len(value) > MAX_NAME_CHARS:
+            raise InvalidRecord(f"'{field}' must be 1 to {MAX_NAME_CHARS} characters")
+        return value
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRecord(f"'{field}' must be finite, got {value!r}")
+        return value
+    if value is None:
+        raise InvalidRecord(f"'{field}' is null: send the record when the value is known")
+    raise InvalidRecord(f"'{field}' must be a string, integer, boolean or number, got {type(value).__name__}")
+
+
+def _scores(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise InvalidRecord("'scores' must be a non-empty object of class -> probability")
+    if len(value) > MAX_SCORE_CLASSES:
+        raise InvalidRecord(f"'scores' has {len(value)} classes, over the limit of {MAX_SCORE_CLASSES}")
+    scores: dict[str, float] = {}
+    for cls, prob in value.items():
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
+            raise InvalidRecord(f"'scores'[{cls[:64]!r}] must be a probability in [0, 1], got {prob!r}")
+        scores[cls] = float(prob)
+    return scores
+
+
+def _segment(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRecord(f"'segment' must be an object of string -> string, got {type(value).__name__}")
+    if len(value) > MAX_SEGMENT_KEYS:
+        raise InvalidRecord(f"'segment' has {len(value)} keys, over the limit of {MAX_SEGMENT_KEYS}")
+    for key, val in value.items():
+        if not key or not isinstance(val, str) or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS:
+            raise InvalidRecord(f"'segment'[{key[:64]!r}] must be a non-empty short string")
+    return value or None
+
+
+def parse_prediction(obj: dict[str, Any]) -> Prediction:
+    return Prediction(
+        request_id=_text(obj, "request_id", MAX_ID_CHARS),
+        model=_text(obj, "model", MAX_NAME_CHARS),
+        model_version=_text(obj, "model_version", MAX_NAME_CHARS, "unknown"),
+        timestamp=parse_timestamp(obj.get("timestamp")),
+        value=_outcome(obj, "prediction"),
+        scores=_scores(obj.get("scores")),
+        segment=_segment(obj.get("segment")),
+    )
+
+
+def parse_label(obj: dict[str, Any]) -> Label:
+    return Label(
+        request_id=_text(obj, "request_id", MAX_ID_CHARS),
+        timestamp=parse_timestamp(obj.get("timestamp")),
+        value=_outcome(obj, "label"),
+    )
+
+
+def class_name(value: str | int | float | bool) -> str:
+    """The canonical class of a prediction or label: classes are compared as strings."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer():
+        return str(int(value))
+    raise InvalidRecord(f"{value!r} is not a class; declare the model under 'regression_models'")
+
+
+def target_number(value: str | int | float | bool) -> float:
+    """The numeric target of a regression model's prediction or label."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise InvalidRecord(f"regression models need numbers, got {value!r}")
+    return float(value)
