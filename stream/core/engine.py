@@ -87,11 +87,8 @@ class Window:
                 if self.scores is None:
                     self.scores = ScoreSums()
                 self.scores.update(self.cm.index.names[truth], scores, sign)
-        elif self.regression is not None:
-            if sign > 0:
-                self.regression.update(truth, guess)
-            else:
-                self.regression.revert(truth, guess)
+        elif self.regression is not None and sign > 0:
+            self.regression.update(truth, guess)
 
     @property
     def n(self) -> int:
@@ -108,21 +105,34 @@ class Window:
         return {"classes": classes, "confusion_matrix": counts.tolist(), "metrics": metrics}
 
 
-class Rolling:
+class RollingWindow(Window):
     """The last ``size_n`` pairs of a series, in join order (river's Rolling over a matrix)."""
 
-    __slots__ = ("pairs", "size_n", "window")
+    __slots__ = ("pairs", "size_n")
 
     def __init__(self, size_n: int, classes: ClassIndex | None) -> None:
+        super().__init__(classes)
         self.size_n = size_n
-        self.window = Window(classes)
         self.pairs: deque[tuple[Any, Any, dict[str, float] | None]] = deque()
 
     def push(self, truth: Any, guess: Any, scores: dict[str, float] | None) -> None:
-        self.window.add(truth, guess, scores)
+        self.add(truth, guess, scores)
         self.pairs.append((truth, guess, scores))
         if len(self.pairs) > self.size_n:
-            self.window.add(*self.pairs.popleft(), sign=-1)
+            evicted = self.pairs.popleft()
+            if self.cm is not None:  # integer counts revert exactly; float sums are rebuilt on emit
+                self.add(*evicted, sign=-1)
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs)
+
+    def figures(self) -> dict[str, Any]:
+        if self.cm is None:
+            self.regression = RegressionStats()
+            for truth, guess, _ in self.pairs:
+                self.regression.update(truth, guess)
+        return super().figures()
 
 
 class Series:
@@ -130,7 +140,7 @@ class Series:
 
     __slots__ = ("model", "model_version", "rolling", "segment", "segment_key", "windows")
 
-    def __init__(self, model: str, version: str, segment: dict[str, str], rolling: list[Rolling]) -> None:
+    def __init__(self, model: str, version: str, segment: dict[str, str], rolling: list[RollingWindow]) -> None:
         self.model = model
         self.model_version = version
         self.segment = segment
@@ -278,7 +288,7 @@ class Engine:
             for series in group:
                 if series.model == model.name and series.model_version == version and series.segment == segment:
                     return series
-        rolling = [Rolling(spec.size_n, model.classes) for spec in self.rolling_specs]
+        rolling = [RollingWindow(spec.size_n, model.classes) for spec in self.rolling_specs]
         return Series(model.name, version, segment, rolling)
 
     # --------------------------------------------------------------- counting
@@ -320,7 +330,7 @@ class Engine:
                     self._touch(series, i, start, window)
             for j, rolling in enumerate(series.rolling):
                 rolling.push(truth, guess, scores)
-                self._touch(series, -1 - j, 0, rolling.window)
+                self._touch(series, -1 - j, 0, rolling)
 
     # ---------------------------------------------------------------- output
 
@@ -350,8 +360,8 @@ class Engine:
             for series in self._all_series():
                 for spec, rolling in zip(self.rolling_specs, series.rolling, strict=True):
                     if rolling.pairs:
-                        rolling.window.dirty = False
-                        self._emit(series, spec, 0, rolling.window, final=True)
+                        rolling.dirty = False
+                        self._emit(series, spec, 0, rolling, final=True)
 
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
@@ -363,7 +373,7 @@ class Engine:
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""
-        self.flush()
+        self._dirty.clear()  # every window is about to be emitted as final anyway
         self.advance(math.inf)
 
     def _all_series(self) -> list[Series]:

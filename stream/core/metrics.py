@@ -138,6 +138,9 @@ class ScoreSums:
 class RegressionStats:
     """MAE, RMSE, R² and mean error (prediction - label), with Welford's update for stability.
 
+    No ``revert``: subtracting floats cannot give exact figures back, so rolling windows
+    rebuild these sums from the pairs they hold.
+
     >>> r = RegressionStats()
     >>> for label, pred in [(3.0, 2.5), (-0.5, 0.0), (2.0, 2.0), (7.0, 8.0)]:
     ...     r.update(label, pred)
@@ -162,25 +165,12 @@ class RegressionStats:
         self.mean_y += delta / self.n
         self.ss_y += delta * (y_true - self.mean_y)
 
-    def revert(self, y_true: float, y_pred: float) -> None:
-        err = y_pred - y_true
-        self.n -= 1
-        self.err_sum -= err
-        self.abs_sum -= abs(err)
-        self.sq_sum -= err * err
-        if self.n == 0:
-            self.mean_y = self.ss_y = 0.0
-            return
-        old_mean = self.mean_y
-        self.mean_y = (old_mean * (self.n + 1) - y_true) / self.n
-        self.ss_y -= (y_true - old_mean) * (y_true - self.mean_y)
-
     def get(self) -> dict[str, float]:
         if self.n <= 0:
             return {}
         n = self.n
-        if self.ss_y <= 1e-12 * max(1.0, self.mean_y * self.mean_y) * n:
-            r2 = 1.0 if self.sq_sum == 0 else 0.0
+        if self.ss_y == 0:
+            r2 = 1.0 if self.abs_sum == 0 else 0.0
         else:
             r2 = 1.0 - self.sq_sum / self.ss_y
         return {
