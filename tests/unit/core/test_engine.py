@@ -1,0 +1,176 @@
+"""The engine end to end on random traffic: final window metrics equal scikit-learn on the true pairs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from stream.config import Config
+from stream.core.engine import Engine
+from stream.core.records import parse_label, parse_prediction
+
+TTL_S = 100
+WINDOW_S = 50
+T0 = 1_000_000.0
+
+request = st.fixed_dictionaries({
+    "ts": st.integers(0, 400),
+    "pred": st.sampled_from(["a", "b", "c"]),
+    "label": st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d"])),
+    "delay": st.integers(-20, 150),  # negative: the label is stamped before its prediction
+    "dup_pred": st.one_of(st.none(), st.sampled_from(["a", "b"])),
+    "dup_label": st.one_of(st.none(), st.sampled_from(["a", "d"])),
+    "dup_label_delay": st.integers(0, 250),
+})
+
+
+def events(requests: list[dict[str, Any]]) -> list[tuple[float, int, int, dict[str, Any]]]:
+    out = []
+    for i, r in enumerate(requests):
+        rid, ts = f"r{i}", T0 + r["ts"]
+        out.append((ts, 0, len(out), {"request_id": rid, "model": "m", "timestamp": ts, "prediction": r["pred"]}))
+        if r["dup_pred"] is not None:
+            out.append((ts + 1, 0, len(out),
+                        {"request_id": rid, "model": "m", "timestamp": ts + 1, "prediction": r["dup_pred"]}))
+        if r["label"] is not None:
+            lts = ts + r["delay"]
+            out.append((lts, 1, len(out), {"request_id": rid, "timestamp": lts, "label": r["label"]}))
+            if r["dup_label"] is not None:
+                dts = lts + r["dup_label_delay"]
+                out.append((dts, 1, len(out), {"request_id": rid, "timestamp": dts, "label": r["dup_label"]}))
+    out.sort(key=lambda e: (e[0], e[1], e[2]))
+    return out
+
+
+def expected_pairs(requests: list[dict[str, Any]]) -> dict[int, list[tuple[str, str]]]:
+    """The contract, computed the obvious way: first prediction and first label win, TTL applies."""
+    by_window: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for r in requests:
+        if r["label"] is None or r["delay"] > TTL_S:
+            continue
+        start = int((T0 + r["ts"]) // WINDOW_S) * WINDOW_S
+        by_window[start].append((r["label"], r["pred"]))
+    return by_window
+
+
+def run(requests: list[dict[str, Any]]) -> Engine:
+    config = Config.from_mapping({"join_ttl_s": TTL_S, "windows": [f"tumbling {WINDOW_S}s", "cumulative"],
+                                  "emit_interval_s": 10})
+    engine = Engine(config)
+    for ts, kind, _, raw in events(requests):
+        engine.observe(ts)
+        if kind == 0:
+            engine.prediction(parse_prediction(raw))
+        else:
+            engine.label(parse_label(raw))
+    engine.finish()
+    return engine
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(request, min_size=1, max_size=60))
+def test_final_window_metrics_equal_sklearn(requests: list[dict[str, Any]]) -> None:
+    engine = run(requests)
+    finals = {r["window"]["start"]: r for r in engine.metric_records
+              if r["final"] and r["window"]["kind"] == "tumbling"}
+    expected = expected_pairs(requests)
+    for start, pairs in expected.items():
+        record = finals[start]
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        assert record["n"] == len(pairs)
+        assert record["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+        f1 = skm.f1_score(y_true, y_pred, average="macro", zero_division=0)
+        assert record["metrics"]["f1_macro"] == pytest.approx(f1, abs=1e-9)
+    assert all(r["n"] == 0 for s, r in finals.items() if s not in expected)
+    # Exactly one final record per window, and it is the last record of its window.
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in engine.metric_records:
+        last[(r["window"]["name"], r["window"].get("start", 0))] = r
+    assert all(r["final"] for r in last.values())
+    assert sum(r["final"] for r in engine.metric_records) == len(last)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(request, min_size=1, max_size=60))
+def test_health_counters_account_for_every_record(requests: list[dict[str, Any]]) -> None:
+    engine = run(requests)
+    h = engine.health
+    n_labels = sum(r["label"] is not None for r in requests)
+    n_dup_labels = sum(r["label"] is not None and r["dup_label"] is not None for r in requests)
+    assert h.predictions == len(requests) + sum(r["dup_pred"] is not None for r in requests)
+    assert h.labels == n_labels + n_dup_labels
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+    assert engine.pending() == (0, 0)
+    assert h.pairs == sum(len(p) for p in expected_pairs(requests).values())
+    assert h.duplicate_predictions == sum(r["dup_pred"] is not None for r in requests)
+    late = sum(r["label"] is not None and r["delay"] > TTL_S for r in requests)
+    assert h.late_labels >= late
+    assert h.expired_predictions == len(requests) - h.pairs
+
+
+def test_segments_get_their_own_series_and_the_overall_one() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["cumulative"]}))
+    for i, venue in enumerate(["home", "away", "home"]):
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": 10 + i,
+                                            "prediction": 1, "segment": {"venue": venue}}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": 20 + i, "label": i % 2}))
+    engine.finish()
+    by_segment = {tuple(r["segment"].items()): r for r in engine.metric_records}
+    assert by_segment[()]["n"] == 3
+    assert by_segment[(("venue", "home"),)]["n"] == 2
+    assert by_segment[(("venue", "home"),)]["confusion_matrix"] == [[0, 2], [0, 0]]
+    assert by_segment[(("venue", "away"),)]["metrics"]["accuracy"] == 1.0
+
+
+def test_regression_models_report_regression_metrics() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["cumulative", "rolling 2"], "regression_models": ["price*"]}))
+    for i, (guess, truth) in enumerate([(1.0, 2.0), (3.0, 3.0), (5.0, 4.0)]):
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "price-v", "timestamp": i,
+                                            "prediction": guess}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": truth}))
+    engine.finish()
+    records = {r["window"]["name"]: r for r in engine.metric_records}
+    assert records["cumulative"]["metrics"]["mae"] == pytest.approx(2 / 3)
+    assert records["cumulative"]["metrics"]["r2"] == pytest.approx(skm.r2_score([2, 3, 4], [1, 3, 5]))
+    assert records["rolling_2"]["n"] == 2
+    assert records["rolling_2"]["metrics"]["mean_error"] == pytest.approx(0.5)
+
+
+def test_a_class_label_for_a_regression_model_is_dead_lettered() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["cumulative"], "regression_models": ["price"]}))
+    engine.prediction(parse_prediction({"request_id": "x", "model": "price", "timestamp": 1, "prediction": 2.5}))
+    engine.label(parse_label({"request_id": "x", "timestamp": 2, "label": "expensive"}))
+    engine.finish()
+    assert [d["reason"] for d in engine.dead_letters] == ["regression models need numbers, got 'expensive'"]
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+
+
+def test_limits_fold_classes_and_refuse_models() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["cumulative"], "max_classes": 2, "max_models": 1}))
+    for i, cls in enumerate(["a", "b", "c", "d"]):
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": i, "prediction": cls}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": cls}))
+    engine.prediction(parse_prediction({"request_id": "z", "model": "other", "timestamp": 9, "prediction": "a"}))
+    engine.finish()
+    assert engine.metric_records[0]["classes"] == ["__other__", "a", "b"]
+    assert engine.health.folded_classes == 4  # c and d, as prediction and as label
+    assert engine.health.refused_models == 1
+    assert "max_models" in engine.dead_letters[0]["reason"]
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+
+
+def test_rolling_window_keeps_the_last_n_pairs() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["rolling 3"]}))
+    outcomes = [("a", "a"), ("a", "b"), ("b", "b"), ("b", "b"), ("a", "a")]
+    for i, (truth, guess) in enumerate(outcomes):
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": i, "prediction": guess}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": truth}))
+    engine.finish()
+    (record,) = engine.metric_records
+    assert record["n"] == 3 and record["metrics"]["accuracy"] == 1.0
+    assert record["label_coverage"] is None and record["final"]

@@ -1,0 +1,93 @@
+"""Join edge cases, one test each."""
+
+from __future__ import annotations
+
+import math
+
+from stream.core.join import JoinBuffer, Outcome
+
+
+def test_prediction_then_label_joins() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    assert jb.add_prediction("r", (0.0, "p"))[0] is Outcome.PENDING
+    assert jb.add_label("r", (50.0, "l")) == (Outcome.JOINED, (0.0, "p"), (50.0, "l"))
+    assert not jb.predictions and not jb.labels
+
+
+def test_label_before_prediction_joins() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    assert jb.add_label("r", (5.0, "l"))[0] is Outcome.PENDING
+    assert jb.add_prediction("r", (1.0, "p")) == (Outcome.JOINED, (1.0, "p"), (5.0, "l"))
+
+
+def test_label_exactly_at_the_ttl_joins_and_one_second_later_is_late() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_prediction("a", (0.0, "p"))
+    jb.add_prediction("b", (0.0, "p"))
+    assert jb.add_label("a", (100.0, "l"))[0] is Outcome.JOINED
+    assert jb.add_label("b", (101.0, "l"))[0] is Outcome.LATE
+
+
+def test_late_label_after_its_prediction_expired_is_late_not_orphaned() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_prediction("r", (0.0, "p"))
+    expired, orphaned = jb.expire(200.0)
+    assert expired == [(0.0, "p")] and orphaned == []
+    assert jb.add_label("r", (150.0, "l")) == (Outcome.LATE, None, (150.0, "l"))
+    assert jb.add_label("r", (160.0, "l"))[0] is Outcome.DUPLICATE
+
+
+def test_orphaned_label_is_held_until_its_ttl() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_label("r", (0.0, "l"))
+    assert jb.expire(90.0) == ([], [])
+    assert jb.expire(110.0) == ([], [(0.0, "l")])
+    assert jb.add_label("r", (115.0, "l"))[0] is Outcome.DUPLICATE
+
+
+def test_unmatched_prediction_expires_after_the_ttl() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_prediction("r", (0.0, "p"))
+    assert jb.expire(100.0) == ([], [])  # deadline reached, not passed
+    assert jb.expire(110.0) == ([(0.0, "p")], [])
+    assert jb.add_prediction("r", (1.0, "p"))[0] is Outcome.DUPLICATE
+
+
+def test_first_prediction_and_first_label_win() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_prediction("r", (0.0, "first"))
+    assert jb.add_prediction("r", (1.0, "second"))[0] is Outcome.DUPLICATE
+    assert jb.add_label("r", (2.0, "l1"))[1] == (0.0, "first")
+    assert jb.add_label("r", (3.0, "l2"))[0] is Outcome.DUPLICATE
+    assert jb.add_prediction("r", (4.0, "third"))[0] is Outcome.DUPLICATE
+
+
+def test_duplicate_labels_while_waiting_for_the_prediction() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_label("r", (1.0, "first"))
+    assert jb.add_label("r", (2.0, "second"))[0] is Outcome.DUPLICATE
+    assert jb.add_prediction("r", (0.0, "p"))[2] == (1.0, "first")
+
+
+def test_pending_label_that_is_too_late_for_its_prediction() -> None:
+    jb = JoinBuffer(ttl_s=10)
+    jb.add_label("r", (50.0, "l"))
+    assert jb.add_prediction("r", (0.0, "p"))[0] is Outcome.LATE
+
+
+def test_tombstones_are_dropped_after_twice_the_ttl() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_prediction("r", (0.0, "p"))
+    jb.add_label("r", (1.0, "l"))
+    jb.expire(150.0)
+    assert "r" in jb.tombstones
+    jb.expire(211.0)
+    assert "r" not in jb.tombstones
+
+
+def test_end_of_input_resolves_everything() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_prediction("p", (0.0, "p"))
+    jb.add_label("l", (0.0, "l"))
+    assert jb.expire(math.inf) == ([(0.0, "p")], [(0.0, "l")])
+    assert not jb.tombstones
