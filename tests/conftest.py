@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+_BROKERS: list[Broker] = []
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[Broker]:
     """A real broker (see tests/kafka_broker.py for the order of choice), shared by the session."""
     with broker_address() as broker:
-        print(f"\n[mlmon tests] Kafka broker at {broker.bootstrap} ({broker.origin})", file=sys.stderr)
+        _BROKERS.append(broker)
         yield broker
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for broker in _BROKERS:
+        terminalreporter.write_line(
+            f"integration tests ran against a real Kafka broker at {broker.bootstrap} ({broker.origin})"
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
