@@ -5,7 +5,7 @@ class MlmonError(Exception):
     """Base class: catch this to handle any mlmon failure."""
 
 
-class InvalidRecord(MlmonError):  # noqa: N818 - reads better at call sites than InvalidRecordError
+class InvalidRecord(MlmonError):
     """An input record broke the contract in ``schemas/``; the message says how, for a dead letter."""
 
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kafka_broker import Broker, broker_address  # noqa: E402
+from kafka_broker import Broker, broker_address
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

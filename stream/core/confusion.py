@@ -19,6 +19,19 @@ import numpy as np
 import numpy.typing as npt
 
 Counts = npt.NDArray[np.int64]
+CODE_BITS = 20
+CODE_MASK = (1 << CODE_BITS) - 1
+
+
+def pair_code(true_id: int, pred_id: int) -> int:
+    """One int per pair, so a batch of pairs is one flat int64 array (classes < 2**20)."""
+    return (true_id << CODE_BITS) | pred_id
+
+
+def count_codes(codes: npt.NDArray[np.int64], size: int) -> Counts:
+    """A size x size matrix of a batch of pair codes, in one numpy pass."""
+    flat = (codes >> CODE_BITS) * size + (codes & CODE_MASK)
+    return np.bincount(flat, minlength=size * size).reshape(size, size).astype(np.int64)
 
 
 class ClassIndex:
@@ -63,13 +76,12 @@ class ConfusionMatrix:
         self._cells[true_id, pred_id] += weight
         self.total += weight
 
-    def add_many(self, true_ids: npt.NDArray[np.intp], pred_ids: npt.NDArray[np.intp]) -> None:
-        """Count a batch of pairs in one numpy call."""
-        if len(true_ids) == 0:
-            return
-        self._grow(len(self.index))
-        np.add.at(self._cells, (true_ids, pred_ids), 1)
-        self.total += len(true_ids)
+    def merge(self, other: Counts, total: int) -> None:
+        """Add another matrix's cells (over the same class index)."""
+        size = other.shape[0]
+        self._grow(size)
+        self._cells[:size, :size] += other
+        self.total += total
 
     def _grow(self, size: int) -> None:
         if size > self._cells.shape[0]:

@@ -12,13 +12,17 @@ import fnmatch
 import heapq
 import itertools
 import math
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from stream.config import Config
-from stream.core.confusion import ClassIndex, ConfusionMatrix
+from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
 from stream.core.join import JoinBuffer, Outcome
 from stream.core.metrics import RegressionStats, ScoreSums, classification
 from stream.core.records import InvalidRecord, Label, Prediction, class_name, target_number
@@ -27,6 +31,7 @@ from stream.core.windows import WindowSpec
 
 OTHER = "__other__"
 LAG_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, math.inf)
+SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 
 
 @dataclass
@@ -50,14 +55,6 @@ class Health:
     label_lag_sum_s: float = 0.0
     label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
 
-    def observe_lag(self, lag_s: float) -> None:
-        self.label_lag_count += 1
-        self.label_lag_sum_s += lag_s
-        for i, bound in enumerate(LAG_BUCKETS_S):
-            if lag_s <= bound:
-                self.label_lag_buckets[i] += 1
-                return
-
     def balance(self, pending_predictions: int, pending_labels: int) -> dict[str, int]:
         """Inputs minus every place they went: both figures are 0 when nothing was lost."""
         return {
@@ -71,24 +68,17 @@ class Health:
 class Window:
     """Additive state of one window instance: predictions seen, pairs' matrix or regression sums."""
 
-    __slots__ = ("cm", "dirty", "predictions", "regression", "scores")
+    __slots__ = ("cm", "dirty", "predictions", "regression", "scores", "series", "spec", "start")
 
-    def __init__(self, classes: ClassIndex | None) -> None:
+    def __init__(self, series: Series, spec: WindowSpec, start: int, classes: ClassIndex | None) -> None:
+        self.series = series
+        self.spec = spec
+        self.start = start
         self.predictions = 0
         self.cm = ConfusionMatrix(classes) if classes is not None else None
         self.regression = RegressionStats() if classes is None else None
-        self.scores: ScoreSums | None = None
+        self.scores = ScoreSums()
         self.dirty = False
-
-    def add(self, truth: Any, guess: Any, scores: dict[str, float] | None, sign: int = 1) -> None:
-        if self.cm is not None:
-            self.cm.add(truth, guess, sign)
-            if scores is not None:
-                if self.scores is None:
-                    self.scores = ScoreSums()
-                self.scores.update(self.cm.index.names[truth], scores, sign)
-        elif self.regression is not None and sign > 0:
-            self.regression.update(truth, guess)
 
     @property
     def n(self) -> int:
@@ -100,9 +90,11 @@ class Window:
         counts = self.cm.counts()
         classes = self.cm.classes()
         metrics = classification(counts, classes)
-        if self.scores is not None:
-            metrics.update(self.scores.get())
+        metrics.update(self.scores.get())
         return {"classes": classes, "confusion_matrix": counts.tolist(), "metrics": metrics}
+
+
+Terms = tuple[float, float] | None  # one pair's (log loss, Brier) terms, when it carried scores
 
 
 class RollingWindow(Window):
@@ -110,18 +102,23 @@ class RollingWindow(Window):
 
     __slots__ = ("pairs", "size_n")
 
-    def __init__(self, size_n: int, classes: ClassIndex | None) -> None:
-        super().__init__(classes)
-        self.size_n = size_n
-        self.pairs: deque[tuple[Any, Any, dict[str, float] | None]] = deque()
+    def __init__(self, series: Series, spec: WindowSpec, classes: ClassIndex | None) -> None:
+        super().__init__(series, spec, 0, classes)
+        self.size_n = spec.size_n
+        self.pairs: deque[tuple[Any, Any, Terms]] = deque()
 
-    def push(self, truth: Any, guess: Any, scores: dict[str, float] | None) -> None:
-        self.add(truth, guess, scores)
-        self.pairs.append((truth, guess, scores))
+    def push(self, truth: Any, guess: Any, terms: Terms) -> None:
+        self._add(truth, guess, terms, 1)
+        self.pairs.append((truth, guess, terms))
         if len(self.pairs) > self.size_n:
-            evicted = self.pairs.popleft()
-            if self.cm is not None:  # integer counts revert exactly; float sums are rebuilt on emit
-                self.add(*evicted, sign=-1)
+            self._add(*self.pairs.popleft(), -1)
+
+    def _add(self, truth: Any, guess: Any, terms: Terms, sign: int) -> None:
+        if self.cm is None:
+            return  # float sums do not revert exactly: figures() rebuilds them from the pairs
+        self.cm.add(truth, guess, sign)
+        if terms is not None:
+            self.scores.merge(sign, sign * terms[0], sign * terms[1])
 
     @property
     def n(self) -> int:
@@ -136,17 +133,17 @@ class RollingWindow(Window):
 
 
 class Series:
-    """One (model, version, segment): its windows and its rolling buffers."""
+    """One (model, version, segment): its live windows and its rolling windows."""
 
     __slots__ = ("model", "model_version", "rolling", "segment", "segment_key", "windows")
 
-    def __init__(self, model: str, version: str, segment: dict[str, str], rolling: list[RollingWindow]) -> None:
+    def __init__(self, model: str, version: str, segment: dict[str, str]) -> None:
         self.model = model
         self.model_version = version
         self.segment = segment
         self.segment_key = ",".join(f"{k}={v}" for k, v in segment.items())
-        self.windows: dict[tuple[int, int], Window] = {}
-        self.rolling = rolling
+        self.windows: dict[tuple[WindowSpec, int], Window] = {}
+        self.rolling: list[RollingWindow] = []
 
 
 @dataclass
@@ -157,7 +154,51 @@ class Model:
     segment_values: dict[str, set[str]] = field(default_factory=dict)
 
 
-PendingPrediction = tuple[float, tuple[Series, ...], Any, "dict[str, float] | None", Model]
+class WindowSet:
+    """Every timed window that predictions of one group (model, version, segment values) and one
+    time slot fall in. Pairs are buffered here once and folded into all its windows before any
+    emission, so a pair costs the same however many windows and segments are configured."""
+
+    __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "predictions",
+                 "scored", "targets", "windows")
+
+    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...]) -> None:
+        self.model = model
+        self.group = group
+        self.windows = windows
+        self.codes = array("q")
+        self.targets: list[tuple[float, float]] = []
+        self.predictions = self.scored = 0
+        self.log_loss_sum = self.brier_sum = 0.0
+        self.dirty = False
+
+    def fold(self) -> list[Window]:
+        """Move the buffered counts into every window; returns the windows it changed."""
+        windows = self.windows
+        if self.predictions:
+            for window in windows:
+                window.predictions += self.predictions
+        if self.codes:
+            classes = self.model.classes
+            assert classes is not None
+            counts = count_codes(np.frombuffer(self.codes, dtype=np.int64), len(classes))
+            for window in windows:
+                window.cm.merge(counts, len(self.codes))  # type: ignore[union-attr]
+            self.codes = array("q")
+        if self.scored:
+            for window in windows:
+                window.scores.merge(self.scored, self.log_loss_sum, self.brier_sum)
+        for truth, guess in self.targets:
+            for window in windows:
+                window.regression.update(truth, guess)  # type: ignore[union-attr]
+        self.targets.clear()
+        self.predictions = self.scored = 0
+        self.log_loss_sum = self.brier_sum = 0.0
+        self.dirty = False
+        return list(windows)
+
+
+PendingPrediction = tuple[float, WindowSet, Any, "dict[str, float] | None"]
 PendingLabel = tuple[float, Any]
 
 
@@ -167,19 +208,27 @@ class Engine:
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
-        self.join = JoinBuffer(config.join_ttl_s)
+        self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S)
         self.health = Health()
         self.watermark = -math.inf
         self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else 0.0)
         self.models: dict[str, Model] = {}
-        self._groups: dict[tuple[str, str, Any], tuple[Series, ...]] = {}
-        self._final_heap: list[tuple[float, int, Series, int, int]] = []
-        self._seq = itertools.count()
-        self._dirty: list[tuple[Series, int, int, Window]] = []
-        self._next_emit = -math.inf
         self.metric_records: list[dict[str, Any]] = []
         self.alert_events: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
+        # A window may take pairs until its end + TTL (+ one sweep of slack); predictions older
+        # than the watermark by more than that are stale: every window of theirs is final.
+        self._stale_after_s = config.join_ttl_s + SWEEP_EVERY_S
+        hops = [s.hop_s or s.size_s for s in self.specs if s.size_s]
+        self._slot_s = float(math.gcd(*hops)) if hops else math.inf
+        self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
+        self._sets: dict[tuple[str, str, Any, int], WindowSet] = {}
+        self._final_heap: list[tuple[float, int, Window]] = []
+        self._seq = itertools.count()
+        self._dirty_sets: list[WindowSet] = []
+        self._dirty_windows: list[Window] = []
+        self._next_sweep = -math.inf
+        self._next_emit = -math.inf
 
     # ----------------------------------------------------------------- input
 
@@ -207,16 +256,23 @@ class Engine:
             return
         self.health.predictions += 1
         ts = pred.timestamp
-        if ts + self.config.join_ttl_s + self.join_bucket_s <= self.watermark:
+        if ts + self._stale_after_s <= self.watermark:
             self.health.expired_predictions += 1  # its windows are final already
             return
-        group = self._group(model, pred.model_version, pred.segment)
-        entry: PendingPrediction = (ts, group, value, pred.scores, model)
+        segment = tuple(pred.segment.items()) if pred.segment else ()
+        slot = int(ts // self._slot_s) if self._slot_s != math.inf else 0
+        wset = self._sets.get((model.name, pred.model_version, segment, slot))
+        if wset is None:
+            wset = self._window_set(model, pred.model_version, segment, slot, ts)
+        entry: PendingPrediction = (ts, wset, value, pred.scores)
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
         if outcome is Outcome.DUPLICATE:
             self.health.duplicate_predictions += 1
             return
-        self._count_prediction(group, ts)
+        wset.predictions += 1
+        if not wset.dirty:
+            wset.dirty = True
+            self._dirty_sets.append(wset)
         if outcome is Outcome.JOINED:
             self._pair(entry, label)  # type: ignore[arg-type]
         elif outcome is Outcome.LATE:
@@ -234,10 +290,6 @@ class Engine:
             self.health.late_labels += 1
             if prediction is not None:
                 self.health.expired_predictions += 1
-
-    @property
-    def join_bucket_s(self) -> float:
-        return self.join._prediction_due.bucket_s
 
     # --------------------------------------------------------------- routing
 
@@ -266,13 +318,18 @@ class Engine:
             name = OTHER
         return classes.id(name)
 
-    def _group(self, model: Model, version: str, segment: dict[str, str] | None) -> tuple[Series, ...]:
-        key = (model.name, version, tuple(segment.items()) if segment else None)
-        group = self._groups.get(key)
-        if group is None:
-            parts = [{}] + [{k: self._segment_value(model, k, v)} for k, v in (segment or {}).items()]
-            group = self._groups[key] = tuple(self._series(model, version, part) for part in parts)
-        return group
+    def _window_set(
+        self, model: Model, version: str, segment: tuple[tuple[str, str], ...], slot: int, ts: float
+    ) -> WindowSet:
+        parts = [()] + [((k, self._segment_value(model, k, v)),) for k, v in segment]
+        group = tuple(self._series_of(model, version, part) for part in parts)
+        windows = []
+        for series in group:
+            for spec in self.specs:
+                for start in spec.starts(ts):
+                    windows.append(self._window(series, spec, start, model))
+        wset = self._sets[(model.name, version, segment, slot)] = WindowSet(model, group, tuple(windows))
+        return wset
 
     def _segment_value(self, model: Model, key: str, value: str) -> str:
         seen = model.segment_values.setdefault(key, set())
@@ -283,54 +340,69 @@ class Engine:
             seen.add(value)
         return value
 
-    def _series(self, model: Model, version: str, segment: dict[str, str]) -> Series:
-        for group in self._groups.values():  # share series across groups (rare: once per new combination)
-            for series in group:
-                if series.model == model.name and series.model_version == version and series.segment == segment:
-                    return series
-        rolling = [RollingWindow(spec.size_n, model.classes) for spec in self.rolling_specs]
-        return Series(model.name, version, segment, rolling)
+    def _series_of(self, model: Model, version: str, segment: tuple[tuple[str, str], ...]) -> Series:
+        series = self._series.get((model.name, version, segment))
+        if series is None:
+            series = self._series[(model.name, version, segment)] = Series(model.name, version, dict(segment))
+            series.rolling = [RollingWindow(series, spec, model.classes) for spec in self.rolling_specs]
+        return series
+
+    def _window(self, series: Series, spec: WindowSpec, start: int, model: Model) -> Window:
+        window = series.windows.get((spec, start))
+        if window is None:
+            window = series.windows[(spec, start)] = Window(series, spec, start, model.classes)
+            end = spec.end(start)
+            final_at = math.inf if end is None else end + self._stale_after_s
+            heapq.heappush(self._final_heap, (final_at, next(self._seq), window))
+        return window
 
     # --------------------------------------------------------------- counting
 
-    def _count_prediction(self, group: tuple[Series, ...], ts: float) -> None:
-        for series in group:
-            for i, spec in enumerate(self.specs):
-                for start in spec.starts(ts):
-                    window = series.windows.get((i, start))
-                    if window is None:
-                        window = series.windows[(i, start)] = Window(self.models[series.model].classes)
-                        end = spec.end(start)
-                        final_at = math.inf if end is None else end + self.config.join_ttl_s + self.join_bucket_s
-                        heapq.heappush(self._final_heap, (final_at, next(self._seq), series, i, start))
-                    window.predictions += 1
-                    self._touch(series, i, start, window)
-
-    def _touch(self, series: Series, spec_index: int, start: int, window: Window) -> None:
-        if not window.dirty:
-            window.dirty = True
-            self._dirty.append((series, spec_index, start, window))
-
     def _pair(self, prediction: PendingPrediction, label: PendingLabel) -> None:
-        ts, group, guess, scores, model = prediction
+        ts, wset, guess, scores = prediction
+        model = wset.model
         try:
             truth = target_number(label[1]) if model.regression else self._class_id(model, label[1])
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
             self._refuse("labels", {"label": label[1], "timestamp": label[0]}, str(exc), model=model.name)
             return
-        self.health.pairs += 1
-        self.health.observe_lag(label[0] - ts)
-        for series in group:
-            windows = series.windows
-            for i, spec in enumerate(self.specs):
-                for start in spec.starts(ts):
-                    window = windows[(i, start)]
-                    window.add(truth, guess, scores)
-                    self._touch(series, i, start, window)
-            for j, rolling in enumerate(series.rolling):
-                rolling.push(truth, guess, scores)
-                self._touch(series, -1 - j, 0, rolling)
+        health = self.health
+        health.pairs += 1
+        lag = label[0] - ts
+        health.label_lag_count += 1
+        health.label_lag_sum_s += lag
+        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
+        terms: Terms = None
+        if model.classes is None:
+            wset.targets.append((truth, guess))
+        else:
+            wset.codes.append((truth << CODE_BITS) | guess)
+            if scores is not None:
+                terms = ScoreSums.terms(model.classes.names[truth], scores)
+                wset.scored += 1
+                wset.log_loss_sum += terms[0]
+                wset.brier_sum += terms[1]
+        if not wset.dirty:
+            wset.dirty = True
+            self._dirty_sets.append(wset)
+        if self.rolling_specs:
+            for series in wset.group:
+                for rolling in series.rolling:
+                    rolling.push(truth, guess, terms)
+                    if not rolling.dirty:
+                        rolling.dirty = True
+                        self._dirty_windows.append(rolling)
+
+    def _fold(self) -> None:
+        """Move every buffered pair into its windows, marking them for emission."""
+        dirty_sets, self._dirty_sets = self._dirty_sets, []
+        dirty_windows = self._dirty_windows
+        for wset in dirty_sets:
+            for window in wset.fold():
+                if not window.dirty:
+                    window.dirty = True
+                    dirty_windows.append(window)
 
     # ---------------------------------------------------------------- output
 
@@ -338,58 +410,62 @@ class Engine:
         """Event time moved to ``ts``: advance the watermark and flush on each emit interval."""
         self.advance(ts - self.config.watermark_lag_s)
         if ts >= self._next_emit:
-            if math.isfinite(self._next_emit):
+            if self._next_emit != -math.inf:
                 self.flush()
             interval = self.config.emit_interval_s
             self._next_emit = (ts // interval + 1) * interval
 
     def advance(self, watermark: float) -> None:
+        """Move the watermark; once per sweep interval, expire join state and finalize windows."""
         if watermark <= self.watermark:
             return
         self.watermark = watermark
+        if watermark < self._next_sweep:
+            return
+        self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
         expired, orphaned = self.join.expire(watermark)
         self.health.expired_predictions += len(expired)
         self.health.orphaned_labels += len(orphaned)
         heap = self._final_heap
-        while heap and heap[0][0] <= watermark:
-            _, _, series, i, start = heapq.heappop(heap)
-            window = series.windows.pop((i, start))
-            window.dirty = False
-            self._emit(series, self.specs[i], start, window, final=True)
+        if heap and heap[0][0] <= watermark:
+            self._fold()
+            while heap and heap[0][0] <= watermark:
+                window = heapq.heappop(heap)[2]
+                del window.series.windows[(window.spec, window.start)]
+                window.dirty = False
+                self._emit(window, final=True)
+            horizon = watermark - self._stale_after_s
+            self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
         if math.isinf(watermark):
-            for series in self._all_series():
-                for spec, rolling in zip(self.rolling_specs, series.rolling, strict=True):
+            for series in self._series.values():
+                for rolling in series.rolling:
                     if rolling.pairs:
                         rolling.dirty = False
-                        self._emit(series, spec, 0, rolling, final=True)
+                        self._emit(rolling, final=True)
 
     def flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for series, i, start, window in dirty:
+        """Emit one record per window that changed since the last flush."""
+        self._fold()
+        dirty, self._dirty_windows = self._dirty_windows, []
+        for window in dirty:
             if window.dirty:
                 window.dirty = False
-                spec = self.specs[i] if i >= 0 else self.rolling_specs[-1 - i]
-                self._emit(series, spec, start, window, final=False)
+                self._emit(window, final=False)
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""
-        self._dirty.clear()  # every window is about to be emitted as final anyway
+        self._fold()
+        self._dirty_windows.clear()  # every window is about to be emitted as final anyway
         self.advance(math.inf)
 
-    def _all_series(self) -> list[Series]:
-        seen: dict[int, Series] = {}
-        for group in self._groups.values():
-            for series in group:
-                seen[id(series)] = series
-        return list(seen.values())
-
-    def _emit(self, series: Series, spec: WindowSpec, start: int, window: Window, final: bool) -> None:
+    def _emit(self, window: Window, final: bool) -> None:
         now = self.clock()
+        series, spec = window.series, window.spec
         record: dict[str, Any] = {
             "model": series.model,
             "model_version": series.model_version,
             "segment": series.segment,
-            "window": spec.describe(start),
+            "window": spec.describe(window.start),
             "task": "classification" if window.cm is not None else "regression",
             "n": window.n,
             "predictions": window.predictions if spec.timed else None,

@@ -129,6 +129,12 @@ class ScoreSums:
     def revert(self, y_true: str, scores: dict[str, float]) -> None:
         self.update(y_true, scores, -1)
 
+    def merge(self, n: int, log_loss_sum: float, brier_sum: float) -> None:
+        """Add sums gathered elsewhere (the engine batches pairs before folding them in)."""
+        self.n += n
+        self.log_loss_sum += log_loss_sum
+        self.brier_sum += brier_sum
+
     def get(self) -> dict[str, float]:
         if self.n <= 0:
             return {}
@@ -169,8 +175,10 @@ class RegressionStats:
         if self.n <= 0:
             return {}
         n = self.n
-        if self.ss_y == 0:
-            r2 = 1.0 if self.abs_sum == 0 else 0.0
+        if self.sq_sum == 0:  # scikit-learn's force_finite: a perfect fit is 1, a constant target 0
+            r2 = 1.0
+        elif self.ss_y == 0:
+            r2 = 0.0
         else:
             r2 = 1.0 - self.sq_sum / self.ss_y
         return {

@@ -171,6 +171,6 @@ def class_name(value: str | int | float | bool) -> str:
 
 def target_number(value: str | int | float | bool) -> float:
     """The numeric target of a regression model's prediction or label."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, bool | str):
         raise InvalidRecord(f"regression models need numbers, got {value!r}")
     return float(value)

@@ -1,0 +1,113 @@
+"""Core throughput and memory: pairs per second through the engine, bytes per pending request.
+
+    python benchmarks/core.py --pairs 1000000 [--repeat 3] [--replay]
+
+Measures, on one core: (1) the engine alone on parsed records, (2) with --replay, `mlmon replay`
+from JSONL files (decode + validation + engine); and the memory held per pending prediction.
+Prints a JSON report; medians over --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import json
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import orjson
+
+from stream.config import Config
+from stream.core.engine import Engine
+from stream.core.records import parse_label, parse_prediction
+from stream.replay import replay
+from stream.simulate import Scenario, streams
+
+
+def scenario(pairs: int) -> Scenario:
+    return Scenario(pairs=pairs, rate_per_s=100.0, label_delay_mean_s=300.0, duplicate_rate=0.0)
+
+
+def parsed_events(pairs: int) -> list[tuple[float, int, int, object]]:
+    predictions, labels = streams(scenario(pairs))
+    events = heapq.merge(
+        ((p["timestamp"], 0, i, parse_prediction(p)) for i, p in enumerate(predictions)),
+        ((x["timestamp"], 1, i, parse_label(x)) for i, x in enumerate(labels)),
+    )
+    return list(events)
+
+
+def engine_run(events: list[tuple[float, int, int, object]], config: Config) -> float:
+    engine = Engine(config)
+    observe, on_prediction, on_label = engine.observe, engine.prediction, engine.label
+    gc.collect()
+    started = time.perf_counter()
+    for ts, kind, _, record in events:
+        observe(ts)
+        if kind == 0:
+            on_prediction(record)  # type: ignore[arg-type]
+        else:
+            on_label(record)  # type: ignore[arg-type]
+        engine.metric_records.clear()
+    engine.finish()
+    elapsed = time.perf_counter() - started
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+    return engine.health.pairs / elapsed
+
+
+def bytes_per_pending(n: int, config: Config) -> float:
+    """Memory held by the engine per unlabeled prediction (tracemalloc, after the records are built)."""
+    predictions, _ = streams(Scenario(pairs=n, rate_per_s=100.0, with_scores=False, segments=()))
+    parsed = [parse_prediction(p) for p in predictions]
+    engine = Engine(config)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for p in parsed:
+        engine.prediction(p)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del parsed  # the engine keeps what it needs (ids, timestamps); the rest is the caller's
+    assert engine.pending()[0] == n
+    return (after - before) / n
+
+
+def replay_run(pairs: int, config: Config, folder: Path) -> float:
+    predictions, labels = streams(scenario(pairs))
+    p_path, l_path = folder / "p.jsonl", folder / "l.jsonl"
+    for path, rows in ((p_path, predictions), (l_path, labels)):
+        path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
+    del predictions, labels
+    result = replay(p_path, l_path, config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl")
+    return result.engine.health.pairs / result.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--replay", action="store_true", help="also time mlmon replay from files")
+    parser.add_argument("--pending", type=int, default=200_000)
+    args = parser.parse_args()
+    config = Config()
+    report: dict[str, object] = {"pairs": args.pairs, "windows": [w.name for w in config.windows],
+                                 "python": sys.version.split()[0]}
+    events = parsed_events(args.pairs)
+    runs = [engine_run(events, config) for _ in range(args.repeat)]
+    del events
+    report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
+    if args.replay:
+        with tempfile.TemporaryDirectory() as folder:
+            runs = [replay_run(args.pairs, config, Path(folder)) for _ in range(args.repeat)]
+        report["replay_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
+    report["bytes_per_pending_prediction"] = round(bytes_per_pending(args.pending, config), 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
