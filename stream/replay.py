@@ -12,7 +12,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,7 +47,7 @@ class ReplayResult:
             "metric_records": self.metric_records,
             "alert_events": self.alert_events,
             "dead_letters": self.dead_letters,
-            "health": {k: v for k, v in vars(health).items() if not k.startswith("label_lag_b")},
+            "health": {k: v for k, v in asdict(health).items() if not k.startswith("label_lag_b")},
             "balance": self.engine.balance(),
             "seconds": round(self.seconds, 3),
             "pairs_per_s": round(health.pairs / self.seconds) if self.seconds else None,
@@ -140,5 +140,6 @@ def replay(
                 if out is not None:
                     out.close()
         seconds = time.perf_counter() - started
-        return ReplayResult(engine, *sink.counts, seconds=seconds, sorted_in_memory=sorted_in_memory)
+        metrics, alerts, dead = sink.counts
+        return ReplayResult(engine, metrics, alerts, dead, seconds, sorted_in_memory)
     raise AssertionError("unreachable")

@@ -23,18 +23,19 @@ import numpy as np
 
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
-from stream.core.join import JoinBuffer, Outcome
+from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
 from stream.core.metrics import RegressionStats, ScoreSums, classification
-from stream.core.records import InvalidRecord, Label, Prediction, class_name, target_number
+from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.windows import WindowSpec
+from stream.errors import InvalidRecord
 
 OTHER = "__other__"
 LAG_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, math.inf)
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 
 
-@dataclass
+@dataclass(slots=True)
 class Health:
     """Where every input record went; ``balance()`` proves nothing was lost."""
 
@@ -51,7 +52,6 @@ class Health:
     refused_models: int = 0
     folded_classes: int = 0
     folded_segments: int = 0
-    label_lag_count: int = 0
     label_lag_sum_s: float = 0.0
     label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
 
@@ -220,7 +220,7 @@ class Engine:
         # than the watermark by more than that are stale: every window of theirs is final.
         self._stale_after_s = config.join_ttl_s + SWEEP_EVERY_S
         hops = [s.hop_s or s.size_s for s in self.specs if s.size_s]
-        self._slot_s = float(math.gcd(*hops)) if hops else math.inf
+        self._slot_s = float(math.gcd(*hops)) if hops else 1e300  # cumulative only: one slot
         self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
         self._sets: dict[tuple[str, str, Any, int], WindowSet] = {}
         self._final_heap: list[tuple[float, int, Window]] = []
@@ -249,8 +249,14 @@ class Engine:
 
     def prediction(self, pred: Prediction, raw: Any = None) -> None:
         try:
-            model = self._model(pred.model)
-            value = target_number(pred.value) if model.regression else self._class_id(model, pred.value)
+            model = self.models.get(pred.model) or self._model(pred.model)
+            classes = model.classes
+            if classes is None:
+                value: Any = target_number(pred.value)
+            else:
+                value = classes.ids.get(pred.value) if type(pred.value) is str else None  # the common case
+                if value is None:
+                    value = self._class_id(model, pred.value)
         except InvalidRecord as exc:
             self.dead_letter("predictions", raw if raw is not None else pred.request_id, str(exc))
             return
@@ -260,33 +266,33 @@ class Engine:
             self.health.expired_predictions += 1  # its windows are final already
             return
         segment = tuple(pred.segment.items()) if pred.segment else ()
-        slot = int(ts // self._slot_s) if self._slot_s != math.inf else 0
+        slot = int(ts // self._slot_s)
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
         entry: PendingPrediction = (ts, wset, value, pred.scores)
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
-        if outcome is Outcome.DUPLICATE:
+        if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
             return
         wset.predictions += 1
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
-        if outcome is Outcome.JOINED:
+        if outcome is JOINED:
             self._pair(entry, label)  # type: ignore[arg-type]
-        elif outcome is Outcome.LATE:
+        elif outcome is LATE:
             self.health.late_labels += 1
             self.health.expired_predictions += 1
 
     def label(self, label: Label) -> None:
         self.health.labels += 1
         outcome, prediction, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
-        if outcome is Outcome.JOINED:
+        if outcome is JOINED:
             self._pair(prediction, entry)  # type: ignore[arg-type]
-        elif outcome is Outcome.DUPLICATE:
+        elif outcome is DUPLICATE:
             self.health.duplicate_labels += 1
-        elif outcome is Outcome.LATE:
+        elif outcome is LATE:
             self.health.late_labels += 1
             if prediction is not None:
                 self.health.expired_predictions += 1
@@ -362,7 +368,12 @@ class Engine:
         ts, wset, guess, scores = prediction
         model = wset.model
         try:
-            truth = target_number(label[1]) if model.regression else self._class_id(model, label[1])
+            if model.classes is None:
+                truth: Any = target_number(label[1])
+            else:
+                truth = model.classes.ids.get(label[1]) if type(label[1]) is str else None
+                if truth is None:
+                    truth = self._class_id(model, label[1])
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
             self._refuse("labels", {"label": label[1], "timestamp": label[0]}, str(exc), model=model.name)
@@ -370,7 +381,6 @@ class Engine:
         health = self.health
         health.pairs += 1
         lag = label[0] - ts
-        health.label_lag_count += 1
         health.label_lag_sum_s += lag
         health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
         terms: Terms = None
@@ -408,7 +418,11 @@ class Engine:
 
     def observe(self, ts: float) -> None:
         """Event time moved to ``ts``: advance the watermark and flush on each emit interval."""
-        self.advance(ts - self.config.watermark_lag_s)
+        watermark = ts - self.config.watermark_lag_s
+        if watermark > self.watermark:
+            self.watermark = watermark
+            if watermark >= self._next_sweep:
+                self._sweep(watermark)
         if ts >= self._next_emit:
             if self._next_emit != -math.inf:
                 self.flush()
@@ -417,11 +431,12 @@ class Engine:
 
     def advance(self, watermark: float) -> None:
         """Move the watermark; once per sweep interval, expire join state and finalize windows."""
-        if watermark <= self.watermark:
-            return
-        self.watermark = watermark
-        if watermark < self._next_sweep:
-            return
+        if watermark > self.watermark:
+            self.watermark = watermark
+            if watermark >= self._next_sweep:
+                self._sweep(watermark)
+
+    def _sweep(self, watermark: float) -> None:
         self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
         expired, orphaned = self.join.expire(watermark)
         self.health.expired_predictions += len(expired)

@@ -6,9 +6,9 @@ a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no predi
 are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
 replay engine and the Kafka worker count the same input the same way.
 
-Resolved ids leave a small tombstone (id -> outcome) until ``2 * ttl_s`` after their time, so
-duplicates and late labels are recognised; expiry is swept by time buckets (one list slot per
-entry), not a heap of tuples.
+Resolved ids leave a small tombstone (id -> outcome) until about ``2 * ttl_s`` after their
+time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
+slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
 Entries are opaque tuples whose first item is the event timestamp.
 
@@ -39,6 +39,9 @@ class Outcome(Enum):
     LATE = "late"  # the label came after the TTL; its prediction is expired at once
 
 
+# Module-level aliases: a global lookup is several times cheaper than Enum attribute access.
+PENDING, JOINED, DUPLICATE, LATE = Outcome.PENDING, Outcome.JOINED, Outcome.DUPLICATE, Outcome.LATE
+
 # Tombstone states: what a resolved id's next record means.
 _JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
 _NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
@@ -47,27 +50,45 @@ _NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
 class _Buckets:
     """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers."""
 
-    __slots__ = ("bucket_s", "by_bucket", "heap")
+    __slots__ = ("bucket_s", "by_bucket", "heap", "last_bucket", "last_ids")
 
     def __init__(self, bucket_s: float) -> None:
         self.bucket_s = bucket_s
         self.by_bucket: dict[int, list[str]] = {}
         self.heap: list[int] = []
+        self.last_bucket = -1
+        self.last_ids: list[str] = []
 
     def add(self, deadline: float, request_id: str) -> None:
         bucket = int(deadline // self.bucket_s)
+        if bucket == self.last_bucket:  # in-order input lands in the same bucket again and again
+            self.last_ids.append(request_id)
+            return
         ids = self.by_bucket.get(bucket)
         if ids is None:
             ids = self.by_bucket[bucket] = []
             heapq.heappush(self.heap, bucket)
         ids.append(request_id)
+        self.last_bucket, self.last_ids = bucket, ids
 
-    def due(self, watermark: float) -> list[str]:
-        """Ids whose bucket ended at or before the watermark (their deadline has passed)."""
-        out: list[str] = []
+    def add_many(self, deadline: float, request_ids: list[str]) -> None:
+        bucket = int(deadline // self.bucket_s)
+        ids = self.by_bucket.get(bucket)
+        if ids is None:
+            self.by_bucket[bucket] = request_ids
+            heapq.heappush(self.heap, bucket)
+        else:
+            ids.extend(request_ids)
+
+    def due(self, watermark: float) -> list[tuple[float, list[str]]]:
+        """(bucket end, ids) of every bucket that ended at or before the watermark."""
+        out = []
         heap = self.heap
         while heap and (math.isinf(watermark) or (heap[0] + 1) * self.bucket_s <= watermark):
-            out.extend(self.by_bucket.pop(heapq.heappop(heap)))
+            bucket = heapq.heappop(heap)
+            out.append(((bucket + 1) * self.bucket_s, self.by_bucket.pop(bucket)))
+            if bucket == self.last_bucket:
+                self.last_bucket = -1
         return out
 
 
@@ -81,16 +102,12 @@ class JoinBuffer:
         self._label_due = _Buckets(bucket_s)
         self._tombstone_due = _Buckets(bucket_s)
 
-    def _resolve(self, request_id: str, state: int, ts: float) -> None:
-        self.tombstones[request_id] = state
-        self._tombstone_due.add(ts + 2 * self.ttl_s, request_id)
-
     def add_prediction(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
         if request_id in self.predictions:
             return Outcome.DUPLICATE, None, None
         label = self.labels.pop(request_id, None)
         if label is not None:
-            self._resolve(request_id, _JOINED, entry[0])
+            self.tombstones[request_id] = _JOINED  # its removal is scheduled when the label's bucket is swept
             if label[0] - entry[0] > self.ttl_s:
                 return Outcome.LATE, entry, label
             return Outcome.JOINED, entry, label
@@ -103,7 +120,7 @@ class JoinBuffer:
     def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
         prediction = self.predictions.pop(request_id, None)
         if prediction is not None:
-            self._resolve(request_id, _JOINED, prediction[0])
+            self.tombstones[request_id] = _JOINED  # removal scheduled when the prediction's bucket is swept
             if entry[0] - prediction[0] > self.ttl_s:
                 return Outcome.LATE, prediction, entry
             return Outcome.JOINED, prediction, entry
@@ -124,17 +141,23 @@ class JoinBuffer:
         expired = self._sweep(self.predictions, self._prediction_due, watermark, _PREDICTION_EXPIRED)
         orphaned = self._sweep(self.labels, self._label_due, watermark, _LABEL_ORPHANED)
         tombstones = self.tombstones
-        for request_id in self._tombstone_due.due(watermark):
-            tombstones.pop(request_id, None)
+        for _, request_ids in self._tombstone_due.due(watermark):
+            for request_id in request_ids:
+                tombstones.pop(request_id, None)
         return expired, orphaned
 
     def _sweep(self, pending: dict[str, Entry], due: _Buckets, watermark: float, state: int) -> list[Entry]:
+        """Resolve the due ids still pending; every id of a swept bucket (resolved now or joined
+        earlier) keeps its tombstone for one more TTL."""
         out: list[Entry] = []
         ttl = self.ttl_s
-        for request_id in due.due(watermark):
-            entry = pending.get(request_id)
-            if entry is not None and entry[0] + ttl < watermark:
-                del pending[request_id]
-                out.append(entry)
-                self._resolve(request_id, state, entry[0])
+        tombstones = self.tombstones
+        for bucket_end, request_ids in due.due(watermark):
+            for request_id in request_ids:
+                entry = pending.get(request_id)
+                if entry is not None and entry[0] + ttl < watermark:
+                    del pending[request_id]
+                    out.append(entry)
+                    tombstones[request_id] = state
+            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
         return out

@@ -12,12 +12,14 @@ and regression ones from running sums that also support ``revert`` for rolling w
 from __future__ import annotations
 
 import math
+from math import log
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 EPS = float(np.finfo(np.float64).eps)
+ONE_MINUS_EPS = 1.0 - EPS
 
 # Metrics that are proportions of pairs: the statistical gate may use a Wilson bound on them.
 PROPORTIONS = frozenset({
@@ -112,13 +114,18 @@ class ScoreSums:
     @staticmethod
     def terms(y_true: str, scores: dict[str, float]) -> tuple[float, float]:
         """One pair's (log loss, Brier) terms; binary Brier is halved as scikit-learn does."""
-        p_true = min(max(scores.get(y_true, 0.0), EPS), 1 - EPS)
-        brier = sum((p - (cls == y_true)) ** 2 for cls, p in scores.items())
-        if y_true not in scores:
-            brier += 1.0
+        brier = 0.0
+        p_true = None
+        for cls, p in scores.items():
+            if cls == y_true:
+                p_true = p
+                p -= 1.0
+            brier += p * p
+        if p_true is None:
+            p_true, brier = 0.0, brier + 1.0
         if len(scores) == 2:
             brier /= 2
-        return -math.log(p_true), brier
+        return -log(EPS if p_true < EPS else ONE_MINUS_EPS if p_true > ONE_MINUS_EPS else p_true), brier
 
     def update(self, y_true: str, scores: dict[str, float], sign: int = 1) -> None:
         log_loss, brier = self.terms(y_true, scores)
