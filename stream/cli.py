@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from stream.errors import MlmonError
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML settings (windows, join_ttl, limits, rules)")
     parser.add_argument("--rules", type=Path, help="YAML file with a top-level 'rules' list")
+
+
+def _kafka_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="Kafka bootstrap servers (default: the config's, 127.0.0.1:9092)")
+    parser.add_argument("--config", type=Path, help="YAML settings (topics, partitions, kafka_options)")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -43,6 +49,44 @@ def _simulate(args: argparse.Namespace) -> int:
         with (args.out_dir / name).open("wb") as out:
             out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
     print(f"wrote {len(predictions)} predictions and {len(labels)} labels to {args.out_dir}")
+    return 0
+
+
+def _kafka_config(args: argparse.Namespace) -> Config:
+    config = Config.load(args.config, getattr(args, "rules", None))
+    if args.broker:
+        config.broker = args.broker
+    return config
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from stream.kafka.admin import ensure_topics
+    from stream.kafka.produce import file_records, produce, scenario_records
+    from stream.simulate import Scenario
+
+    config = _kafka_config(args)
+    ensure_topics(config)
+    if args.predictions or args.labels:
+        records = file_records(args.predictions, args.labels)
+    else:
+        records = scenario_records(Scenario(
+            pairs=args.pairs, seed=args.seed, start_ts=args.start_ts or time.time(), rate_per_s=args.event_rate,
+            classes=tuple(f"class_{i}" for i in range(args.classes)) if args.classes != 2 else ("home_win", "away_win"),
+            label_coverage=args.coverage, duplicate_rate=args.duplicates, label_delay_mean_s=args.label_delay_mean_s,
+            early_label_rate=args.early_labels, degrade_from=args.degrade_from, recover_at=args.recover_at,
+            accuracy=args.accuracy, degraded_accuracy=args.degraded_accuracy,
+        ))
+    report = produce(config, records, rate_per_s=args.rate)
+    print(orjson.dumps(vars(report)).decode())
+    return 0 if report.failed == 0 else 1
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from stream.kafka.tail import tail
+
+    config = _kafka_config(args)
+    topic = config.metrics_topic if args.command == "metrics" else config.alerts_topic
+    tail(config, topic, as_json=args.json, follow=args.follow)
     return 0
 
 
@@ -75,6 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--degrade-from", type=float, default=0.5, help="fraction of the run where quality drops")
     sim.add_argument("--recover-at", type=float, default=0.75, help="fraction where it recovers")
     sim.set_defaults(run=_simulate)
+
+    prod = commands.add_parser("produce", help="send a simulated model's traffic (or JSONL files) to Kafka")
+    _kafka_args(prod)
+    prod.add_argument("--predictions", type=Path, help="JSONL file to send instead of the simulation")
+    prod.add_argument("--labels", type=Path, help="JSONL file to send instead of the simulation")
+    prod.add_argument("--pairs", type=int, default=10_000)
+    prod.add_argument("--rate", type=float, default=0.0, help="predictions per second of wall time (0: flat out)")
+    prod.add_argument("--event-rate", type=float, default=100.0, help="predictions per second of event time")
+    prod.add_argument("--start-ts", type=float, default=0.0, help="event time of the first prediction (default: now)")
+    prod.add_argument("--seed", type=int, default=7)
+    prod.add_argument("--classes", type=int, default=2)
+    prod.add_argument("--coverage", type=float, default=1.0, help="fraction of predictions that get a label")
+    prod.add_argument("--duplicates", type=float, default=0.0, help="fraction of records sent twice")
+    prod.add_argument("--early-labels", type=float, default=0.0, help="fraction of labels stamped before the prediction")
+    prod.add_argument("--label-delay-mean-s", type=float, default=60.0)
+    prod.add_argument("--accuracy", type=float, default=0.9)
+    prod.add_argument("--degraded-accuracy", type=float, default=0.55)
+    prod.add_argument("--degrade-from", type=float, default=1.0, help="fraction of the run where quality drops")
+    prod.add_argument("--recover-at", type=float, default=1.0, help="fraction where it recovers")
+    prod.set_defaults(run=_produce)
+
+    for name in ("metrics", "alerts"):
+        group = commands.add_parser(name, help=f"read the {name} topic").add_subparsers(dest="action", required=True)
+        tail_parser = group.add_parser("tail", help=f"print {name} records as they arrive")
+        _kafka_args(tail_parser)
+        tail_parser.add_argument("--json", action="store_true", help="one JSON object per line")
+        tail_parser.add_argument("--follow", action="store_true", help="keep waiting for new records")
+        tail_parser.set_defaults(run=_tail)
 
     demo = commands.add_parser("demo", help="a simulated NBA model degrading and recovering, no broker needed")
     demo.add_argument("--pairs", type=int, default=20_000)

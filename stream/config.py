@@ -40,6 +40,8 @@ class Config:
     alerts_topic: str = "model-alerts"
     dead_letters_topic: str = "mlmon-dead-letters"
     partitions: int = 4
+    replication_factor: int = 1
+    kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)
     app_id: str = "mlmon"
     data_dir: str = "mlmon-data"
 
@@ -49,6 +51,11 @@ class Config:
         known = {f.name for f in fields(cls)}
         for key, value in raw.items():
             if key in ("rules", "windows", "regression_models"):
+                continue
+            if key == "kafka_options":
+                if not isinstance(value, dict):
+                    raise ConfigError("'kafka_options' must be a mapping of librdkafka settings")
+                config.kafka_options = {str(k): str(v) for k, v in value.items()}
                 continue
             name = key if key in known else f"{key}_s" if f"{key}_s" in known else None
             if name is None:
@@ -84,7 +91,7 @@ class Config:
         raw = read_yaml(path) if path else {}
         for f in fields(cls):
             env = os.environ.get(f"MLMON_{f.name.upper()}")
-            if env is not None and f.name not in ("rules", "windows", "regression_models"):
+            if env is not None and f.name not in ("rules", "windows", "regression_models", "kafka_options"):
                 raw[f.name] = env
         config = cls.from_mapping(raw)
         if rules_path:
