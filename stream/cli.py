@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--classes", type=int, default=2)
     prod.add_argument("--coverage", type=float, default=1.0, help="fraction of predictions that get a label")
     prod.add_argument("--duplicates", type=float, default=0.0, help="fraction of records sent twice")
-    prod.add_argument("--early-labels", type=float, default=0.0, help="fraction of labels stamped before the prediction")
+    prod.add_argument("--early-labels", type=float, default=0.0, help="fraction of labels stamped early")
     prod.add_argument("--label-delay-mean-s", type=float, default=60.0)
     prod.add_argument("--accuracy", type=float, default=0.9)
     prod.add_argument("--degraded-accuracy", type=float, default=0.55)

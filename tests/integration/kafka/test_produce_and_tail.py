@@ -57,7 +57,7 @@ def test_input_topics_with_different_partition_counts_are_refused(kafka: Broker)
     futures = admin.create_topics([NewTopic(config.predictions_topic, 4, 1), NewTopic(config.labels_topic, 2, 1)])
     for future in futures.values():
         future.result(30)
-    with pytest.raises(TopologyError, match="co-partitioned.*has 4 partitions.*has 2 partitions"):
+    with pytest.raises(TopologyError, match=r"co-partitioned.*has 4 partitions.*has 2 partitions"):
         ensure_topics(config)
 
 
