@@ -90,6 +90,12 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from stream.kafka.worker import run_worker
+
+    return run_worker(_kafka_config(args), loglevel=args.loglevel)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -139,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--degrade-from", type=float, default=1.0, help="fraction of the run where quality drops")
     prod.add_argument("--recover-at", type=float, default=1.0, help="fraction where it recovers")
     prod.set_defaults(run=_produce)
+
+    worker = commands.add_parser("worker", help="run the faust worker: join, count, publish metrics and alerts")
+    _kafka_args(worker)
+    worker.add_argument("--rules", type=Path, help="YAML file with a top-level 'rules' list")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(run=_worker)
 
     for name in ("metrics", "alerts"):
         group = commands.add_parser(name, help=f"read the {name} topic").add_subparsers(dest="action", required=True)

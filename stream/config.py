@@ -39,6 +39,7 @@ class Config:
     metrics_topic: str = "model-metrics"
     alerts_topic: str = "model-alerts"
     dead_letters_topic: str = "mlmon-dead-letters"
+    health_topic: str = "mlmon-health"
     partitions: int = 4
     replication_factor: int = 1
     kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)
