@@ -9,32 +9,38 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError
 
 from stream.config import Config
 from stream.kafka.admin import client_settings
 
 
-def read(config: Config, topic: str, from_beginning: bool = True, idle_timeout_s: float | None = None,
-         limit: int | None = None) -> Iterator[tuple[bytes | None, dict[str, Any]]]:
-    """Records of a topic as (key, decoded value); stops after ``idle_timeout_s`` without one."""
+def read(config: Config, topic: str, follow: bool = False, from_beginning: bool = True,
+         timeout_s: float = 60.0) -> Iterator[tuple[bytes | None, dict[str, Any]]]:
+    """Records of a topic as (key, decoded value): up to its current end, or forever with ``follow``."""
     consumer = Consumer({
         **client_settings(config),
         "group.id": f"mlmon-tail-{uuid.uuid4()}",
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,
+        "enable.partition.eof": True,
     })
     consumer.subscribe([topic])
-    count, last = 0, time.monotonic()
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout_s
     try:
-        while limit is None or count < limit:
+        while follow or time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
-                    return
+            if msg is None:
                 continue
-            last = time.monotonic()
-            count += 1
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and msg.partition() is not None:
+                    at_end.add(int(msg.partition()))  # type: ignore[arg-type]
+                    assignment = consumer.assignment()
+                    if not follow and assignment and at_end >= {tp.partition for tp in assignment}:
+                        return
+                continue
+            at_end.discard(msg.partition() or 0)
             try:
                 value = orjson.loads(msg.value() or b"null")
             except orjson.JSONDecodeError:
@@ -70,7 +76,7 @@ def format_alert(event: dict[str, Any]) -> str:
 def tail(config: Config, topic: str, as_json: bool, follow: bool, out: TextIO = sys.stdout) -> int:
     formatter = format_metric if topic == config.metrics_topic else format_alert
     shown = 0
-    for _, value in read(config, topic, idle_timeout_s=None if follow else 5.0):
+    for _, value in read(config, topic, follow=follow):
         out.write((orjson.dumps(value).decode() if as_json else formatter(value)) + "\n")
         out.flush()
         shown += 1

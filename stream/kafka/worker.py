@@ -232,7 +232,7 @@ def build_app(config: Config) -> faust.App:
             await publish()
             await health_topic.send(key=config.app_id.encode(), value=orjson.dumps(topology.health()))
 
-    async def on_rebalance(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         topology.stale = True  # partitions moved: rebuild from the table before the next message
 
     app.on_partitions_revoked.connect(on_rebalance)

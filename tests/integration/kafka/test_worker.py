@@ -1,0 +1,232 @@
+"""`mlmon worker` on the real broker: exact final metrics, health accounting, restarts, dead letters, alerts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sklearn import metrics as skm
+
+from kafka_broker import Broker
+from stream.config import Config
+from stream.kafka.admin import ensure_topics
+from stream.kafka.produce import Outgoing, produce, producer, scenario_records
+from stream.kafka.tail import read
+from stream.simulate import Scenario, draws
+
+TTL_S = 60
+START = 1_767_225_600.0
+TICK_TS = START + 1_000_000  # far-future records on every input partition push the watermark past all windows
+
+
+def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]:
+    suffix = uuid.uuid4().hex[:8]
+    text = (
+        f"join_ttl: {TTL_S}s\nwindows: [tumbling 5m, tumbling 15m]\npartitions: 4\n"
+        f"app_id: mlmon-test-{suffix}\ndata_dir: {tmp_path / 'data'}\n"
+        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in ("predictions", "labels", "metrics", "alerts", "health"))
+        + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n" + extra
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    config = Config.load(path)
+    ensure_topics(config)
+    return config, path
+
+
+def ticks() -> Iterator[Outgoing]:
+    for i in range(40):
+        yield TICK_TS, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": TICK_TS, "prediction": "x"}
+        yield TICK_TS, 1, {"request_id": f"tick-{i}", "timestamp": TICK_TS, "label": "x"}
+
+
+class Worker:
+    def __init__(self, config_path: Path, log: Path, rules: Path | None = None) -> None:
+        self.args = [sys.executable, "-m", "stream.cli", "worker", "--config", str(config_path)]
+        if rules:
+            self.args += ["--rules", str(rules)]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def expected_pairs(scenario: Scenario) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """The contract computed the obvious way, per (window name, start)."""
+    out: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+    for d in draws(scenario):
+        if d.label is None or d.label["timestamp"] - d.prediction["timestamp"] > TTL_S:
+            continue
+        for size, name in ((300, "tumbling_5m"), (900, "tumbling_15m")):
+            out[(name, int(d.prediction["timestamp"] // size) * size)].append(
+                (d.label["label"], d.prediction["prediction"]))
+    return out
+
+
+def final_records(config: Config, wanted: set[tuple[str, int]], timeout_s: float, worker: Worker) -> dict[Any, Any]:
+    finals: dict[tuple[str, int], dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not wanted <= set(finals):
+        for _, record in read(config, config.metrics_topic, follow=False):
+            if record["final"] and record["model"] != "tick" and not record["segment"]:
+                finals[(record["window"]["name"], record["window"]["start"])] = record
+        assert worker.proc is None or worker.proc.poll() is None, worker.tail()
+    assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.tail()}"
+    return finals
+
+
+def assert_exact(finals: dict[Any, Any], expected: dict[tuple[str, int], list[tuple[str, str]]]) -> None:
+    for key, pairs in expected.items():
+        record = finals[key]
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        assert record["n"] == len(pairs), key
+        m = record["metrics"]
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+        assert m["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-9)
+        assert m["precision_weighted"] == pytest.approx(
+            skm.precision_score(y_true, y_pred, average="weighted", zero_division=0), abs=1e-9)
+        assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred), abs=1e-9)
+
+
+def latest_health(config: Config) -> dict[str, Any]:
+    health = [value for _, value in read(config, config.health_topic, follow=False)]
+    assert health, "the worker published no health record"
+    return health[-1]
+
+
+def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=50_000, start_ts=START, rate_per_s=100.0, label_delay_mean_s=20.0,
+                        label_coverage=0.9, duplicate_rate=0.05, early_label_rate=0.02)
+    sent = produce(config, scenario_records(scenario))
+    sent_ticks = produce(config, ticks())
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        expected = expected_pairs(scenario)
+        finals = final_records(config, set(expected), timeout_s=240, worker=worker)
+        assert_exact(finals, expected)
+        time.sleep(2)  # one more health record after the last flush
+        health = latest_health(config)
+    finally:
+        worker.stop()
+    assert health["predictions"] == sent.predictions + sent_ticks.predictions
+    assert health["labels"] == sent.labels + sent_ticks.labels
+    assert health["balance"] == {"predictions": 0, "labels": 0}
+    dup_preds = sum(d.duplicate_prediction for d in draws(scenario))
+    dup_labels = sum(d.duplicate_label and d.label is not None for d in draws(scenario))
+    assert (health["duplicate_predictions"], health["duplicate_labels"]) == (dup_preds, dup_labels)
+    assert health["pairs"] == sum(len(p) for k, p in expected.items() if k[0] == "tumbling_15m") + 40
+    assert health["late_labels"] > 0 and health["expired_predictions"] > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_stopped_worker_resumes_without_losing_or_double_counting(kafka: Broker, tmp_path: Path, sig: int) -> None:
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=20_000, start_ts=START, rate_per_s=50.0, label_delay_mean_s=15.0,
+                        label_coverage=0.9, duplicate_rate=0.05, early_label_rate=0.02, seed=11)
+    records = list(scenario_records(scenario)) + list(ticks())
+    worker = Worker(path, tmp_path / "worker.log").start()
+    sender = threading.Thread(target=produce, args=(config, records), kwargs={"rate_per_s": 2000.0})
+    sender.start()
+    try:
+        time.sleep(6)  # mid-stream: roughly half of the records are out
+        worker.stop(sig)
+        worker.start()
+        sender.join()
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=240, worker=worker), expected)
+    finally:
+        sender.join()
+        worker.stop()
+    assert "engine rebuilt from" in worker.tail()
+
+
+def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    bad = [
+        (b"{not json", "not valid JSON"),
+        (orjson.dumps({"model": "m", "timestamp": START, "prediction": "a"}), "missing field 'request_id'"),
+        (orjson.dumps({"request_id": "r", "model": "m", "timestamp": "noon", "prediction": "a"}), "RFC 3339"),
+        (orjson.dumps({"request_id": "r", "model": ["m"], "timestamp": START, "prediction": "a"}), "must be a string"),
+        (b'{"request_id": "big", "model": "' + b"m" * 70_000 + b'"}', "over the limit"),
+    ]
+    client = producer(config)
+    for value, _ in bad:
+        client.produce(config.predictions_topic, key=b"r", value=value)
+    client.produce(config.labels_topic, key=b"r", value=b'{"request_id": "r", "timestamp": 1}')
+    assert client.flush(30) == 0
+    scenario = Scenario(pairs=600, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0)
+    produce(config, scenario_records(scenario))
+    produce(config, ticks())
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
+        dead = [value for _, value in read(config, config.dead_letters_topic, follow=False)]
+    finally:
+        worker.stop()
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == len(bad) + 1, reasons
+    for _, why in bad:
+        assert any(why in reason for reason in reasons), (why, reasons)
+    assert any("missing field 'label'" in reason for reason in reasons)
+    assert all({"topic", "partition", "offset", "raw"} <= set(d) for d in dead)
+
+
+RULES = """
+rules:
+  - name: ModelAccuracyLow
+    metric: accuracy
+    window: tumbling_5m
+    below: 0.75
+    clear: 0.8
+    min_samples: 200
+"""
+
+
+def test_a_degradation_fires_once_and_recovery_resolves_once(kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    scenario = Scenario(pairs=12_000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=10.0,
+                        degrade_from=0.35, recover_at=0.65, accuracy=0.92, degraded_accuracy=0.5, seed=5)
+    produce(config, scenario_records(scenario))
+    produce(config, ticks())
+    worker = Worker(path, tmp_path / "worker.log", rules).start()
+    try:
+        expected = expected_pairs(scenario)
+        final_records(config, set(expected), timeout_s=240, worker=worker)
+        alerts = [value for _, value in read(config, config.alerts_topic, follow=False)]
+    finally:
+        worker.stop()
+    assert [a["status"] for a in alerts] == ["firing", "resolved"], json.dumps(alerts, indent=1)
+    assert alerts[0]["fingerprint"] == alerts[1]["fingerprint"]
+    assert alerts[0]["labels"]["model"] == "nba-game-outcome"
