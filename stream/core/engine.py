@@ -458,6 +458,22 @@ class Engine:
                         rolling.dirty = False
                         self._emit(rolling, final=True)
 
+    def resume(self, watermark: float) -> None:
+        """After a rebuild fed with stored records (at no watermark): jump to the watermark that was
+        reached before, dropping the windows that were already final then, without emitting them
+        again (their records may be gone from the store by now; their final records went out)."""
+        self.watermark = watermark
+        self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+        expired, orphaned = self.join.expire(watermark)
+        self.health.expired_predictions += len(expired)
+        self.health.orphaned_labels += len(orphaned)
+        self._fold()
+        heap = self._final_heap
+        while heap and heap[0][0] <= watermark:
+            window = heapq.heappop(heap)[2]
+            del window.series.windows[(window.spec, window.start)]
+            window.dirty = False
+
     def flush(self) -> None:
         """Emit one record per window that changed since the last flush."""
         self._fold()

@@ -33,8 +33,9 @@ def read(config: Config, topic: str, follow: bool = False, from_beginning: bool 
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF and msg.partition() is not None:
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF and msg.partition() is not None:
                     at_end.add(int(msg.partition()))  # type: ignore[arg-type]
                     assignment = consumer.assignment()
                     if not follow and assignment and at_end >= {tp.partition for tp in assignment}:

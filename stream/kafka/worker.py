@@ -61,13 +61,13 @@ class Topology:
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
 
     def rebuild(self, table: Any) -> None:
-        """A fresh engine fed with every stored record, in timestamp order; outputs kept for flush."""
+        """A fresh engine fed with every stored record in timestamp order, with no watermark (so none
+        is judged stale), then moved to the watermark reached before."""
         engine = Engine(self.config, clock=time.time)
         self.partition_watermarks = {
             k[len(WATERMARK_KEY):]: float(v) for k, v in table.items() if k.startswith(WATERMARK_KEY)
         }
         watermark = min(self.partition_watermarks.values(), default=-math.inf)
-        engine.advance(watermark - self.config.watermark_lag_s)
         records: list[tuple[float, int, dict[str, Any]]] = []
         self.prune_due.clear()
         for key, entry in table.items():
@@ -84,7 +84,9 @@ class Topology:
                 engine.prediction(parse_prediction(raw))
             else:
                 engine.label(parse_label(raw))
-        engine.flush()  # publish every window's current state once more: upserts, so harmless
+        if math.isfinite(watermark):
+            engine.resume(watermark - self.config.watermark_lag_s)
+        engine.flush()  # publish every open window's current state once more: upserts, so harmless
         engine.alert_events.clear()  # rule states are rebuilt; events already went out before
         engine.dead_letters.clear()  # stored records were valid; their dead letters went out before
         self.engine = engine
@@ -190,6 +192,8 @@ def build_app(config: Config) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         table_standby_replicas=0,
+        broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not 60 s
+        broker_heartbeat_interval=3.0,
     )
     inputs = app.topic(config.predictions_topic, config.labels_topic,
                        key_serializer="raw", value_serializer="raw")

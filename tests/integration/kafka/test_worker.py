@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+from kafka_broker import Broker
 from sklearn import metrics as skm
 
-from kafka_broker import Broker
 from stream.config import Config
 from stream.kafka.admin import ensure_topics
 from stream.kafka.produce import Outgoing, produce, producer, scenario_records
@@ -166,7 +166,7 @@ def test_a_stopped_worker_resumes_without_losing_or_double_counting(kafka: Broke
     finally:
         sender.join()
         worker.stop()
-    assert "engine rebuilt from" in worker.tail()
+    assert worker.log.read_text().count("engine rebuilt from") >= 2  # once per start
 
 
 def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: Broker, tmp_path: Path) -> None:
