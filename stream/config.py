@@ -40,6 +40,7 @@ class Config:
     alerts_topic: str = "model-alerts"
     dead_letters_topic: str = "mlmon-dead-letters"
     health_topic: str = "mlmon-health"
+    partials_topic: str = "mlmon-partials"  # internal: per-partition window states, keyed by model
     partitions: int = 4
     replication_factor: int = 1
     kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)

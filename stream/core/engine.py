@@ -24,7 +24,8 @@ import numpy as np
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
 from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
-from stream.core.metrics import RegressionStats, ScoreSums, classification
+from stream.core.merge import WindowState, metric_record
+from stream.core.metrics import RegressionStats, ScoreSums
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.windows import WindowSpec
@@ -80,18 +81,10 @@ class Window:
         self.scores = ScoreSums()
         self.dirty = False
 
-    @property
-    def n(self) -> int:
-        return self.cm.total if self.cm is not None else self.regression.n if self.regression else 0
-
-    def figures(self) -> dict[str, Any]:
+    def state(self) -> WindowState:
         if self.cm is None:
-            return {"metrics": self.regression.get() if self.regression else {}}
-        counts = self.cm.counts()
-        classes = self.cm.classes()
-        metrics = classification(counts, classes)
-        metrics.update(self.scores.get())
-        return {"classes": classes, "confusion_matrix": counts.tolist(), "metrics": metrics}
+            return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
+        return WindowState(self.predictions, self.cm.classes(), self.cm.counts(), self.scores, None)
 
 
 Terms = tuple[float, float] | None  # one pair's (log loss, Brier) terms, when it carried scores
@@ -120,16 +113,12 @@ class RollingWindow(Window):
         if terms is not None:
             self.scores.merge(sign, sign * terms[0], sign * terms[1])
 
-    @property
-    def n(self) -> int:
-        return len(self.pairs)
-
-    def figures(self) -> dict[str, Any]:
+    def state(self) -> WindowState:
         if self.cm is None:
             self.regression = RegressionStats()
             for truth, guess, _ in self.pairs:
                 self.regression.update(truth, guess)
-        return super().figures()
+        return super().state()
 
 
 class Series:
@@ -203,8 +192,9 @@ PendingLabel = tuple[float, Any]
 
 
 class Engine:
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None, emit_partials: bool = False) -> None:
         self.config = config
+        self.emit_partials = emit_partials
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
@@ -490,21 +480,16 @@ class Engine:
         self.advance(math.inf)
 
     def _emit(self, window: Window, final: bool) -> None:
-        now = self.clock()
         series, spec = window.series, window.spec
-        record: dict[str, Any] = {
-            "model": series.model,
-            "model_version": series.model_version,
-            "segment": series.segment,
-            "window": spec.describe(window.start),
-            "task": "classification" if window.cm is not None else "regression",
-            "n": window.n,
-            "predictions": window.predictions if spec.timed else None,
-            "label_coverage": (window.n / window.predictions) if spec.timed and window.predictions else None,
-            **window.figures(),
-            "final": final,
-            "emitted_at": rfc3339(now),
-        }
+        if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the record
+            self.metric_records.append({
+                "model": series.model, "model_version": series.model_version, "segment": series.segment,
+                "window": spec.describe(window.start), "final": final, **window.state().export(),
+            })
+            return
+        now = self.clock()
+        record = metric_record(series.model, series.model_version, series.segment, spec.describe(window.start),
+                               window.state(), final, rfc3339(now))
         self.metric_records.append(record)
         self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now))
 

@@ -27,6 +27,7 @@ def planned_topics(config: Config) -> dict[str, tuple[int, dict[str, str]]]:
         config.alerts_topic: (config.partitions, {}),
         config.dead_letters_topic: (1, {}),
         config.health_topic: (1, COMPACTED),
+        config.partials_topic: (config.partitions, {}),
     }
 
 

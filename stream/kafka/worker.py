@@ -1,23 +1,29 @@
 """``mlmon worker``: the faust topology that runs the core over Kafka.
 
-One agent consumes the co-partitioned ``predictions`` and ``labels`` topics (keyed by
-``request_id``). The durable state is one changelog-backed table keyed by request id, holding
-the first prediction and the first label of each request (first wins; later ones are never
-stored). The core :class:`Engine` in memory is a pure function of that table: after a start, a
-crash or a rebalance it is rebuilt by feeding the table back in timestamp order, and only then
-does the agent go on. A message replayed after a crash finds its record already in the table and
-cannot change it, so no pair is counted twice; a record the table lost is replayed from Kafka
-(faust flushes changelogs before it commits offsets), so none is lost.
+Two agents per worker process (see docs/worker.md):
 
-Limits of this first topology (see docs/worker.md): one worker process per consumer group
-computes complete figures (it owns every partition); ``cumulative`` and ``rolling`` windows are
-not restart-safe here and are refused.
+1. **join** consumes the co-partitioned ``predictions`` and ``labels`` topics (keyed by
+   ``request_id``). Its only durable state is a changelog-backed table keyed by request id that
+   holds the first prediction and the first label of each request (first wins; later ones are
+   never stored). Each input partition has its own core :class:`Engine` in memory, a pure
+   function of that table: after a start, a crash or a rebalance it is rebuilt by feeding the
+   table back. A message replayed after a crash finds its record already stored and cannot
+   change anything, so no pair is counted twice; a record the table lost is replayed from Kafka
+   (faust flushes changelogs before it commits offsets), so none is lost. Each engine publishes
+   the *absolute* state of its changed windows ("partials", keyed by model) and its watermark.
+2. **merge** consumes the partials, partitioned by model: it keeps the latest partial per
+   (window, input partition) in a table, sums them into one metric record per window, evaluates
+   the alert rules, and marks a window final once every input partition's watermark has passed
+   it. Absolute partials make replays and duplicates harmless.
+
+So any number of workers in one consumer group give the same figures as one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -27,71 +33,88 @@ import faust
 import orjson
 
 from stream.config import Config
-from stream.core.engine import Engine, record_key
+from stream.core.engine import Engine, Health, record_key
+from stream.core.merge import merge_states, metric_record
 from stream.core.records import decode, parse_label, parse_prediction
+from stream.core.rules import RuleBook, RuleState, rfc3339
+from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.kafka.admin import ensure_topics
 
 log = logging.getLogger("mlmon.worker")
 
-WATERMARK_KEY = "\x00watermark"  # per-partition high-water event time, stored in the table too
-ALERT_KEY = "\x00alerts"
+WATERMARK_KEY = "\x00watermark"  # per input topic-partition event time, stored in the request table
+RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
 PRUNE_SLACK_S = 120.0
+SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
+Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
 def check_worker_config(config: Config) -> None:
     refused = [w.name for w in config.windows if w.kind in ("cumulative", "rolling")]
     if refused:
         raise ConfigError(
-            f"the Kafka worker does not support {', '.join(refused)} windows yet (they cannot be rebuilt "
-            "from the join table after a restart); use tumbling or hopping windows"
+            f"the Kafka worker does not support {', '.join(refused)} windows yet (their state cannot be "
+            "rebuilt from the request table after a restart); use tumbling or hopping windows"
         )
 
 
-class Topology:
-    """The worker's state and handlers, independent of how faust delivers messages."""
+class Join:
+    """The join agent's state and handlers, independent of how faust delivers messages."""
 
     def __init__(self, config: Config) -> None:
         check_worker_config(config)
         self.config = config
-        self.engine = Engine(config, clock=time.time)
+        self.engines: dict[int, Engine] = {}
         self.max_window_s = max((w.size_s for w in config.windows), default=0)
-        self.stale = True  # rebuild the engine from the table before the next message
-        self.partition_watermarks: dict[str, float] = {}
+        self.stale = True  # rebuild the engines from the table before the next message
+        self.watermarks: dict[str, float] = {}  # "predictions/3" -> event time
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
 
+    def _new_engine(self) -> Engine:
+        return Engine(self.config, clock=time.time, emit_partials=True)
+
+    def engine(self, partition: int) -> Engine:
+        engine = self.engines.get(partition)
+        if engine is None:
+            engine = self.engines[partition] = self._new_engine()
+        return engine
+
+    def watermark(self, partition: int) -> float:
+        """A partition's event time: the slower of its two inputs (labels often trail predictions)."""
+        return min(self.watermarks.get(f"{s}/{partition}", -math.inf) for s in ("predictions", "labels"))
+
     def rebuild(self, table: Any) -> None:
-        """A fresh engine fed with every stored record in timestamp order, with no watermark (so none
-        is judged stale), then moved to the watermark reached before."""
-        engine = Engine(self.config, clock=time.time)
-        self.partition_watermarks = {
-            k[len(WATERMARK_KEY):]: float(v) for k, v in table.items() if k.startswith(WATERMARK_KEY)
-        }
-        watermark = min(self.partition_watermarks.values(), default=-math.inf)
-        records: list[tuple[float, int, dict[str, Any]]] = []
+        """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
+        is judged stale), then moved to the watermark each partition had reached."""
+        self.watermarks = {k[len(WATERMARK_KEY):]: float(v) for k, v in table.items() if k.startswith(WATERMARK_KEY)}
+        records: dict[int, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
         self.prune_due.clear()
         for key, entry in table.items():
             if key.startswith("\x00"):
                 continue
+            partition = int(entry["_part"])
             for kind, slot in ((0, "p"), (1, "l")):
                 if slot in entry:
-                    records.append((float(entry[slot]["_ts"]), kind, entry[slot]))
-            first = min(float(entry[s]["_ts"]) for s in ("p", "l") if s in entry)
-            self._schedule_prune(key, first, int(entry.get("_part", 0)))
-        records.sort(key=lambda r: (r[0], r[1]))
-        for _, kind, raw in records:
-            if kind == 0:
-                engine.prediction(parse_prediction(raw))
-            else:
-                engine.label(parse_label(raw))
-        if math.isfinite(watermark):
-            engine.resume(watermark - self.config.watermark_lag_s)
-        engine.flush()  # publish every open window's current state once more: upserts, so harmless
-        engine.alert_events.clear()  # rule states are rebuilt; events already went out before
-        engine.dead_letters.clear()  # stored records were valid; their dead letters went out before
-        self.engine = engine
+                    records[partition].append((float(entry[slot]["_ts"]), kind, entry[slot]))
+            self._schedule_prune(key, min(float(entry[s]["_ts"]) for s in ("p", "l") if s in entry), partition)
+        self.engines = {}
+        for partition, rows in records.items():
+            engine = self.engine(partition)
+            rows.sort(key=lambda r: (r[0], r[1]))
+            for _, kind, raw in rows:
+                if kind == 0:
+                    engine.prediction(parse_prediction(raw))
+                else:
+                    engine.label(parse_label(raw))
+            watermark = self.watermark(partition)
+            if math.isfinite(watermark):
+                engine.resume(watermark - self.config.watermark_lag_s)
+            engine.flush()  # publish every open window's state once more: absolute partials, so harmless
+            engine.dead_letters.clear()  # stored records were valid
         self.stale = False
-        log.info("engine rebuilt from %d stored records; watermark %s", len(records), watermark)
+        log.info("engines rebuilt from %d stored records in %d partitions",
+                 sum(len(r) for r in records.values()), len(records))
 
     def _schedule_prune(self, request_id: str, ts: float, partition: int) -> None:
         # Keep a request until every window of its prediction is final, then forget it.
@@ -99,16 +122,16 @@ class Topology:
         self.prune_due[int(deadline // 60)].append((request_id, partition))
 
     def handle(self, table: Any, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        """Validate, store first-wins, feed the engine. Never raises: bad input is dead-lettered."""
+        """Validate, store first-wins, feed the partition's engine. Bad input is dead-lettered."""
         config = self.config
         source = "predictions" if topic == config.predictions_topic else "labels"
-        where = {"topic": topic, "partition": partition, "offset": offset}
+        engine = self.engine(partition)
         try:
             obj = decode(raw or b"", config.max_record_bytes)
             record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
         except InvalidRecord as exc:
             text = (raw or b"")[:4096].decode("utf-8", errors="replace")
-            self.engine.dead_letter(source, text, str(exc), **where)
+            engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset)
             return
         slot = "p" if source == "predictions" else "l"
         entry = table.get(record.request_id)
@@ -118,30 +141,26 @@ class Topology:
             entry[slot] = obj
             entry["_part"] = partition
             table[record.request_id] = entry
-            if len(entry) == 2:
+            if "p" in entry and "l" in entry:
                 self._schedule_prune(record.request_id, record.timestamp, partition)
-        engine = self.engine
         if source == "predictions":
             engine.prediction(record, raw=obj)  # type: ignore[arg-type]
         else:
             engine.label(record)  # type: ignore[arg-type]
-        self._advance(table, f"{source}/{partition}", record.timestamp)
+        self._advance(table, f"{source}/{partition}", record.timestamp, engine, partition)
 
-    def _advance(self, table: Any, source: str, ts: float) -> None:
-        """Event time is per topic-partition; the engine's watermark is the slowest one's, so an
-        input that lags (labels behind predictions, a partition catching up) is never judged stale."""
-        watermarks = self.partition_watermarks
-        if ts <= watermarks.get(source, -math.inf):
+    def _advance(self, table: Any, source: str, ts: float, engine: Engine, partition: int) -> None:
+        if ts <= self.watermarks.get(source, -math.inf):
             return
-        watermarks[source] = ts
-        self.engine.observe(min(watermarks.values()))
-        wm_key = f"{WATERMARK_KEY}{source}"
-        if ts > float(table.get(wm_key, -math.inf)) + 1.0:
-            table[wm_key] = ts
+        self.watermarks[source] = ts
+        engine.observe(self.watermark(partition))
+        key = f"{WATERMARK_KEY}{source}"
+        if ts > float(table.get(key, -math.inf)) + 1.0:
+            table[key] = ts
 
     def prune(self, table: Any, partition: int) -> int:
         """Forget requests of this partition whose windows are all final (changelog deletes)."""
-        horizon = int(self.engine.watermark // 60)
+        horizon = int(self.watermark(partition) // 60)
         pruned = 0
         for bucket in [b for b in self.prune_due if b < horizon]:
             keep = []
@@ -155,31 +174,131 @@ class Topology:
                 self.prune_due[bucket].extend(keep)
         return pruned
 
+    def outputs(self) -> list[Output]:
+        """(topic, key, value): partials keyed by model, and dead letters, since the last call."""
+        config = self.config
+        out: list[Output] = []
+        for partition, engine in self.engines.items():
+            for partial in engine.metric_records:
+                value = {"partition": partition, "partial": partial}
+                out.append((config.partials_topic, partial["model"].encode(), orjson.dumps(value)))
+            for dead in engine.dead_letters:
+                out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
+            engine.metric_records.clear()
+            engine.dead_letters.clear()
+        return out
+
+    def heartbeats(self) -> list[bytes]:
+        """Each owned partition's watermark, for every merger partition (windows close on them)."""
+        return [orjson.dumps({"partition": p, "watermark": self.watermark(p)})
+                for p in self.engines if math.isfinite(self.watermark(p))]
+
     def health(self) -> dict[str, Any]:
-        """Where every consumed record went (since this process started or last rebuilt)."""
-        engine = self.engine
-        health = {k: v for k, v in asdict(engine.health).items() if k != "label_lag_buckets"}
-        pending_predictions, pending_labels = engine.pending()
-        health.update(pending_predictions=pending_predictions, pending_labels=pending_labels,
-                      balance=engine.balance(), watermark=engine.watermark if math.isfinite(engine.watermark) else None,
-                      app_id=self.config.app_id, emitted_at=time.time())
+        """Where every consumed record went, summed over this process's partitions."""
+        total = Health()
+        pending = [0, 0]
+        for engine in self.engines.values():
+            for name, value in asdict(engine.health).items():
+                if name != "label_lag_buckets":
+                    setattr(total, name, getattr(total, name) + value)
+            for i, n in enumerate(engine.pending()):
+                pending[i] += n
+        health = {k: v for k, v in asdict(total).items() if k != "label_lag_buckets"}
+        health.update(pending_predictions=pending[0], pending_labels=pending[1],
+                      balance=total.balance(*pending), partitions=sorted(self.engines),
+                      app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())
         return health
 
-    def outputs(self) -> list[tuple[str, bytes, bytes]]:
-        """(topic, key, value) of everything the engine emitted since the last call."""
-        engine, config = self.engine, self.config
-        out = [(config.metrics_topic, record_key(r).encode(), orjson.dumps(r)) for r in engine.metric_records]
-        out += [(config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in engine.alert_events]
-        out += [(config.dead_letters_topic, str(d.get("offset", "")).encode(), orjson.dumps(d))
-                for d in engine.dead_letters]
-        engine.metric_records.clear()
-        engine.alert_events.clear()
-        engine.dead_letters.clear()
+
+class Merge:
+    """The merge agent: latest partial per (window, input partition), summed into one record.
+
+    State is kept per merger partition (the partition of the partials topic an event came from):
+    a heartbeat on one partition closes only that partition's windows, since only there is it
+    known to follow every partial sent before it.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = RuleBook(config.rules)
+        self.specs = {w.name: w for w in config.windows}
+        self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
+        self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
+        self.stale = True
+
+    def rebuild(self, table: Any) -> None:
+        self.open.clear()
+        self.rules.states.clear()
+        for key, entry in table.items():
+            if key.startswith(RULES_KEY):
+                for item in entry:
+                    self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
+            elif not entry.get("_final"):
+                partial = next(v for k, v in entry.items() if not k.startswith("_"))
+                self.open[int(entry["_mp"])][key] = self._final_at(partial)
+        self.stale = False
+
+    def _final_at(self, partial: dict[str, Any]) -> float:
+        spec: WindowSpec = self.specs[partial["window"]["name"]]
+        end = spec.end(partial["window"]["start"])
+        return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
+
+    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> list[Output]:
+        """A partial from input ``partition`` arrived on merger partition ``here``."""
+        key = record_key(partial)
+        entry = table.get(key)
+        if entry is not None and entry.get("_final"):
+            return []  # a replay of a window that was already closed
+        entry = dict(entry or {})
+        entry[str(partition)] = partial
+        entry["_mp"] = here
+        table[key] = entry
+        self.open[here].setdefault(key, self._final_at(partial))
+        return self._emit(table, key, entry, final=False)
+
+    def on_heartbeat(self, table: Any, here: int, partition: int, watermark: float) -> list[Output]:
+        """Close every window of this merger partition that all input partitions have passed."""
+        watermarks = self.watermarks[here]
+        if watermark <= watermarks.get(partition, -math.inf):
+            return []
+        watermarks[partition] = watermark
+        if len(watermarks) < self.config.partitions:
+            return []
+        low = min(watermarks.values())
+        out: list[Output] = []
+        open_here = self.open[here]
+        for key in [k for k, final_at in open_here.items() if final_at <= low]:
+            del open_here[key]
+            entry = table.get(key)
+            if entry is None or entry.get("_final"):
+                continue
+            out += self._emit(table, key, entry, final=True)
+            table[key] = {"_final": True, "_mp": here}
         return out
+
+    def _emit(self, table: Any, key: str, entry: dict[str, Any], final: bool) -> list[Output]:
+        partials = [v for k, v in entry.items() if not k.startswith("_")]
+        first = partials[0]
+        now = time.time()
+        record = metric_record(first["model"], first["model_version"], first["segment"], first["window"],
+                               merge_states(partials), final, rfc3339(now))
+        segment_key = ",".join(f"{k}={v}" for k, v in first["segment"].items())
+        events = self.rules.evaluate(record, segment_key, now)
+        config = self.config
+        out: list[Output] = [(config.metrics_topic, key.encode(), orjson.dumps(record))]
+        out += [(config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
+        if self.rules.rules:
+            self._save_rules(table, first["model"])
+        return out
+
+    def _save_rules(self, table: Any, model: str) -> None:
+        states = [{"rule": rule, "series": list(series), "state": asdict(state)}
+                  for (rule, series), state in self.rules.states.items() if series[0] == model]
+        table[f"{RULES_KEY}{model}"] = states
 
 
 def build_app(config: Config) -> faust.App:
-    topology = Topology(config)
+    join, merge = Join(config), Merge(config)
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",
@@ -195,54 +314,77 @@ def build_app(config: Config) -> faust.App:
         broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not 60 s
         broker_heartbeat_interval=3.0,
     )
-    inputs = app.topic(config.predictions_topic, config.labels_topic,
-                       key_serializer="raw", value_serializer="raw")
+    def raw_topic(*names: str, partitions: int | None = None) -> faust.TopicT:
+        return app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    inputs = raw_topic(config.predictions_topic, config.labels_topic)
+    partials = raw_topic(config.partials_topic, partitions=config.partitions)
     requests = app.Table("mlmon-requests", partitions=config.partitions, options={"driver": "rocksdict"},
                          key_type=str)
-    output_topics = {
-        name: app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (config.metrics_topic, config.alerts_topic, config.dead_letters_topic)
-    }
+    windows = app.Table("mlmon-windows", partitions=config.partitions, options={"driver": "rocksdict"},
+                        key_type=str)
+    outputs = {name: raw_topic(name) for name in (
+        config.metrics_topic, config.alerts_topic, config.dead_letters_topic, config.partials_topic,
+        config.health_topic)}
 
-    health_topic = app.topic(config.health_topic, key_serializer="raw", value_serializer="raw")
-
-    async def publish() -> None:
-        for topic, key, value in topology.outputs():
-            await output_topics[topic].send(key=key, value=value)
+    async def publish(items: list[Output]) -> None:
+        for topic, key, value in items:
+            await outputs[topic].send(key=key, value=value)
 
     @app.agent(inputs, concurrency=1)
-    async def process(stream: faust.StreamT[bytes]) -> None:
+    async def join_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            if topology.stale:
-                topology.rebuild(requests)
+            if join.stale:
+                join.rebuild(requests)
             try:
-                topology.handle(requests, message.topic, message.partition, message.offset, event.value)
-                if topology.prune_due and min(topology.prune_due) < topology.engine.watermark // 60:
-                    topology.prune(requests, message.partition)
+                join.handle(requests, message.topic, message.partition, message.offset, event.value)
+                if join.prune_due and min(join.prune_due) < join.watermark(message.partition) // 60:
+                    join.prune(requests, message.partition)
             except Exception:  # a bug must not ack a message silently: log it, dead-letter it
                 log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
-                topology.engine.dead_letter(
+                join.engine(message.partition).dead_letter(
                     "predictions" if message.topic == config.predictions_topic else "labels",
                     (event.value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
                     topic=message.topic, partition=message.partition, offset=message.offset,
                 )
-            await publish()
+            await publish(join.outputs())
+
+    @app.agent(partials, concurrency=1)
+    async def merge_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            if merge.stale:
+                merge.rebuild(windows)
+            try:
+                body = orjson.loads(event.value or b"{}")
+                here = event.message.partition
+                if "partial" in body:
+                    items = merge.on_partial(windows, here, int(body["partition"]), body["partial"])
+                else:
+                    items = merge.on_heartbeat(windows, here, int(body["partition"]), float(body["watermark"]))
+            except Exception:
+                log.exception("merge failed on partition %s offset %s", event.message.partition,
+                              event.message.offset)
+                continue
+            await publish(items)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def flush() -> None:
-        if not topology.stale:
-            topology.engine.flush()
-            await publish()
-            await health_topic.send(key=config.app_id.encode(), value=orjson.dumps(topology.health()))
+        if join.stale:
+            return
+        for engine in join.engines.values():
+            engine.flush()
+        await publish(join.outputs())
+        for beat in join.heartbeats():
+            for partition in range(config.partitions):  # every merger partition hears every watermark
+                await partials.send(key=None, value=beat, partition=partition)
+        await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        topology.stale = True  # partitions moved: rebuild from the table before the next message
+        join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
 
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)
-
-    app.mlmon_topology = topology  # type: ignore[attr-defined]
     return app
 
 

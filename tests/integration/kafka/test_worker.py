@@ -36,7 +36,7 @@ def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]
     text = (
         f"join_ttl: {TTL_S}s\nwindows: [tumbling 5m, tumbling 15m]\npartitions: 4\n"
         f"app_id: mlmon-test-{suffix}\ndata_dir: {tmp_path / 'data'}\n"
-        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in ("predictions", "labels", "metrics", "alerts", "health"))
+        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in ("predictions", "labels", "metrics", "alerts", "health", "partials"))
         + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n" + extra
     )
     path = tmp_path / "config.yaml"
@@ -166,7 +166,7 @@ def test_a_stopped_worker_resumes_without_losing_or_double_counting(kafka: Broke
     finally:
         sender.join()
         worker.stop()
-    assert worker.log.read_text().count("engine rebuilt from") >= 2  # once per start
+    assert worker.log.read_text().count("engines rebuilt from") >= 2  # once per start
 
 
 def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: Broker, tmp_path: Path) -> None:
@@ -230,3 +230,28 @@ def test_a_degradation_fires_once_and_recovery_resolves_once(kafka: Broker, tmp_
     assert [a["status"] for a in alerts] == ["firing", "resolved"], json.dumps(alerts, indent=1)
     assert alerts[0]["fingerprint"] == alerts[1]["fingerprint"]
     assert alerts[0]["labels"]["model"] == "nba-game-outcome"
+
+
+def test_two_workers_in_one_group_give_the_same_final_metrics_as_one(kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=20_000, start_ts=START, rate_per_s=50.0, label_delay_mean_s=15.0,
+                        label_coverage=0.9, duplicate_rate=0.05, early_label_rate=0.02, seed=23)
+    (tmp_path / "w2").mkdir()
+    second_path = tmp_path / "w2" / "config.yaml"  # same group and topics, its own state folder
+    second_path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "w2" / "data")))
+    first = Worker(path, tmp_path / "worker1.log").start()
+    second = Worker(second_path, tmp_path / "worker2.log").start()
+    try:
+        time.sleep(8)  # both members join before the traffic starts
+        produce(config, list(scenario_records(scenario)) + list(ticks()), rate_per_s=4000.0)
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=240, worker=first), expected)
+    finally:
+        first.stop()
+        second.stop()
+    by_worker: dict[int, set[int]] = {}
+    for _, health in read(config, config.health_topic):
+        if health["partitions"]:
+            by_worker[health["pid"]] = set(health["partitions"])
+    assert len(by_worker) == 2, by_worker  # both workers owned input partitions at the end
+    assert "Traceback" not in first.log.read_text() + second.log.read_text()

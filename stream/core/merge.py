@@ -1,0 +1,116 @@
+"""Partial window states: exported per input partition, merged into one metric record per window.
+
+A Kafka worker owns some input partitions; each partition's engine publishes the *absolute*
+additive state of its windows (a "partial"). The merger keeps the latest partial per
+(window, partition) and sums them, so a replayed or duplicated partial can never count twice.
+
+>>> a = {"classes": ["x", "y"], "cells": [[3, 1], [0, 2]], "predictions": 8, "scored": 0,
+...      "log_loss_sum": 0.0, "brier_sum": 0.0, "regression": None}
+>>> b = {"classes": ["y", "z"], "cells": [[1, 0], [1, 0]], "predictions": 3, "scored": 0,
+...      "log_loss_sum": 0.0, "brier_sum": 0.0, "regression": None}
+>>> state = merge_states([a, b])
+>>> state.classes, state.counts.tolist(), state.predictions
+(['x', 'y', 'z'], [[3, 1, 0], [0, 3, 0], [0, 1, 0]], 11)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.core.metrics import RegressionStats, ScoreSums, classification
+
+
+@dataclass
+class WindowState:
+    """The additive state of one window: everything a metric record is computed from."""
+
+    predictions: int
+    classes: list[str]
+    counts: npt.NDArray[np.int64]
+    scores: ScoreSums
+    regression: RegressionStats | None
+
+    @property
+    def n(self) -> int:
+        return self.regression.n if self.regression is not None else int(self.counts.sum())
+
+    def figures(self) -> dict[str, Any]:
+        """classes, confusion_matrix and metrics of a metric record."""
+        if self.regression is not None:
+            return {"metrics": self.regression.get()}
+        metrics = classification(self.counts, self.classes)
+        metrics.update(self.scores.get())
+        return {"classes": self.classes, "confusion_matrix": self.counts.tolist(), "metrics": metrics}
+
+    def export(self) -> dict[str, Any]:
+        r = self.regression
+        return {
+            "predictions": self.predictions,
+            "classes": self.classes,
+            "cells": self.counts.tolist(),
+            "scored": self.scores.n,
+            "log_loss_sum": self.scores.log_loss_sum,
+            "brier_sum": self.scores.brier_sum,
+            "regression": None if r is None else [r.n, r.err_sum, r.abs_sum, r.sq_sum, r.mean_y, r.ss_y],
+        }
+
+
+def metric_record(
+    model: str, version: str, segment: dict[str, str], window: dict[str, Any], state: WindowState,
+    final: bool, emitted_at: str,
+) -> dict[str, Any]:
+    """A metric record (schemas/metric_record.json) from a window's state."""
+    timed = window["kind"] != "rolling"
+    return {
+        "model": model,
+        "model_version": version,
+        "segment": segment,
+        "window": window,
+        "task": "regression" if state.regression is not None else "classification",
+        "n": state.n,
+        "predictions": state.predictions if timed else None,
+        "label_coverage": (state.n / state.predictions) if timed and state.predictions else None,
+        **state.figures(),
+        "final": final,
+        "emitted_at": emitted_at,
+    }
+
+
+def merge_states(partials: list[dict[str, Any]]) -> WindowState:
+    classes = sorted({c for p in partials for c in p["classes"]})
+    position = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    scores = ScoreSums()
+    regression: RegressionStats | None = None
+    predictions = 0
+    for partial in partials:
+        predictions += partial["predictions"]
+        index = [position[c] for c in partial["classes"]]
+        if index:
+            counts[np.ix_(index, index)] += np.asarray(partial["cells"], dtype=np.int64)
+        scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
+        if partial["regression"] is not None:
+            regression = _merge_regression(regression or RegressionStats(), partial["regression"])
+    return WindowState(predictions, classes, counts, scores, regression)
+
+
+def _merge_regression(into: RegressionStats, other: list[float]) -> RegressionStats:
+    """Chan et al.'s parallel update of the mean and sum of squares."""
+    n_b, err, abs_err, sq, mean_b, ss_b = other
+    n_b = int(n_b)
+    if n_b == 0:
+        return into
+    n_a = into.n
+    total = n_a + n_b
+    delta = mean_b - into.mean_y
+    into.mean_y += delta * n_b / total
+    into.ss_y += ss_b + delta * delta * n_a * n_b / total
+    into.n = total
+    into.err_sum += err
+    into.abs_sum += abs_err
+    into.sq_sum += sq
+    return into
