@@ -27,6 +27,7 @@ from stream.kafka.tail import read
 from stream.simulate import Scenario, draws
 
 TTL_S = 60
+TOPICS = ("predictions", "labels", "metrics", "alerts", "health", "partials")
 START = 1_767_225_600.0
 TICK_TS = START + 1_000_000  # far-future records on every input partition push the watermark past all windows
 
@@ -36,7 +37,7 @@ def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]
     text = (
         f"join_ttl: {TTL_S}s\nwindows: [tumbling 5m, tumbling 15m]\npartitions: 4\n"
         f"app_id: mlmon-test-{suffix}\ndata_dir: {tmp_path / 'data'}\n"
-        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in ("predictions", "labels", "metrics", "alerts", "health", "partials"))
+        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in TOPICS)
         + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n" + extra
     )
     path = tmp_path / "config.yaml"

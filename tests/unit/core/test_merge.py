@@ -1,0 +1,83 @@
+"""Partials of input partitions, merged, equal the record one engine computes over everything."""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.config import Config
+from stream.core.engine import Engine, record_key
+from stream.core.merge import merge_states, metric_record
+from stream.core.records import parse_label, parse_prediction
+
+request = st.tuples(st.integers(0, 900), st.sampled_from("abc"), st.sampled_from("abcd"),
+                    st.floats(0.05, 0.95), st.sampled_from(["home", "away"]))
+
+
+def run(config: Config, requests: list[tuple[int, str, str, float, str]], partials: bool,
+        keep: int | None = None, parts: int = 3) -> list[dict[str, Any]]:
+    engine = Engine(config, emit_partials=partials)
+    events = []
+    for i, (ts, guess, truth, p, venue) in enumerate(requests):
+        if keep is not None and zlib.crc32(str(i).encode()) % parts != keep:
+            continue
+        scores = {"a": p, "b": 1 - p}
+        events.append((ts, 0, {"request_id": str(i), "model": "m", "timestamp": ts, "prediction": guess,
+                               "scores": scores, "segment": {"venue": venue}}))
+        events.append((ts + 5, 1, {"request_id": str(i), "timestamp": ts + 5, "label": truth}))
+    for ts, kind, raw in sorted(events, key=lambda e: (e[0], e[1])):
+        engine.observe(ts)
+        engine.prediction(parse_prediction(raw)) if kind == 0 else engine.label(parse_label(raw))
+    engine.finish()
+    return engine.metric_records
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(request, min_size=1, max_size=80))
+def test_merged_partials_equal_one_engine(requests: list[tuple[int, str, str, float, str]]) -> None:
+    config = Config.from_mapping({"join_ttl_s": 60, "windows": ["tumbling 5m", "tumbling 15m"]})
+    whole = {record_key(r): r for r in run(config, requests, partials=False) if r["final"]}
+    latest: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for part in range(3):
+        for partial in run(config, requests, partials=True, keep=part):
+            latest[record_key(partial)][part] = partial
+    assert set(latest) == set(whole)
+    for key, by_part in latest.items():
+        first = next(iter(by_part.values()))
+        merged = metric_record(first["model"], first["model_version"], first["segment"], first["window"],
+                               merge_states(list(by_part.values())), True, "x")
+        expected = whole[key]
+        assert merged["n"] == expected["n"] and merged["predictions"] == expected["predictions"]
+        assert merged["confusion_matrix"] == expected["confusion_matrix"]
+        for name, value in expected["metrics"].items():
+            if isinstance(value, float):
+                assert merged["metrics"][name] == pytest.approx(value, abs=1e-9), name
+            else:
+                assert merged["metrics"][name] == value, name
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-100, 100), st.floats(-100, 100)), min_size=2, max_size=60), st.integers(1, 4))
+def test_regression_partials_merge_exactly(rows: list[tuple[float, float]], parts: int) -> None:
+    import numpy as np
+    from sklearn import metrics as skm
+
+    from stream.core.merge import WindowState
+    from stream.core.metrics import RegressionStats, ScoreSums
+
+    exported = []
+    for part in range(parts):
+        stats = RegressionStats()
+        for truth, guess in rows[part::parts]:
+            stats.update(truth, guess)
+        exported.append(WindowState(0, [], np.zeros((0, 0), dtype=np.int64), ScoreSums(), stats).export())
+    merged = merge_states(exported).figures()["metrics"]
+    y_true, y_pred = np.array([t for t, _ in rows]), np.array([p for _, p in rows])
+    assert merged["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred), abs=1e-9)
+    if np.ptp(y_true) > 1e-6:
+        assert merged["r2"] == pytest.approx(skm.r2_score(y_true, y_pred), rel=1e-9, abs=1e-9)
