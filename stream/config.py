@@ -32,6 +32,7 @@ class Config:
     max_segment_values: int = 50
     max_record_bytes: int = 64 * 1024
     rules: list[Rule] = field(default_factory=list)
+    windows_configured: bool = False  # False: the defaults, which each adapter may narrow
     # Kafka (used by the worker only)
     broker: str = "127.0.0.1:9092"
     predictions_topic: str = "predictions"
@@ -52,7 +53,7 @@ class Config:
         config = cls()
         known = {f.name for f in fields(cls)}
         for key, value in raw.items():
-            if key in ("rules", "windows", "regression_models"):
+            if key in ("rules", "windows", "regression_models", "windows_configured"):
                 continue
             if key == "kafka_options":
                 if not isinstance(value, dict):
@@ -75,6 +76,7 @@ class Config:
             if not isinstance(raw["windows"], list) or not raw["windows"]:
                 raise ConfigError("'windows' must be a non-empty list")
             config.windows = [WindowSpec.parse(w) for w in raw["windows"]]
+            config.windows_configured = True
         if len({w.name for w in config.windows}) != len(config.windows):
             raise ConfigError("'windows' lists the same window twice")
         config.regression_models = [str(m) for m in raw.get("regression_models", [])]

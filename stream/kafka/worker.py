@@ -51,7 +51,10 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
 def check_worker_config(config: Config) -> None:
-    refused = [w.name for w in config.windows if w.kind in ("cumulative", "rolling")]
+    unsupported = ("cumulative", "rolling")
+    if not config.windows_configured:  # the defaults: keep what the worker supports
+        config.windows = [w for w in config.windows if w.kind not in unsupported]
+    refused = [w.name for w in config.windows if w.kind in unsupported]
     if refused:
         raise ConfigError(
             f"the Kafka worker does not support {', '.join(refused)} windows yet (their state cannot be "
