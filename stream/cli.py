@@ -12,6 +12,7 @@ import orjson
 
 from stream.config import Config
 from stream.errors import MlmonError
+from stream.simulate import Scenario
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +37,39 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from stream.simulate import Scenario, streams
+def _scenario_args(parser: argparse.ArgumentParser, degrade_from: float, recover_at: float,
+                   label_delay_mean_s: float) -> None:
+    """The simulated model's options, shared by `simulate` and `produce`."""
+    parser.add_argument("--pairs", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--event-rate", type=float, default=100.0, help="predictions per second of event time")
+    parser.add_argument("--start-ts", type=float, help="event time of the first prediction (epoch seconds)")
+    parser.add_argument("--classes", type=int, default=2)
+    parser.add_argument("--coverage", type=float, default=1.0, help="fraction of predictions that get a label")
+    parser.add_argument("--duplicates", type=float, default=0.0, help="fraction of records sent twice")
+    parser.add_argument("--early-labels", type=float, default=0.0, help="fraction of labels stamped early")
+    parser.add_argument("--label-delay-mean-s", type=float, default=label_delay_mean_s)
+    parser.add_argument("--accuracy", type=float, default=0.9)
+    parser.add_argument("--degraded-accuracy", type=float, default=0.55)
+    parser.add_argument("--degrade-from", type=float, default=degrade_from, help="where quality drops (fraction)")
+    parser.add_argument("--recover-at", type=float, default=recover_at, help="fraction where it recovers")
 
-    scenario = Scenario(
-        pairs=args.pairs, seed=args.seed, label_coverage=args.coverage, duplicate_rate=args.duplicates,
-        label_delay_mean_s=args.label_delay_mean_s, degrade_from=args.degrade_from, recover_at=args.recover_at,
+
+def _scenario(args: argparse.Namespace, default_start_ts: float) -> Scenario:
+    start_ts = default_start_ts if args.start_ts is None else args.start_ts
+    return Scenario(
+        pairs=args.pairs, seed=args.seed, start_ts=start_ts, rate_per_s=args.event_rate,
+        classes=tuple(f"class_{i}" for i in range(args.classes)) if args.classes != 2 else ("home_win", "away_win"),
+        label_coverage=args.coverage, duplicate_rate=args.duplicates, label_delay_mean_s=args.label_delay_mean_s,
+        early_label_rate=args.early_labels, degrade_from=args.degrade_from, recover_at=args.recover_at,
+        accuracy=args.accuracy, degraded_accuracy=args.degraded_accuracy,
     )
-    predictions, labels = streams(scenario)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from stream.simulate import streams
+
+    predictions, labels = streams(_scenario(args, Scenario.start_ts))  # reproducible files by default
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("predictions.jsonl", predictions), ("labels.jsonl", labels)):
         with (args.out_dir / name).open("wb") as out:
@@ -62,20 +88,13 @@ def _kafka_config(args: argparse.Namespace) -> Config:
 def _produce(args: argparse.Namespace) -> int:
     from stream.kafka.admin import ensure_topics
     from stream.kafka.produce import file_records, produce, scenario_records
-    from stream.simulate import Scenario
 
     config = _kafka_config(args)
     ensure_topics(config)
     if args.predictions or args.labels:
         records = file_records(args.predictions, args.labels)
     else:
-        records = scenario_records(Scenario(
-            pairs=args.pairs, seed=args.seed, start_ts=args.start_ts or time.time(), rate_per_s=args.event_rate,
-            classes=tuple(f"class_{i}" for i in range(args.classes)) if args.classes != 2 else ("home_win", "away_win"),
-            label_coverage=args.coverage, duplicate_rate=args.duplicates, label_delay_mean_s=args.label_delay_mean_s,
-            early_label_rate=args.early_labels, degrade_from=args.degrade_from, recover_at=args.recover_at,
-            accuracy=args.accuracy, degraded_accuracy=args.degraded_accuracy,
-        ))
+        records = scenario_records(_scenario(args, time.time()))  # live traffic: stamped from now
     report = produce(config, records, rate_per_s=args.rate)
     print(orjson.dumps(vars(report)).decode())
     return 0 if report.failed == 0 else 1
@@ -116,34 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(run=_replay)
 
     sim = commands.add_parser("simulate", help="write a simulated model's predictions and labels as JSONL")
-    sim.add_argument("--pairs", type=int, default=10_000)
     sim.add_argument("--out-dir", type=Path, required=True)
-    sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--coverage", type=float, default=1.0, help="fraction of predictions that get a label")
-    sim.add_argument("--duplicates", type=float, default=0.0, help="fraction of records sent twice")
-    sim.add_argument("--label-delay-mean-s", type=float, default=600.0)
-    sim.add_argument("--degrade-from", type=float, default=0.5, help="fraction of the run where quality drops")
-    sim.add_argument("--recover-at", type=float, default=0.75, help="fraction where it recovers")
+    _scenario_args(sim, degrade_from=0.5, recover_at=0.75, label_delay_mean_s=600.0)
     sim.set_defaults(run=_simulate)
 
     prod = commands.add_parser("produce", help="send a simulated model's traffic (or JSONL files) to Kafka")
     _kafka_args(prod)
     prod.add_argument("--predictions", type=Path, help="JSONL file to send instead of the simulation")
     prod.add_argument("--labels", type=Path, help="JSONL file to send instead of the simulation")
-    prod.add_argument("--pairs", type=int, default=10_000)
     prod.add_argument("--rate", type=float, default=0.0, help="predictions per second of wall time (0: flat out)")
-    prod.add_argument("--event-rate", type=float, default=100.0, help="predictions per second of event time")
-    prod.add_argument("--start-ts", type=float, default=0.0, help="event time of the first prediction (default: now)")
-    prod.add_argument("--seed", type=int, default=7)
-    prod.add_argument("--classes", type=int, default=2)
-    prod.add_argument("--coverage", type=float, default=1.0, help="fraction of predictions that get a label")
-    prod.add_argument("--duplicates", type=float, default=0.0, help="fraction of records sent twice")
-    prod.add_argument("--early-labels", type=float, default=0.0, help="fraction of labels stamped early")
-    prod.add_argument("--label-delay-mean-s", type=float, default=60.0)
-    prod.add_argument("--accuracy", type=float, default=0.9)
-    prod.add_argument("--degraded-accuracy", type=float, default=0.55)
-    prod.add_argument("--degrade-from", type=float, default=1.0, help="fraction of the run where quality drops")
-    prod.add_argument("--recover-at", type=float, default=1.0, help="fraction where it recovers")
+    _scenario_args(prod, degrade_from=1.0, recover_at=1.0, label_delay_mean_s=60.0)
     prod.set_defaults(run=_produce)
 
     worker = commands.add_parser("worker", help="run the faust worker: join, count, publish metrics and alerts")

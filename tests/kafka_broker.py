@@ -139,23 +139,27 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeo
 
 
 @contextmanager
-def jar_broker(version: str | None = None, timeout_s: float = START_TIMEOUT_S) -> Iterator[Broker]:
+def jar_broker(
+    version: str | None = None, timeout_s: float = START_TIMEOUT_S, extra_properties: str = "",
+    ports: tuple[int, int] | None = None,
+) -> Iterator[Broker]:
     """Start Kafka from its jars in KRaft combined mode; stop it and remove its files at exit."""
     version = version or kafka_version()
     libs = fetch_jars(version)
     work = Path(tempfile.mkdtemp(prefix="mlmon-kafka-"))
     log = work / "server.log"
     (work / "log4j2.properties").write_text(_LOG4J2.format(log=log))
-    broker_port, controller_port = free_port(), free_port()
+    broker_port, controller_port = ports or (free_port(), free_port())
     props = work / "server.properties"
-    props.write_text(_server_properties(work / "data", broker_port, controller_port))
+    props.write_text(_server_properties(work / "data", broker_port, controller_port) + extra_properties)
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
         _java(libs, work, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
         capture_output=True, text=True, check=False,
     )
     if fmt.returncode != 0:
-        raise BrokerStartError(f"kafka.tools.StorageTool format failed:\n{fmt.stdout}{fmt.stderr}")
+        shutil.rmtree(work, ignore_errors=True)
+        raise BrokerStartError(f"kafka.tools.StorageTool format failed:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}")
     with open(work / "stdout.log", "wb") as out:
         proc = subprocess.Popen(
             _java(libs, work, "kafka.Kafka", str(props)),
