@@ -11,7 +11,7 @@ from kafka_broker import BrokerStartError, free_port, jar_broker
 
 
 def test_a_bad_setting_fails_at_format_with_kafkas_own_message() -> None:
-    with pytest.raises(BrokerStartError, match="num.network.threads"), \
+    with pytest.raises(BrokerStartError, match=r"num\.network\.threads"), \
             jar_broker(extra_properties="num.network.threads=0\n"):
         pass
 

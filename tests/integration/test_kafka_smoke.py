@@ -12,6 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from kafka_broker import Broker
 
 APP = Path(__file__).with_name("faust_counter_app.py")

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_broker import Broker
 
+from kafka_broker import Broker
 from stream.cli import main
 from stream.config import Config
 from stream.errors import TopologyError

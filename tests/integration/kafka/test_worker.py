@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka_broker import Broker
 from sklearn import metrics as skm
 
+from kafka_broker import Broker
 from stream.config import Config
 from stream.kafka.admin import ensure_topics
 from stream.kafka.produce import Outgoing, produce, producer, scenario_records
