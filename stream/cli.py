@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a simulated NBA model degrading and recovering, no broker needed")
     demo.add_argument("--pairs", type=int, default=20_000)
     demo.add_argument("--duration", type=float, default=20.0, help="seconds the demo runs")
+    demo.add_argument("--metrics-port", type=int, default=9464, help="port of the Prometheus /metrics endpoint")
+    demo.add_argument("--metrics-address", default="127.0.0.1", help="address to serve /metrics on")
     _config_args(demo)
     demo.set_defaults(run=_demo)
     return parser

@@ -14,7 +14,10 @@ from typing import Any
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
+from stream.exporters.prometheus import EngineCollector, serve
 from stream.simulate import Scenario, streams
+
+REPLAY_SHARE = 0.8  # of --duration spent replaying; the rest keeps the final state on /metrics
 
 DEMO_SETTINGS: dict[str, Any] = {
     "join_ttl": "6h",
@@ -51,6 +54,8 @@ def _line(record: dict[str, Any]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     config = Config.load(args.config, args.rules) if args.config or args.rules else Config.from_mapping(DEMO_SETTINGS)
     engine = Engine(config)
+    collector = serve(engine, args.metrics_port, args.metrics_address)
+    print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     predictions, labels = streams(demo_scenario(args.pairs))
     events = heapq.merge(
         ((p["timestamp"], 0, i, p) for i, p in enumerate(predictions)),
@@ -58,7 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     first_ts = predictions[0]["timestamp"]
     span = max(1.0, labels[-1]["timestamp"] - first_ts if labels else 1.0)
-    speed = span / max(args.duration, 0.1)
+    replay_s = max(args.duration * REPLAY_SHARE, 0.1)  # then the final figures stay up until the end
+    speed = span / replay_s
     started = time.monotonic()
     print(f"mlmon demo: {len(predictions)} predictions, {len(labels)} labels, replayed at {speed:.0f}x "
           f"over {args.duration:.0f} s")
@@ -72,22 +78,24 @@ def run_demo(args: argparse.Namespace) -> int:
             engine.prediction(parse_prediction(raw))
         else:
             engine.label(parse_label(raw))
-        last_status = _show(engine, last_status)
+        last_status = _show(engine, collector, last_status)
     engine.finish()
-    _show(engine, 0.0, final=True)
+    _show(engine, collector, 0.0, final=True)
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
-          f"{engine.balance()}")
+          f"{engine.balance()}", flush=True)
+    time.sleep(max(0.0, args.duration - (time.monotonic() - started)))
     return 0
 
 
-def _show(engine: Engine, last_status: float, final: bool = False) -> float:
+def _show(engine: Engine, collector: EngineCollector, last_status: float, final: bool = False) -> float:
     for event in engine.alert_events:
         mark = "FIRING  " if event["status"] == "firing" else "RESOLVED"
         print(f"[{mark}] {event['alertname']} {event['labels']['model']}: {event['annotations']['summary']} "
               f"(value {event['value']:.3f}, n={event['n']})", flush=True)
     engine.alert_events.clear()
     records = engine.metric_records
+    collector.observe(records)
     now = time.monotonic()
     if records and (final or now - last_status >= 1.0):
         for record in records:

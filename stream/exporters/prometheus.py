@@ -1,0 +1,173 @@
+"""Prometheus exposition of what the engine knows: quality gauges, confusion-matrix counters,
+join health, label lag, alert state.
+
+A collector reads the engine's state at scrape time, so nothing on the per-pair path changes.
+Names follow the Prometheus naming guide: one ``mlmon_`` prefix, base units, ``_total`` counters,
+``_ratio`` for quality figures in [0, 1]. Labels are bounded: the engine already caps models,
+classes and segment values (extra ones fold into ``__other__`` and are counted), and request ids
+never become labels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from stream.core.engine import LAG_BUCKETS_S, Engine
+
+RATIO_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
+                 "precision_weighted", "recall_weighted", "f1_weighted")
+OTHER_GAUGES = {"mcc": "mlmon_model_mcc", "cohen_kappa": "mlmon_model_cohen_kappa",
+                "log_loss": "mlmon_model_log_loss", "brier": "mlmon_model_brier_score",
+                "mae": "mlmon_model_mae", "rmse": "mlmon_model_rmse", "r2": "mlmon_model_r2",
+                "mean_error": "mlmon_model_mean_error"}
+SERIES_LABELS = ["model", "model_version", "segment", "window"]
+
+
+class EngineCollector(Collector):
+    """Metric families from an engine and the metric records it emitted (fed by ``observe``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
+        self.cells: dict[tuple[str, str, str, str, str], int] = {}  # confusion counters, additive
+        self._seen_cells: dict[str, dict[tuple[str, str], int]] = {}
+
+    def observe(self, records: list[dict[str, Any]]) -> None:
+        """Take the engine's new metric records (call before the adapter clears its outbox)."""
+        with self.lock:
+            for record in records:
+                self._observe(record)
+
+    def _observe(self, record: dict[str, Any]) -> None:
+        window = record["window"]
+        segment = ",".join(f"{k}={v}" for k, v in record["segment"].items())
+        series = (record["model"], record["model_version"], segment, window["name"])
+        current = self.latest.get(series)
+        if current is None or window.get("start", 0) >= current["window"].get("start", 0):
+            self.latest[series] = record
+        if window["name"] == self._counted_window() and "confusion_matrix" in record:
+            self._count_cells(series, window.get("start", 0), record)
+
+    def _counted_window(self) -> str:
+        """Confusion counters follow one window spec (the first), so every pair adds exactly once."""
+        return self.engine.config.windows[0].name
+
+    def _count_cells(self, series: tuple[str, str, str, str], start: int, record: dict[str, Any]) -> None:
+        key = f"{series}|{start}"
+        seen = self._seen_cells.setdefault(key, {})
+        classes = record["classes"]
+        for i, actual in enumerate(classes):
+            for j, predicted in enumerate(classes):
+                count = record["confusion_matrix"][i][j]
+                grown = count - seen.get((actual, predicted), 0)
+                if grown:
+                    cell = (*series[:3], actual, predicted)
+                    self.cells[cell] = self.cells.get(cell, 0) + grown
+                    seen[(actual, predicted)] = count
+        if record["final"]:
+            del self._seen_cells[key]
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            yield from self._quality()
+            yield from self._confusion()
+        yield from self._health()
+        yield from self._alerts()
+
+    def _quality(self) -> Iterator[Any]:
+        families = {name: GaugeMetricFamily(f"mlmon_model_{name}_ratio",
+                                            f"{name} of the newest window of each series", labels=SERIES_LABELS)
+                    for name in RATIO_METRICS}
+        families.update({name: GaugeMetricFamily(metric, f"{name} of the newest window of each series",
+                                                 labels=SERIES_LABELS) for name, metric in OTHER_GAUGES.items()})
+        coverage = GaugeMetricFamily("mlmon_model_label_coverage_ratio",
+                                     "labeled predictions / predictions in the newest window", labels=SERIES_LABELS)
+        pairs = GaugeMetricFamily("mlmon_model_window_pairs", "joined pairs in the newest window", labels=SERIES_LABELS)
+        for series, record in self.latest.items():
+            labels = list(series)
+            for name, family in families.items():
+                value = record["metrics"].get(name)
+                if isinstance(value, int | float):
+                    family.add_metric(labels, float(value))
+            if record.get("label_coverage") is not None:
+                coverage.add_metric(labels, record["label_coverage"])
+            pairs.add_metric(labels, record["n"])
+        yield from families.values()
+        yield coverage
+        yield pairs
+
+    def _confusion(self) -> Iterator[Any]:
+        cells = CounterMetricFamily(
+            "mlmon_confusion_matrix_pairs", "joined pairs by actual and predicted class (sum over any range)",
+            labels=["model", "model_version", "segment", "actual", "predicted"])
+        for labels, count in self.cells.items():
+            cells.add_metric(list(labels), count)
+        yield cells
+
+    def _health(self) -> Iterator[Any]:
+        h = self.engine.health
+        simple = {
+            "mlmon_predictions": ("prediction records received", h.predictions),
+            "mlmon_labels": ("label records received", h.labels),
+            "mlmon_pairs": ("predictions joined with their label", h.pairs),
+            "mlmon_expired_predictions": ("predictions with no label within the join TTL", h.expired_predictions),
+            "mlmon_orphaned_labels": ("labels with no prediction within the join TTL", h.orphaned_labels),
+            "mlmon_late_labels": ("labels that came after the join TTL", h.late_labels),
+            "mlmon_refused_models": ("records refused because max_models was reached", h.refused_models),
+        }
+        for name, (doc, value) in simple.items():
+            yield CounterMetricFamily(name, doc, value=value)
+        duplicates = CounterMetricFamily("mlmon_duplicates", "later records for an already seen request id",
+                                         labels=["kind"])
+        duplicates.add_metric(["prediction"], h.duplicate_predictions)
+        duplicates.add_metric(["label"], h.duplicate_labels)
+        yield duplicates
+        dead = CounterMetricFamily("mlmon_dead_letters", "records refused with a reason", labels=["source"])
+        dead.add_metric(["predictions"], h.invalid_predictions)
+        dead.add_metric(["labels"], h.invalid_labels)
+        yield dead
+        folded = CounterMetricFamily("mlmon_folded_values", "values folded into __other__ by a limit",
+                                     labels=["kind"])
+        folded.add_metric(["class"], h.folded_classes)
+        folded.add_metric(["segment"], h.folded_segments)
+        yield folded
+        pending_predictions, pending_labels = self.engine.pending()
+        pending = GaugeMetricFamily("mlmon_pending_requests", "requests waiting for their other half",
+                                    labels=["side"])
+        pending.add_metric(["prediction"], pending_predictions)
+        pending.add_metric(["label"], pending_labels)
+        yield pending
+        buckets, running = [], 0
+        for bound, count in zip(LAG_BUCKETS_S, list(h.label_lag_buckets), strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily("mlmon_label_lag_seconds", "label timestamp minus prediction timestamp",
+                                    buckets=buckets, sum_value=h.label_lag_sum_s)
+        watermark = GaugeMetricFamily("mlmon_watermark_seconds", "event-time watermark (epoch seconds)")
+        if self.engine.watermark != float("-inf"):
+            watermark.add_metric([], self.engine.watermark)
+        yield watermark
+
+    def _alerts(self) -> Iterator[Any]:
+        firing = GaugeMetricFamily("mlmon_alert_firing", "1 while an mlmon rule is firing for a series",
+                                   labels=["alertname", "model", "model_version", "severity"])
+        for rule, state in self.engine.rules.active():
+            firing.add_metric([rule.name, state.labels.get("model", ""), state.labels.get("model_version", ""),
+                               rule.severity], 1.0)
+        yield firing
+
+
+def serve(engine: Engine, port: int, address: str = "127.0.0.1") -> EngineCollector:
+    """Serve /metrics for this engine (on localhost unless told otherwise)."""
+    registry = CollectorRegistry()
+    collector = EngineCollector(engine)
+    registry.register(collector)
+    start_http_server(port, addr=address, registry=registry)
+    return collector
