@@ -87,6 +87,10 @@ class EngineCollector(Collector):
                     for name in RATIO_METRICS}
         families.update({name: GaugeMetricFamily(metric, f"{name} of the newest window of each series",
                                                  labels=SERIES_LABELS) for name, metric in OTHER_GAUGES.items()})
+        per_class = {name: GaugeMetricFamily(f"mlmon_model_class_{name}_ratio",
+                                             f"per-class {name} of the newest window of each series",
+                                             labels=[*SERIES_LABELS, "class"])
+                     for name in ("precision", "recall", "f1")}
         coverage = GaugeMetricFamily("mlmon_model_label_coverage_ratio",
                                      "labeled predictions / predictions in the newest window", labels=SERIES_LABELS)
         pairs = GaugeMetricFamily("mlmon_model_window_pairs", "joined pairs in the newest window", labels=SERIES_LABELS)
@@ -96,19 +100,23 @@ class EngineCollector(Collector):
                 value = record["metrics"].get(name)
                 if isinstance(value, int | float):
                     family.add_metric(labels, float(value))
+            for name, family in per_class.items():
+                for cls, value in record["metrics"].get(name, {}).items():
+                    family.add_metric([*labels, cls], value)
             if record.get("label_coverage") is not None:
                 coverage.add_metric(labels, record["label_coverage"])
             pairs.add_metric(labels, record["n"])
         yield from families.values()
+        yield from per_class.values()
         yield coverage
         yield pairs
 
     def _confusion(self) -> Iterator[Any]:
         cells = CounterMetricFamily(
             "mlmon_confusion_matrix_pairs", "joined pairs by actual and predicted class (sum over any range)",
-            labels=["model", "model_version", "segment", "actual", "predicted"])
+            labels=["model", "model_version", "segment", "actual", "predicted", "correct"])
         for labels, count in self.cells.items():
-            cells.add_metric(list(labels), count)
+            cells.add_metric([*labels, "true" if labels[3] == labels[4] else "false"], count)
         yield cells
 
     def _health(self) -> Iterator[Any]:
@@ -156,11 +164,12 @@ class EngineCollector(Collector):
         yield watermark
 
     def _alerts(self) -> Iterator[Any]:
-        firing = GaugeMetricFamily("mlmon_alert_firing", "1 while an mlmon rule is firing for a series",
-                                   labels=["alertname", "model", "model_version", "severity"])
-        for rule, state in self.engine.rules.active():
-            firing.add_metric([rule.name, state.labels.get("model", ""), state.labels.get("model_version", ""),
-                               rule.severity], 1.0)
+        firing = GaugeMetricFamily("mlmon_alert_firing", "1 while an mlmon rule fires for a series, else 0",
+                                   labels=["alertname", "model", "model_version", "window", "severity"])
+        for rule, state in self.engine.rules.evaluated():
+            labels = state.labels
+            firing.add_metric([rule.name, labels["model"], labels["model_version"], labels["window"], rule.severity],
+                              1.0 if state.firing else 0.0)
         yield firing
 
 

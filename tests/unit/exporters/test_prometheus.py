@@ -1,0 +1,100 @@
+"""The exposition's names follow the conventions, and every dashboard panel and Prometheus rule
+queries names the exporter really exposes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.config import Config
+from stream.core.engine import Engine
+from stream.core.records import parse_label, parse_prediction
+from stream.demo import DEMO_SETTINGS, demo_scenario
+from stream.exporters.prometheus import EngineCollector
+from stream.simulate import streams
+
+ROOT = Path(__file__).resolve().parents[3]
+NAME = re.compile(r"\bmlmon[_:][A-Za-z0-9_:]*")
+
+
+@pytest.fixture(scope="module")
+def exposition() -> str:
+    engine = Engine(Config.from_mapping(DEMO_SETTINGS))
+    collector = EngineCollector(engine)
+    predictions, labels = streams(demo_scenario(20_000))
+    events = sorted([(p["timestamp"], 0, p) for p in predictions] + [(x["timestamp"], 1, x) for x in labels],
+                    key=lambda e: (e[0], e[1]))
+    for ts, kind, raw in events:
+        engine.observe(ts)
+        engine.prediction(parse_prediction(raw)) if kind == 0 else engine.label(parse_label(raw))
+        collector.observe(engine.metric_records)
+        engine.metric_records.clear()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def sample_names(text: str) -> set[str]:
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def recorded_names() -> set[str]:
+    groups = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+
+
+def test_names_follow_the_conventions(exposition: str) -> None:
+    for family in text_string_to_metric_families(exposition):
+        assert family.name.startswith("mlmon_"), family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        for sample in family.samples:
+            assert "request_id" not in sample.labels
+    names = sample_names(exposition)
+    assert {"mlmon_model_accuracy_ratio", "mlmon_confusion_matrix_pairs_total", "mlmon_label_lag_seconds_bucket",
+            "mlmon_alert_firing", "mlmon_pairs_total", "mlmon_pending_requests"} <= names
+
+
+def test_promtool_accepts_the_exposition(exposition: str) -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (scripts/ensure-system-deps installs Prometheus)")
+    check = subprocess.run(["promtool", "check", "metrics"], input=exposition.encode(), capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_dashboard_query_uses_exposed_or_recorded_names(exposition: str) -> None:
+    known = sample_names(exposition) | recorded_names()
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "mlmon.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [v["definition"] for v in dashboard["templating"]["list"]]
+    assert len(queries) > 10
+    for query in queries:
+        for name in NAME.findall(query):
+            assert name in known, f"{name} in {query!r} is not exposed"
+
+
+def test_every_prometheus_rule_uses_exposed_or_recorded_names(exposition: str) -> None:
+    known = sample_names(exposition) | recorded_names()
+    groups = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        for name in NAME.findall(rule["expr"]):
+            assert name in known, f"{name} in {rule.get('alert') or rule.get('record')}"
+        if "alert" in rule:
+            assert rule["alert"][0].isupper() and "severity" in rule["labels"]
+            assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (scripts/ensure-system-deps installs Prometheus)")
+    for args in (["check", "rules", "rules.yml"], ["test", "rules", "tests.yml"]):
+        run = subprocess.run(["promtool", *args], cwd=ROOT / "prometheus", capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
