@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, help="seconds the demo runs")
     demo.add_argument("--metrics-port", type=int, default=9464, help="port of the Prometheus /metrics endpoint")
     demo.add_argument("--metrics-address", default="127.0.0.1", help="address to serve /metrics on")
+    demo.add_argument("--alertmanager-url", help="also send alerts to this Alertmanager (v2 API)")
+    demo.add_argument("--webhook-url", help="also POST every alert event here as JSON")
     _config_args(demo)
     demo.set_defaults(run=_demo)
     return parser

@@ -47,6 +47,9 @@ class Config:
     kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)
     app_id: str = "mlmon"
     data_dir: str = "mlmon-data"
+    # Alert delivery beyond the alerts topic (both optional)
+    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093: alerts go to its v2 API
+    webhook_url: str = ""  # every alert event is POSTed there as JSON
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Config:

@@ -14,6 +14,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
+from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.simulate import Scenario, streams
 
@@ -53,7 +54,10 @@ def _line(record: dict[str, Any]) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     config = Config.load(args.config, args.rules) if args.config or args.rules else Config.from_mapping(DEMO_SETTINGS)
+    config.alertmanager_url = args.alertmanager_url or config.alertmanager_url
+    config.webhook_url = args.webhook_url or config.webhook_url
     engine = Engine(config)
+    delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     collector = serve(engine, args.metrics_port, args.metrics_address)
     print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     predictions, labels = streams(demo_scenario(args.pairs))
@@ -78,13 +82,16 @@ def run_demo(args: argparse.Namespace) -> int:
             engine.prediction(parse_prediction(raw))
         else:
             engine.label(parse_label(raw))
+        delivery.submit(engine.alert_events)
         last_status = _show(engine, collector, last_status)
     engine.finish()
+    delivery.submit(engine.alert_events)
     _show(engine, collector, 0.0, final=True)
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
     time.sleep(max(0.0, args.duration - (time.monotonic() - started)))
+    delivery.close()
     return 0
 
 

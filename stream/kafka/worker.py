@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -39,6 +40,7 @@ from stream.core.records import decode, parse_label, parse_prediction
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
+from stream.exporters.alerts import Delivery
 from stream.kafka.admin import ensure_topics
 
 log = logging.getLogger("mlmon.worker")
@@ -221,8 +223,9 @@ class Merge:
     known to follow every partial sent before it.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.config = config
+        self.on_alerts = on_alerts  # delivery beyond the alerts topic (Alertmanager, webhook)
         self.rules = RuleBook(config.rules)
         self.specs = {w.name: w for w in config.windows}
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
@@ -287,6 +290,8 @@ class Merge:
                                merge_states(partials), final, rfc3339(now))
         segment_key = ",".join(f"{k}={v}" for k, v in first["segment"].items())
         events = self.rules.evaluate(record, segment_key, now)
+        if events and self.on_alerts is not None:
+            self.on_alerts(events)
         config = self.config
         out: list[Output] = [(config.metrics_topic, key.encode(), orjson.dumps(record))]
         out += [(config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
@@ -301,7 +306,8 @@ class Merge:
 
 
 def build_app(config: Config) -> faust.App:
-    join, merge = Join(config), Merge(config)
+    delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
+    join, merge = Join(config), Merge(config, on_alerts=delivery.submit)
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",
