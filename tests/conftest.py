@@ -13,14 +13,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kafka_broker import Broker, broker_address
 
+collect_ignore = ["integration/faust_counter_app.py"]  # a faust app run by a test, not a test module
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
-        if "unit" in parts:
-            item.add_marker(pytest.mark.unit)
-        elif "integration" in parts:
+        if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+        else:  # tests/unit and the doctests in stream/
+            item.add_marker(pytest.mark.unit)
 
 
 _BROKERS: list[Broker] = []

@@ -1,0 +1,136 @@
+"""The Python API for programs and notebooks.
+
+>>> from stream import Monitor
+>>> predictions = [{"request_id": str(i), "model": "m", "timestamp": i, "prediction": "a"} for i in range(4)]
+>>> labels = [{"request_id": str(i), "timestamp": i + 1, "label": "a" if i % 2 else "b"} for i in range(4)]
+>>> monitor = Monitor(config={"windows": ["cumulative"], "source": {"predictions": predictions, "labels": labels}})
+>>> monitor.setup()
+>>> result = monitor.execute()
+>>> result.metrics[0]["metrics"]["accuracy"], result.health["pairs"]
+(0.5, 4)
+>>> Monitor(config={"enabled": False}).execute() is None
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.config import Config
+from stream.core.engine import Engine
+from stream.core.records import decode, parse_label, parse_prediction
+from stream.errors import ConfigError, InvalidRecord
+
+log = logging.getLogger("mlmon")
+MODES = ("replay", "production")
+
+
+@dataclass
+class MonitorResult:
+    """What a bounded run found: the final record of every window, every alert event, the health."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    health: dict[str, Any] = field(default_factory=dict)
+
+
+class Monitor:
+    """``Monitor(config={...})``: ``setup()`` validates and prepares, ``execute()`` runs.
+
+    Config keys: ``enabled`` (default True), ``mode`` (``replay`` or ``production``), ``source``
+    (``{"predictions": ..., "labels": ...}``, each a JSONL path or an iterable of dicts; a run with
+    a source is bounded), ``rules`` (a list or a YAML path), and any setting of :class:`Config`.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.raw = dict(config or {})
+        self.enabled = bool(self.raw.pop("enabled", True))
+        self.mode = str(self.raw.pop("mode", "replay"))
+        self.source = self.raw.pop("source", None)
+        self.config: Config | None = None
+
+    def setup(self) -> None:
+        if not self.enabled:
+            log.warning("mlmon is disabled (enabled: false): setup does nothing")
+            return
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        rules = self.raw.get("rules")
+        if isinstance(rules, str | Path):
+            from stream.config import read_yaml
+
+            self.raw["rules"] = read_yaml(rules).get("rules", [])
+        self.config = Config.from_mapping(self.raw)
+        if self.source is None and self.mode == "replay":
+            raise ConfigError("mode 'replay' needs a 'source' with 'predictions' and 'labels'")
+        if self.mode == "production":
+            from stream.kafka.admin import ensure_topics
+            from stream.kafka.worker import check_worker_config
+
+            check_worker_config(self.config)
+            ensure_topics(self.config)
+
+    def execute(self) -> MonitorResult | None:
+        if not self.enabled:
+            log.warning("mlmon is disabled (enabled: false): execute does nothing")
+            return None
+        if self.config is None:
+            self.setup()
+        assert self.config is not None
+        if self.source is None:  # production without a source: run the worker until it is stopped
+            from stream.kafka.worker import run_worker
+
+            run_worker(self.config)
+            return None
+        return self._bounded(self.config)
+
+    def _bounded(self, config: Config) -> MonitorResult:
+        engine = Engine(config)
+        result = MonitorResult()
+        events = []
+        for kind, name in ((0, "predictions"), (1, "labels")):
+            parse = parse_prediction if kind == 0 else parse_label
+            for index, raw in enumerate(_rows(self.source.get(name, [])), 1):
+                try:
+                    if isinstance(raw, InvalidRecord):
+                        raise raw
+                    if not isinstance(raw, dict):
+                        raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
+                    record = parse(raw)
+                except InvalidRecord as exc:
+                    engine.dead_letter(name, raw if isinstance(raw, dict) else repr(raw)[:4096], str(exc), line=index)
+                    continue
+                events.append((record.timestamp, kind, index, record))
+        events.sort(key=lambda e: (e[0], e[1], e[2]))
+        for ts, kind, _, record in events:
+            engine.observe(ts)
+            if kind == 0:
+                engine.prediction(record)  # type: ignore[arg-type]
+            else:
+                engine.label(record)  # type: ignore[arg-type]
+            engine.metric_records.clear()  # revisions; the final records come from finish()
+        engine.finish()
+        result.metrics = [r for r in engine.metric_records if r["final"]]
+        result.alerts = list(engine.alert_events)
+        result.dead_letters = list(engine.dead_letters)
+        result.health = {**asdict(engine.health), "balance": engine.balance()}
+        return result
+
+
+def _rows(source: str | Path | Iterable[Any]) -> Iterable[Any]:
+    """Decoded records of a JSONL path or an iterable; what cannot be decoded comes as the error."""
+    if not isinstance(source, str | Path):
+        yield from source
+        return
+    with Path(source).open("rb") as lines:
+        for line in lines:
+            if line.strip():
+                try:
+                    yield decode(line)
+                except InvalidRecord as exc:
+                    yield exc
