@@ -47,6 +47,8 @@ class Config:
     kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)
     app_id: str = "mlmon"
     data_dir: str = "mlmon-data"
+    metrics_port: int = 9464  # Prometheus /metrics of the worker; 0 turns it off
+    metrics_address: str = "127.0.0.1"  # localhost unless configured otherwise
     # Alert delivery beyond the alerts topic (both optional)
     alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093: alerts go to its v2 API
     webhook_url: str = ""  # every alert event is POSTed there as JSON

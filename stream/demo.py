@@ -15,7 +15,7 @@ from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
-from stream.exporters.prometheus import EngineCollector, serve
+from stream.exporters.prometheus import EngineCollector, for_engine, serve
 from stream.simulate import Scenario, streams
 
 REPLAY_SHARE = 0.8  # of --duration spent replaying; the rest keeps the final state on /metrics
@@ -58,7 +58,7 @@ def run_demo(args: argparse.Namespace) -> int:
     config.webhook_url = args.webhook_url or config.webhook_url
     engine = Engine(config)
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
-    collector = serve(engine, args.metrics_port, args.metrics_address)
+    collector = serve(for_engine(engine), args.metrics_port, args.metrics_address)
     print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     predictions, labels = streams(demo_scenario(args.pairs))
     events = heapq.merge(

@@ -195,7 +195,7 @@ class RuleBook:
     def evaluated(self) -> list[tuple[Rule, RuleState]]:
         """Every (rule, state) that has seen a record, firing or not."""
         by_name = {rule.name: rule for rule in self.rules}
-        return [(by_name[name], state) for (name, _), state in self.states.items() if name in by_name]
+        return [(by_name[name], state) for (name, _), state in list(self.states.items()) if name in by_name]
 
 
 def _labels(rule: Rule, record: dict[str, Any]) -> dict[str, str]:

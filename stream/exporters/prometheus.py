@@ -11,14 +11,15 @@ never become labels.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from stream.core.engine import LAG_BUCKETS_S, Engine
+from stream.core.engine import LAG_BUCKETS_S, Engine, Health
+from stream.core.rules import Rule, RuleState
 
 RATIO_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
                  "precision_weighted", "recall_weighted", "f1_weighted")
@@ -29,11 +30,18 @@ OTHER_GAUGES = {"mcc": "mlmon_model_mcc", "cohen_kappa": "mlmon_model_cohen_kapp
 SERIES_LABELS = ["model", "model_version", "segment", "window"]
 
 
-class EngineCollector(Collector):
-    """Metric families from an engine and the metric records it emitted (fed by ``observe``)."""
+HealthSource = Callable[[], tuple[Health, tuple[int, int], float]]  # (health, pending, watermark)
+RuleSource = Callable[[], list[tuple[Rule, RuleState]]]
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+
+class EngineCollector(Collector):
+    """Metric families from metric records (fed by ``observe``) and, at scrape time, from the
+    health, pending counts, watermark and rule states the sources return."""
+
+    def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str) -> None:
+        self.health_source = health
+        self.rule_source = rules
+        self.counted_window = counted_window
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
         self.cells: dict[tuple[str, str, str, str, str], int] = {}  # confusion counters, additive
@@ -52,12 +60,8 @@ class EngineCollector(Collector):
         current = self.latest.get(series)
         if current is None or window.get("start", 0) >= current["window"].get("start", 0):
             self.latest[series] = record
-        if window["name"] == self._counted_window() and "confusion_matrix" in record:
+        if window["name"] == self.counted_window and "confusion_matrix" in record:
             self._count_cells(series, window.get("start", 0), record)
-
-    def _counted_window(self) -> str:
-        """Confusion counters follow one window spec (the first), so every pair adds exactly once."""
-        return self.engine.config.windows[0].name
 
     def _count_cells(self, series: tuple[str, str, str, str], start: int, record: dict[str, Any]) -> None:
         key = f"{series}|{start}"
@@ -67,7 +71,7 @@ class EngineCollector(Collector):
             for j, predicted in enumerate(classes):
                 count = record["confusion_matrix"][i][j]
                 grown = count - seen.get((actual, predicted), 0)
-                if grown:
+                if grown > 0:  # a counter never goes down
                     cell = (*series[:3], actual, predicted)
                     self.cells[cell] = self.cells.get(cell, 0) + grown
                     seen[(actual, predicted)] = count
@@ -120,7 +124,7 @@ class EngineCollector(Collector):
         yield cells
 
     def _health(self) -> Iterator[Any]:
-        h = self.engine.health
+        h, (pending_predictions, pending_labels), watermark_s = self.health_source()
         simple = {
             "mlmon_predictions": ("prediction records received", h.predictions),
             "mlmon_labels": ("label records received", h.labels),
@@ -146,7 +150,6 @@ class EngineCollector(Collector):
         folded.add_metric(["class"], h.folded_classes)
         folded.add_metric(["segment"], h.folded_segments)
         yield folded
-        pending_predictions, pending_labels = self.engine.pending()
         pending = GaugeMetricFamily("mlmon_pending_requests", "requests waiting for their other half",
                                     labels=["side"])
         pending.add_metric(["prediction"], pending_predictions)
@@ -159,24 +162,30 @@ class EngineCollector(Collector):
         yield HistogramMetricFamily("mlmon_label_lag_seconds", "label timestamp minus prediction timestamp",
                                     buckets=buckets, sum_value=h.label_lag_sum_s)
         watermark = GaugeMetricFamily("mlmon_watermark_seconds", "event-time watermark (epoch seconds)")
-        if self.engine.watermark != float("-inf"):
-            watermark.add_metric([], self.engine.watermark)
+        if watermark_s != float("-inf"):
+            watermark.add_metric([], watermark_s)
         yield watermark
 
     def _alerts(self) -> Iterator[Any]:
         firing = GaugeMetricFamily("mlmon_alert_firing", "1 while an mlmon rule fires for a series, else 0",
                                    labels=["alertname", "model", "model_version", "window", "severity"])
-        for rule, state in self.engine.rules.evaluated():
+        for rule, state in self.rule_source():
             labels = state.labels
             firing.add_metric([rule.name, labels["model"], labels["model_version"], labels["window"], rule.severity],
                               1.0 if state.firing else 0.0)
         yield firing
 
 
-def serve(engine: Engine, port: int, address: str = "127.0.0.1") -> EngineCollector:
-    """Serve /metrics for this engine (on localhost unless told otherwise)."""
+def for_engine(engine: Engine) -> EngineCollector:
+    """A collector over one engine (the demo and replay). Confusion counters follow the first
+    window spec, so every pair adds to them exactly once."""
+    return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
+                           engine.rules.evaluated, engine.config.windows[0].name)
+
+
+def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> EngineCollector:
+    """Serve /metrics (on localhost unless told otherwise)."""
     registry = CollectorRegistry()
-    collector = EngineCollector(engine)
     registry.register(collector)
     start_http_server(port, addr=address, registry=registry)
     return collector

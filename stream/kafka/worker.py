@@ -41,6 +41,7 @@ from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.exporters.alerts import Delivery
+from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics
 
 log = logging.getLogger("mlmon.worker")
@@ -198,16 +199,24 @@ class Join:
         return [orjson.dumps({"partition": p, "watermark": self.watermark(p)})
                 for p in self.engines if math.isfinite(self.watermark(p))]
 
-    def health(self) -> dict[str, Any]:
-        """Where every consumed record went, summed over this process's partitions."""
+    def totals(self) -> tuple[Health, tuple[int, int], float]:
+        """Health and pending counts summed over this process's partitions, and the lowest watermark."""
         total = Health()
         pending = [0, 0]
-        for engine in self.engines.values():
+        for engine in list(self.engines.values()):
             for name, value in asdict(engine.health).items():
-                if name != "label_lag_buckets":
+                if name == "label_lag_buckets":
+                    total.label_lag_buckets = [a + b for a, b in zip(total.label_lag_buckets, value, strict=True)]
+                else:
                     setattr(total, name, getattr(total, name) + value)
             for i, n in enumerate(engine.pending()):
                 pending[i] += n
+        watermark = min((self.watermark(p) for p in self.engines), default=-math.inf)
+        return total, (pending[0], pending[1]), watermark
+
+    def health(self) -> dict[str, Any]:
+        """Where every consumed record went, summed over this process's partitions."""
+        total, pending, _ = self.totals()
         health = {k: v for k, v in asdict(total).items() if k != "label_lag_buckets"}
         health.update(pending_predictions=pending[0], pending_labels=pending[1],
                       balance=total.balance(*pending), partitions=sorted(self.engines),
@@ -223,9 +232,11 @@ class Merge:
     known to follow every partial sent before it.
     """
 
-    def __init__(self, config: Config, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+    def __init__(self, config: Config, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.on_alerts = on_alerts  # delivery beyond the alerts topic (Alertmanager, webhook)
+        self.on_record = on_record  # the Prometheus exposition
         self.rules = RuleBook(config.rules)
         self.specs = {w.name: w for w in config.windows}
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
@@ -290,6 +301,8 @@ class Merge:
                                merge_states(partials), final, rfc3339(now))
         segment_key = ",".join(f"{k}={v}" for k, v in first["segment"].items())
         events = self.rules.evaluate(record, segment_key, now)
+        if self.on_record is not None:
+            self.on_record(record)
         if events and self.on_alerts is not None:
             self.on_alerts(events)
         config = self.config
@@ -307,7 +320,16 @@ class Merge:
 
 def build_app(config: Config) -> faust.App:
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
-    join, merge = Join(config), Merge(config, on_alerts=delivery.submit)
+    join = Join(config)
+    merge = Merge(config, on_alerts=delivery.submit)
+    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name)
+    merge.on_record = lambda record: collector.observe([record])
+    if config.metrics_port:
+        try:
+            serve(collector, config.metrics_port, config.metrics_address)
+            log.info("Prometheus metrics at http://%s:%d/metrics", config.metrics_address, config.metrics_port)
+        except OSError as exc:
+            log.warning("not serving /metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc)
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",

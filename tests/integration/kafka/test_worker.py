@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn import metrics as skm
 
-from kafka_broker import Broker
+from kafka_broker import Broker, free_port
 from stream.config import Config
 from stream.kafka.admin import ensure_topics
 from stream.kafka.produce import Outgoing, produce, producer, scenario_records
@@ -38,7 +40,8 @@ def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]
         f"join_ttl: {TTL_S}s\nwindows: [tumbling 5m, tumbling 15m]\npartitions: 4\n"
         f"app_id: mlmon-test-{suffix}\ndata_dir: {tmp_path / 'data'}\n"
         + "".join(f"{t}_topic: {t}-{suffix}\n" for t in TOPICS)
-        + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n" + extra
+        + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n"
+        + ("" if "metrics_port" in extra else "metrics_port: 0\n") + extra
     )
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -124,7 +127,8 @@ def latest_health(config: Config) -> dict[str, Any]:
 
 
 def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_path: Path) -> None:
-    config, path = setup(kafka, tmp_path)
+    metrics_port = free_port()
+    config, path = setup(kafka, tmp_path, extra=f"metrics_port: {metrics_port}\n")
     scenario = Scenario(pairs=50_000, start_ts=START, rate_per_s=100.0, label_delay_mean_s=20.0,
                         label_coverage=0.9, duplicate_rate=0.05, early_label_rate=0.02)
     sent = produce(config, scenario_records(scenario))
@@ -136,8 +140,16 @@ def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_pat
         assert_exact(finals, expected)
         time.sleep(2)  # one more health record after the last flush
         health = latest_health(config)
+        exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     finally:
         worker.stop()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(exposition) for s in family.samples}
+    assert samples[("mlmon_pairs_total", ())] == health["pairs"]
+    newest = max(start for name, start in finals if name == "tumbling_5m")
+    gauge = ("mlmon_model_accuracy_ratio", (("model", "nba-game-outcome"), ("model_version", "v1"),
+                                            ("segment", ""), ("window", "tumbling_5m")))
+    assert samples[gauge] == pytest.approx(finals[("tumbling_5m", newest)]["metrics"]["accuracy"], abs=1e-12)
     assert health["predictions"] == sent.predictions + sent_ticks.predictions
     assert health["labels"] == sent.labels + sent_ticks.labels
     assert health["balance"] == {"predictions": 0, "labels": 0}

@@ -18,7 +18,7 @@ from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.demo import DEMO_SETTINGS, demo_scenario
-from stream.exporters.prometheus import EngineCollector
+from stream.exporters.prometheus import for_engine
 from stream.simulate import streams
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,7 +28,7 @@ NAME = re.compile(r"\bmlmon[_:][A-Za-z0-9_:]*")
 @pytest.fixture(scope="module")
 def exposition() -> str:
     engine = Engine(Config.from_mapping(DEMO_SETTINGS))
-    collector = EngineCollector(engine)
+    collector = for_engine(engine)
     predictions, labels = streams(demo_scenario(20_000))
     events = sorted([(p["timestamp"], 0, p) for p in predictions] + [(x["timestamp"], 1, x) for x in labels],
                     key=lambda e: (e[0], e[1]))
