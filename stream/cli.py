@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--metrics-address", default="127.0.0.1", help="address to serve /metrics on")
     demo.add_argument("--alertmanager-url", help="also send alerts to this Alertmanager (v2 API)")
     demo.add_argument("--webhook-url", help="also POST every alert event here as JSON")
+    demo.add_argument("--broker", help="run the demo over this Kafka broker (a worker process and a producer)")
     _config_args(demo)
     demo.set_defaults(run=_demo)
     return parser

@@ -53,6 +53,8 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.broker:
+        return run_broker_demo(args)
     config = Config.load(args.config, args.rules) if args.config or args.rules else Config.from_mapping(DEMO_SETTINGS)
     config.alertmanager_url = args.alertmanager_url or config.alertmanager_url
     config.webhook_url = args.webhook_url or config.webhook_url
@@ -111,3 +113,72 @@ def _show(engine: Engine, collector: EngineCollector, last_status: float, final:
         last_status = now
     records.clear()
     return last_status
+
+
+BROKER_RULES = """
+rules:
+  - name: ModelAccuracyLow
+    metric: accuracy
+    window: tumbling_15m
+    below: 0.75
+    clear: 0.8
+    min_samples: 200
+    severity: warning
+    summary: accuracy of the last 15 minutes of labeled games fell below 75%
+"""
+
+
+def run_broker_demo(args: argparse.Namespace) -> int:
+    """The same simulated model over Kafka: a worker process, this process producing and tailing."""
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import uuid
+    from pathlib import Path
+
+    from stream.kafka.admin import ensure_topics
+    from stream.kafka.produce import produce, scenario_records
+    from stream.kafka.tail import format_alert, read
+
+    run = uuid.uuid4().hex[:8]
+    folder = Path(tempfile.mkdtemp(prefix="mlmon-demo-"))
+    topics = {f"{t}_topic": f"mlmon-demo-{run}-{t}" for t in
+              ("predictions", "labels", "metrics", "alerts", "dead_letters", "health", "partials")}
+    settings = {"broker": args.broker, "app_id": f"mlmon-demo-{run}", "data_dir": str(folder / "data"),
+                "join_ttl": "6h", "windows": ["tumbling 15m", "tumbling 1h"], "metrics_port": args.metrics_port,
+                **topics}
+    (folder / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in settings.items()).replace(
+        "['tumbling 15m', 'tumbling 1h']", "[tumbling 15m, tumbling 1h]"))
+    (folder / "rules.yaml").write_text(BROKER_RULES)
+    config = Config.load(folder / "config.yaml", folder / "rules.yaml")
+    ensure_topics(config)
+    print(f"mlmon demo over Kafka at {args.broker}: worker metrics at "
+          f"http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+    with (folder / "worker.log").open("wb") as log_file:
+        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--config",
+                                   str(folder / "config.yaml"), "--rules", str(folder / "rules.yaml")],
+                                  stdout=log_file, stderr=subprocess.STDOUT)
+    print(f"worker log: {folder / 'worker.log'}", flush=True)
+    stop = threading.Event()
+
+    def show_alerts() -> None:
+        for _, event in read(config, config.alerts_topic, follow=True, stop=stop):
+            print(format_alert(event), flush=True)
+
+    tail = threading.Thread(target=show_alerts, daemon=True)
+    tail.start()
+    scenario = demo_scenario(args.pairs)
+    records = list(scenario_records(scenario))
+    end_ts = records[-1][0] + 100_000  # far-future records on every partition close the last windows
+    records += [(end_ts, kind, {"request_id": f"end-{i}", "model": "end", "timestamp": end_ts, "prediction": "x"}
+                 if kind == 0 else {"request_id": f"end-{i}", "timestamp": end_ts, "label": "x"})
+                for i in range(64) for kind in (0, 1)]
+    started = time.monotonic()
+    report = produce(config, records, rate_per_s=args.pairs / max(args.duration * REPLAY_SHARE, 0.1))
+    print(f"sent {report.predictions} predictions and {report.labels} labels", flush=True)
+    time.sleep(max(2.0, args.duration - (time.monotonic() - started)))
+    stop.set()
+    worker.terminate()
+    worker.wait(timeout=60)
+    return 0 if report.failed == 0 else 1

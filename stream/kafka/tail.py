@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from stream.kafka.admin import client_settings
 
 
 def read(config: Config, topic: str, follow: bool = False, from_beginning: bool = True,
-         timeout_s: float = 60.0) -> Iterator[tuple[bytes | None, dict[str, Any]]]:
-    """Records of a topic as (key, decoded value): up to its current end, or forever with ``follow``."""
+         timeout_s: float = 60.0, stop: threading.Event | None = None) -> Iterator[tuple[bytes | None, dict[str, Any]]]:
+    """Records of a topic as (key, decoded value): up to its current end, or with ``follow`` until
+    ``stop`` is set (forever without one)."""
     consumer = Consumer({
         **client_settings(config),
         "group.id": f"mlmon-tail-{uuid.uuid4()}",
@@ -29,7 +31,7 @@ def read(config: Config, topic: str, follow: bool = False, from_beginning: bool 
     at_end: set[int] = set()
     deadline = time.monotonic() + timeout_s
     try:
-        while follow or time.monotonic() < deadline:
+        while (follow and not (stop and stop.is_set())) or (not follow and time.monotonic() < deadline):
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
