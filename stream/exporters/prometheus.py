@@ -38,9 +38,11 @@ class EngineCollector(Collector):
     """Metric families from metric records (fed by ``observe``) and, at scrape time, from the
     health, pending counts, watermark and rule states the sources return."""
 
-    def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str) -> None:
+    def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str,
+                 lag: Callable[[], dict[tuple[str, int], int]] | None = None) -> None:
         self.health_source = health
         self.rule_source = rules
+        self.lag_source = lag
         self.counted_window = counted_window
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
@@ -84,6 +86,12 @@ class EngineCollector(Collector):
             yield from self._confusion()
         yield from self._health()
         yield from self._alerts()
+        if self.lag_source is not None:
+            lag = GaugeMetricFamily("mlmon_consumer_lag_records", "input records not yet processed",
+                                    labels=["topic", "partition"])
+            for (topic, partition), records in self.lag_source().items():
+                lag.add_metric([topic, str(partition)], records)
+            yield lag
 
     def _quality(self) -> Iterator[Any]:
         families = {name: GaugeMetricFamily(f"mlmon_model_{name}_ratio",

@@ -32,6 +32,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from stream.config import Config
 from stream.core.engine import Engine, Health, record_key
@@ -75,6 +76,8 @@ class Join:
         self.max_window_s = max((w.size_s for w in config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
         self.watermarks: dict[str, float] = {}  # "predictions/3" -> event time
+        self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
+        self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
 
     def _new_engine(self) -> Engine:
@@ -132,6 +135,7 @@ class Join:
         config = self.config
         source = "predictions" if topic == config.predictions_topic else "labels"
         engine = self.engine(partition)
+        self.offsets[(topic, partition)] = offset
         try:
             obj = decode(raw or b"", config.max_record_bytes)
             record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
@@ -322,7 +326,7 @@ def build_app(config: Config) -> faust.App:
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     join = Join(config)
     merge = Merge(config, on_alerts=delivery.submit)
-    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name)
+    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag))
     merge.on_record = lambda record: collector.observe([record])
     if config.metrics_port:
         try:
@@ -410,6 +414,7 @@ def build_app(config: Config) -> faust.App:
             for partition in range(config.partitions):  # every merger partition hears every watermark
                 await partials.send(key=None, value=beat, partition=partition)
         await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
+        join.lag = consumer_lag(app, join.offsets)
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
@@ -417,6 +422,19 @@ def build_app(config: Config) -> faust.App:
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)
     return app
+
+
+def consumer_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Records between the last one handled and the high-water mark, per input topic-partition."""
+    lag = {}
+    for (topic, partition), offset in list(offsets.items()):
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned here any more, or not fetched yet
+            continue
+        if highwater is not None:
+            lag[(topic, partition)] = max(0, highwater - offset - 1)
+    return lag
 
 
 def run_worker(config: Config, loglevel: str = "info") -> int:

@@ -146,6 +146,8 @@ def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_pat
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(exposition) for s in family.samples}
     assert samples[("mlmon_pairs_total", ())] == health["pairs"]
+    lags = [v for (name, _), v in samples.items() if name == "mlmon_consumer_lag_records"]
+    assert len(lags) == 8 and max(lags) == 0  # both inputs x 4 partitions, all consumed
     newest = max(start for name, start in finals if name == "tumbling_5m")
     gauge = ("mlmon_model_accuracy_ratio", (("model", "nba-game-outcome"), ("model_version", "v1"),
                                             ("segment", ""), ("window", "tumbling_5m")))
