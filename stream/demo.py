@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import sys
 import time
 from typing import Any
 
@@ -74,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"mlmon demo: {len(predictions)} predictions, {len(labels)} labels, replayed at {speed:.0f}x "
           f"over {args.duration:.0f} s")
-    last_status = 0.0
+    view = LiveView(collector)
     for ts, kind, _, raw in events:
         wait = (ts - first_ts) / speed - (time.monotonic() - started)
         if wait > 0:
@@ -85,10 +86,10 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             engine.label(parse_label(raw))
         delivery.submit(engine.alert_events)
-        last_status = _show(engine, collector, last_status)
+        view.update(engine)
     engine.finish()
     delivery.submit(engine.alert_events)
-    _show(engine, collector, 0.0, final=True)
+    view.update(engine, final=True)
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
@@ -97,22 +98,55 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(engine: Engine, collector: EngineCollector, last_status: float, final: bool = False) -> float:
-    for event in engine.alert_events:
-        mark = "FIRING  " if event["status"] == "firing" else "RESOLVED"
-        print(f"[{mark}] {event['alertname']} {event['labels']['model']}: {event['annotations']['summary']} "
-              f"(value {event['value']:.3f}, n={event['n']})", flush=True)
-    engine.alert_events.clear()
-    records = engine.metric_records
-    collector.observe(records)
-    now = time.monotonic()
-    if records and (final or now - last_status >= 1.0):
-        for record in records:
-            if not record["segment"] and record["window"]["kind"] in ("rolling", "cumulative") and record["n"]:
-                print(("final   " if final else "        ") + _line(record), flush=True)
-        last_status = now
-    records.clear()
-    return last_status
+class LiveView:
+    """The terminal view: alert lines scroll, a table of the newest figures redraws in place on a
+    terminal (on a pipe, the table is printed once a second instead)."""
+
+    def __init__(self, collector: EngineCollector) -> None:
+        self.collector = collector
+        self.tty = sys.stdout.isatty()
+        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self.drawn = 0  # lines of the table currently on screen
+        self.last_draw = 0.0
+
+    def update(self, engine: Engine, final: bool = False) -> None:
+        self.collector.observe(engine.metric_records)
+        for record in engine.metric_records:
+            if record["n"] and record["window"]["kind"] in ("rolling", "cumulative"):
+                segment = ",".join(f"{k}={v}" for k, v in record["segment"].items()) or "all games"
+                self.latest[(record["window"]["name"], segment)] = record
+        engine.metric_records.clear()
+        if engine.alert_events:
+            self._erase()
+            for event in engine.alert_events:
+                mark = "FIRING  " if event["status"] == "firing" else "RESOLVED"
+                print(f"[{mark}] {event['alertname']} {event['labels']['model']}: {event['annotations']['summary']} "
+                      f"(value {event['value']:.3f}, n={event['n']})", flush=True)
+            engine.alert_events.clear()
+        now = time.monotonic()
+        if final or now - self.last_draw >= (0.25 if self.tty else 1.0):
+            self._draw(engine, final)
+            self.last_draw = now
+
+    def _erase(self) -> None:
+        if self.tty and self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self, engine: Engine, final: bool) -> None:
+        if not self.latest:
+            return
+        self._erase()
+        clock = time.strftime("%Y-%m-%d %H:%M", time.gmtime(engine.watermark)) if 0 < engine.watermark < 1e11 else "end"
+        firing = [rule.name for rule, state in engine.rules.evaluated() if state.firing]
+        lines = [f"{'final' if final else 'live'}  event time {clock}  alerts: {', '.join(firing) or 'none firing'}"]
+        for (_, segment), record in sorted(self.latest.items()):
+            lines.append(f"  {segment:<12} " + _line(record))
+        if self.tty or final:
+            print("\n".join(lines), flush=True)
+            self.drawn = len(lines) if self.tty and not final else 0
+        else:
+            print(lines[0] + "\n" + "\n".join(lines[1:]), flush=True)
 
 
 BROKER_RULES = """
