@@ -45,19 +45,15 @@ def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: 
     """Pairs per second of the engine alone. Records are parsed chunk by chunk, untimed, just
     before the engine sees them, as a streaming adapter hands over freshly decoded records."""
     engine = Engine(config)
-    observe, on_prediction, on_label = engine.observe, engine.prediction, engine.label
+    receive = engine.receive
     gc.collect()
     elapsed = 0.0
     for offset in range(0, len(events), chunk):
         batch = [(ts, kind, parse_prediction(raw) if kind == 0 else parse_label(raw))
                  for ts, kind, _, raw in events[offset:offset + chunk]]
         started = time.perf_counter()
-        for ts, kind, record in batch:
-            observe(ts)
-            if kind == 0:
-                on_prediction(record)  # type: ignore[arg-type]
-            else:
-                on_label(record)  # type: ignore[arg-type]
+        for _, _, record in batch:
+            receive(record)
         engine.metric_records.clear()
         elapsed += time.perf_counter() - started
     started = time.perf_counter()

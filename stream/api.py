@@ -107,12 +107,8 @@ class Monitor:
                     continue
                 events.append((record.timestamp, kind, index, record))
         events.sort(key=lambda e: (e[0], e[1], e[2]))
-        for ts, kind, _, record in events:
-            engine.observe(ts)
-            if kind == 0:
-                engine.prediction(record)  # type: ignore[arg-type]
-            else:
-                engine.label(record)  # type: ignore[arg-type]
+        for _, _, _, record in events:
+            engine.receive(record)
             engine.metric_records.clear()  # revisions; the final records come from finish()
         engine.finish()
         result.metrics = [r for r in engine.metric_records if r["final"]]

@@ -7,7 +7,6 @@ part-way and recovers, so the demo shows an alert firing and then resolving.
 from __future__ import annotations
 
 import argparse
-import heapq
 import sys
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
-from stream.simulate import Scenario, streams
+from stream.simulate import Scenario, arrivals
 
 REPLAY_SHARE = 0.8  # of --duration spent replaying; the rest keeps the final state on /metrics
 
@@ -63,28 +62,22 @@ def run_demo(args: argparse.Namespace) -> int:
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     collector = serve(for_engine(engine), args.metrics_port, args.metrics_address)
     print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
-    predictions, labels = streams(demo_scenario(args.pairs))
-    events = heapq.merge(
-        ((p["timestamp"], 0, i, p) for i, p in enumerate(predictions)),
-        ((lab["timestamp"], 1, i, lab) for i, lab in enumerate(labels)),
-    )
+    events = arrivals(demo_scenario(args.pairs))
+    predictions = [raw for _, kind, raw in events if kind == 0]
+    labels = [raw for _, kind, raw in events if kind == 1]
     first_ts = predictions[0]["timestamp"]
-    span = max(1.0, labels[-1]["timestamp"] - first_ts if labels else 1.0)
+    span = max(1.0, events[-1][0] - first_ts)
     replay_s = max(args.duration * REPLAY_SHARE, 0.1)  # then the final figures stay up until the end
     speed = span / replay_s
     started = time.monotonic()
     print(f"mlmon demo: {len(predictions)} predictions, {len(labels)} labels, replayed at {speed:.0f}x "
           f"over {args.duration:.0f} s")
     view = LiveView(collector)
-    for ts, kind, _, raw in events:
+    for ts, kind, raw in events:
         wait = (ts - first_ts) / speed - (time.monotonic() - started)
         if wait > 0:
             time.sleep(wait)
-        engine.observe(ts)
-        if kind == 0:
-            engine.prediction(parse_prediction(raw))
-        else:
-            engine.label(parse_label(raw))
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
         delivery.submit(engine.alert_events)
         view.update(engine)
     engine.finish()

@@ -97,14 +97,10 @@ def _events(
 
 
 def _feed(engine: Engine, events: Iterable[Event], sink: Sink) -> None:
-    observe, on_prediction, on_label = engine.observe, engine.prediction, engine.label
+    receive = engine.receive
     records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
-    for ts, kind, _, record in events:
-        observe(ts)
-        if kind == PREDICTION:
-            on_prediction(record)  # type: ignore[arg-type]
-        else:
-            on_label(record)  # type: ignore[arg-type]
+    for _, _, _, record in events:
+        receive(record)
         if records or dead:
             sink.drain(engine)
     engine.finish()

@@ -6,6 +6,7 @@ exercises the same realistic traffic: label delays, missing labels, duplicates.
 
 from __future__ import annotations
 
+import heapq
 import random
 import uuid
 from collections.abc import Iterator
@@ -87,3 +88,11 @@ def streams(s: Scenario) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             labels.extend([d.label] * (1 + d.duplicate_label))
     labels.sort(key=lambda r: r["timestamp"])
     return predictions, labels
+
+
+def arrivals(s: Scenario) -> list[tuple[float, int, dict[str, Any]]]:
+    """Both streams in arrival order: (timestamp, 0 prediction | 1 label, record); at equal
+    timestamps predictions first."""
+    predictions, labels = streams(s)
+    return list(heapq.merge(((p["timestamp"], 0, p) for p in predictions), ((x["timestamp"], 1, x) for x in labels),
+                            key=lambda event: (event[0], event[1])))

@@ -287,6 +287,14 @@ class Engine:
             if prediction is not None:
                 self.health.expired_predictions += 1
 
+    def receive(self, record: Prediction | Label) -> None:
+        """One record in arrival order: advance event time to it, then count it."""
+        self.observe(record.timestamp)
+        if isinstance(record, Prediction):
+            self.prediction(record)
+        else:
+            self.label(record)
+
     # --------------------------------------------------------------- routing
 
     def _model(self, name: str) -> Model:

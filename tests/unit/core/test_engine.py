@@ -62,12 +62,8 @@ def run(requests: list[dict[str, Any]]) -> Engine:
     config = Config.from_mapping({"join_ttl_s": TTL_S, "windows": [f"tumbling {WINDOW_S}s", "cumulative"],
                                   "emit_interval_s": 10})
     engine = Engine(config)
-    for ts, kind, _, raw in events(requests):
-        engine.observe(ts)
-        if kind == 0:
-            engine.prediction(parse_prediction(raw))
-        else:
-            engine.label(parse_label(raw))
+    for _, kind, _, raw in events(requests):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
     engine.finish()
     return engine
 

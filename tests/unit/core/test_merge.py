@@ -30,9 +30,8 @@ def run(config: Config, requests: list[tuple[int, str, str, float, str]], partia
         events.append((ts, 0, {"request_id": str(i), "model": "m", "timestamp": ts, "prediction": guess,
                                "scores": scores, "segment": {"venue": venue}}))
         events.append((ts + 5, 1, {"request_id": str(i), "timestamp": ts + 5, "label": truth}))
-    for ts, kind, raw in sorted(events, key=lambda e: (e[0], e[1])):
-        engine.observe(ts)
-        engine.prediction(parse_prediction(raw)) if kind == 0 else engine.label(parse_label(raw))
+    for _, kind, raw in sorted(events, key=lambda e: (e[0], e[1])):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
     engine.finish()
     return engine.metric_records
 

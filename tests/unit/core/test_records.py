@@ -99,15 +99,11 @@ def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
     from stream.config import Config
     from stream.core.engine import Engine
     from stream.demo import DEMO_SETTINGS, demo_scenario
-    from stream.simulate import streams
+    from stream.simulate import arrivals
 
     engine = Engine(Config.from_mapping(DEMO_SETTINGS))
-    predictions, labels = streams(demo_scenario(20_000))
-    events = sorted([(p["timestamp"], 0, p) for p in predictions] + [(x["timestamp"], 1, x) for x in labels],
-                    key=lambda e: (e[0], e[1]))
-    for ts, kind, raw in events:
-        engine.observe(ts)
-        engine.prediction(parse_prediction(raw)) if kind == 0 else engine.label(parse_label(raw))
+    for _, kind, raw in arrivals(demo_scenario(20_000)):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
     engine.dead_letter("labels", "{oops", "not valid JSON", file="x.jsonl", line=3)
     engine.finish()
     assert engine.alert_events, "the demo scenario should fire at least once"

@@ -19,7 +19,7 @@ from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.demo import DEMO_SETTINGS, demo_scenario
 from stream.exporters.prometheus import for_engine
-from stream.simulate import streams
+from stream.simulate import arrivals
 
 ROOT = Path(__file__).resolve().parents[3]
 NAME = re.compile(r"\bmlmon[_:][A-Za-z0-9_:]*")
@@ -29,12 +29,8 @@ NAME = re.compile(r"\bmlmon[_:][A-Za-z0-9_:]*")
 def exposition() -> str:
     engine = Engine(Config.from_mapping(DEMO_SETTINGS))
     collector = for_engine(engine)
-    predictions, labels = streams(demo_scenario(20_000))
-    events = sorted([(p["timestamp"], 0, p) for p in predictions] + [(x["timestamp"], 1, x) for x in labels],
-                    key=lambda e: (e[0], e[1]))
-    for ts, kind, raw in events:
-        engine.observe(ts)
-        engine.prediction(parse_prediction(raw)) if kind == 0 else engine.label(parse_label(raw))
+    for _, kind, raw in arrivals(demo_scenario(20_000)):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
         collector.observe(engine.metric_records)
         engine.metric_records.clear()
     registry = CollectorRegistry()
