@@ -209,6 +209,7 @@ class Engine:
         # A window may take pairs until its end + TTL (+ one sweep of slack); predictions older
         # than the watermark by more than that are stale: every window of theirs is final.
         self._stale_after_s = config.join_ttl_s + SWEEP_EVERY_S
+        self._lag_s = config.watermark_lag_s
         hops = [s.hop_s or s.size_s for s in self.specs if s.size_s]
         self._slot_s = float(math.gcd(*hops)) if hops else 1e300  # cumulative only: one slot
         self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
@@ -289,11 +290,13 @@ class Engine:
 
     def receive(self, record: Prediction | Label) -> None:
         """One record in arrival order: advance event time to it, then count it."""
-        self.observe(record.timestamp)
-        if isinstance(record, Prediction):
+        ts = record.timestamp
+        if ts - self._lag_s > self.watermark or ts >= self._next_emit:
+            self.observe(ts)
+        if type(record) is Prediction:
             self.prediction(record)
         else:
-            self.label(record)
+            self.label(record)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------- routing
 
@@ -416,7 +419,7 @@ class Engine:
 
     def observe(self, ts: float) -> None:
         """Event time moved to ``ts``: advance the watermark and flush on each emit interval."""
-        watermark = ts - self.config.watermark_lag_s
+        watermark = ts - self._lag_s
         if watermark > self.watermark:
             self.watermark = watermark
             if watermark >= self._next_sweep:
