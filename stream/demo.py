@@ -60,8 +60,13 @@ def run_demo(args: argparse.Namespace) -> int:
     config.webhook_url = args.webhook_url or config.webhook_url
     engine = Engine(config)
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
-    collector = serve(for_engine(engine), args.metrics_port, args.metrics_address)
-    print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
+    collector = for_engine(engine)
+    try:
+        port = serve(collector, args.metrics_port, args.metrics_address)
+    except OSError as exc:  # the port is taken: a newcomer still gets a working demo
+        port = serve(collector, 0, args.metrics_address)
+        print(f"mlmon demo: port {args.metrics_port} is not free ({exc.strerror}); using {port}", flush=True)
+    print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{port}/metrics", flush=True)
     events = arrivals(demo_scenario(args.pairs))
     predictions = [raw for _, kind, raw in events if kind == 0]
     labels = [raw for _, kind, raw in events if kind == 1]

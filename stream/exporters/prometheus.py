@@ -191,9 +191,9 @@ def for_engine(engine: Engine) -> EngineCollector:
                            engine.rules.evaluated, engine.config.windows[0].name)
 
 
-def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> EngineCollector:
-    """Serve /metrics (on localhost unless told otherwise)."""
+def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:
+    """Serve /metrics (on localhost unless told otherwise); returns the port (0 picks a free one)."""
     registry = CollectorRegistry()
     registry.register(collector)
-    start_http_server(port, addr=address, registry=registry)
-    return collector
+    server, _ = start_http_server(port, addr=address, registry=registry)
+    return int(server.server_port)
