@@ -21,6 +21,7 @@ MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 128
 MAX_SEGMENT_KEYS = 16
 MAX_SCORE_CLASSES = 1000
+MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
 
 Value = str | float  # a class (always a string) or a regression target
 
@@ -75,8 +76,8 @@ def parse_timestamp(value: Any) -> float:
         raise InvalidRecord("'timestamp' must be epoch seconds or an RFC 3339 string")
     if isinstance(value, int | float):
         ts = float(value)
-        if not math.isfinite(ts) or ts < 0:
-            raise InvalidRecord(f"'timestamp' must be finite and not negative, got {value!r}")
+        if not math.isfinite(ts) or ts < 0 or ts > MAX_TIMESTAMP_S:
+            raise InvalidRecord(f"'timestamp' must be epoch seconds between 0 and {MAX_TIMESTAMP_S:.0f}, got {value!r}")
         return ts
     if isinstance(value, str):
         try:
@@ -85,7 +86,10 @@ def parse_timestamp(value: Any) -> float:
             raise InvalidRecord(f"'timestamp' {value[:64]!r} is not an RFC 3339 date-time") from None
         if parsed.tzinfo is None:
             raise InvalidRecord(f"'timestamp' {value[:64]!r} has no UTC offset (add Z or +00:00)")
-        return parsed.timestamp()
+        ts = parsed.timestamp()
+        if ts < 0:
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is before 1970")
+        return ts
     raise InvalidRecord(f"'timestamp' must be a number or a string, got {type(value).__name__}")
 
 

@@ -39,7 +39,7 @@ BAD_PREDICTIONS: list[tuple[dict[str, Any], str]] = [
     ({"request_id": 7, "model": "m", "timestamp": 1, "prediction": "a"}, "'request_id' must be a string"),
     ({"request_id": "r", "model": "m", "timestamp": "yesterday", "prediction": "a"}, "not an RFC 3339"),
     ({"request_id": "r", "model": "m", "timestamp": "2026-11-26T10:00:00", "prediction": "a"}, "no UTC offset"),
-    ({"request_id": "r", "model": "m", "timestamp": -5, "prediction": "a"}, "not negative"),
+    ({"request_id": "r", "model": "m", "timestamp": -5, "prediction": "a"}, "between 0 and"),
     ({"request_id": "r", "model": "m", "timestamp": 1}, "missing field 'prediction'"),
     ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": None}, "'prediction' is null"),
     ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": [1]}, "must be a string, integer"),

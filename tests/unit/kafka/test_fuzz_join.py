@@ -1,0 +1,62 @@
+"""Hostile input through the worker's handler (the exact code the faust agent calls): every
+message is either processed or dead-lettered with a reason, nothing raises, the counts balance.
+
+MLMON_FUZZ_EXAMPLES raises the number of examples (the default keeps the suite fast)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream.config import Config
+from stream.kafka.worker import Join
+
+EXAMPLES = int(os.environ.get("MLMON_FUZZ_EXAMPLES", "300"))
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40))
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+                           max_leaves=12)
+fields = {
+    "request_id": st.one_of(st.text(min_size=0, max_size=12), json_values),
+    "model": st.one_of(st.sampled_from(["m", "n", ""]), json_values),
+    "model_version": st.one_of(st.sampled_from(["v1", "v2"]), json_values),
+    "timestamp": st.one_of(st.floats(0, 2e9), st.integers(-5, 10**13), st.sampled_from(
+        ["2026-01-01T00:00:00Z", "2026-01-01", "not a date", "9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00Z"]),
+        json_values),
+    "prediction": st.one_of(st.sampled_from(["a", "b", 1, True, 0.5]), json_values),
+    "label": st.one_of(st.sampled_from(["a", "b", 1, False, 2.0]), json_values),
+    "scores": st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "b"]), st.floats(-1, 2)), json_values),
+    "segment": st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+                         json_values),
+}
+record = st.fixed_dictionaries({}, optional=fields).map(lambda d: orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS))
+raw_bytes = st.one_of(st.binary(max_size=200), st.integers(5000, 5001).map(lambda n: b"[" * n),
+                      st.integers(70_000, 70_001).map(lambda n: b'{"a": "' + b"x" * n + b'"}'),
+                      st.just(b'{"request_id": "\\ud800"}'), st.just(b'{"timestamp": NaN}'))
+message = st.tuples(st.sampled_from(["predictions", "labels"]), st.integers(0, 3), st.one_of(record, raw_bytes))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(message, min_size=1, max_size=30))
+def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, int, Any]]) -> None:
+    config = Config.from_mapping({"join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2})
+    join = Join(config)
+    table: dict[str, Any] = {}
+    join.stale = False
+    for offset, (topic, partition, raw) in enumerate(messages):
+        join.handle(table, topic, partition, offset, raw)
+    outputs = join.outputs()
+    for engine in join.engines.values():
+        engine.finish()
+    join.outputs()
+    total, pending, _ = join.totals()
+    assert total.balance(*pending) == {"predictions": 0, "labels": 0}
+    assert total.predictions + total.labels == len(messages)
+    dead = [orjson.loads(value) for topic, _, value in outputs if topic == config.dead_letters_topic]
+    assert all(d["reason"] and {"topic", "partition", "offset"} <= set(d) for d in dead)
