@@ -238,7 +238,9 @@ class Engine:
             self.health.invalid_labels += 1
         self.dead_letters.append({"source": source, "reason": reason, "raw": raw, **where})
 
-    def prediction(self, pred: Prediction, raw: Any = None) -> None:
+    def prediction(self, pred: Prediction, raw: Any = None, **where: Any) -> None:
+        """Count one prediction; ``raw`` and ``where`` (e.g. topic, offset) go into its dead letter
+        if its model refuses it."""
         try:
             model = self.models.get(pred.model) or self._model(pred.model)
             classes = model.classes
@@ -249,7 +251,7 @@ class Engine:
                 if value is None:
                     value = self._class_id(model, pred.value)
         except InvalidRecord as exc:
-            self.dead_letter("predictions", raw if raw is not None else pred.request_id, str(exc))
+            self.dead_letter("predictions", raw if raw is not None else pred.request_id, str(exc), **where)
             return
         self.health.predictions += 1
         ts = pred.timestamp

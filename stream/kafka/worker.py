@@ -154,7 +154,7 @@ class Join:
             if "p" in entry and "l" in entry:
                 self._schedule_prune(record.request_id, record.timestamp, partition)
         if source == "predictions":
-            engine.prediction(record, raw=obj)  # type: ignore[arg-type]
+            engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
         else:
             engine.label(record)  # type: ignore[arg-type]
         self._advance(table, f"{source}/{partition}", record.timestamp, engine, partition)
