@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -39,6 +41,19 @@ def partition_counts(admin: AdminClient, timeout_s: float = 15.0) -> dict[str, i
     return {name: len(topic.partitions) for name, topic in metadata.topics.items() if not topic.error}
 
 
+def _wait_for_topics(admin: AdminClient, names: Iterable[str], timeout_s: float) -> dict[str, int]:
+    """Metadata can lag a moment behind topic creation: read it until every topic shows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        existing = partition_counts(admin)
+        missing = [name for name in names if name not in existing]
+        if not missing:
+            return existing
+        if time.monotonic() > deadline:
+            raise TopologyError(f"topics {missing} were created but do not show in the broker's metadata")
+        time.sleep(0.2)
+
+
 def ensure_topics(config: Config, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; refuse input topics whose partition counts differ (a join needs
     co-partitioned inputs: same count, same key bytes, same partitioner)."""
@@ -55,7 +70,7 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> dict[str, int]:
             except KafkaException as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise TopologyError(f"cannot create topic '{name}': {exc}") from None
-        existing = partition_counts(admin)
+        existing = _wait_for_topics(admin, planned_topics(config), timeout_s)
     inputs = {t: existing.get(t) for t in (config.predictions_topic, config.labels_topic)}
     if len(set(inputs.values())) != 1:
         detail = ", ".join(f"'{t}' has {n} partitions" for t, n in inputs.items())
