@@ -23,13 +23,9 @@ CODE_BITS = 20
 CODE_MASK = (1 << CODE_BITS) - 1
 
 
-def pair_code(true_id: int, pred_id: int) -> int:
-    """One int per pair, so a batch of pairs is one flat int64 array (classes < 2**20)."""
-    return (true_id << CODE_BITS) | pred_id
-
-
 def count_codes(codes: npt.NDArray[np.int64], size: int) -> Counts:
-    """A size x size matrix of a batch of pair codes, in one numpy pass."""
+    """A size x size matrix of a batch of pair codes ``(true_id << CODE_BITS) | pred_id`` (one int
+    per pair, so a batch is one flat int64 array; classes < 2**20), in one numpy pass."""
     flat = (codes >> CODE_BITS) * size + (codes & CODE_MASK)
     return np.bincount(flat, minlength=size * size).reshape(size, size).astype(np.int64)
 

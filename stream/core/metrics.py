@@ -26,7 +26,6 @@ PROPORTIONS = frozenset({
     "accuracy", "balanced_accuracy", "precision_macro", "precision_micro", "precision_weighted",
     "recall_macro", "recall_micro", "recall_weighted", "f1_macro", "f1_micro", "f1_weighted",
 })
-HIGHER_IS_BETTER = PROPORTIONS | {"mcc", "cohen_kappa", "r2"}
 
 
 def _ratio(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -23,9 +23,6 @@ MAX_SEGMENT_KEYS = 16
 MAX_SCORE_CLASSES = 1000
 MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
 
-Value = str | float  # a class (always a string) or a regression target
-
-
 @dataclass(slots=True)
 class Prediction:
     request_id: str

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
 
-from stream.core.metrics import HIGHER_IS_BETTER, PROPORTIONS, wilson_interval
+from stream.core.metrics import PROPORTIONS, wilson_interval
 from stream.errors import ConfigError
 
 DEFAULT_RUNBOOK = "https://github.com/mlmon/mlmon/blob/main/docs/runbook.md"
@@ -244,7 +244,3 @@ def _event(
         event["ends_at"] = rfc3339(now)
     return event
 
-
-def default_direction(metric: str) -> str:
-    """Quality metrics alert when they fall, error metrics when they rise."""
-    return "below" if metric.split(".")[0] in HIGHER_IS_BETTER | {"precision", "recall", "f1"} else "above"
