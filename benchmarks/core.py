@@ -29,12 +29,13 @@ from stream.replay import replay
 from stream.simulate import Scenario, streams
 
 
-def scenario(pairs: int) -> Scenario:
-    return Scenario(pairs=pairs, rate_per_s=100.0, label_delay_mean_s=300.0, duplicate_rate=0.0)
+def scenario(pairs: int, label_delay_mean_s: float) -> Scenario:
+    """At 100 pairs/s, a mean delay of 300 s keeps about 30,000 requests waiting for their label."""
+    return Scenario(pairs=pairs, rate_per_s=100.0, label_delay_mean_s=label_delay_mean_s, duplicate_rate=0.0)
 
 
-def raw_events(pairs: int) -> list[tuple[float, int, int, dict[str, object]]]:
-    predictions, labels = streams(scenario(pairs))
+def raw_events(pairs: int, label_delay_mean_s: float = 300.0) -> list[tuple[float, int, int, dict[str, object]]]:
+    predictions, labels = streams(scenario(pairs, label_delay_mean_s))
     return list(heapq.merge(
         ((p["timestamp"], 0, i, p) for i, p in enumerate(predictions)),
         ((x["timestamp"], 1, i, x) for i, x in enumerate(labels)),
@@ -80,8 +81,8 @@ def bytes_per_pending(n: int, config: Config) -> float:
     return (after - before) / n
 
 
-def replay_run(pairs: int, config: Config, folder: Path) -> float:
-    predictions, labels = streams(scenario(pairs))
+def replay_run(pairs: int, config: Config, folder: Path, label_delay_mean_s: float) -> float:
+    predictions, labels = streams(scenario(pairs, label_delay_mean_s))
     p_path, l_path = folder / "p.jsonl", folder / "l.jsonl"
     for path, rows in ((p_path, predictions), (l_path, labels)):
         path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
@@ -96,17 +97,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--replay", action="store_true", help="also time mlmon replay from files")
     parser.add_argument("--pending", type=int, default=200_000)
+    parser.add_argument("--label-delay-mean-s", type=float, default=300.0,
+                        help="mean label delay: the longer, the more requests pending (and the more cache misses)")
     args = parser.parse_args()
     config = Config()
-    report: dict[str, object] = {"pairs": args.pairs, "windows": [w.name for w in config.windows],
+    report: dict[str, object] = {"pairs": args.pairs, "label_delay_mean_s": args.label_delay_mean_s,
+                                 "windows": [w.name for w in config.windows],
                                  "python": sys.version.split()[0]}
-    events = raw_events(args.pairs)
+    events = raw_events(args.pairs, args.label_delay_mean_s)
     runs = [engine_run(events, config) for _ in range(args.repeat)]
     del events
     report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
     if args.replay:
         with tempfile.TemporaryDirectory() as folder:
-            runs = [replay_run(args.pairs, config, Path(folder)) for _ in range(args.repeat)]
+            runs = [replay_run(args.pairs, config, Path(folder), args.label_delay_mean_s) for _ in range(args.repeat)]
         report["replay_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
     report["bytes_per_pending_prediction"] = round(bytes_per_pending(args.pending, config), 1)
     print(json.dumps(report, indent=2))
