@@ -68,14 +68,13 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"mlmon demo: port {args.metrics_port} is not free ({exc.strerror}); using {port}", flush=True)
     print(f"mlmon demo: Prometheus metrics at http://{args.metrics_address}:{port}/metrics", flush=True)
     events = arrivals(demo_scenario(args.pairs))
-    predictions = [raw for _, kind, raw in events if kind == 0]
-    labels = [raw for _, kind, raw in events if kind == 1]
-    first_ts = predictions[0]["timestamp"]
+    n_predictions = sum(1 for _, kind, _ in events if kind == 0)
+    first_ts = events[0][0]
     span = max(1.0, events[-1][0] - first_ts)
     replay_s = max(args.duration * REPLAY_SHARE, 0.1)  # then the final figures stay up until the end
     speed = span / replay_s
     started = time.monotonic()
-    print(f"mlmon demo: {len(predictions)} predictions, {len(labels)} labels, replayed at {speed:.0f}x "
+    print(f"mlmon demo: {n_predictions} predictions, {len(events) - n_predictions} labels, replayed at {speed:.0f}x "
           f"over {args.duration:.0f} s")
     view = LiveView(collector)
     for ts, kind, raw in events:
