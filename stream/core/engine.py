@@ -258,7 +258,7 @@ class Engine:
         if ts + self._stale_after_s <= self.watermark:
             self.health.expired_predictions += 1  # its windows are final already
             return
-        segment = tuple(pred.segment.items()) if pred.segment else ()
+        segment = pred.segment
         slot = int(ts // self._slot_s)
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
         if wset is None:
@@ -509,7 +509,7 @@ class Engine:
     # ---------------------------------------------------------------- status
 
     def pending(self) -> tuple[int, int]:
-        return len(self.join.predictions), len(self.join.labels)
+        return self.join.pending()
 
     def balance(self) -> dict[str, int]:
         return self.health.balance(*self.pending())

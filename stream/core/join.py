@@ -6,7 +6,7 @@ a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no predi
 are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
 replay engine and the Kafka worker count the same input the same way.
 
-Resolved ids leave a small tombstone (id -> outcome) until about ``2 * ttl_s`` after their
+Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` after their
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
 slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
@@ -93,71 +93,82 @@ class _Buckets:
 
 
 class JoinBuffer:
+    """Pending predictions and the tombstones of resolved ids share one dict (``ids``): a join
+    or an expiry overwrites the slot the id already has, and a new prediction is one lookup."""
+
     def __init__(self, ttl_s: float, bucket_s: float = 60.0) -> None:
         self.ttl_s = ttl_s
-        self.predictions: dict[str, Entry] = {}
-        self.labels: dict[str, Entry] = {}
-        self.tombstones: dict[str, int] = {}
+        self.ids: dict[str, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
+        self.labels: dict[str, Entry] = {}  # labels waiting for their prediction
+        self.pending_predictions = 0
         self._prediction_due = _Buckets(bucket_s)
         self._label_due = _Buckets(bucket_s)
         self._tombstone_due = _Buckets(bucket_s)
 
     def add_prediction(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
-        if request_id in self.predictions:
-            return Outcome.DUPLICATE, None, None
-        label = self.labels.pop(request_id, None)
-        if label is not None:
-            self.tombstones[request_id] = _JOINED  # its removal is scheduled when the label's bucket is swept
-            if label[0] - entry[0] > self.ttl_s:
-                return Outcome.LATE, entry, label
-            return Outcome.JOINED, entry, label
-        if request_id in self.tombstones and self.tombstones[request_id] != _LABEL_ORPHANED:
-            return Outcome.DUPLICATE, None, None
-        self.predictions[request_id] = entry
+        ids = self.ids
+        known = ids.get(request_id)
+        if known is not None and known != _LABEL_ORPHANED:
+            return Outcome.DUPLICATE, None, None  # pending, joined or expired already
+        if self.labels:
+            label = self.labels.pop(request_id, None)
+            if label is not None:
+                ids[request_id] = _JOINED  # its removal is scheduled when the label's bucket is swept
+                if label[0] - entry[0] > self.ttl_s:
+                    return Outcome.LATE, entry, label
+                return Outcome.JOINED, entry, label
+        ids[request_id] = entry
+        self.pending_predictions += 1
         self._prediction_due.add(entry[0] + self.ttl_s, request_id)
         return _NOTHING
 
     def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
-        prediction = self.predictions.pop(request_id, None)
-        if prediction is not None:
-            self.tombstones[request_id] = _JOINED  # removal scheduled when the prediction's bucket is swept
-            if entry[0] - prediction[0] > self.ttl_s:
-                return Outcome.LATE, prediction, entry
-            return Outcome.JOINED, prediction, entry
-        if request_id in self.labels:
-            return Outcome.DUPLICATE, None, None
-        state = self.tombstones.get(request_id)
-        if state == _PREDICTION_EXPIRED:
-            self.tombstones[request_id] = _JOINED  # any further label is a duplicate
+        ids = self.ids
+        known = ids.get(request_id)
+        if type(known) is tuple:  # the pending prediction
+            ids[request_id] = _JOINED  # removal scheduled when the prediction's bucket is swept
+            self.pending_predictions -= 1
+            if entry[0] - known[0] > self.ttl_s:
+                return Outcome.LATE, known, entry
+            return Outcome.JOINED, known, entry
+        if known == _PREDICTION_EXPIRED:
+            ids[request_id] = _JOINED  # any further label is a duplicate
             return Outcome.LATE, None, entry
-        if state is not None:
+        if known is not None or request_id in self.labels:
             return Outcome.DUPLICATE, None, None
         self.labels[request_id] = entry
         self._label_due.add(entry[0] + self.ttl_s, request_id)
         return _NOTHING
 
+    def pending(self) -> tuple[int, int]:
+        """(predictions, labels) waiting for their other half."""
+        return self.pending_predictions, len(self.labels)
+
     def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
         """Resolve what the watermark has passed: (expired predictions, orphaned labels)."""
-        expired = self._sweep(self.predictions, self._prediction_due, watermark, _PREDICTION_EXPIRED)
-        orphaned = self._sweep(self.labels, self._label_due, watermark, _LABEL_ORPHANED)
-        tombstones = self.tombstones
+        ttl = self.ttl_s
+        ids = self.ids
+        expired: list[Entry] = []
+        for bucket_end, request_ids in self._prediction_due.due(watermark):
+            for request_id in request_ids:
+                entry = ids.get(request_id)
+                if type(entry) is tuple and entry[0] + ttl < watermark:
+                    ids[request_id] = _PREDICTION_EXPIRED
+                    expired.append(entry)
+            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
+        self.pending_predictions -= len(expired)
+        orphaned: list[Entry] = []
+        labels = self.labels
+        for bucket_end, request_ids in self._label_due.due(watermark):
+            for request_id in request_ids:
+                entry = labels.get(request_id)
+                if entry is not None and entry[0] + ttl < watermark:
+                    del labels[request_id]
+                    orphaned.append(entry)
+                    ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
+            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
         for _, request_ids in self._tombstone_due.due(watermark):
             for request_id in request_ids:
-                tombstones.pop(request_id, None)
+                if type(ids.get(request_id)) is int:
+                    del ids[request_id]
         return expired, orphaned
-
-    def _sweep(self, pending: dict[str, Entry], due: _Buckets, watermark: float, state: int) -> list[Entry]:
-        """Resolve the due ids still pending; every id of a swept bucket (resolved now or joined
-        earlier) keeps its tombstone for one more TTL."""
-        out: list[Entry] = []
-        ttl = self.ttl_s
-        tombstones = self.tombstones
-        for bucket_end, request_ids in due.due(watermark):
-            for request_id in request_ids:
-                entry = pending.get(request_id)
-                if entry is not None and entry[0] + ttl < watermark:
-                    del pending[request_id]
-                    out.append(entry)
-                    tombstones[request_id] = state
-            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
-        return out

@@ -23,6 +23,9 @@ MAX_SEGMENT_KEYS = 16
 MAX_SCORE_CLASSES = 1000
 MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
 
+Segment = tuple[tuple[str, str], ...]
+
+
 @dataclass(slots=True)
 class Prediction:
     request_id: str
@@ -31,7 +34,7 @@ class Prediction:
     timestamp: float
     value: str | int | float | bool  # raw; the engine makes it a class or a number per model task
     scores: dict[str, float] | None
-    segment: dict[str, str] | None
+    segment: Segment  # sorted (key, value) pairs: one series per segment, whatever the key order
 
 
 @dataclass(slots=True)
@@ -124,9 +127,9 @@ def _scores(value: Any) -> dict[str, float] | None:
     return scores
 
 
-def _segment(value: Any) -> dict[str, str] | None:
+def _segment(value: Any) -> Segment:
     if value is None:
-        return None
+        return ()
     if not isinstance(value, dict):
         raise InvalidRecord(f"'segment' must be an object of string -> string, got {type(value).__name__}")
     if len(value) > MAX_SEGMENT_KEYS:
@@ -134,7 +137,7 @@ def _segment(value: Any) -> dict[str, str] | None:
     for key, val in value.items():
         if not key or not isinstance(val, str) or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS:
             raise InvalidRecord(f"'segment'[{key[:64]!r}] must be a non-empty short string")
-    return value or None
+    return tuple(sorted(value.items()))
 
 
 def parse_prediction(obj: dict[str, Any]) -> Prediction:

@@ -11,7 +11,7 @@ def test_prediction_then_label_joins() -> None:
     jb = JoinBuffer(ttl_s=100)
     assert jb.add_prediction("r", (0.0, "p"))[0] is Outcome.PENDING
     assert jb.add_label("r", (50.0, "l")) == (Outcome.JOINED, (0.0, "p"), (50.0, "l"))
-    assert not jb.predictions and not jb.labels
+    assert jb.pending() == (0, 0)
 
 
 def test_label_before_prediction_joins() -> None:
@@ -80,11 +80,11 @@ def test_tombstones_are_dropped_after_twice_the_ttl() -> None:
     jb.add_prediction("r", (0.0, "p"))
     jb.add_label("r", (1.0, "l"))
     jb.expire(150.0)
-    assert "r" in jb.tombstones
+    assert "r" in jb.ids
     jb.expire(205.0)
-    assert "r" in jb.tombstones
+    assert "r" in jb.ids
     jb.expire(221.0)  # 2 * TTL after the prediction, rounded up to whole buckets
-    assert "r" not in jb.tombstones
+    assert "r" not in jb.ids
 
 
 def test_end_of_input_resolves_everything() -> None:
@@ -92,4 +92,4 @@ def test_end_of_input_resolves_everything() -> None:
     jb.add_prediction("p", (0.0, "p"))
     jb.add_label("l", (0.0, "l"))
     assert jb.expire(math.inf) == ([(0.0, "p")], [(0.0, "l")])
-    assert not jb.tombstones
+    assert not jb.ids
