@@ -21,6 +21,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+            if "chaos" in parts:
+                item.add_marker(pytest.mark.chaos)
         else:  # tests/unit and the doctests in stream/
             item.add_marker(pytest.mark.unit)
 

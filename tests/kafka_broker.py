@@ -122,14 +122,16 @@ def _java(libs: Path, work: Path, main: str, *args: str) -> list[str]:
     ]
 
 
-def _wait_until_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float) -> None:
+def _wait_until_ready(proc: subprocess.Popen[bytes], port: int, log: Path, log_from: int, timeout_s: float) -> None:
+    """Until the broker's port answers and its log, past ``log_from`` bytes, says it started."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BrokerStartError(f"Kafka exited with code {proc.returncode}; log tail:\n{_tail(log)}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                if "Kafka Server started" in log.read_text(errors="replace"):
+            with socket.create_connection(("127.0.0.1", port), timeout=1), log.open("rb") as text:
+                text.seek(log_from)
+                if b"Kafka Server started" in text.read():
                     return
         except OSError:
             pass
@@ -138,44 +140,70 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeo
     raise BrokerStartError(f"Kafka did not start within {timeout_s:.0f} s; log tail:\n{_tail(log)}")
 
 
+class JarBroker:
+    """Kafka from its jars in KRaft combined mode, in a folder of its own. ``stop()`` then
+    ``start()`` keeps its data and ports: the fault tests stop the broker under load."""
+
+    def __init__(self, version: str | None = None, extra_properties: str = "",
+                 ports: tuple[int, int] | None = None) -> None:
+        self.version = version or kafka_version()
+        self.libs = fetch_jars(self.version)
+        self.work = Path(tempfile.mkdtemp(prefix="mlmon-kafka-"))
+        self.log = self.work / "server.log"
+        (self.work / "log4j2.properties").write_text(_LOG4J2.format(log=self.log))
+        self.port, controller_port = ports or (free_port(), free_port())
+        self.props = self.work / "server.properties"
+        self.props.write_text(_server_properties(self.work / "data", self.port, controller_port) + extra_properties)
+        self.proc: subprocess.Popen[bytes] | None = None
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(
+            _java(self.libs, self.work, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            self.remove()
+            raise BrokerStartError(f"kafka.tools.StorageTool format failed:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> Broker:
+        log_from = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.work / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                _java(self.libs, self.work, "kafka.Kafka", str(self.props)), stdout=out, stderr=subprocess.STDOUT,
+            )
+        _wait_until_ready(self.proc, self.port, self.log, log_from, timeout_s)
+        return Broker(self.bootstrap, f"jars {self.version}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 @contextmanager
 def jar_broker(
     version: str | None = None, timeout_s: float = START_TIMEOUT_S, extra_properties: str = "",
     ports: tuple[int, int] | None = None,
 ) -> Iterator[Broker]:
     """Start Kafka from its jars in KRaft combined mode; stop it and remove its files at exit."""
-    version = version or kafka_version()
-    libs = fetch_jars(version)
-    work = Path(tempfile.mkdtemp(prefix="mlmon-kafka-"))
-    log = work / "server.log"
-    (work / "log4j2.properties").write_text(_LOG4J2.format(log=log))
-    broker_port, controller_port = ports or (free_port(), free_port())
-    props = work / "server.properties"
-    props.write_text(_server_properties(work / "data", broker_port, controller_port) + extra_properties)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run(
-        _java(libs, work, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
-        capture_output=True, text=True, check=False,
-    )
-    if fmt.returncode != 0:
-        shutil.rmtree(work, ignore_errors=True)
-        raise BrokerStartError(f"kafka.tools.StorageTool format failed:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}")
-    with open(work / "stdout.log", "wb") as out:
-        proc = subprocess.Popen(
-            _java(libs, work, "kafka.Kafka", str(props)),
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+    broker = JarBroker(version, extra_properties, ports)
     try:
-        _wait_until_ready(proc, broker_port, log, timeout_s)
-        yield Broker(f"127.0.0.1:{broker_port}", f"jars {version}")
+        yield broker.start(timeout_s)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        broker.remove()
 
 
 def docker_answers() -> bool:

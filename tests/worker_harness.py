@@ -1,0 +1,122 @@
+"""What the worker tests share: a config on fresh topics, a worker process, and the contract
+computed the obvious way (expected pairs per window), compared with scikit-learn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sklearn import metrics as skm
+
+from kafka_broker import Broker
+from stream.config import Config
+from stream.kafka.admin import ensure_topics
+from stream.kafka.produce import Outgoing
+from stream.kafka.tail import read
+from stream.simulate import Scenario, draws
+
+TTL_S = 60
+TOPICS = ("predictions", "labels", "metrics", "alerts", "health", "partials")
+START = 1_767_225_600.0
+TICK_TS = START + 1_000_000  # far-future records on every input partition push the watermark past all windows
+
+
+def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]:
+    suffix = uuid.uuid4().hex[:8]
+    text = (
+        f"join_ttl: {TTL_S}s\nwindows: [tumbling 5m, tumbling 15m]\npartitions: 4\n"
+        f"app_id: mlmon-test-{suffix}\ndata_dir: {tmp_path / 'data'}\n"
+        + "".join(f"{t}_topic: {t}-{suffix}\n" for t in TOPICS)
+        + f"dead_letters_topic: dead-{suffix}\nbroker: {kafka.bootstrap}\n"
+        + ("" if "metrics_port" in extra else "metrics_port: 0\n") + extra
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    config = Config.load(path)
+    ensure_topics(config)
+    return config, path
+
+
+def ticks() -> Iterator[Outgoing]:
+    for i in range(40):
+        yield TICK_TS, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": TICK_TS, "prediction": "x"}
+        yield TICK_TS, 1, {"request_id": f"tick-{i}", "timestamp": TICK_TS, "label": "x"}
+
+
+class Worker:
+    def __init__(self, config_path: Path, log: Path, rules: Path | None = None) -> None:
+        self.args = [sys.executable, "-m", "stream.cli", "worker", "--config", str(config_path)]
+        if rules:
+            self.args += ["--rules", str(rules)]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def expected_pairs(scenario: Scenario) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """The contract computed the obvious way, per (window name, start)."""
+    out: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+    for d in draws(scenario):
+        if d.label is None or d.label["timestamp"] - d.prediction["timestamp"] > TTL_S:
+            continue
+        for size, name in ((300, "tumbling_5m"), (900, "tumbling_15m")):
+            out[(name, int(d.prediction["timestamp"] // size) * size)].append(
+                (d.label["label"], d.prediction["prediction"]))
+    return out
+
+
+def final_records(config: Config, wanted: set[tuple[str, int]], timeout_s: float, worker: Worker) -> dict[Any, Any]:
+    finals: dict[tuple[str, int], dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not wanted <= set(finals):
+        for _, record in read(config, config.metrics_topic, follow=False):
+            if record["final"] and record["model"] != "tick" and not record["segment"]:
+                finals[(record["window"]["name"], record["window"]["start"])] = record
+        assert worker.proc is None or worker.proc.poll() is None, worker.tail()
+    assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.tail()}"
+    return finals
+
+
+def assert_exact(finals: dict[Any, Any], expected: dict[tuple[str, int], list[tuple[str, str]]]) -> None:
+    for key, pairs in expected.items():
+        record = finals[key]
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        assert record["n"] == len(pairs), (key, record["n"], len(pairs))
+        m = record["metrics"]
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+        assert m["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-9)
+        assert m["precision_weighted"] == pytest.approx(
+            skm.precision_score(y_true, y_pred, average="weighted", zero_division=0), abs=1e-9)
+        assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred), abs=1e-9)
+
+
+def latest_health(config: Config) -> dict[str, Any]:
+    health = [value for _, value in read(config, config.health_topic, follow=False)]
+    assert health, "the worker published no health record"
+    return health[-1]
