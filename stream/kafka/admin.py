@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import faust
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from stream.config import Config
-from stream.errors import TopologyError
+from stream.errors import ConfigError, TopologyError
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -86,3 +88,44 @@ def describe_config(config: Config, topic: str) -> dict[str, str]:
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     found = admin.describe_configs([resource])[resource].result(timeout=15)
     return {name: entry.value for name, entry in found.items()}
+
+
+# librdkafka security settings that have a faust (aiokafka) equivalent; see docs/worker.md.
+FAUST_SECURITY_KEYS = frozenset({
+    "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password",
+    "ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+})
+
+
+def faust_credentials(config: Config) -> faust.types.auth.CredentialsT | None:
+    """The same ``kafka_options`` (librdkafka names) as faust credentials, so the worker's faust
+    clients connect the way the confluent-kafka clients do. Refuses what faust cannot do."""
+    options = config.kafka_options
+    security = (k for k in options if k.startswith(("security.", "sasl.", "ssl.")))
+    unsupported = sorted(k for k in security if k not in FAUST_SECURITY_KEYS)
+    if unsupported:
+        raise ConfigError(f"kafka_options {', '.join(unsupported)} cannot be passed on to the faust worker; "
+                          f"supported security settings: {', '.join(sorted(FAUST_SECURITY_KEYS))}")
+    protocol = options.get("security.protocol", "PLAINTEXT").upper()
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"kafka_options security.protocol {protocol!r} is not one of PLAINTEXT, SSL, "
+                          "SASL_PLAINTEXT, SASL_SSL")
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=options.get("ssl.ca.location"))
+        if "ssl.certificate.location" in options:
+            context.load_cert_chain(options["ssl.certificate.location"], options.get("ssl.key.location"),
+                                    options.get("ssl.key.password"))
+        if options.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+            context.check_hostname = False
+    if protocol.startswith("SASL"):
+        mechanism = options.get("sasl.mechanism", options.get("sasl.mechanisms", "PLAIN")).upper()
+        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ConfigError(f"kafka_options sasl.mechanism {mechanism!r}: the worker supports PLAIN, "
+                              "SCRAM-SHA-256 and SCRAM-SHA-512")
+        return faust.SASLCredentials(username=options.get("sasl.username"), password=options.get("sasl.password"),
+                                     mechanism=mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None

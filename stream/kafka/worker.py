@@ -46,7 +46,7 @@ from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import ensure_topics, faust_credentials
 
 log = logging.getLogger("mlmon.worker")
 
@@ -407,6 +407,7 @@ def build_app(config: Config) -> faust.App:
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",
+        broker_credentials=faust_credentials(config),  # kafka_options' SASL/SSL settings, as the other clients get
         store="rocksdb://",  # faust uses the rocksdict driver when python-rocksdb is absent
         datadir=config.data_dir,
         web_enabled=False,
@@ -521,6 +522,7 @@ def consumer_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> dict[tu
 
 def run_worker(config: Config, loglevel: str = "info") -> int:
     check_worker_config(config)
+    faust_credentials(config)  # refuse unsupported security settings before touching Kafka
     ensure_topics(config)
     app = build_app(config)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

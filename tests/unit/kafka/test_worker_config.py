@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import faust
 import pytest
 
 from stream.config import Config
 from stream.errors import ConfigError
+from stream.kafka.admin import faust_credentials
 from stream.kafka.worker import check_worker_config
 
 
@@ -16,3 +18,26 @@ def test_default_windows_are_narrowed_to_what_the_worker_supports() -> None:
 def test_configured_cumulative_windows_are_refused_with_a_reason() -> None:
     with pytest.raises(ConfigError, match="does not support cumulative"):
         check_worker_config(Config.from_mapping({"windows": ["tumbling 1h", "cumulative"]}))
+
+
+def test_sasl_options_become_faust_credentials() -> None:
+    config = Config()
+    config.kafka_options = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+                            "sasl.username": "mlmon", "sasl.password": "pw"}
+    credentials = faust_credentials(config)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.username, credentials.password, credentials.mechanism.value) == ("mlmon", "pw", "SCRAM-SHA-512")
+    assert credentials.ssl_context is None
+    config.kafka_options["security.protocol"] = "SASL_SSL"
+    assert faust_credentials(config).ssl_context is not None  # type: ignore[union-attr]
+    assert faust_credentials(Config()) is None
+
+
+def test_security_options_faust_cannot_honour_are_refused_by_name() -> None:
+    config = Config()
+    config.kafka_options = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "GSSAPI"}
+    with pytest.raises(ConfigError, match="GSSAPI"):
+        faust_credentials(config)
+    config.kafka_options = {"sasl.oauthbearer.config": "x"}
+    with pytest.raises(ConfigError, match=r"sasl\.oauthbearer\.config"):
+        faust_credentials(config)
