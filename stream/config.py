@@ -25,6 +25,7 @@ class Config:
     join_ttl_s: int = 86400
     windows: list[WindowSpec] = field(default_factory=lambda: [WindowSpec.parse(w) for w in DEFAULT_WINDOWS])
     emit_interval_s: int = 60  # event time between metric revisions in replay
+    flush_interval_ms: int = 250  # wall time between the worker's partials: bounds alert latency
     watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
     regression_models: list[str] = field(default_factory=list)
     max_models: int = 100

@@ -1,0 +1,327 @@
+"""The benchmark suite of issue #6, on a real broker, in one run:
+
+    python benchmarks/run.py --pairs 1000000 --report report.json [--repeat 3] [--partitions 8]
+
+1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
+2. `mlmon worker` end to end (first input consumed -> last final metric record), 1 and 2 processes;
+3. the core alone: `mlmon replay` on the same records, from JSONL files;
+4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
+   --crossings crossings, with --background-rate pairs/s of other traffic;
+5. worker RSS per pending (never labeled) prediction, with --pending of them, and the time a
+   restarted worker takes to rebuild that state (issue #7).
+
+The broker is KAFKA_BOOTSTRAP_SERVERS, or Kafka from its jars (tests/kafka_broker.py). Writes the
+JSON report and a Markdown table next to it (OUT.md), and prints each figure's ratio to the ceiling.
+Medians over --repeat runs. Never part of the test command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from core import replay_run  # noqa: E402  (benchmarks/core.py)
+
+from kafka_broker import JarBroker  # noqa: E402
+from stream.config import Config  # noqa: E402
+from stream.kafka.admin import client_settings, ensure_topics  # noqa: E402
+from stream.kafka.produce import Outgoing, produce, producer, scenario_records  # noqa: E402
+from stream.kafka.tail import read  # noqa: E402
+from stream.simulate import Scenario, draws  # noqa: E402
+
+START = 1_767_225_600.0
+TICK_TS = START + 10_000_000  # far-future records on every partition close every window
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    address = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if address:
+        yield address
+        return
+    jars = JarBroker()
+    try:
+        yield jars.start().bootstrap
+    finally:
+        jars.remove()
+
+
+def config_for(bootstrap: str, folder: Path, partitions: int, inputs: str, extra: str = "",
+               windows: str = "tumbling 1h", ttl: str = "1h") -> tuple[Config, Path]:
+    """A worker config on the shared input topics, with its own group, state and output topics."""
+    run = uuid.uuid4().hex[:8]
+    text = (f"broker: {bootstrap}\npartitions: {partitions}\napp_id: mlmon-bench-{run}\n"
+            f"data_dir: {folder / run}\nmetrics_port: 0\njoin_ttl: {ttl}\nwindows: [{windows}]\n"
+            f"predictions_topic: predictions-{inputs}\nlabels_topic: labels-{inputs}\n"
+            + "".join(f"{t}_topic: {t}-{run}\n" for t in ("metrics", "alerts", "health", "partials"))
+            + f"dead_letters_topic: dead-{run}\n" + extra)
+    path = folder / f"{run}.yaml"
+    path.write_text(text)
+    config = Config.load(path)
+    ensure_topics(config)
+    return config, path
+
+
+def ticks(partitions: int) -> Iterator[Outgoing]:
+    for i in range(partitions * 10):
+        yield TICK_TS, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": TICK_TS, "prediction": "x"}
+        yield TICK_TS, 1, {"request_id": f"tick-{i}", "timestamp": TICK_TS, "label": "x"}
+
+
+def workload(pairs: int) -> Scenario:
+    """Realistic records (scores, a segment: about 260 bytes a prediction), labels within minutes."""
+    return Scenario(pairs=pairs, start_ts=START, rate_per_s=100.0, label_delay_mean_s=60.0, seed=1)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Workers:
+    def __init__(self, path: Path, count: int, log: Path) -> None:
+        self.path, self.count, self.log = path, count, log
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Workers:
+        for i in range(self.count):
+            own = self.path.with_name(f"{self.path.stem}-{i}.yaml")
+            own.write_text(self.path.read_text().replace("data_dir: ", f"data_dir: {i}-", 1)
+                           if i else self.path.read_text())
+            with self.log.open("ab") as out:
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--config", str(own)],
+                                                   stdout=out, stderr=subprocess.STDOUT))
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+
+def latest_health(config: Config) -> dict[int, dict[str, Any]]:
+    """The newest health record of each worker process."""
+    return {h["pid"]: h for _, h in read(config, config.health_topic, follow=False)}
+
+
+def ceiling_run(config: Config, total: int) -> float:
+    """Pairs per second of a consumer that only reads and decodes (the most any monitor could do)."""
+    consumer = Consumer({**client_settings(config), "group.id": f"ceiling-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([config.predictions_topic, config.labels_topic])
+    seen, started = 0, None
+    try:
+        while seen < total:
+            for message in consumer.consume(10_000, 1.0):
+                if message.error() is None:
+                    started = started or time.perf_counter()
+                    orjson.loads(message.value() or b"null")
+                    seen += 1
+        return total / 2 / (time.perf_counter() - (started or 0))
+    finally:
+        consumer.close()
+
+
+def worker_run(bootstrap: str, folder: Path, partitions: int, inputs: str, count: int, total: int,
+               scenario: Scenario) -> float:
+    """Pairs per second of `count` worker processes, from the first input consumed to the last final record."""
+    config, path = config_for(bootstrap, folder, partitions, inputs)
+    windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
+    workers = Workers(path, count, folder / f"worker-{count}.log").start()
+    try:
+        finals: dict[int, float] = {}
+        first = None
+        deadline = time.monotonic() + 3600
+        while len(finals) < len(windows) and time.monotonic() < deadline:
+            time.sleep(2)
+            if first is None:
+                started = [h["emitted_at"] for h in latest_health(config).values() if h["predictions"] + h["labels"]]
+                first = min(started) - 1.0 if started else None  # health comes once a second: count that second
+            for _, record in read(config, config.metrics_topic, follow=False):
+                if record["final"] and record["model"] != "tick" and not record["segment"]:
+                    finals[record["window"]["start"]] = datetime.fromisoformat(record["emitted_at"]).timestamp()
+        assert len(finals) == len(windows), f"missing final windows: {len(windows) - len(finals)}"
+        pairs = sum(1 for d in draws(scenario) if d.label is not None)
+        return pairs / (max(finals.values()) - (first or 0))
+    finally:
+        workers.stop()
+
+
+def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int, background_rate: float) -> list[float]:
+    """Seconds from producing the label that crosses a rule's threshold to its event on the alerts
+    topic. Each canary model first gets 10 wrong answers (the rule fires at min_samples), then 20
+    right ones (it resolves), at the current event time, while a simulated model sends steady traffic."""
+    inputs = uuid.uuid4().hex[:8]
+    rules = ("rules:\n  - name: CanaryAccuracyLow\n    model: canary-*\n    metric: accuracy\n"
+             "    window: tumbling_1h\n    below: 0.5\n    clear: 0.6\n    min_samples: 10\n")
+    config, path = config_for(bootstrap, folder, partitions, inputs, extra=rules)
+    workers = Workers(path, 1, folder / "worker-alerts.log").start()
+    stop = threading.Event()
+    background = Scenario(pairs=100_000_000, start_ts=time.time(), rate_per_s=background_rate, seed=2)
+
+    def steady() -> None:
+        produce(config, (r for r in scenario_records(background) if not stop.is_set()), rate_per_s=background_rate)
+
+    sender = threading.Thread(target=steady, daemon=True)
+    client = producer(config, **{"linger.ms": 0})
+    events: list[tuple[float, str, str]] = []
+
+    def listen() -> None:
+        for _, event in read(config, config.alerts_topic, follow=True, stop=stop):
+            events.append((time.perf_counter(), event["labels"]["model"], event["status"]))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    try:
+        time.sleep(8)  # the worker joins its group
+        sender.start()
+        listener.start()
+        time.sleep(5)
+        latencies = []
+        for i in range(crossings // 2):
+            model = f"canary-{i}"
+            for wrong, count, expect in ((True, 10, "firing"), (False, 20, "resolved")):
+                ts = time.time()
+                for j in range(count):
+                    rid = f"{model}-{inputs}-{wrong}-{j}"
+                    client.produce(config.predictions_topic, key=rid.encode(), value=orjson.dumps(
+                        {"request_id": rid, "model": model, "timestamp": ts, "prediction": "a"}))
+                    client.produce(config.labels_topic, key=rid.encode(), value=orjson.dumps(
+                        {"request_id": rid, "timestamp": ts, "label": "b" if wrong else "a"}))
+                client.flush(10)
+                sent = time.perf_counter()  # the decisive (last) label is out
+                deadline = time.monotonic() + 60
+                while not any(m == model and s == expect for _, m, s in events) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                arrived = [t for t, m, s in events if m == model and s == expect]
+                latencies.append(arrived[0] - sent if arrived else float("inf"))
+        return latencies
+    finally:
+        stop.set()
+        workers.stop()
+
+
+def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) -> dict[str, float]:
+    """Worker RSS growth per never-labeled prediction, and how long a restart takes to rebuild them."""
+    config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
+    workers = Workers(path, 1, folder / "worker-rss.log").start()
+    try:
+        while not latest_health(config):
+            time.sleep(1)
+        time.sleep(3)
+        baseline = rss_bytes(workers.procs[0].pid)
+        scenario = Scenario(pairs=pending, start_ts=START, rate_per_s=100.0, label_coverage=0.0, seed=3)
+        produce(config, scenario_records(scenario))
+        while sum(h["pending_predictions"] for h in latest_health(config).values()) < pending:
+            time.sleep(2)
+        loaded = rss_bytes(workers.procs[0].pid)
+        workers.stop()
+        restarted = time.monotonic()
+        workers.start()
+        while True:  # rebuilt once a health record of the new process shows every pending prediction
+            healths = [h for h in latest_health(config).values() if h["pid"] == workers.procs[0].pid]
+            if healths and healths[0]["pending_predictions"] >= pending:
+                break
+            time.sleep(0.5)
+        return {"rss_bytes_per_pending": (loaded - baseline) / pending, "rss_baseline_bytes": baseline,
+                "rss_loaded_bytes": loaded, "recovery_s": time.monotonic() - restarted}
+    finally:
+        workers.stop()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--crossings", type=int, default=50)
+    parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
+    parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--skip", default="", help="comma-separated: ceiling,worker1,worker2,replay,alerts,rss")
+    parser.add_argument("--report", type=Path, default=Path("benchmark-report.json"))
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    report: dict[str, Any] = {"pairs": args.pairs, "partitions": args.partitions, "repeat": args.repeat,
+                              "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    runs: dict[str, list[float]] = {}
+    scenario = workload(args.pairs)
+    with broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        report["broker"] = bootstrap
+        inputs = uuid.uuid4().hex[:8]
+        config, _ = config_for(bootstrap, folder, args.partitions, inputs)
+        started = time.perf_counter()
+        sent = produce(config, list(scenario_records(scenario)) + list(ticks(args.partitions)))
+        report["produce_s"] = round(time.perf_counter() - started, 1)
+        total = sent.predictions + sent.labels
+        runners: list[tuple[str, Callable[[], float]]] = [
+            ("ceiling", lambda: ceiling_run(config, total)),
+            ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 1, total, scenario)),
+            ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 2, total, scenario)),
+            ("replay", lambda: replay_run(args.pairs, Config(), folder, 60.0)),
+        ]
+        for name, run in runners:
+            if name in skip:
+                continue
+            runs[name] = []
+            for _ in range(args.repeat):
+                runs[name].append(run())
+                print(name, round(runs[name][-1]), flush=True)
+            report[f"{name}_pairs_per_s"] = round(median(runs[name]))
+        if "alerts" not in skip:
+            latencies = sorted(alert_latency(bootstrap, folder, args.partitions, args.crossings, args.background_rate))
+            report["alert_crossings"] = len(latencies)
+            report["alert_background_pairs_per_s"] = args.background_rate
+            report["alert_latency_p50_s"] = round(latencies[len(latencies) // 2], 3)
+            report["alert_latency_p99_s"] = round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3)
+        if "rss" not in skip:
+            memory = pending_memory(bootstrap, folder, args.partitions, args.pending)
+            report["pending"] = args.pending
+            report["rss_bytes_per_pending"] = round(memory["rss_bytes_per_pending"], 1)
+            report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)
+    report["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}
+    ceiling = report.get("ceiling_pairs_per_s")
+    lines = ["| figure | value | ratio to ceiling |", "|---|---|---|"]
+    for key, value in report.items():
+        if key == "runs":
+            continue
+        ratio = f"{value / ceiling:.3f}" if ceiling and key.endswith("_pairs_per_s") else ""
+        lines.append(f"| {key} | {value} | {ratio} |")
+        if ratio:
+            print(f"{key}: {value} ({ratio} of the ceiling)")
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    args.report.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
