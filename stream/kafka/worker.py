@@ -58,25 +58,34 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
 def complete_producer_flushes() -> None:
-    """Make faust's ``ProducerBuffer.flush`` send everything in the buffer.
+    """Make faust's ``ProducerBuffer.flush`` hand every buffered record to the Kafka producer.
 
-    faust 0.15 flushes that buffer (table changelog records) before it commits offsets or gives
-    up partitions, but its flush returns as soon as 0.1 s pass without a send, which happens under
-    load, and while the worker stops, nothing drains the buffer any more: offsets were then
-    committed past records whose changelog entries were never sent, and a record was lost when its
-    partition moved to another worker or the worker stopped (found by tests/integration/chaos).
+    faust 0.15 flushes that buffer (table changelog records) before it commits offsets, but its
+    flush returns once 0.1 s pass without a send (under load, while the producer waits for room),
+    counts neither the record being handed over nor, while the worker stops, anything (nothing
+    drains the buffer then): offsets were committed past records whose changelog entries were
+    never sent, lost when the partition moved or the worker died (found by tests/integration/chaos).
     """
     if getattr(ProducerBuffer.flush, "_mlmon", False):
         return
+    send_pending = ProducerBuffer._send_pending
+
+    async def counted_send(self: ProducerBuffer, fut: Any) -> None:
+        self.mlmon_in_flight = getattr(self, "mlmon_in_flight", 0) + 1  # type: ignore[attr-defined]
+        try:
+            await send_pending(self, fut)
+        finally:
+            self.mlmon_in_flight -= 1  # type: ignore[attr-defined]
 
     async def flush(self: ProducerBuffer) -> None:
-        while self.size:
+        while self.size or (getattr(self, "mlmon_in_flight", 0) and not self.should_stop):
             if self.should_stop:  # its sending task has ended: send the rest from here
                 await self._send_pending(self.pending.get_nowait())
             else:
-                await self.flush_atmost(None)
+                await asyncio.sleep(0.001)
 
     flush._mlmon = True  # type: ignore[attr-defined]
+    ProducerBuffer._send_pending = counted_send  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
 
 
