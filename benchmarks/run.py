@@ -18,6 +18,7 @@ Medians over --repeat runs. Never part of the test command.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -173,6 +174,19 @@ def worker_run(bootstrap: str, folder: Path, partitions: int, inputs: str, count
         workers.stop()
 
 
+def background_records(stop: threading.Event) -> Iterator[Outgoing]:
+    """A steady model at the current event time until ``stop``: each prediction, then its label."""
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        ts = time.time()
+        rid = f"bg-{i}"
+        guess, truth = ("home_win", "away_win")[i % 2], ("home_win", "away_win")[i % 3 % 2]
+        yield ts, 0, {"request_id": rid, "model": "background", "model_version": "v1", "timestamp": ts,
+                      "prediction": guess, "scores": {"home_win": 0.7, "away_win": 0.3}, "segment": {"venue": "home"}}
+        yield ts, 1, {"request_id": rid, "timestamp": ts, "label": truth}
+
+
 def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int, background_rate: float) -> list[float]:
     """Seconds from producing the label that crosses a rule's threshold to its event on the alerts
     topic. Each canary model first gets 10 wrong answers (the rule fires at min_samples), then 20
@@ -183,10 +197,8 @@ def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int,
     config, path = config_for(bootstrap, folder, partitions, inputs, extra=rules)
     workers = Workers(path, 1, folder / "worker-alerts.log").start()
     stop = threading.Event()
-    background = Scenario(pairs=100_000_000, start_ts=time.time(), rate_per_s=background_rate, seed=2)
-
     def steady() -> None:
-        produce(config, (r for r in scenario_records(background) if not stop.is_set()), rate_per_s=background_rate)
+        produce(config, background_records(stop), rate_per_s=background_rate)
 
     sender = threading.Thread(target=steady, daemon=True)
     client = producer(config, **{"linger.ms": 0})
@@ -231,8 +243,8 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
     workers = Workers(path, 1, folder / "worker-rss.log").start()
     try:
-        while not latest_health(config):
-            time.sleep(1)
+        while "Worker ready" not in workers.log.read_text(errors="replace"):
+            time.sleep(0.5)
         time.sleep(3)
         baseline = rss_bytes(workers.procs[0].pid)
         scenario = Scenario(pairs=pending, start_ts=START, rate_per_s=100.0, label_coverage=0.0, seed=3)

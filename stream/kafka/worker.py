@@ -507,7 +507,9 @@ def build_app(config: Config) -> faust.App:
     @app.timer(interval=max(config.flush_interval_ms, 10) / 1000)  # type: ignore[untyped-decorator]
     async def flush() -> None:
         if join.stale:
-            return
+            if app.rebalancing:  # tables may still be recovering
+                return
+            join.rebuild(requests)  # even with no input flowing: watermarks, partials and health go out
         async with sending:
             for engine in join.engines.values():
                 engine.flush()
