@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kafka_broker import Broker, JarBroker
+from stream.config import Config
 from stream.kafka.produce import produce, scenario_records
 from stream.simulate import Scenario
 from worker_harness import START, Worker, assert_exact, expected_pairs, final_records, latest_health, setup, ticks
@@ -26,7 +27,7 @@ def load(seed: int, pairs: int = 12_000) -> Scenario:
                     duplicate_rate=0.05, early_label_rate=0.02, seed=seed)
 
 
-def sending(config: object, scenario: Scenario, rate_per_s: float) -> threading.Thread:
+def sending(config: Config, scenario: Scenario, rate_per_s: float) -> threading.Thread:
     """Send the scenario, then far-future ticks that close every window, at a steady rate."""
     records = list(scenario_records(scenario)) + list(ticks())
     sender = threading.Thread(target=produce, args=(config, records), kwargs={"rate_per_s": rate_per_s})
@@ -34,9 +35,19 @@ def sending(config: object, scenario: Scenario, rate_per_s: float) -> threading.
     return sender
 
 
-def assert_balanced(config: object, worker: Worker) -> dict[str, object]:
+def assert_counted_exactly(config: Config, scenario: Scenario, sender: threading.Thread, worker: Worker,
+                           balanced: bool = True) -> None:
+    """Once the traffic is out: every final window equals scikit-learn, the health counters balance."""
+    sender.join()
+    expected = expected_pairs(scenario)
+    assert_exact(final_records(config, set(expected), timeout_s=300, worker=worker), expected)
+    if balanced:
+        assert_balanced(config, worker)
+
+
+def assert_balanced(config: Config, worker: Worker) -> dict[str, object]:
     time.sleep(2.5)  # one more health record after the last flush
-    health = latest_health(config)  # type: ignore[arg-type]
+    health = latest_health(config)
     assert health["balance"] == {"predictions": 0, "labels": 0}, (health, worker.tail())
     return health
 
@@ -53,10 +64,7 @@ def test_five_kills_under_load_lose_nothing_and_count_nothing_twice(kafka: Broke
             time.sleep(rng.uniform(0.2, 4.0))  # anywhere: mid-batch, mid-commit, mid-flush
             worker.stop(signal.SIGKILL)
             worker.start()
-        sender.join()
-        expected = expected_pairs(scenario)
-        assert_exact(final_records(config, set(expected), timeout_s=300, worker=worker), expected)
-        assert_balanced(config, worker)
+        assert_counted_exactly(config, scenario, sender, worker)
     finally:
         sender.join()
         worker.stop()
@@ -95,9 +103,7 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, 
         second.stop(signal.SIGTERM)  # and back again
         time.sleep(4)
         second.start()  # and once more, to be left running
-        sender.join()
-        expected = expected_pairs(scenario)
-        assert_exact(final_records(config, set(expected), timeout_s=300, worker=first), expected)
+        assert_counted_exactly(config, scenario, sender, first, balanced=False)
     finally:
         sender.join()
         first.stop()
@@ -117,10 +123,7 @@ def test_a_broker_outage_of_twenty_seconds_under_load_loses_nothing(tmp_path: Pa
             broker.stop()
             time.sleep(20)  # the producer and the worker retry on their own meanwhile
             broker.start()
-            sender.join()
-            expected = expected_pairs(scenario)
-            assert_exact(final_records(config, set(expected), timeout_s=300, worker=worker), expected)
-            assert_balanced(config, worker)
+            assert_counted_exactly(config, scenario, sender, worker)
         finally:
             sender.join()
             worker.stop()
