@@ -156,8 +156,9 @@ class JarBroker:
         self.props.write_text(_server_properties(self.work / "data", self.port, controller_port) + extra_properties)
         self.proc: subprocess.Popen[bytes] | None = None
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster = f"--cluster-id={cluster_id}"  # one argument: an id may start with "-" (1 in 64 did, in CI)
         fmt = subprocess.run(
-            _java(self.libs, self.work, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.props)),
+            _java(self.libs, self.work, "kafka.tools.StorageTool", "format", cluster, "-c", str(self.props)),
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
