@@ -90,7 +90,7 @@ def complete_producer_flushes() -> None:
 
 
 class Handled:
-    """Offsets the join agent handled in this process, per topic-partition, as closed ranges."""
+    """Offsets the agents handled in this process, per topic-partition, as closed ranges."""
 
     def __init__(self) -> None:
         self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
@@ -117,7 +117,7 @@ class Handled:
 
 
 def commit_no_further_than_handled(handled: Handled) -> None:
-    """Keep faust from committing past a message the join agent never handled.
+    """Keep faust from committing past a message an agent never handled.
 
     faust 0.15 acks the messages it drops from a stream while its flow is suspended (a rebalance,
     a stop) and lets a one-message gap at the head of the acked offsets through
@@ -486,6 +486,7 @@ def build_app(config: Config) -> faust.App:
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
+            handled.add(event.message.tp, event.message.offset)
             if merge.stale:
                 merge.rebuild(windows)
             try:
