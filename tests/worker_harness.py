@@ -120,3 +120,11 @@ def latest_health(config: Config) -> dict[str, Any]:
     health = [value for _, value in read(config, config.health_topic, follow=False)]
     assert health, "the worker published no health record"
     return health[-1]
+
+
+def second_member(path: Path, tmp_path: Path) -> Path:
+    """A config for another worker of the same group and topics, with its own state folder."""
+    (tmp_path / "w2").mkdir()
+    second_path = tmp_path / "w2" / "config.yaml"
+    second_path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "w2" / "data")))
+    return second_path

@@ -503,10 +503,11 @@ def build_app(config: Config) -> faust.App:
             async with sending:
                 await publish(items)
 
-    health_due = [0.0]  # health records once a second, whatever the flush interval
+    health_due = 0.0  # health records once a second, whatever the flush interval
 
     @app.timer(interval=max(config.flush_interval_ms, 10) / 1000)  # type: ignore[untyped-decorator]
     async def flush() -> None:
+        nonlocal health_due
         if join.stale:
             if app.rebalancing:  # tables may still be recovering
                 return
@@ -520,8 +521,8 @@ def build_app(config: Config) -> faust.App:
             for beat in beats:
                 for partition in range(config.partitions):  # every merger partition hears every watermark
                     await partials.send(key=None, value=beat, partition=partition)
-        if time.monotonic() >= health_due[0]:
-            health_due[0] = time.monotonic() + 1.0
+        if time.monotonic() >= health_due:
+            health_due = time.monotonic() + 1.0
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
             join.lag = consumer_lag(app, join.offsets)
 

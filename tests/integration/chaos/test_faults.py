@@ -19,7 +19,17 @@ from kafka_broker import Broker, JarBroker
 from stream.config import Config
 from stream.kafka.produce import produce, scenario_records
 from stream.simulate import Scenario
-from worker_harness import START, Worker, assert_exact, expected_pairs, final_records, latest_health, setup, ticks
+from worker_harness import (
+    START,
+    Worker,
+    assert_exact,
+    expected_pairs,
+    final_records,
+    latest_health,
+    second_member,
+    setup,
+    ticks,
+)
 
 
 def load(seed: int, pairs: int = 12_000) -> Scenario:
@@ -90,9 +100,7 @@ def processing(worker: Worker, starts: int, timeout_s: float = 60.0) -> None:
 def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
     scenario = load(seed=37)
-    (tmp_path / "w2").mkdir()
-    second_path = tmp_path / "w2" / "config.yaml"  # same group and topics, its own state folder
-    second_path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "w2" / "data")))
+    second_path = second_member(path, tmp_path)
     first = Worker(path, tmp_path / "worker1.log").start()
     second = Worker(second_path, tmp_path / "worker2.log")
     sender = sending(config, scenario, rate_per_s=300.0)

@@ -17,7 +17,17 @@ from kafka_broker import Broker, free_port
 from stream.kafka.produce import produce, producer, scenario_records
 from stream.kafka.tail import read
 from stream.simulate import Scenario, draws
-from worker_harness import START, Worker, assert_exact, expected_pairs, final_records, latest_health, setup, ticks
+from worker_harness import (
+    START,
+    Worker,
+    assert_exact,
+    expected_pairs,
+    final_records,
+    latest_health,
+    second_member,
+    setup,
+    ticks,
+)
 
 
 def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_path: Path) -> None:
@@ -145,9 +155,7 @@ def test_two_workers_in_one_group_give_the_same_final_metrics_as_one(kafka: Brok
     config, path = setup(kafka, tmp_path)
     scenario = Scenario(pairs=20_000, start_ts=START, rate_per_s=50.0, label_delay_mean_s=15.0,
                         label_coverage=0.9, duplicate_rate=0.05, early_label_rate=0.02, seed=23)
-    (tmp_path / "w2").mkdir()
-    second_path = tmp_path / "w2" / "config.yaml"  # same group and topics, its own state folder
-    second_path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "w2" / "data")))
+    second_path = second_member(path, tmp_path)
     first = Worker(path, tmp_path / "worker1.log").start()
     second = Worker(second_path, tmp_path / "worker2.log").start()
     try:
