@@ -238,9 +238,10 @@ class Engine:
             self.health.invalid_labels += 1
         self.dead_letters.append({"source": source, "reason": reason, "raw": raw, **where})
 
-    def prediction(self, pred: Prediction, raw: Any = None, **where: Any) -> None:
+    def prediction(self, pred: Prediction, raw: Any = None, **where: Any) -> bool:
         """Count one prediction; ``raw`` and ``where`` (e.g. topic, offset) go into its dead letter
-        if its model refuses it."""
+        if its model refuses it. True when it was taken in: the first of its request id, neither
+        refused nor too old (what the Kafka worker must store to rebuild this state)."""
         try:
             model = self.models.get(pred.model) or self._model(pred.model)
             classes = model.classes
@@ -252,12 +253,12 @@ class Engine:
                     value = self._class_id(model, pred.value)
         except InvalidRecord as exc:
             self.dead_letter("predictions", raw if raw is not None else pred.request_id, str(exc), **where)
-            return
+            return False
         self.health.predictions += 1
         ts = pred.timestamp
         if ts + self._stale_after_s <= self.watermark:
             self.health.expired_predictions += 1  # its windows are final already
-            return
+            return False
         segment = pred.segment
         slot = int(ts // self._slot_s)
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
@@ -267,7 +268,7 @@ class Engine:
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
-            return
+            return False
         wset.predictions += 1
         if not wset.dirty:
             wset.dirty = True
@@ -277,18 +278,22 @@ class Engine:
         elif outcome is LATE:
             self.health.late_labels += 1
             self.health.expired_predictions += 1
+        return True
 
-    def label(self, label: Label) -> None:
+    def label(self, label: Label) -> bool:
+        """Count one label; True unless it duplicates an earlier one."""
         self.health.labels += 1
         outcome, prediction, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
         if outcome is JOINED:
             self._pair(prediction, entry)  # type: ignore[arg-type]
         elif outcome is DUPLICATE:
             self.health.duplicate_labels += 1
+            return False
         elif outcome is LATE:
             self.health.late_labels += 1
             if prediction is not None:
                 self.health.expired_predictions += 1
+        return True
 
     def receive(self, record: Prediction | Label) -> None:
         """One record in arrival order: advance event time to it, then count it."""

@@ -26,9 +26,12 @@ import logging
 import math
 import os
 import time
+import uuid
+import weakref
+from contextlib import contextmanager
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faust
@@ -40,7 +43,7 @@ from faust.types import TP
 from stream.config import Config
 from stream.core.engine import Engine, Health, record_key
 from stream.core.merge import merge_states, metric_record
-from stream.core.records import decode, parse_label, parse_prediction
+from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
@@ -50,7 +53,9 @@ from stream.kafka.admin import ensure_topics, faust_credentials
 
 log = logging.getLogger("mlmon.worker")
 
-WATERMARK_KEY = "\x00watermark"  # per input topic-partition event time, stored in the request table
+WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the request table
+BATCH_KEY = "batch/"  # + partition/id: a batch of records, stored in the request table
+SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
 PRUNE_SLACK_S = 120.0
 SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
@@ -141,6 +146,29 @@ def commit_no_further_than_handled(handled: Handled) -> None:
     Consumer._new_offset = guarded  # type: ignore[method-assign]
 
 
+class _PartitionEvent:
+    """Stands for an event of one input partition, for faust's table writes outside an agent."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = TP(topic, partition)  # a table write reads .topic and .partition only
+
+
+@contextmanager
+def in_partition(topic: str, partition: int) -> Iterator[None]:
+    """Let faust write a table in the flush timer as if handling an event of ``partition``: its
+    tables route each write (local store and changelog partition) by the current event."""
+    from faust.streams import _current_event
+
+    event = _PartitionEvent(topic, partition)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 def check_worker_config(config: Config) -> None:
     unsupported = ("cumulative", "rolling")
     if not config.windows_configured:  # the defaults: keep what the worker supports
@@ -153,8 +181,24 @@ def check_worker_config(config: Config) -> None:
         )
 
 
+@dataclass
+class Unsaved:
+    """What one partition's engine took in since the table last heard of it."""
+
+    predictions: list[bytes] = field(default_factory=list)  # raw JSON, as consumed
+    labels: list[bytes] = field(default_factory=list)
+    offsets: list[tuple[str, int]] = field(default_factory=list)  # (topic, offset) of every message handled
+    size: int = 0
+    last_ts: float = -math.inf
+
+
 class Join:
-    """The join agent's state and handlers, independent of how faust delivers messages."""
+    """The join agent's state and handlers, independent of how faust delivers messages.
+
+    The request table is a log: each write (a *batch*) holds the raw records the partition's engine
+    took in since the last one, so a record costs no table read or write of its own. A message
+    counts as handled (its offset may be committed) only once its batch is written.
+    """
 
     def __init__(self, config: Config) -> None:
         check_worker_config(config)
@@ -163,6 +207,8 @@ class Join:
         self.max_window_s = max((w.size_s for w in config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
         self.watermarks: dict[str, float] = {}  # "predictions/3" -> event time
+        self.saved_marks: dict[str, float] = {}  # the watermarks as the table has them
+        self.unsaved: dict[int, Unsaved] = {}
         self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
@@ -182,27 +228,28 @@ class Join:
 
     def rebuild(self, table: Any) -> None:
         """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
-        is judged stale), then moved to the watermark each partition had reached."""
-        self.watermarks = {k[len(WATERMARK_KEY):]: float(v) for k, v in table.items() if k.startswith(WATERMARK_KEY)}
-        records: dict[int, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
+        is judged stale), then moved to the watermark each partition had reached. What was not
+        saved yet is dropped: its messages were not committed, so Kafka delivers them again."""
+        self.watermarks = {}
+        records: dict[int, list[tuple[float, int, Prediction | Label]]] = defaultdict(list)
         self.prune_due.clear()
-        for key, entry in table.items():
-            if key.startswith("\x00"):
-                continue
-            partition = int(entry["_part"])
-            for kind, slot in ((0, "p"), (1, "l")):
-                if slot in entry:
-                    records[partition].append((float(entry[slot]["_ts"]), kind, entry[slot]))
-            self._schedule_prune(key, min(float(entry[s]["_ts"]) for s in ("p", "l") if s in entry), partition)
+        self.unsaved.clear()
+        for key, value in table.items():
+            if key.startswith(WATERMARK_KEY):
+                self.watermarks[key[len(WATERMARK_KEY):]] = float(orjson.loads(value))
+            elif key.startswith(BATCH_KEY):
+                partition = int(key[len(BATCH_KEY):].split("/", 1)[0])
+                self._schedule_prune(key, self._load_batch(value, records[partition]), partition)
+        self.saved_marks = dict(self.watermarks)
         self.engines = {}
         for partition, rows in records.items():
             engine = self.engine(partition)
             rows.sort(key=lambda r: (r[0], r[1]))
-            for _, kind, raw in rows:
+            for _, kind, record in rows:
                 if kind == 0:
-                    engine.prediction(parse_prediction(raw))
+                    engine.prediction(record)  # type: ignore[arg-type]
                 else:
-                    engine.label(parse_label(raw))
+                    engine.label(record)  # type: ignore[arg-type]
             watermark = self.watermark(partition)
             if math.isfinite(watermark):
                 engine.resume(watermark - self.config.watermark_lag_s)
@@ -212,60 +259,95 @@ class Join:
         log.info("engines rebuilt from %d stored records in %d partitions",
                  sum(len(r) for r in records.values()), len(records))
 
-    def _schedule_prune(self, request_id: str, ts: float, partition: int) -> None:
-        # Keep a request until every window of its prediction is final, then forget it.
-        deadline = ts + self.max_window_s + self.config.join_ttl_s + PRUNE_SLACK_S
-        self.prune_due[int(deadline // 60)].append((request_id, partition))
+    @staticmethod
+    def _load_batch(value: bytes, into: list[tuple[float, int, Prediction | Label]]) -> float:
+        """Append a batch's records as (timestamp, kind, record); return its latest timestamp."""
+        batch = orjson.loads(value)
+        last = -math.inf
+        for kind, slot, parse in ((0, "p", parse_prediction), (1, "l", parse_label)):
+            for obj in batch[slot]:
+                record = parse(obj)
+                into.append((record.timestamp, kind, record))
+                last = max(last, record.timestamp)
+        return last
 
-    def handle(self, table: Any, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        """Validate, store first-wins, feed the partition's engine. Bad input is dead-lettered."""
+    def _schedule_prune(self, key: str, ts: float, partition: int) -> None:
+        # Keep a batch until every window of its latest record is final, then forget it.
+        deadline = ts + self.max_window_s + self.config.join_ttl_s + PRUNE_SLACK_S
+        if math.isfinite(deadline):
+            self.prune_due[int(deadline // 60)].append((key, partition))
+
+    def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
+        """Validate and feed the partition's engine; keep what it took in for the next save.
+        Bad input is dead-lettered."""
         config = self.config
         source = "predictions" if topic == config.predictions_topic else "labels"
         engine = self.engine(partition)
+        unsaved = self.unsaved.get(partition)
+        if unsaved is None:
+            unsaved = self.unsaved[partition] = Unsaved()
+        unsaved.offsets.append((topic, offset))
         self.offsets[(topic, partition)] = offset
+        raw = raw or b""
         try:
-            obj = decode(raw or b"", config.max_record_bytes)
+            obj = decode(raw, config.max_record_bytes)
             record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
         except InvalidRecord as exc:
-            text = (raw or b"")[:4096].decode("utf-8", errors="replace")
+            text = raw[:4096].decode("utf-8", errors="replace")
             engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset)
             return
-        slot = "p" if source == "predictions" else "l"
-        entry = table.get(record.request_id)
-        if entry is None or slot not in entry:
-            entry = dict(entry or {})
-            obj["_ts"] = record.timestamp
-            entry[slot] = obj
-            entry["_part"] = partition
-            table[record.request_id] = entry
-            if "p" in entry and "l" in entry:
-                self._schedule_prune(record.request_id, record.timestamp, partition)
         if source == "predictions":
-            engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
+            taken = engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
+            if taken:
+                unsaved.predictions.append(raw)
         else:
-            engine.label(record)  # type: ignore[arg-type]
-        self._advance(table, f"{source}/{partition}", record.timestamp, engine, partition)
+            taken = engine.label(record)  # type: ignore[arg-type]
+            if taken:
+                unsaved.labels.append(raw)
+        ts = record.timestamp
+        if taken:
+            unsaved.size += len(raw)
+            if ts > unsaved.last_ts:
+                unsaved.last_ts = ts
+        name = f"{source}/{partition}"
+        if ts > self.watermarks.get(name, -math.inf):
+            self.watermarks[name] = ts
+            engine.observe(self.watermark(partition))
 
-    def _advance(self, table: Any, source: str, ts: float, engine: Engine, partition: int) -> None:
-        if ts <= self.watermarks.get(source, -math.inf):
-            return
-        self.watermarks[source] = ts
-        engine.observe(self.watermark(partition))
-        key = f"{WATERMARK_KEY}{source}"
-        if ts > float(table.get(key, -math.inf)) + 1.0:
-            table[key] = ts
+    def save(self, table: Any, partition: int) -> list[tuple[str, int]]:
+        """Write what the partition took in since the last save as one batch, and its watermarks;
+        return the (topic, offset) of every message handled meanwhile, now safe to commit.
+        (Inside faust this must run in that partition's event context: see ``in_partition``.)"""
+        unsaved = self.unsaved.pop(partition, None)
+        if unsaved is None:
+            return []
+        if unsaved.predictions or unsaved.labels:
+            key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
+            table[key] = b'{"p":[' + b",".join(unsaved.predictions) + b'],"l":[' + b",".join(unsaved.labels) + b"]}"
+            self._schedule_prune(key, unsaved.last_ts, partition)
+        for source in ("predictions", "labels"):
+            name = f"{source}/{partition}"
+            mark = self.watermarks.get(name)
+            if mark is not None and mark != self.saved_marks.get(name):
+                table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
+                self.saved_marks[name] = mark
+        return unsaved.offsets
+
+    def unsaved_bytes(self, partition: int) -> int:
+        unsaved = self.unsaved.get(partition)
+        return 0 if unsaved is None else unsaved.size
 
     def prune(self, table: Any, partition: int) -> int:
-        """Forget requests of this partition whose windows are all final (changelog deletes)."""
+        """Forget batches of this partition whose windows are all final (changelog deletes)."""
         horizon = int(self.watermark(partition) // 60)
         pruned = 0
         for bucket in [b for b in self.prune_due if b < horizon]:
             keep = []
-            for request_id, part in self.prune_due.pop(bucket):
+            for key, part in self.prune_due.pop(bucket):
                 if part != partition:
-                    keep.append((request_id, part))
-                elif request_id in table:
-                    del table[request_id]
+                    keep.append((key, part))
+                elif key in table:
+                    del table[key]
                     pruned += 1
             if keep:
                 self.prune_due[bucket].extend(keep)
@@ -445,8 +527,8 @@ def build_app(config: Config) -> faust.App:
 
     inputs = raw_topic(config.predictions_topic, config.labels_topic)
     partials = raw_topic(config.partials_topic, partitions=config.partitions)
-    requests = app.Table("mlmon-requests", partitions=config.partitions, options={"driver": "rocksdict"},
-                         key_type=str)
+    requests = app.Table("mlmon-batches", partitions=config.partitions, options={"driver": "rocksdict"},
+                         key_type=str, value_type=bytes)  # bytes: stored as they are (raw)
     windows = app.Table("mlmon-windows", partitions=config.partitions, options={"driver": "rocksdict"},
                         key_type=str)
     outputs = {name: raw_topic(name) for name in (
@@ -462,26 +544,32 @@ def build_app(config: Config) -> faust.App:
         for topic, key, value in items:
             await outputs[topic].send(key=key, value=value)
 
+    def mark_handled(partition: int, saved: list[tuple[str, int]]) -> None:
+        for topic, offset in saved:
+            handled.add(TP(topic, partition), offset)
+
     @app.agent(inputs, concurrency=1)
     async def join_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            handled.add(message.tp, message.offset)
             if join.stale:
                 join.rebuild(requests)
+            partition = message.partition
             try:
-                join.handle(requests, message.topic, message.partition, message.offset, event.value)
-                if join.prune_due and min(join.prune_due) < join.watermark(message.partition) // 60:
-                    join.prune(requests, message.partition)
+                join.handle(message.topic, partition, message.offset, event.value)
             except Exception:  # a bug must not ack a message silently: log it, dead-letter it
-                log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
-                join.engine(message.partition).dead_letter(
+                log.exception("failed on %s[%s]@%s", message.topic, partition, message.offset)
+                join.engine(partition).dead_letter(
                     "predictions" if message.topic == config.predictions_topic else "labels",
                     (event.value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
-                    topic=message.topic, partition=message.partition, offset=message.offset,
+                    topic=message.topic, partition=partition, offset=message.offset,
                 )
-            async with sending:
-                await publish(join.outputs())
+            saved = join.save(requests, partition) if join.unsaved_bytes(partition) >= SAVE_BYTES else []
+            items = join.outputs()
+            if items:
+                async with sending:
+                    await publish(items)
+            mark_handled(partition, saved)
 
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
@@ -513,6 +601,12 @@ def build_app(config: Config) -> faust.App:
                 return
             join.rebuild(requests)  # even with no input flowing: watermarks, partials and health go out
         async with sending:
+            saved = {}
+            for partition in list(join.engines):  # write each partition's batch, then forget the final
+                with in_partition(config.predictions_topic, partition):
+                    saved[partition] = join.save(requests, partition)
+                    if join.prune_due and min(join.prune_due) < join.watermark(partition) // 60:
+                        join.prune(requests, partition)
             for engine in join.engines.values():
                 engine.flush()
             items = join.outputs()  # drained with no await before the watermarks are read
@@ -521,6 +615,8 @@ def build_app(config: Config) -> faust.App:
             for beat in beats:
                 for partition in range(config.partitions):  # every merger partition hears every watermark
                     await partials.send(key=None, value=beat, partition=partition)
+        for partition, offsets in saved.items():
+            mark_handled(partition, offsets)
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))

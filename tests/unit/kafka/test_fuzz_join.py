@@ -42,6 +42,14 @@ raw_bytes = st.one_of(st.binary(max_size=200), st.integers(5000, 5001).map(lambd
 message = st.tuples(st.sampled_from(["predictions", "labels"]), st.integers(0, 3), st.one_of(record, raw_bytes))
 
 
+def finals(join: Join, outputs: list[Any]) -> dict[str, dict[str, Any]]:
+    """The last record of every window, by its key, once input ends."""
+    for engine in join.engines.values():
+        engine.finish()
+    records = [orjson.loads(v)["partial"] for t, _, v in outputs + join.outputs() if t == join.config.partials_topic]
+    return {f"{r['window']}{r['model']}{r['segment']}": r for r in records}
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(message, min_size=1, max_size=30))
 def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, int, Any]]) -> None:
@@ -49,12 +57,19 @@ def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, i
     join = Join(config)
     table: dict[str, Any] = {}
     join.stale = False
+    handled = []
     for offset, (topic, partition, raw) in enumerate(messages):
-        join.handle(table, topic, partition, offset, raw)
+        join.handle(topic, partition, offset, raw)
+        if offset % 7 == 0:
+            handled += join.save(table, partition)
+    for partition in list(join.unsaved):
+        handled += join.save(table, partition)
+    assert sorted(offset for _, offset in handled) == list(range(len(messages)))  # each once, when saved
     outputs = join.outputs()
-    for engine in join.engines.values():
-        engine.finish()
-    join.outputs()
+    rebuilt = Join(config)  # what a restarted worker holds: every window it still has ends alike
+    rebuilt.rebuild(table)
+    again, live = finals(rebuilt, []), finals(join, outputs)
+    assert {k: again[k] for k in again if k in live} == {k: live[k] for k in again if k in live}
     total, pending, _ = join.totals()
     assert total.balance(*pending) == {"predictions": 0, "labels": 0}
     assert total.predictions + total.labels == len(messages)
