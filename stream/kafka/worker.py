@@ -28,9 +28,9 @@ import os
 import time
 import uuid
 import weakref
-from contextlib import contextmanager
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -149,7 +149,7 @@ def commit_no_further_than_handled(handled: Handled) -> None:
 class _PartitionEvent:
     """Stands for an event of one input partition, for faust's table writes outside an agent."""
 
-    __slots__ = ("message", "__weakref__")
+    __slots__ = ("__weakref__", "message")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.message = TP(topic, partition)  # a table write reads .topic and .partition only
