@@ -128,3 +128,26 @@ def second_member(path: Path, tmp_path: Path) -> Path:
     second_path = tmp_path / "w2" / "config.yaml"
     second_path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "w2" / "data")))
     return second_path
+
+
+def uncommitted_inputs(config: Config, timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """Records of each input partition past the group's committed offset, once commits settle
+    (empty: the worker committed everything it consumed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": config.broker, "group.id": config.app_id, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            tps = [TopicPartition(t, p) for t in (config.predictions_topic, config.labels_topic)
+                   for p in range(config.partitions)]
+            behind = {}
+            for tp in consumer.committed(tps, timeout=10):
+                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                if high > max(tp.offset, 0):
+                    behind[(tp.topic, tp.partition)] = high - max(tp.offset, 0)
+            if not behind or time.monotonic() > deadline:
+                return behind
+            time.sleep(0.5)
+    finally:
+        consumer.close()

@@ -95,10 +95,12 @@ def complete_producer_flushes() -> None:
 
 
 class Handled:
-    """Offsets the agents handled in this process, per topic-partition, as closed ranges."""
+    """Offsets the agents handled in this process, per topic-partition, as closed ranges, and
+    where each partition begins when the group has no committed offset for it yet."""
 
     def __init__(self) -> None:
         self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
+        self.earliest: dict[TP, int] = {}  # first offset in the log (set by the worker)
 
     def add(self, tp: TP, offset: int) -> None:
         ranges = self.ranges[tp]
@@ -109,41 +111,42 @@ class Handled:
             if len(ranges) > 64:  # only the latest matter: commits move forward
                 del ranges[0]
 
-    def reach(self, tp: TP, start: int | None) -> int | None:
-        """The first offset at or after ``start`` not handled here (None: nothing handled)."""
-        ranges = sorted(self.ranges.get(tp, ()))
-        if not ranges:
-            return None
-        reach = ranges[0][0] if start is None else start
-        for first, last in ranges:
+    def reach(self, tp: TP, start: int) -> int:
+        """The first offset at or after ``start`` not handled here."""
+        reach = start
+        for first, last in sorted(self.ranges.get(tp, ())):
             if first <= reach:
                 reach = max(reach, last + 1)
         return reach
 
 
 def commit_no_further_than_handled(handled: Handled) -> None:
-    """Keep faust from committing past a message an agent never handled.
+    """Commit exactly what the agents handled: up to the first message not handled by this process.
 
     faust 0.15 acks the messages it drops from a stream while its flow is suspended (a rebalance,
     a stop) and lets a one-message gap at the head of the acked offsets through
     (``min(acked) - committed > 1``): it committed past messages the agent never saw, lost records
-    (found by tests/integration/chaos). Here a commit stops at the first message not handled by this
-    process; the rest is read again later, which the first-wins table makes harmless.
+    (found by tests/integration/chaos). Its acks are not consulted here: a message counts once its
+    record is saved (``Join.save``). With no committed offset yet, the count starts at the start of
+    the log, and nothing is committed until that is known. faust's acked offsets below the commit
+    are forgotten, as its own ``_new_offset`` does (it forgot them even when they were not
+    committed, after which that partition never committed again).
     """
-    new_offset = getattr(Consumer._new_offset, "_faust_new_offset", Consumer._new_offset)
 
-    def guarded(self: Consumer, tp: TP) -> int | None:
-        committed = self._committed_offset[tp]
-        offset: int | None = new_offset(self, tp)
-        if offset is None:
+    def new_offset(self: Consumer, tp: TP) -> int | None:
+        committed = self._committed_offset[tp]  # faust keeps None for "none yet" and for 0
+        start = committed if committed is not None else handled.earliest.get(tp)
+        if start is None:
             return None
-        reach = handled.reach(tp, committed)
-        if reach is None or (committed is not None and reach <= committed):
-            return None
-        return min(offset, reach)
+        reach = handled.reach(tp, start)
+        acked = self._acked[tp]
+        if acked and acked[0] < reach:
+            below = [offset for offset in acked if offset < reach]
+            acked[:] = [offset for offset in acked if offset >= reach]
+            self._acked_index[tp].difference_update(below)
+        return reach if reach > start else None
 
-    guarded._faust_new_offset = new_offset  # type: ignore[attr-defined]
-    Consumer._new_offset = guarded  # type: ignore[method-assign]
+    Consumer._new_offset = new_offset  # type: ignore[method-assign]
 
 
 class _PartitionEvent:
@@ -367,10 +370,13 @@ class Join:
             engine.dead_letters.clear()
         return out
 
-    def heartbeats(self) -> list[bytes]:
-        """Each owned partition's watermark, for every merger partition (windows close on them)."""
-        return [orjson.dumps({"partition": p, "watermark": self.watermark(p)})
-                for p in self.engines if math.isfinite(self.watermark(p))]
+    def heartbeat(self) -> bytes | None:
+        """Each owned partition's watermark (None: not known yet), sent to every merger partition
+        after the partials: windows close on them, and changed windows are merged at them."""
+        if not self.engines:
+            return None
+        marks = {p: self.watermark(p) for p in self.engines}
+        return orjson.dumps({"watermarks": {str(p): m if math.isfinite(m) else None for p, m in marks.items()}})
 
     def totals(self) -> tuple[Health, tuple[int, int], float]:
         """Health and pending counts summed over this process's partitions, and the lowest watermark."""
@@ -414,10 +420,12 @@ class Merge:
         self.specs = {w.name: w for w in config.windows}
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
         self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
+        self.changed: dict[int, set[str]] = defaultdict(set)  # merger part. -> windows with new partials
         self.stale = True
 
     def rebuild(self, table: Any) -> None:
         self.open.clear()
+        self.changed.clear()
         self.rules.states.clear()
         for key, entry in table.items():
             if key.startswith(RULES_KEY):
@@ -426,6 +434,7 @@ class Merge:
             elif not entry.get("_final"):
                 partial = next(v for k, v in entry.items() if not k.startswith("_"))
                 self.open[int(entry["_mp"])][key] = self._final_at(partial)
+                self.changed[int(entry["_mp"])].add(key)  # emitted again: a crash may have come before it was
         self.stale = False
 
     def _final_at(self, partial: dict[str, Any]) -> float:
@@ -433,37 +442,45 @@ class Merge:
         end = spec.end(partial["window"]["start"])
         return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
 
-    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> list[Output]:
-        """A partial from input ``partition`` arrived on merger partition ``here``."""
+    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> None:
+        """A partial from input ``partition`` arrived on merger partition ``here``: stored, and
+        merged into a record at the heartbeat that follows it (once for all input partitions)."""
         key = record_key(partial)
         entry = table.get(key)
         if entry is not None and entry.get("_final"):
-            return []  # a replay of a window that was already closed
+            return  # a replay of a window that was already closed
         entry = dict(entry or {})
         entry[str(partition)] = partial
         entry["_mp"] = here
         table[key] = entry
         self.open[here].setdefault(key, self._final_at(partial))
-        return self._emit(table, key, entry, final=False)
+        self.changed[here].add(key)
 
-    def on_heartbeat(self, table: Any, here: int, partition: int, watermark: float) -> list[Output]:
-        """Close every window of this merger partition that all input partitions have passed."""
-        watermarks = self.watermarks[here]
-        if watermark <= watermarks.get(partition, -math.inf):
-            return []
-        watermarks[partition] = watermark
-        if len(watermarks) < self.config.partitions:
-            return []
-        low = min(watermarks.values())
+    def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None]) -> list[Output]:
+        """A worker's input partitions' watermarks (None: not known yet) after its partials: close
+        every window of this merger partition that all input partitions have passed, then emit a
+        record for each other window that changed."""
+        known = self.watermarks[here]
+        for partition, watermark in watermarks.items():
+            if watermark is not None and watermark > known.get(partition, -math.inf):
+                known[partition] = watermark
         out: list[Output] = []
-        open_here = self.open[here]
-        for key in [k for k, final_at in open_here.items() if final_at <= low]:
-            del open_here[key]
+        changed = self.changed.pop(here, set())
+        if len(known) >= self.config.partitions:
+            low = min(known.values())
+            open_here = self.open[here]
+            for key in [k for k, final_at in open_here.items() if final_at <= low]:
+                del open_here[key]
+                changed.discard(key)
+                entry = table.get(key)
+                if entry is None or entry.get("_final"):
+                    continue
+                out += self._emit(table, key, entry, final=True)
+                table[key] = {"_final": True, "_mp": here}
+        for key in sorted(changed):
             entry = table.get(key)
-            if entry is None or entry.get("_final"):
-                continue
-            out += self._emit(table, key, entry, final=True)
-            table[key] = {"_final": True, "_mp": here}
+            if entry is not None and not entry.get("_final"):
+                out += self._emit(table, key, entry, final=False)
         return out
 
     def _emit(self, table: Any, key: str, entry: dict[str, Any], final: bool) -> list[Output]:
@@ -516,7 +533,7 @@ def build_app(config: Config) -> faust.App:
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         producer_acks=-1,
-        broker_commit_every=100,
+        broker_commit_every=10_000,  # offsets move when batches are saved (each flush), not per message
         broker_commit_interval=1.0,
         table_standby_replicas=0,
         broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not 60 s
@@ -581,9 +598,10 @@ def build_app(config: Config) -> faust.App:
                 body = orjson.loads(event.value or b"{}")
                 here = event.message.partition
                 if "partial" in body:
-                    items = merge.on_partial(windows, here, int(body["partition"]), body["partial"])
-                else:
-                    items = merge.on_heartbeat(windows, here, int(body["partition"]), float(body["watermark"]))
+                    merge.on_partial(windows, here, int(body["partition"]), body["partial"])
+                    continue
+                marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
+                items = merge.on_heartbeat(windows, here, marks)
             except Exception:
                 log.exception("merge failed on partition %s offset %s", event.message.partition,
                               event.message.offset)
@@ -610,17 +628,31 @@ def build_app(config: Config) -> faust.App:
             for engine in join.engines.values():
                 engine.flush()
             items = join.outputs()  # drained with no await before the watermarks are read
-            beats = join.heartbeats()
+            beat = join.heartbeat()
             await publish(items)
-            for beat in beats:
+            if beat is not None:
                 for partition in range(config.partitions):  # every merger partition hears every watermark
                     await partials.send(key=None, value=beat, partition=partition)
         for partition, offsets in saved.items():
             mark_handled(partition, offsets)
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
+            await learn_where_logs_begin()
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
             join.lag = consumer_lag(app, join.offsets)
+
+    async def learn_where_logs_begin() -> None:
+        """The start offset of each assigned input without a committed offset (see Handled)."""
+        consumer = app.consumer
+        unknown = [tp for tp in consumer.assignment() if tp.topic in committed_topics
+                   and consumer._committed_offset.get(tp) is None and tp not in handled.earliest]  # type: ignore[attr-defined]
+        if unknown:
+            try:
+                handled.earliest.update(await consumer.earliest_offsets(*unknown))
+            except Exception as exc:  # a rebalance or a broker outage: asked again next second
+                log.info("start offsets not known yet: %s", exc)
+
+    committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message

@@ -27,6 +27,7 @@ from worker_harness import (
     second_member,
     setup,
     ticks,
+    uncommitted_inputs,
 )
 
 
@@ -42,6 +43,7 @@ def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_pat
         expected = expected_pairs(scenario)
         finals = final_records(config, set(expected), timeout_s=240, worker=worker)
         assert_exact(finals, expected)
+        assert uncommitted_inputs(config) == {}  # offsets follow the saved batches to the end
         time.sleep(2)  # one more health record after the last flush
         health = latest_health(config)
         exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

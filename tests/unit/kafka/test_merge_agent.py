@@ -1,0 +1,49 @@
+"""The merge agent's handlers: partials are merged once per heartbeat, windows close on watermarks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from stream.config import Config
+from stream.kafka.worker import Join, Merge
+
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def partials_of(config: Config, partition: int, pairs: int) -> list[dict[str, Any]]:
+    """Real partials: one engine fed ``pairs`` right answers on its input partition."""
+    join = Join(config)
+    join.stale = False
+    for i in range(pairs):
+        rid = f"{partition}-{i}"
+        join.handle(config.predictions_topic, partition, 2 * i, orjson.dumps(
+            {"request_id": rid, "model": "m", "timestamp": START + i, "prediction": "a"}))
+        join.handle(config.labels_topic, partition, 2 * i + 1, orjson.dumps(
+            {"request_id": rid, "timestamp": START + i, "label": "a"}))
+    join.engines[partition].flush()
+    return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
+
+
+def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_watermarks() -> None:
+    config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m"], "join_ttl_s": 60})
+    merge = Merge(config)
+    table: dict[str, Any] = {}
+    merge.stale = False
+    for partition, pairs in ((0, 3), (1, 4)):
+        for partial in partials_of(config, partition, pairs):
+            merge.on_partial(table, 0, partition, partial)
+    assert merge.on_heartbeat(table, 1, {0: None}) == []  # another merger partition: nothing of its own
+
+    first = merge.on_heartbeat(table, 0, {0: START + 10, 1: None})
+    assert [orjson.loads(v)["n"] for t, _, v in first if t == config.metrics_topic] == [7]
+    assert merge.on_heartbeat(table, 0, {0: START + 20, 1: START + 20}) == []  # nothing changed since
+
+    closing = START + 300 + 60 + 60  # window end + join TTL + sweep slack
+    last = [orjson.loads(v) for t, _, v in merge.on_heartbeat(table, 0, {0: closing, 1: closing})
+            if t == config.metrics_topic]
+    assert [(r["n"], r["final"], r["metrics"]["accuracy"]) for r in last] == [(7, True, 1.0)]
+    for partial in partials_of(config, 0, 3):  # a replayed partial cannot reopen a final window
+        merge.on_partial(table, 0, 0, partial)
+    assert merge.on_heartbeat(table, 0, {0: closing + 1, 1: closing + 1}) == []
