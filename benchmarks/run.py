@@ -261,8 +261,11 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
             if healths and healths[0]["pending_predictions"] >= pending:
                 break
             time.sleep(0.5)
+        recovery_s = time.monotonic() - restarted
+        rebuilt = rss_bytes(workers.procs[0].pid)
         return {"rss_bytes_per_pending": (loaded - baseline) / pending, "rss_baseline_bytes": baseline,
-                "rss_loaded_bytes": loaded, "recovery_s": time.monotonic() - restarted}
+                "rss_loaded_bytes": loaded, "recovery_s": recovery_s,
+                "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending}
     finally:
         workers.stop()
 
@@ -321,6 +324,7 @@ def main() -> None:
             report["pending"] = args.pending
             report["rss_bytes_per_pending"] = round(memory["rss_bytes_per_pending"], 1)
             report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)
+            report["rss_bytes_per_pending_after_restart"] = round(memory["rss_bytes_per_pending_after_restart"], 1)
     report["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}
     ceiling = report.get("ceiling_pairs_per_s")
     lines = ["| figure | value | ratio to ceiling |", "|---|---|---|"]

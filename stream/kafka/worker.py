@@ -60,6 +60,11 @@ RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window t
 PRUNE_SLACK_S = 120.0
 SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
+# Per partition store. faust's defaults (3 x 64 MiB write buffers, a 2 GiB block cache) would keep
+# every stored record in memory too; each batch is read once, at a rebuild. (A copy each: faust
+# pops keys from the options it is given.)
+STORE_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
+                 "block_cache_size": 8 << 20}
 
 
 def complete_producer_flushes() -> None:
@@ -544,10 +549,9 @@ def build_app(config: Config) -> faust.App:
 
     inputs = raw_topic(config.predictions_topic, config.labels_topic)
     partials = raw_topic(config.partials_topic, partitions=config.partitions)
-    requests = app.Table("mlmon-batches", partitions=config.partitions, options={"driver": "rocksdict"},
+    requests = app.Table("mlmon-batches", partitions=config.partitions, options=dict(STORE_OPTIONS),
                          key_type=str, value_type=bytes)  # bytes: stored as they are (raw)
-    windows = app.Table("mlmon-windows", partitions=config.partitions, options={"driver": "rocksdict"},
-                        key_type=str)
+    windows = app.Table("mlmon-windows", partitions=config.partitions, options=dict(STORE_OPTIONS), key_type=str)
     outputs = {name: raw_topic(name) for name in (
         config.metrics_topic, config.alerts_topic, config.dead_letters_topic, config.partials_topic,
         config.health_topic)}
