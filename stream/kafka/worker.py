@@ -237,35 +237,40 @@ class Join:
     def rebuild(self, table: Any) -> None:
         """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
         is judged stale), then moved to the watermark each partition had reached. What was not
-        saved yet is dropped: its messages were not committed, so Kafka delivers them again."""
+        saved yet is dropped: its messages were not committed, so Kafka delivers them again.
+        One partition at a time, so only one partition's records are ever decoded at once."""
         self.watermarks = {}
-        records: dict[int, list[tuple[float, int, Prediction | Label]]] = defaultdict(list)
+        batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         self.prune_due.clear()
         self.unsaved.clear()
         for key, value in table.items():
             if key.startswith(WATERMARK_KEY):
                 self.watermarks[key[len(WATERMARK_KEY):]] = float(orjson.loads(value))
             elif key.startswith(BATCH_KEY):
-                partition = int(key[len(BATCH_KEY):].split("/", 1)[0])
-                self._schedule_prune(key, self._load_batch(value, records[partition]), partition)
+                batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
         self.saved_marks = dict(self.watermarks)
         self.engines = {}
-        for partition, rows in records.items():
-            engine = self.engine(partition)
+        stored = 0
+        for partition in sorted(batches):
+            rows: list[tuple[float, int, Prediction | Label]] = []
+            for key, value in batches.pop(partition):
+                self._schedule_prune(key, self._load_batch(value, rows), partition)
+            stored += len(rows)
             rows.sort(key=lambda r: (r[0], r[1]))
+            engine = self.engine(partition)
             for _, kind, record in rows:
                 if kind == 0:
                     engine.prediction(record)  # type: ignore[arg-type]
                 else:
                     engine.label(record)  # type: ignore[arg-type]
+            del rows
             watermark = self.watermark(partition)
             if math.isfinite(watermark):
                 engine.resume(watermark - self.config.watermark_lag_s)
             engine.flush()  # publish every open window's state once more: absolute partials, so harmless
             engine.dead_letters.clear()  # stored records were valid
         self.stale = False
-        log.info("engines rebuilt from %d stored records in %d partitions",
-                 sum(len(r) for r in records.values()), len(records))
+        log.info("engines rebuilt from %d stored records in %d partitions", stored, len(self.engines))
 
     @staticmethod
     def _load_batch(value: bytes, into: list[tuple[float, int, Prediction | Label]]) -> float:

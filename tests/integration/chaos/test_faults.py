@@ -13,8 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from kafka_broker import Broker, JarBroker
 from stream.config import Config
 from stream.kafka.produce import produce, scenario_records
@@ -94,9 +92,6 @@ def processing(worker: Worker, starts: int, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "about one run in four still loses one or two records at the moment a partition moves to a "
-    "worker that is joining (a faust 0.15 rebalance path not yet found); see docs/worker.md"))
 def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
     scenario = load(seed=37)
