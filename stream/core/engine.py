@@ -26,7 +26,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_
 from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
 from stream.core.merge import WindowState, metric_record
 from stream.core.metrics import RegressionStats, ScoreSums
-from stream.core.records import Label, Prediction, class_name, target_number
+from stream.core.records import Label, Prediction, Scores, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
@@ -187,7 +187,7 @@ class WindowSet:
         return list(windows)
 
 
-PendingPrediction = tuple[float, WindowSet, Any, "dict[str, float] | None"]
+PendingPrediction = tuple[float, WindowSet, Any, "Scores | None"]
 PendingLabel = tuple[float, Any]
 
 

@@ -111,23 +111,25 @@ class ScoreSums:
         self.brier_sum = 0.0
 
     @staticmethod
-    def terms(y_true: str, scores: dict[str, float]) -> tuple[float, float]:
-        """One pair's (log loss, Brier) terms; binary Brier is halved as scikit-learn does."""
+    def terms(y_true: str, scores: tuple[Any, ...]) -> tuple[float, float]:
+        """One pair's (log loss, Brier) terms from flat (class, probability, ...) scores; binary
+        Brier is halved as scikit-learn does."""
         brier = 0.0
         p_true = None
-        for cls, p in scores.items():
-            if cls == y_true:
+        for i in range(0, len(scores), 2):
+            p = scores[i + 1]
+            if scores[i] == y_true:
                 p_true = p
                 p -= 1.0
             brier += p * p
         if p_true is None:
             p_true, brier = 0.0, brier + 1.0
-        if len(scores) == 2:
+        if len(scores) == 4:
             brier /= 2
         return -log(EPS if p_true < EPS else ONE_MINUS_EPS if p_true > ONE_MINUS_EPS else p_true), brier
 
     def update(self, y_true: str, scores: dict[str, float], sign: int = 1) -> None:
-        log_loss, brier = self.terms(y_true, scores)
+        log_loss, brier = self.terms(y_true, tuple(x for item in scores.items() for x in item))
         self.n += sign
         self.log_loss_sum += sign * log_loss
         self.brier_sum += sign * brier

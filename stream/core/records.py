@@ -24,6 +24,9 @@ MAX_SCORE_CLASSES = 1000
 MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
 
 Segment = tuple[tuple[str, str], ...]
+# (class, probability, class, probability, ...): a pending prediction holds one, and a flat tuple
+# costs a third of a dict (issue #6, memory per pending prediction).
+Scores = tuple[str | float, ...]
 
 
 @dataclass(slots=True)
@@ -33,7 +36,7 @@ class Prediction:
     model_version: str
     timestamp: float
     value: str | int | float | bool  # raw; the engine makes it a class or a number per model task
-    scores: dict[str, float] | None
+    scores: Scores | None
     segment: Segment  # sorted (key, value) pairs: one series per segment, whatever the key order
 
 
@@ -112,19 +115,19 @@ def _outcome(obj: dict[str, Any], field: str) -> str | int | float | bool:
     raise InvalidRecord(f"'{field}' must be a string, integer, boolean or number, got {type(value).__name__}")
 
 
-def _scores(value: Any) -> dict[str, float] | None:
+def _scores(value: Any) -> Scores | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not value:
         raise InvalidRecord("'scores' must be a non-empty object of class -> probability")
     if len(value) > MAX_SCORE_CLASSES:
         raise InvalidRecord(f"'scores' has {len(value)} classes, over the limit of {MAX_SCORE_CLASSES}")
-    scores: dict[str, float] = {}
+    scores: list[str | float] = []
     for cls, prob in value.items():
         if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
             raise InvalidRecord(f"'scores'[{cls[:64]!r}] must be a probability in [0, 1], got {prob!r}")
-        scores[cls] = float(prob)
-    return scores
+        scores += (cls, float(prob))
+    return tuple(scores)
 
 
 def _segment(value: Any) -> Segment:
