@@ -3,6 +3,7 @@
     python benchmarks/run.py --pairs 1000000 --report report.json [--repeat 3] [--partitions 8]
 
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
+   faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
 2. `mlmon worker` end to end (first input consumed -> last final metric record), 1 and 2 processes;
 3. the core alone: `mlmon replay` on the same records, from JSONL files;
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
@@ -50,7 +51,8 @@ from stream.kafka.tail import read  # noqa: E402
 from stream.simulate import Scenario, draws  # noqa: E402
 
 START = 1_767_225_600.0
-THROUGHPUTS = ("ceiling_pairs_per_s", "worker1_pairs_per_s", "worker2_pairs_per_s", "replay_pairs_per_s")
+THROUGHPUTS = ("ceiling_pairs_per_s", "faust_floor_pairs_per_s", "worker1_pairs_per_s", "worker2_pairs_per_s",
+               "replay_pairs_per_s")
 TICK_TS = START + 10_000_000  # far-future records on every partition close every window
 
 
@@ -148,6 +150,18 @@ def ceiling_run(config: Config, total: int) -> float:
         return total / 2 / (time.perf_counter() - (started or 0))
     finally:
         consumer.close()
+
+
+def faust_floor_run(config: Config, folder: Path, total: int) -> float:
+    """Pairs per second of a faust agent that only counts the raw inputs (benchmarks/faust_floor.py)."""
+    env = {**os.environ, "MLMON_FLOOR_BROKER": config.broker, "MLMON_FLOOR_TOTAL": str(total),
+           "MLMON_FLOOR_TOPICS": f"{config.predictions_topic},{config.labels_topic}",
+           "MLMON_FLOOR_DIR": str(folder / f"floor-{uuid.uuid4().hex[:8]}")}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faust_floor.py"), "worker", "-l", "warn"],
+                         env=env, capture_output=True, text=True, timeout=3600, check=False)
+    rates = [float(line.split("FLOOR ")[1]) for line in (out.stdout + out.stderr).splitlines() if "FLOOR " in line]
+    assert rates, out.stderr[-2000:]
+    return rates[0] / 2
 
 
 def worker_run(bootstrap: str, folder: Path, partitions: int, inputs: str, count: int, total: int,
@@ -282,7 +296,8 @@ def main() -> None:
     parser.add_argument("--crossings", type=int, default=50)
     parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
     parser.add_argument("--pending", type=int, default=1_000_000)
-    parser.add_argument("--skip", default="", help="comma-separated: ceiling,worker1,worker2,replay,alerts,rss")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated: ceiling,faust_floor,worker1,worker2,replay,alerts,rss")
     parser.add_argument("--report", type=Path, default=Path("benchmark-report.json"))
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -301,6 +316,7 @@ def main() -> None:
         total = sent.predictions + sent.labels
         runners: list[tuple[str, Callable[[], float]]] = [
             ("ceiling", lambda: ceiling_run(config, total)),
+            ("faust_floor", lambda: faust_floor_run(config, folder, total)),
             ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 1, total, scenario)),
             ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 2, total, scenario)),
             ("replay", lambda: replay_run(args.pairs, Config(), folder, 60.0)),

@@ -3,16 +3,18 @@
 Two agents per worker process (see docs/worker.md):
 
 1. **join** consumes the co-partitioned ``predictions`` and ``labels`` topics (keyed by
-   ``request_id``). Its only durable state is a changelog-backed table keyed by request id that
-   holds the first prediction and the first label of each request (first wins; later ones are
-   never stored). Each input partition has its own core :class:`Engine` in memory, a pure
-   function of that table: after a start, a crash or a rebalance it is rebuilt by feeding the
-   table back. A message replayed after a crash finds its record already stored and cannot
-   change anything, so no pair is counted twice; a record the table lost is replayed from Kafka
-   (faust flushes changelogs before it commits offsets), so none is lost. Each engine publishes
-   the *absolute* state of its changed windows ("partials", keyed by model) and its watermark.
+   ``request_id``). Its only durable state is a changelog-backed table, a log of *batches* per
+   input partition: the raw records that partition's engine took in (the first prediction and
+   the first label of each request; never a duplicate), one table write per flush. Each input
+   partition has its own core :class:`Engine` in memory, a pure function of its batches: after a
+   start, a crash or a rebalance it is rebuilt by feeding them back. Offsets are committed only
+   up to messages whose batch is written, so a record missing from the table is read again from
+   Kafka (none lost), and a replayed one is a duplicate to the rebuilt engine (none counted
+   twice). Each engine publishes the *absolute* state of its changed windows ("partials", keyed
+   by model), then the worker its partitions' watermarks (a heartbeat).
 2. **merge** consumes the partials, partitioned by model: it keeps the latest partial per
-   (window, input partition) in a table, sums them into one metric record per window, evaluates
+   (window, input partition) in a table, sums them at each heartbeat into one metric record per
+   changed window, evaluates
    the alert rules, and marks a window final once every input partition's watermark has passed
    it. Absolute partials make replays and duplicates harmless.
 
@@ -53,8 +55,8 @@ from stream.kafka.admin import ensure_topics, faust_credentials
 
 log = logging.getLogger("mlmon.worker")
 
-WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the request table
-BATCH_KEY = "batch/"  # + partition/id: a batch of records, stored in the request table
+WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
+BATCH_KEY = "batch/"  # + partition/id: a batch of records
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
 PRUNE_SLACK_S = 120.0
@@ -185,7 +187,7 @@ def check_worker_config(config: Config) -> None:
     if refused:
         raise ConfigError(
             f"the Kafka worker does not support {', '.join(refused)} windows yet (their state cannot be "
-            "rebuilt from the request table after a restart); use tumbling or hopping windows"
+            "rebuilt from the stored batches after a restart); use tumbling or hopping windows"
         )
 
 
@@ -203,7 +205,7 @@ class Unsaved:
 class Join:
     """The join agent's state and handlers, independent of how faust delivers messages.
 
-    The request table is a log: each write (a *batch*) holds the raw records the partition's engine
+    The batch table is a log: each write (a *batch*) holds the raw records the partition's engine
     took in since the last one, so a record costs no table read or write of its own. A message
     counts as handled (its offset may be committed) only once its batch is written.
     """
