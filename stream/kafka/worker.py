@@ -38,6 +38,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -169,8 +170,6 @@ class _PartitionEvent:
 def in_partition(topic: str, partition: int) -> Iterator[None]:
     """Let faust write a table in the flush timer as if handling an event of ``partition``: its
     tables route each write (local store and changelog partition) by the current event."""
-    from faust.streams import _current_event
-
     event = _PartitionEvent(topic, partition)
     token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
     try:
@@ -652,6 +651,8 @@ def build_app(config: Config) -> faust.App:
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
             join.lag = consumer_lag(app, join.offsets)
 
+    committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
+
     async def learn_where_logs_begin() -> None:
         """The start offset of each assigned input without a committed offset (see Handled)."""
         consumer = app.consumer
@@ -662,8 +663,6 @@ def build_app(config: Config) -> faust.App:
                 handled.earliest.update(await consumer.earliest_offsets(*unknown))
             except Exception as exc:  # a rebalance or a broker outage: asked again next second
                 log.info("start offsets not known yet: %s", exc)
-
-    committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
