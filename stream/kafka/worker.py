@@ -39,8 +39,6 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.transport.consumer import Consumer
-from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from stream.config import Config
@@ -53,6 +51,13 @@ from stream.errors import ConfigError, InvalidRecord
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
+from stream.kafka.patches import (
+    Handled,
+    Rereader,
+    commit_no_further_than_handled,
+    complete_producer_flushes,
+    deliver_without_tasks,
+)
 
 log = logging.getLogger("mlmon.worker")
 
@@ -68,93 +73,6 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 # pops keys from the options it is given.)
 STORE_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
                  "block_cache_size": 8 << 20}
-
-
-def complete_producer_flushes() -> None:
-    """Make faust's ``ProducerBuffer.flush`` hand every buffered record to the Kafka producer.
-
-    faust 0.15 flushes that buffer (table changelog records) before it commits offsets, but its
-    flush returns once 0.1 s pass without a send (under load, while the producer waits for room),
-    counts neither the record being handed over nor, while the worker stops, anything (nothing
-    drains the buffer then): offsets were committed past records whose changelog entries were
-    never sent, lost when the partition moved or the worker died (found by tests/integration/chaos).
-    """
-    if getattr(ProducerBuffer.flush, "_mlmon", False):
-        return
-    send_pending = ProducerBuffer._send_pending
-
-    async def counted_send(self: ProducerBuffer, fut: Any) -> None:
-        self.mlmon_in_flight = getattr(self, "mlmon_in_flight", 0) + 1  # type: ignore[attr-defined]
-        try:
-            await send_pending(self, fut)
-        finally:
-            self.mlmon_in_flight -= 1  # type: ignore[attr-defined]
-
-    async def flush(self: ProducerBuffer) -> None:
-        while self.size or (getattr(self, "mlmon_in_flight", 0) and not self.should_stop):
-            if self.should_stop:  # its sending task has ended: send the rest from here
-                await self._send_pending(self.pending.get_nowait())
-            else:
-                await asyncio.sleep(0.001)
-
-    flush._mlmon = True  # type: ignore[attr-defined]
-    ProducerBuffer._send_pending = counted_send  # type: ignore[method-assign]
-    ProducerBuffer.flush = flush  # type: ignore[method-assign]
-
-
-class Handled:
-    """Offsets the agents handled in this process, per topic-partition, as closed ranges, and
-    where each partition begins when the group has no committed offset for it yet."""
-
-    def __init__(self) -> None:
-        self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
-        self.earliest: dict[TP, int] = {}  # first offset in the log (set by the worker)
-
-    def add(self, tp: TP, offset: int) -> None:
-        ranges = self.ranges[tp]
-        if ranges and ranges[-1][1] + 1 == offset:
-            ranges[-1][1] = offset
-        else:
-            ranges.append([offset, offset])
-            if len(ranges) > 64:  # only the latest matter: commits move forward
-                del ranges[0]
-
-    def reach(self, tp: TP, start: int) -> int:
-        """The first offset at or after ``start`` not handled here."""
-        reach = start
-        for first, last in sorted(self.ranges.get(tp, ())):
-            if first <= reach:
-                reach = max(reach, last + 1)
-        return reach
-
-
-def commit_no_further_than_handled(handled: Handled) -> None:
-    """Commit exactly what the agents handled: up to the first message not handled by this process.
-
-    faust 0.15 acks the messages it drops from a stream while its flow is suspended (a rebalance,
-    a stop) and lets a one-message gap at the head of the acked offsets through
-    (``min(acked) - committed > 1``): it committed past messages the agent never saw, lost records
-    (found by tests/integration/chaos). Its acks are not consulted here: a message counts once its
-    record is saved (``Join.save``). With no committed offset yet, the count starts at the start of
-    the log, and nothing is committed until that is known. faust's acked offsets below the commit
-    are forgotten, as its own ``_new_offset`` does (it forgot them even when they were not
-    committed, after which that partition never committed again).
-    """
-
-    def new_offset(self: Consumer, tp: TP) -> int | None:
-        committed = self._committed_offset[tp]  # faust keeps None for "none yet" and for 0
-        start = committed if committed is not None else handled.earliest.get(tp)
-        if start is None:
-            return None
-        reach = handled.reach(tp, start)
-        acked = self._acked[tp]
-        if acked and acked[0] < reach:
-            below = [offset for offset in acked if offset < reach]
-            acked[:] = [offset for offset in acked if offset >= reach]
-            self._acked_index[tp].difference_update(below)
-        return reach if reach > start else None
-
-    Consumer._new_offset = new_offset  # type: ignore[method-assign]
 
 
 class _PartitionEvent:
@@ -521,8 +439,10 @@ class Merge:
 
 def build_app(config: Config) -> faust.App:
     complete_producer_flushes()
+    deliver_without_tasks()
     handled = Handled()
     commit_no_further_than_handled(handled)
+    rereader = Rereader(handled)
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     join = Join(config)
     merge = Merge(config, on_alerts=delivery.submit)
@@ -648,7 +568,10 @@ def build_app(config: Config) -> faust.App:
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
             await learn_where_logs_begin()
-            await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(join.health()))
+            if not app.rebalancing:
+                rereader.check(app.consumer, committed_topics)
+            health = {**join.health(), "rereads": rereader.rereads}  # seeks back to messages faust skipped
+            await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(health))
             join.lag = consumer_lag(app, join.offsets)
 
     committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
@@ -666,6 +589,7 @@ def build_app(config: Config) -> faust.App:
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
+        rereader.forget(app.consumer)
 
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)

@@ -1,0 +1,263 @@
+"""Patches to faust-streaming 0.15 internals, each for a fault or a cost found by our tests and
+benchmarks (see docs/worker.md). Each is applied once, by :func:`stream.kafka.worker.build_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP, ConsumerT
+
+log = logging.getLogger("mlmon.worker")
+REREAD_AFTER_S = 2.0  # a hole in the handled offsets that lasts this long was skipped, not in flight
+
+
+def complete_producer_flushes() -> None:
+    """Make faust's ``ProducerBuffer.flush`` hand every buffered record to the Kafka producer.
+
+    faust 0.15 flushes that buffer (table changelog records) before it commits offsets, but its
+    flush returns once 0.1 s pass without a send (under load, while the producer waits for room),
+    counts neither the record being handed over nor, while the worker stops, anything (nothing
+    drains the buffer then): offsets were committed past records whose changelog entries were
+    never sent, lost when the partition moved or the worker died (found by tests/integration/chaos).
+    """
+    if getattr(ProducerBuffer.flush, "_mlmon", False):
+        return
+    send_pending = ProducerBuffer._send_pending
+
+    async def counted_send(self: ProducerBuffer, fut: Any) -> None:
+        self.mlmon_in_flight = getattr(self, "mlmon_in_flight", 0) + 1  # type: ignore[attr-defined]
+        try:
+            await send_pending(self, fut)
+        finally:
+            self.mlmon_in_flight -= 1  # type: ignore[attr-defined]
+
+    async def flush(self: ProducerBuffer) -> None:
+        while self.size or (getattr(self, "mlmon_in_flight", 0) and not self.should_stop):
+            if self.should_stop:  # its sending task has ended: send the rest from here
+                await self._send_pending(self.pending.get_nowait())
+            else:
+                await asyncio.sleep(0.001)
+
+    flush._mlmon = True  # type: ignore[attr-defined]
+    ProducerBuffer._send_pending = counted_send  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
+class Handled:
+    """Offsets the agents handled in this process, per topic-partition, as closed ranges, and
+    where each partition begins when the group has no committed offset for it yet."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
+        self.earliest: dict[TP, int] = {}  # first offset in the log (set by the worker)
+
+    def add(self, tp: TP, offset: int) -> None:
+        ranges = self.ranges[tp]
+        if ranges and ranges[-1][1] + 1 == offset:
+            ranges[-1][1] = offset
+        else:
+            ranges.append([offset, offset])
+            if len(ranges) > 64:  # only the latest matter: commits move forward
+                del ranges[0]
+
+    def reach(self, tp: TP, start: int) -> int:
+        """The first offset at or after ``start`` not handled here."""
+        reach = start
+        for first, last in sorted(self.ranges.get(tp, ())):
+            if first <= reach:
+                reach = max(reach, last + 1)
+        return reach
+
+    def skipped(self, tp: TP, start: int) -> int | None:
+        """The first offset at or after ``start`` not handled here while a later one is: a message
+        faust dropped (see ``Rereader``), or one handled but not saved yet (for a moment)."""
+        reach = self.reach(tp, start)
+        return reach if any(first > reach for first, _ in self.ranges.get(tp, ())) else None
+
+    def start(self, tp: TP, committed: int | None) -> int | None:
+        """Where counting starts: the committed offset, else the start of the log if known."""
+        return committed if committed is not None else self.earliest.get(tp)
+
+
+def commit_no_further_than_handled(handled: Handled) -> None:
+    """Commit exactly what the agents handled: up to the first message not handled by this process.
+
+    faust 0.15 acks the messages it drops from a stream while its flow is suspended (a rebalance,
+    a stop) and lets a one-message gap at the head of the acked offsets through
+    (``min(acked) - committed > 1``): it committed past messages the agent never saw, lost records
+    (found by tests/integration/chaos). Its acks are not consulted here: a message counts once its
+    record is saved (``Join.save``). With no committed offset yet, the count starts at the start of
+    the log, and nothing is committed until that is known. faust's acked offsets below the commit
+    are forgotten, as its own ``_new_offset`` does (it forgot them even when they were not
+    committed, after which that partition never committed again).
+    """
+
+    def new_offset(self: Consumer, tp: TP) -> int | None:
+        start = handled.start(tp, self._committed_offset[tp])  # faust keeps None for "none yet" and for 0
+        if start is None:
+            return None
+        reach = handled.reach(tp, start)
+        acked = self._acked[tp]
+        if acked and acked[0] < reach:
+            below = [offset for offset in acked if offset < reach]
+            acked[:] = [offset for offset in acked if offset >= reach]
+            self._acked_index[tp].difference_update(below)
+        return reach if reach > start else None
+
+    Consumer._new_offset = new_offset  # type: ignore[method-assign]
+
+
+class Rereader:
+    """Reads a message again when faust dropped it without a rebalance to follow.
+
+    faust 0.15 resumes fetching before the seek that ends a rebalance; a message fetched then can
+    be skipped by its stream while the fetch loop's read offset moves past it, so the seek's
+    redelivery drops it too (found by tests/integration/chaos: one label in about ten rebalances).
+    Kafka delivers a message again only after a seek, which faust makes only at rebalances: the
+    record was missing from the figures, and the partition's commits stopped at it (the guard
+    never commits past a message not handled). A hole in the handled offsets that stays for
+    ``REREAD_AFTER_S`` is read again: the fetch loop seeks there between two fetches.
+    """
+
+    def __init__(self, handled: Handled) -> None:
+        self.handled = handled
+        self.suspects: dict[TP, tuple[int, float]] = {}  # partition -> (hole, first seen)
+        self.rereads = 0
+
+    def check(self, consumer: ConsumerT, topics: set[str]) -> None:
+        """Once a second, outside rebalances: ask for a seek back to each lasting hole."""
+        now = time.monotonic()
+        committed: Any = consumer._committed_offset  # type: ignore[attr-defined]
+        for tp in consumer.assignment():
+            start = self.handled.start(tp, committed.get(tp)) if tp.topic in topics else None
+            hole = None if start is None else self.handled.skipped(tp, start)
+            seen = self.suspects.get(tp)
+            if hole is None:
+                self.suspects.pop(tp, None)
+            elif seen is None or seen[0] != hole:
+                self.suspects[tp] = (hole, now)
+            elif now - seen[1] >= REREAD_AFTER_S:
+                del self.suspects[tp]
+                self.rereads += 1
+                log.warning("reading %s[%d] again from offset %d: faust skipped that message",
+                            tp.topic, tp.partition, hole)
+                pending_rereads(consumer)[tp] = hole
+
+    def forget(self, consumer: ConsumerT) -> None:
+        """A rebalance: partitions are sought to their committed offsets anyway."""
+        self.suspects.clear()
+        pending_rereads(consumer).clear()
+
+
+def pending_rereads(consumer: ConsumerT) -> dict[TP, int]:
+    """Seeks asked by the ``Rereader``, made by the fetch loop between two fetches."""
+    return cast(dict[TP, int], consumer.__dict__.setdefault("_mlmon_rereads", {}))
+
+
+def _delivery_cannot_block(consumer: Consumer, tp: TP) -> bool:
+    """Whether faust's conductor would hand this partition's next message to its streams without
+    waiting: flow running, no rebalance holding the callback map, room in the producer buffer and
+    in every stream queue of the partition (faust's ``on_message`` awaits only those)."""
+    app: Any = consumer.app
+    if consumer.suspend_flow.is_set() or not app.flow_control.is_active():
+        return False
+    conductor = app.topics
+    if conductor._tp_to_callback_lock.locked():
+        return False
+    buffer = app.producer.buffer
+    if buffer.size > buffer.max_messages:
+        return False
+    return not any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
+
+
+def deliver_without_tasks() -> None:
+    """Hand each consumed message to the streams without four asyncio tasks.
+
+    faust 0.15's fetch loop wraps every delivery in ``wait_first(callback(message),
+    suspend_flow.wait())`` (a task each for the callback, the flow, and the service's stop and
+    crash events), so that a delivery blocked on a full stream queue is abandoned when a
+    rebalance suspends the flow: about a quarter of the worker's time (py-spy). When nothing
+    can block the delivery (see ``_delivery_cannot_block``), it is awaited directly: it completes
+    before anything else runs, as the wrapped one would have. Otherwise faust's way is kept.
+    This is faust's ``Consumer._drain_messages`` with that change, and the seeks asked by the
+    ``Rereader`` made between two fetches (a seek while a fetched batch is being delivered would
+    be undone by the rest of that batch).
+    """
+    if getattr(Consumer._drain_messages, "_mlmon", False):
+        return
+
+    async def drain_messages(self: Consumer, fetcher: Any) -> None:  # pragma: no cover - faust's loop
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Any, self)._stopped.is_set
+        fetcher_should_stop = cast(Any, fetcher)._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        flag_consumer_fetching = CONSUMER_FETCHING
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = 100
+        num_since_yield = 0
+        rereads = pending_rereads(self)
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                if rereads and not self.app.rebalancing:
+                    await seek_for_rereads(self, rereads)
+                set_flag(flag_consumer_fetching)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await asyncio.sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if _delivery_cannot_block(self, tp):
+                                await callback(message)
+                            else:
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    unset_flag(flag_consumer_fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag_consumer_fetching)
+
+    drain_messages._mlmon = True  # type: ignore[attr-defined]
+    Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
+
+
+async def seek_for_rereads(consumer: ConsumerT, rereads: dict[TP, int]) -> None:
+    assigned = consumer.assignment()
+    for tp, offset in list(rereads.items()):
+        del rereads[tp]
+        if tp in assigned:
+            await consumer.seek(tp, offset)
