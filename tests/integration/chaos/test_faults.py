@@ -98,13 +98,15 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, 
     second_path = second_member(path, tmp_path)
     first = Worker(path, tmp_path / "worker1.log").start()
     second = Worker(second_path, tmp_path / "worker2.log")
-    sender = sending(config, scenario, rate_per_s=300.0)
+    sender = sending(config, scenario, rate_per_s=300.0)  # about 80 s of traffic
+    rng = random.Random(11)
     try:
         time.sleep(6)
-        second.start()  # rebalance: partitions move to the new member mid-stream
-        time.sleep(14)
-        second.stop(signal.SIGTERM)  # and back again
-        time.sleep(4)
+        for _ in range(5):  # each start and stop moves partitions mid-stream, both ways
+            second.start()
+            time.sleep(rng.uniform(3.0, 8.0))
+            second.stop(signal.SIGTERM)
+            time.sleep(rng.uniform(3.0, 8.0))
         second.start()  # and once more, to be left running
         assert_counted_exactly(config, scenario, sender, first, balanced=False)
     finally:
