@@ -53,10 +53,11 @@ from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
 from stream.kafka.patches import (
     Handled,
-    Rereader,
+    Sequencer,
     commit_no_further_than_handled,
     complete_producer_flushes,
     deliver_without_tasks,
+    pending_rereads,
 )
 
 log = logging.getLogger("mlmon.worker")
@@ -442,7 +443,7 @@ def build_app(config: Config) -> faust.App:
     deliver_without_tasks()
     handled = Handled()
     commit_no_further_than_handled(handled)
-    rereader = Rereader(handled)
+    sequencer = Sequencer(handled)
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     join = Join(config)
     merge = Merge(config, on_alerts=delivery.submit)
@@ -499,6 +500,8 @@ def build_app(config: Config) -> faust.App:
     async def join_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
+            if not await in_sequence(message):
+                continue
             if join.stale:
                 join.rebuild(requests)
             partition = message.partition
@@ -521,6 +524,8 @@ def build_app(config: Config) -> faust.App:
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
+            if not await in_sequence(event.message):
+                continue
             handled.add(event.message.tp, event.message.offset)
             if merge.stale:
                 merge.rebuild(windows)
@@ -538,6 +543,18 @@ def build_app(config: Config) -> faust.App:
                 continue
             async with sending:
                 await publish(items)
+
+    async def in_sequence(message: Any) -> bool:
+        """Whether an agent handles this message: none during a rebalance, then each partition's
+        in offset order (see Sequencer)."""
+        while not app.rebalancing:
+            verdict = sequencer.admit(app.consumer, message.tp, message.offset)
+            if verdict is not None:
+                return verdict
+            await learn_where_logs_begin()  # no committed offset: counting starts at the log's start
+            if message.tp not in handled.earliest:
+                await asyncio.sleep(0.5)  # the broker did not answer: ask again
+        return False
 
     health_due = 0.0  # health records once a second, whatever the flush interval
 
@@ -568,9 +585,7 @@ def build_app(config: Config) -> faust.App:
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
             await learn_where_logs_begin()
-            if not app.rebalancing:
-                rereader.check(app.consumer, committed_topics)
-            health = {**join.health(), "rereads": rereader.rereads}  # seeks back to messages faust skipped
+            health = {**join.health(), "rereads": sequencer.rereads}  # seeks back to messages faust skipped
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(health))
             join.lag = consumer_lag(app, join.offsets)
 
@@ -589,7 +604,8 @@ def build_app(config: Config) -> faust.App:
 
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
-        rereader.forget(app.consumer)
+        sequencer.reset()
+        pending_rereads(app.consumer).clear()  # partitions are sought to their committed offsets anyway
 
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)

@@ -46,15 +46,3 @@ def test_without_a_committed_offset_counting_starts_at_the_start_of_the_log() ->
     handled.earliest[TOPIC] = 3  # a log whose head was deleted by retention
     assert Consumer._new_offset(state, TOPIC) == 8
 
-
-def test_a_message_skipped_below_saved_ones_is_a_hole_and_in_flight_ones_are_not() -> None:
-    handled = Handled()
-    for offset in range(10, 20):
-        handled.add(TOPIC, offset)
-    assert handled.skipped(TOPIC, 10) is None  # 20 and on: not handled yet, or not saved yet
-    for offset in range(21, 25):  # 20 never reached the agent
-        handled.add(TOPIC, offset)
-    assert handled.skipped(TOPIC, 10) == 20
-    assert handled.skipped(TOPIC, 25) is None  # committed past it (by another process): no hole here
-    handled.add(TOPIC, 20)
-    assert handled.skipped(TOPIC, 10) is None

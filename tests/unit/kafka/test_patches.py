@@ -1,5 +1,5 @@
 """Our patches to faust: task-free delivery only when faust's own could not have waited, and
-seeks back to messages faust skipped."""
+messages in offset order with seeks back to those faust skipped."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from faust.types import TP
 
 from stream.kafka.patches import (
     Handled,
-    Rereader,
+    Sequencer,
     _delivery_cannot_block,
     deliver_without_tasks,
     pending_rereads,
@@ -53,21 +53,32 @@ def test_the_patch_replaces_faust_s_fetch_loop_once() -> None:
     assert Consumer._drain_messages is patched and getattr(patched, "_mlmon", False)
 
 
-def test_a_hole_that_lasts_is_read_again_once_and_a_rebalance_forgets_it(monkeypatch: Any) -> None:
+def test_messages_count_in_offset_order_and_a_gap_has_the_fetch_loop_seek_back() -> None:
     handled = Handled()
-    for offset in [*range(0, 5), *range(6, 9)]:  # offset 5 was skipped
+    sequencer = Sequencer(handled)
+    state: Any = SimpleNamespace(_committed_offset={TOPIC: 10})
+    assert [sequencer.admit(state, TOPIC, offset) for offset in (10, 11, 11, 9)] == [True, True, False, False]
+    assert pending_rereads(state) == {}  # duplicates: already handled
+    assert sequencer.admit(state, TOPIC, 13) is False  # 12 was skipped by faust
+    assert pending_rereads(state) == {TOPIC: 12} and sequencer.rereads == 1
+    assert sequencer.admit(state, TOPIC, 14) is False and sequencer.rereads == 1  # same fetch: asked once
+    pending_rereads(state).clear()  # the fetch loop sought there
+    assert [sequencer.admit(state, TOPIC, offset) for offset in (12, 13, 14)] == [True, True, True]
+
+
+def test_after_a_reset_counting_resumes_at_the_first_message_not_saved() -> None:
+    handled = Handled()
+    sequencer = Sequencer(handled)
+    state: Any = SimpleNamespace(_committed_offset={})
+    assert sequencer.admit(state, TOPIC, 0) is None  # no commit, and the log's start not known yet
+    handled.earliest[TOPIC] = 0
+    for offset in range(0, 5):
+        assert sequencer.admit(state, TOPIC, offset)
+    for offset in range(0, 3):  # saved; 3 and 4 were not when the rebalance came
         handled.add(TOPIC, offset)
-    rereader = Rereader(handled)
-    state: Any = SimpleNamespace(_committed_offset={TOPIC: 0}, assignment=lambda: {TOPIC, TP("other", 0)})
-    clock = iter([100.0, 100.5, 102.1, 102.2])
-    monkeypatch.setattr("stream.kafka.patches.time.monotonic", lambda: next(clock))
-    rereader.check(state, {"predictions"})
-    rereader.check(state, {"predictions"})
-    assert pending_rereads(state) == {}  # half a second: it may be in flight
-    rereader.check(state, {"predictions"})
-    assert pending_rereads(state) == {TOPIC: 5} and rereader.rereads == 1
-    rereader.forget(state)
-    assert pending_rereads(state) == {} and rereader.suspects == {}
+    sequencer.reset()
+    assert sequencer.admit(state, TOPIC, 4) is False and pending_rereads(state) == {TOPIC: 3}
+    assert sequencer.admit(state, TOPIC, 3) is True
 
 
 def test_the_fetch_loop_seeks_only_partitions_still_assigned() -> None:
