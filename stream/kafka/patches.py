@@ -158,7 +158,7 @@ class Sequencer:
             return  # the seek is on its way; later messages of the same fetch are skipped meanwhile
         self.asked[tp] = (missing, now)
         self.rereads += 1
-        log.warning("reading %s[%d] again from offset %d: faust skipped it (got offset %d)",
+        log.info("reading %s[%d] again from offset %d: faust skipped it (got offset %d)",
                     tp.topic, tp.partition, missing, offset)
         pending_rereads(consumer)[tp] = missing
 
