@@ -57,12 +57,14 @@ class Handled:
         self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
         self.earliest: dict[TP, int] = {}  # first offset in the log (set by the worker)
 
-    def add(self, tp: TP, offset: int) -> None:
+    def add(self, tp: TP, offset: int, last: int | None = None) -> None:
+        """Offset ``offset`` (to ``last``, if given) handled."""
+        last = offset if last is None else last
         ranges = self.ranges[tp]
         if ranges and ranges[-1][1] + 1 == offset:
-            ranges[-1][1] = offset
+            ranges[-1][1] = last
         else:
-            ranges.append([offset, offset])
+            ranges.append([offset, last])
             if len(ranges) > 64:  # only the latest matter: commits move forward
                 del ranges[0]
 
@@ -125,13 +127,13 @@ class Sequencer:
     def __init__(self, handled: Handled) -> None:
         self.handled = handled
         self.expected: dict[TP, int] = {}  # next offset to handle, per partition
-        self.asked: dict[TP, tuple[int, float]] = {}  # last seek asked: (offset, when)
+        self.last_asked: dict[TP, tuple[int, float]] = {}  # (offset, when)
         self.rereads = 0
 
     def reset(self) -> None:
         """A rebalance or a rebuild: unsaved records are gone, offsets start from what is saved."""
         self.expected.clear()
-        self.asked.clear()
+        self.last_asked.clear()
 
     def admit(self, consumer: ConsumerT, tp: TP, offset: int) -> bool | None:
         """True: handle this message. False: skip it. None: where its partition starts is not
@@ -146,26 +148,66 @@ class Sequencer:
         if offset == expected:
             self.expected[tp] = offset + 1
             return True
-        self.expected[tp] = expected
         if offset > expected:
+            absent = rewinds(consumer).found.pop(tp, None)
+            if absent is not None and absent[0] == expected and absent[1] <= offset:
+                log.warning("offsets %d to %d of %s[%d] are not in the log (retention, or transaction "
+                            "markers): counting goes on from %d", expected, absent[1] - 1, tp.topic,
+                            tp.partition, absent[1])
+                self.handled.add(tp, expected, absent[1] - 1)  # nothing there to wait for
+                self.expected[tp] = absent[1]
+                return self.admit(consumer, tp, offset)
             self._seek_back(consumer, tp, expected, offset)
+        self.expected[tp] = expected
         return False
 
     def _seek_back(self, consumer: ConsumerT, tp: TP, missing: int, offset: int) -> None:
         now = time.monotonic()
-        asked = self.asked.get(tp)
+        asked = self.last_asked.get(tp)
         if asked is not None and asked[0] == missing and now - asked[1] < REREAD_AFTER_S:
             return  # the seek is on its way; later messages of the same fetch are skipped meanwhile
-        self.asked[tp] = (missing, now)
+        self.last_asked[tp] = (missing, now)
         self.rereads += 1
         log.info("reading %s[%d] again from offset %d: faust skipped it (got offset %d)",
                     tp.topic, tp.partition, missing, offset)
-        pending_rereads(consumer)[tp] = missing
+        rewinds(consumer).asked[tp] = missing
 
 
-def pending_rereads(consumer: ConsumerT) -> dict[TP, int]:
-    """Seeks asked by the ``Sequencer``, made by the fetch loop between two fetches."""
-    return cast(dict[TP, int], consumer.__dict__.setdefault("_mlmon_rereads", {}))
+class Rewinds:
+    """Seeks back asked by the ``Sequencer``, made by the fetch loop between two fetches (a seek
+    while a fetched batch is being delivered would be undone by the rest of that batch), and what
+    each found: when the first message after a seek comes from further on, the offsets between
+    are not in the log (deleted by retention, or transaction markers), and are not waited for."""
+
+    def __init__(self) -> None:
+        self.asked: dict[TP, int] = {}
+        self.sought: dict[TP, int] = {}  # made, until the partition's next message is fetched
+        self.found: dict[TP, tuple[int, int]] = {}  # (first, end) of offsets missing from the log
+
+    def clear(self) -> None:
+        """A rebalance: faust seeks every partition to its committed offset anyway."""
+        self.asked.clear()
+        self.sought.clear()
+        self.found.clear()
+
+    async def seek(self, consumer: ConsumerT) -> None:
+        assigned = consumer.assignment()
+        for tp, offset in list(self.asked.items()):
+            del self.asked[tp]
+            if tp in assigned:
+                await consumer.seek(tp, offset)
+                self.sought[tp] = offset
+
+    def fetched(self, tp: TP, offset: int) -> None:
+        """The fetch loop delivers ``offset``: the first message of ``tp`` since a seek?"""
+        target = self.sought.pop(tp, None)
+        if target is not None and offset > target:
+            self.found[tp] = (target, offset)
+
+
+def rewinds(consumer: ConsumerT) -> Rewinds:
+    """The consumer's rewinds (one per consumer: the fetch loop and the agents share it)."""
+    return cast(Rewinds, consumer.__dict__.setdefault("_mlmon_rewinds", Rewinds()))
 
 
 def _delivery_cannot_block(consumer: Consumer, tp: TP) -> bool:
@@ -214,11 +256,11 @@ def deliver_without_tasks() -> None:
         acks_enabled_for = self.app.topics.acks_enabled_for
         yield_every = 100
         num_since_yield = 0
-        rereads = pending_rereads(self)
+        rewound = rewinds(self)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                if rereads and not self.app.rebalancing:
-                    await seek_for_rereads(self, rereads)
+                if rewound.asked and not self.app.rebalancing:
+                    await rewound.seek(self)
                 set_flag(flag_consumer_fetching)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -237,6 +279,8 @@ def deliver_without_tasks() -> None:
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
+                            if rewound.sought:
+                                rewound.fetched(tp, offset)
                             if _delivery_cannot_block(self, tp):
                                 await callback(message)
                             else:
@@ -262,10 +306,3 @@ def deliver_without_tasks() -> None:
     drain_messages._mlmon = True  # type: ignore[attr-defined]
     Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
 
-
-async def seek_for_rereads(consumer: ConsumerT, rereads: dict[TP, int]) -> None:
-    assigned = consumer.assignment()
-    for tp, offset in list(rereads.items()):
-        del rereads[tp]
-        if tp in assigned:
-            await consumer.seek(tp, offset)

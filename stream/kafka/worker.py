@@ -57,7 +57,7 @@ from stream.kafka.patches import (
     commit_no_further_than_handled,
     complete_producer_flushes,
     deliver_without_tasks,
-    pending_rereads,
+    rewinds,
 )
 
 log = logging.getLogger("mlmon.worker")
@@ -605,7 +605,7 @@ def build_app(config: Config) -> faust.App:
     def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         join.stale = merge.stale = True  # partitions moved: rebuild from the tables before the next message
         sequencer.reset()
-        pending_rereads(app.consumer).clear()  # partitions are sought to their committed offsets anyway
+        rewinds(app.consumer).clear()  # partitions are sought to their committed offsets anyway
 
     app.on_partitions_revoked.connect(on_rebalance)
     app.on_partitions_assigned.connect(on_rebalance)

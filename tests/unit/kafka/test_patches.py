@@ -15,8 +15,7 @@ from stream.kafka.patches import (
     Sequencer,
     _delivery_cannot_block,
     deliver_without_tasks,
-    pending_rereads,
-    seek_for_rereads,
+    rewinds,
 )
 
 TOPIC = TP("predictions", 0)
@@ -58,11 +57,11 @@ def test_messages_count_in_offset_order_and_a_gap_has_the_fetch_loop_seek_back()
     sequencer = Sequencer(handled)
     state: Any = SimpleNamespace(_committed_offset={TOPIC: 10})
     assert [sequencer.admit(state, TOPIC, offset) for offset in (10, 11, 11, 9)] == [True, True, False, False]
-    assert pending_rereads(state) == {}  # duplicates: already handled
+    assert rewinds(state).asked == {}  # duplicates: already handled
     assert sequencer.admit(state, TOPIC, 13) is False  # 12 was skipped by faust
-    assert pending_rereads(state) == {TOPIC: 12} and sequencer.rereads == 1
+    assert rewinds(state).asked == {TOPIC: 12} and sequencer.rereads == 1
     assert sequencer.admit(state, TOPIC, 14) is False and sequencer.rereads == 1  # same fetch: asked once
-    pending_rereads(state).clear()  # the fetch loop sought there
+    rewinds(state).asked.clear()  # the fetch loop sought there
     assert [sequencer.admit(state, TOPIC, offset) for offset in (12, 13, 14)] == [True, True, True]
 
 
@@ -77,17 +76,33 @@ def test_after_a_reset_counting_resumes_at_the_first_message_not_saved() -> None
     for offset in range(0, 3):  # saved; 3 and 4 were not when the rebalance came
         handled.add(TOPIC, offset)
     sequencer.reset()
-    assert sequencer.admit(state, TOPIC, 4) is False and pending_rereads(state) == {TOPIC: 3}
+    assert sequencer.admit(state, TOPIC, 4) is False and rewinds(state).asked == {TOPIC: 3}
     assert sequencer.admit(state, TOPIC, 3) is True
 
 
-def test_the_fetch_loop_seeks_only_partitions_still_assigned() -> None:
+def test_the_fetch_loop_seeks_assigned_partitions_and_learns_what_the_log_lacks() -> None:
     sought: list[tuple[TP, int]] = []
 
     async def seek(tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
-    state: Any = SimpleNamespace(assignment=lambda: {TOPIC}, seek=seek)
-    rereads = {TOPIC: 5, TP("labels", 1): 7}
-    asyncio.run(seek_for_rereads(state, rereads))
-    assert sought == [(TOPIC, 5)] and rereads == {}
+    state: Any = SimpleNamespace(assignment=lambda: {TOPIC}, seek=seek, _committed_offset={TOPIC: 0})
+    handled = Handled()
+    sequencer = Sequencer(handled)
+    assert sequencer.admit(state, TOPIC, 0) and sequencer.admit(state, TOPIC, 1)
+    assert sequencer.admit(state, TOPIC, 5) is False  # 2 missing: faust skipped it, or it is not there
+    rewinds(state).asked[TP("labels", 1)] = 7  # not assigned here any more
+    asyncio.run(rewinds(state).seek(state))
+    assert sought == [(TOPIC, 2)] and rewinds(state).asked == {}
+    rewinds(state).fetched(TOPIC, 4)  # the log's next message after offset 2 is 4
+    assert sequencer.admit(state, TOPIC, 4) is True  # 2 and 3 are not waited for
+    handled.add(TOPIC, 0, 1)  # saved
+    handled.add(TOPIC, 4)
+    assert handled.reach(TOPIC, 0) == 5  # the commit guard goes past 2 and 3
+
+
+def test_a_seek_that_lands_where_it_asked_finds_nothing_missing() -> None:
+    state: Any = SimpleNamespace()
+    rewinds(state).sought[TOPIC] = 2
+    rewinds(state).fetched(TOPIC, 2)
+    assert rewinds(state).found == {} and rewinds(state).sought == {}
