@@ -151,9 +151,10 @@ class Sequencer:
         if offset > expected:
             absent = rewinds(consumer).found.pop(tp, None)
             if absent is not None and absent[0] == expected and absent[1] <= offset:
-                log.warning("offsets %d to %d of %s[%d] are not in the log (retention, or transaction "
-                            "markers): counting goes on from %d", expected, absent[1] - 1, tp.topic,
-                            tp.partition, absent[1])
+                log.log(logging.INFO if absent[1] - expected == 1 else logging.WARNING,  # 1: a marker
+                        "offsets %d to %d of %s[%d] are not in the log (transaction markers, aborted "
+                        "records or retention): counting goes on from %d", expected, absent[1] - 1,
+                        tp.topic, tp.partition, absent[1])
                 self.handled.add(tp, expected, absent[1] - 1)  # nothing there to wait for
                 self.expected[tp] = absent[1]
                 return self.admit(consumer, tp, offset)

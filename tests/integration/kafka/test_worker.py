@@ -174,3 +174,30 @@ def test_two_workers_in_one_group_give_the_same_final_metrics_as_one(kafka: Brok
             by_worker[health["pid"]] = set(health["partitions"])
     assert len(by_worker) == 2, by_worker  # both workers owned input partitions at the end
     assert "Traceback" not in first.log.read_text() + second.log.read_text()
+
+
+def test_inputs_written_in_transactions_are_counted_and_committed_to_the_end(kafka: Broker, tmp_path: Path) -> None:
+    """Transaction markers take offsets that no consumer is given: the worker must neither wait
+    for them (it handles offsets strictly in order) nor stop committing at them."""
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=3_000, start_ts=START, rate_per_s=50.0, label_delay_mean_s=10.0,
+                        label_coverage=0.9, duplicate_rate=0.0, early_label_rate=0.0, seed=5)
+    client = producer(config, **{"transactional.id": f"mlmon-test-{tmp_path.name}", "delivery.timeout.ms": 60_000})
+    client.init_transactions(30)
+    topics = (config.predictions_topic, config.labels_topic)
+    records = list(scenario_records(scenario)) + list(ticks())
+    for first in range(0, len(records), 250):  # a marker every 250 records
+        client.begin_transaction()
+        for _, kind, record in records[first:first + 250]:
+            client.produce(topics[kind], key=str(record["request_id"]).encode(), value=orjson.dumps(record))
+        client.commit_transaction(30)
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
+        behind = uncommitted_inputs(config, timeout_s=20)
+    finally:
+        worker.stop()
+    # Committed up to the last transaction's marker, which no consumer is given: it is passed once
+    # a record follows it (each partition had 9 or more markers before, all passed).
+    assert set(behind.values()) <= {1}, behind
