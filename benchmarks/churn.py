@@ -33,7 +33,7 @@ import worker_harness as harness  # noqa: E402
 def churn_run(seed: int, seconds: float) -> tuple[list[str], int]:
     """One run: the windows that differ from scikit-learn (empty: exact), and the rereads."""
     folder = Path(tempfile.mkdtemp(prefix=f"mlmon-churn-{seed}-"))
-    config, path = harness.setup(SimpleNamespace(bootstrap=os.environ["KAFKA_BOOTSTRAP_SERVERS"]), folder)  # type: ignore[arg-type]
+    config, path = harness.setup(SimpleNamespace(bootstrap=os.environ["KAFKA_BOOTSTRAP_SERVERS"]), folder)
     scenario = load(seed=seed)
     first = harness.Worker(path, folder / "worker1.log").start()
     second = harness.Worker(harness.second_member(path, folder), folder / "worker2.log")
