@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
@@ -211,20 +212,25 @@ def rewinds(consumer: ConsumerT) -> Rewinds:
     return cast(Rewinds, consumer.__dict__.setdefault("_mlmon_rewinds", Rewinds()))
 
 
-def _delivery_cannot_block(consumer: Consumer, tp: TP) -> bool:
-    """Whether faust's conductor would hand this partition's next message to its streams without
+def delivery_check(consumer: Consumer) -> Callable[[TP], bool]:
+    """Whether faust's conductor would hand a partition's next message to its streams without
     waiting: flow running, no rebalance holding the callback map, room in the producer buffer and
-    in every stream queue of the partition (faust's ``on_message`` awaits only those)."""
+    in every stream queue of the partition (faust's ``on_message`` awaits only those). The objects
+    it reads are looked up once (faust's attribute lookups cost more than the checks)."""
     app: Any = consumer.app
-    if consumer.suspend_flow.is_set() or not app.flow_control.is_active():
-        return False
+    suspended = consumer.suspend_flow.is_set
+    flow_active = app.flow_control.is_active
     conductor = app.topics
-    if conductor._tp_to_callback_lock.locked():
-        return False
+    callback_map_locked = conductor._tp_to_callback_lock.locked
+    tp_index = conductor._tp_index
     buffer = app.producer.buffer
-    if buffer.size > buffer.max_messages:
-        return False
-    return not any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
+
+    def cannot_block(tp: TP) -> bool:
+        if suspended() or not flow_active() or callback_map_locked() or buffer.size > buffer.max_messages:
+            return False
+        return not any(channel.queue.full() for channel in tp_index.get(tp, ()))
+
+    return cannot_block
 
 
 def deliver_without_tasks() -> None:
@@ -234,7 +240,7 @@ def deliver_without_tasks() -> None:
     suspend_flow.wait())`` (a task each for the callback, the flow, and the service's stop and
     crash events), so that a delivery blocked on a full stream queue is abandoned when a
     rebalance suspends the flow: about a quarter of the worker's time (py-spy). When nothing
-    can block the delivery (see ``_delivery_cannot_block``), it is awaited directly: it completes
+    can block the delivery (see ``delivery_check``), it is awaited directly: it completes
     before anything else runs, as the wrapped one would have. Otherwise faust's way is kept.
     This is faust's ``Consumer._drain_messages`` with that change, and the seeks asked by the
     ``Sequencer`` made between two fetches (a seek while a fetched batch is being delivered would
@@ -258,6 +264,7 @@ def deliver_without_tasks() -> None:
         yield_every = 100
         num_since_yield = 0
         rewound = rewinds(self)
+        cannot_block = delivery_check(self)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if rewound.asked and not self.app.rebalancing:
@@ -282,7 +289,7 @@ def deliver_without_tasks() -> None:
                                 await self.commit()
                             if rewound.sought:
                                 rewound.fetched(tp, offset)
-                            if _delivery_cannot_block(self, tp):
+                            if cannot_block(tp):
                                 await callback(message)
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())

@@ -13,8 +13,8 @@ from faust.types import TP
 from stream.kafka.patches import (
     Handled,
     Sequencer,
-    _delivery_cannot_block,
     deliver_without_tasks,
+    delivery_check,
     rewinds,
 )
 
@@ -38,11 +38,11 @@ def consumer(**changes: Any) -> Any:
 
 
 def test_a_delivery_is_awaited_directly_only_when_nothing_can_hold_it() -> None:
-    assert _delivery_cannot_block(consumer(), TOPIC)
-    assert _delivery_cannot_block(consumer(), TP("labels", 3))  # a partition no stream reads
+    assert delivery_check(consumer())(TOPIC)
+    assert delivery_check(consumer())(TP("labels", 3))  # a partition no stream reads
     for blocked in ({"suspended": True}, {"flow_active": False}, {"locked": True}, {"buffered": 101},
                     {"full": True}):
-        assert not _delivery_cannot_block(consumer(**blocked), TOPIC), blocked
+        assert not delivery_check(consumer(**blocked))(TOPIC), blocked
 
 
 def test_the_patch_replaces_faust_s_fetch_loop_once() -> None:
