@@ -117,8 +117,8 @@ class Sequencer:
     faust 0.15 resumes fetching before the seek that ends a rebalance: messages fetched then are
     skipped by their stream, and the rest of that fetch, delivered after the seek, moves the fetch
     loop's read offset past them, so their redelivery is dropped too (found by
-    tests/integration/chaos: the rebalance test lost a label in CI; a churn loop lost one record
-    in about ten runs, 84 once). Kafka delivers a message again only after a seek, which faust
+    tests/integration/chaos: the rebalance test lost a label in CI; benchmarks/churn.py lost
+    records in about one run in ten). Kafka delivers a message again only after a seek, which faust
     makes only at rebalances. So nothing is handled during a rebalance, and after it a message
     counts only if it is the next one of its partition: an earlier one is a duplicate (skipped),
     a later one means a gap (skipped, and the fetch loop seeks back to the missing offset), so
@@ -171,7 +171,7 @@ class Sequencer:
         self.last_asked[tp] = (missing, now)
         self.rereads += 1
         log.info("reading %s[%d] again from offset %d: faust skipped it (got offset %d)",
-                    tp.topic, tp.partition, missing, offset)
+                 tp.topic, tp.partition, missing, offset)
         rewinds(consumer).asked[tp] = missing
 
 
