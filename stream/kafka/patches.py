@@ -132,7 +132,8 @@ class Sequencer:
         self.rereads = 0
 
     def reset(self) -> None:
-        """A rebalance or a rebuild: unsaved records are gone, offsets start from what is saved."""
+        """A rebalance (the engines are rebuilt after it, unsaved records gone): offsets start again
+        from what is saved."""
         self.expected.clear()
         self.last_asked.clear()
 
