@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
@@ -107,7 +107,14 @@ def commit_no_further_than_handled(handled: Handled) -> None:
             self._acked_index[tp].difference_update(below)
         return reach if reach > start else None
 
+    def tps_to_commit(self: Consumer, topics: Any = None) -> Iterator[TP]:
+        # faust looks only at partitions with acks; messages handed over directly are never acked
+        for tp in set(self._acked) | set(handled.ranges):
+            if topics is None or tp in topics or tp.topic in topics:
+                yield tp
+
     Consumer._new_offset = new_offset  # type: ignore[method-assign]
+    Consumer._filter_tps_with_pending_acks = tps_to_commit  # type: ignore[method-assign]
 
 
 class Sequencer:
@@ -213,6 +220,15 @@ def rewinds(consumer: ConsumerT) -> Rewinds:
     return cast(Rewinds, consumer.__dict__.setdefault("_mlmon_rewinds", Rewinds()))
 
 
+Handler = Callable[[Any], Awaitable[None]]
+
+
+def direct_handlers(app: Any) -> dict[str, Handler]:
+    """Topics whose messages the fetch loop hands straight to a handler (see
+    ``deliver_without_tasks``), bypassing faust's conductor and streams."""
+    return cast(dict[str, Handler], app.__dict__.setdefault("_mlmon_direct", {}))
+
+
 def delivery_check(consumer: Consumer) -> Callable[[TP], bool]:
     """Whether faust's conductor would hand a partition's next message to its streams without
     waiting: flow running, no rebalance holding the callback map, room in the producer buffer and
@@ -266,6 +282,7 @@ def deliver_without_tasks() -> None:
         num_since_yield = 0
         rewound = rewinds(self)
         cannot_block = delivery_check(self)
+        direct = direct_handlers(self.app)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if rewound.asked and not self.app.rebalancing:
@@ -290,7 +307,10 @@ def deliver_without_tasks() -> None:
                                 await self.commit()
                             if rewound.sought:
                                 rewound.fetched(tp, offset)
-                            if cannot_block(tp):
+                            handler = direct.get(tp.topic)
+                            if handler is not None:
+                                await handler(message)
+                            elif cannot_block(tp):
                                 await callback(message)
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())

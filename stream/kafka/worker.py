@@ -57,6 +57,7 @@ from stream.kafka.patches import (
     commit_no_further_than_handled,
     complete_producer_flushes,
     deliver_without_tasks,
+    direct_handlers,
     rewinds,
 )
 
@@ -496,30 +497,41 @@ def build_app(config: Config) -> faust.App:
         for topic, offset in saved:
             handled.add(TP(topic, partition), offset)
 
+    async def join_input(message: Any) -> None:
+        """One input message: fed to its partition's engine, saved with its batch."""
+        if not await in_sequence(message):
+            return
+        if join.stale:
+            join.rebuild(requests)
+        topic, partition, offset, value = message.topic, message.partition, message.offset, message.value
+        try:
+            join.handle(topic, partition, offset, value)
+        except Exception:  # a bug must not ack a message silently: log it, dead-letter it
+            log.exception("failed on %s[%s]@%s", topic, partition, offset)
+            join.engine(partition).dead_letter(
+                "predictions" if topic == config.predictions_topic else "labels",
+                (value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
+                topic=topic, partition=partition, offset=offset,
+            )
+        saved = []
+        if join.unsaved_bytes(partition) >= SAVE_BYTES:
+            with in_partition(config.predictions_topic, partition):
+                saved = join.save(requests, partition)
+        items = join.outputs()
+        if items:
+            async with sending:
+                await publish(items)
+        mark_handled(partition, saved)
+
+    # faust's fetch loop hands input messages to join_input itself (no conductor, stream or event
+    # per message: see deliver_without_tasks); the agent subscribes the inputs, and would deliver
+    # them the same way without that patch.
+    direct_handlers(app).update({config.predictions_topic: join_input, config.labels_topic: join_input})
+
     @app.agent(inputs, concurrency=1)
     async def join_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            message = event.message
-            if not await in_sequence(message):
-                continue
-            if join.stale:
-                join.rebuild(requests)
-            partition = message.partition
-            try:
-                join.handle(message.topic, partition, message.offset, event.value)
-            except Exception:  # a bug must not ack a message silently: log it, dead-letter it
-                log.exception("failed on %s[%s]@%s", message.topic, partition, message.offset)
-                join.engine(partition).dead_letter(
-                    "predictions" if message.topic == config.predictions_topic else "labels",
-                    (event.value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
-                    topic=message.topic, partition=partition, offset=message.offset,
-                )
-            saved = join.save(requests, partition) if join.unsaved_bytes(partition) >= SAVE_BYTES else []
-            items = join.outputs()
-            if items:
-                async with sending:
-                    await publish(items)
-            mark_handled(partition, saved)
+            await join_input(event.message)
 
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
