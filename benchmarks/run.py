@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -111,8 +113,8 @@ class Workers:
     def start(self) -> Workers:
         for i in range(self.count):
             own = self.path.with_name(f"{self.path.stem}-{i}.yaml")
-            own.write_text(self.path.read_text().replace("data_dir: ", f"data_dir: {i}-", 1)
-                           if i else self.path.read_text())
+            text = self.path.read_text()  # each process its own state folder: <data_dir>-<i>
+            own.write_text(re.sub(r"^(data_dir: .*)$", rf"\g<1>-{i}", text, count=1, flags=re.M) if i else text)
             with self.log.open("ab") as out:
                 self.procs.append(subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--config", str(own)],
                                                    stdout=out, stderr=subprocess.STDOUT))
@@ -164,13 +166,57 @@ def faust_floor_run(config: Config, folder: Path, total: int) -> float:
     return rates[0] / 2
 
 
-def worker_run(bootstrap: str, folder: Path, partitions: int, inputs: str, count: int, total: int,
+Encoded = list[tuple[int, bytes, bytes]]  # (0 prediction | 1 label, key, value)
+
+
+def encode(records: Iterator[Outgoing]) -> Encoded:
+    return [(kind, str(record["request_id"]).encode(), orjson.dumps(record)) for _, kind, record in records]
+
+
+def send(config: Config, encoded: Encoded) -> None:
+    """Encoded records onto the config's input topics as fast as librdkafka takes them."""
+    client = producer(config, **{"linger.ms": 50, "batch.num.messages": 10_000,
+                                 "queue.buffering.max.messages": 1_000_000})
+    topics = (config.predictions_topic, config.labels_topic)
+    produce_one = client.produce
+    for kind, key, value in encoded:
+        try:
+            produce_one(topics[kind], value, key)
+        except BufferError:
+            client.flush(60)
+            produce_one(topics[kind], value, key)
+    assert client.flush(120) == 0, "records left unsent"
+
+
+def wait_for_group(config: Config, members: int, timeout_s: float = 120.0) -> None:
+    """Until the worker group is stable with ``members`` members, each owning partitions."""
+    admin = AdminClient(client_settings(config))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups([config.app_id])[config.app_id].result(10)
+            if (group.state == ConsumerGroupState.STABLE and len(group.members) == members
+                    and all(m.assignment.topic_partitions for m in group.members)):
+                return
+        except KafkaException:
+            pass  # the group does not exist yet
+        time.sleep(0.5)
+    raise TimeoutError(f"{members} workers did not form a stable group in {timeout_s} s")
+
+
+def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
                scenario: Scenario) -> float:
-    """Pairs per second of `count` worker processes, from the first input consumed to the last final record."""
-    config, path = config_for(bootstrap, folder, partitions, inputs)
+    """Pairs per second of `count` worker processes, from the first input consumed to the last final
+    record. The workers form their group on empty input topics first, then the backlog is sent,
+    so every process works from the first record (a process that joins later triggers a rebalance
+    that the figure would count)."""
+    config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
     windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
     workers = Workers(path, count, folder / f"worker-{count}.log").start()
     try:
+        wait_for_group(config, count)
+        time.sleep(2)  # the tables' (empty) recovery after the last assignment
+        send(config, encoded)
         finals: dict[int, float] = {}
         first = None
         deadline = time.monotonic() + 3600
@@ -311,14 +357,15 @@ def main() -> None:
         inputs = uuid.uuid4().hex[:8]
         config, _ = config_for(bootstrap, folder, args.partitions, inputs)
         started = time.perf_counter()
-        sent = produce(config, list(scenario_records(scenario)) + list(ticks(args.partitions)))
+        encoded = encode(itertools.chain(scenario_records(scenario), ticks(args.partitions)))
+        send(config, encoded)
         report["produce_s"] = round(time.perf_counter() - started, 1)
-        total = sent.predictions + sent.labels
+        total = len(encoded)
         runners: list[tuple[str, Callable[[], float]]] = [
             ("ceiling", lambda: ceiling_run(config, total)),
             ("faust_floor", lambda: faust_floor_run(config, folder, total)),
-            ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 1, total, scenario)),
-            ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, inputs, 2, total, scenario)),
+            ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario)),
+            ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, 2, encoded, scenario)),
             ("replay", lambda: replay_run(args.pairs, Config(), folder, 60.0)),
         ]
         for name, run in runners:
