@@ -220,7 +220,7 @@ def rewinds(consumer: ConsumerT) -> Rewinds:
     return cast(Rewinds, consumer.__dict__.setdefault("_mlmon_rewinds", Rewinds()))
 
 
-Handler = Callable[[Any], Awaitable[None]]
+Handler = Callable[[TP, list[Any]], Awaitable[None]]  # a partition's fetched records, in offset order
 
 
 def direct_handlers(app: Any) -> dict[str, Handler]:
@@ -251,7 +251,8 @@ def delivery_check(consumer: Consumer) -> Callable[[TP], bool]:
 
 
 def deliver_without_tasks() -> None:
-    """Hand each consumed message to the streams without four asyncio tasks.
+    """Hand consumed messages to the streams without four asyncio tasks each, and the messages of
+    direct topics (``direct_handlers``) to their handler a fetched batch at a time.
 
     faust 0.15's fetch loop wraps every delivery in ``wait_first(callback(message),
     suspend_flow.wait())`` (a task each for the callback, the flow, and the service's stop and
@@ -259,63 +260,43 @@ def deliver_without_tasks() -> None:
     rebalance suspends the flow: about a quarter of the worker's time (py-spy). When nothing
     can block the delivery (see ``delivery_check``), it is awaited directly: it completes
     before anything else runs, as the wrapped one would have. Otherwise faust's way is kept.
-    This is faust's ``Consumer._drain_messages`` with that change, and the seeks asked by the
-    ``Sequencer`` made between two fetches (a seek while a fetched batch is being delivered would
-    be undone by the rest of that batch).
+
+    A direct topic's records skip faust's message, conductor, stream and event objects (and
+    their sensors and acks) altogether: each partition's fetched records go to the handler as
+    one list, in offset order. What faust's ``getmany`` checks per message (flow running, same
+    consumer generation, partition still active) is checked before each list; the handler
+    itself must skip what comes during a rebalance (the worker's ``Sequencer`` does).
+
+    This is faust's ``Consumer._drain_messages`` and ``getmany`` with those changes, and the
+    seeks asked by the ``Sequencer`` made between two fetches (a seek while a fetched batch is
+    being delivered would be undone by the rest of that batch).
     """
     if getattr(Consumer._drain_messages, "_mlmon", False):
         return
 
     async def drain_messages(self: Consumer, fetcher: Any) -> None:  # pragma: no cover - faust's loop
-        callback = self.callback
-        getmany = self.getmany
         consumer_should_stop = cast(Any, self)._stopped.is_set
         fetcher_should_stop = cast(Any, fetcher)._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        flag_consumer_fetching = CONSUMER_FETCHING
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
-        num_since_yield = 0
         rewound = rewinds(self)
-        cannot_block = delivery_check(self)
-        direct = direct_handlers(self.app)
+        deliver = _Delivery(self)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if rewound.asked and not self.app.rebalancing:
                     await rewound.seek(self)
-                set_flag(flag_consumer_fetching)
-                ait = getmany(timeout=1.0)
+                set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await asyncio.sleep(0)
-                            num_since_yield = 0
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            if rewound.sought:
-                                rewound.fetched(tp, offset)
-                            handler = direct.get(tp.topic)
-                            if handler is not None:
-                                await handler(message)
-                            elif cannot_block(tp):
-                                await callback(message)
-                            else:
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
-                    unset_flag(flag_consumer_fetching)
+                if records is not None and not self.should_stop:
+                    if self.flow_active:
+                        await deliver.batch(records, active)
+                    else:  # as faust's getmany does
+                        try:
+                            await self.perform_seek()
+                        except Exception as ex:
+                            self.log.warning(f"exception performing seek when flow not active {ex}")
+                unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -330,8 +311,85 @@ def deliver_without_tasks() -> None:
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
-            unset_flag(flag_consumer_fetching)
+            unset_flag(CONSUMER_FETCHING)
 
     drain_messages._mlmon = True  # type: ignore[attr-defined]
     Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
 
+
+class _Delivery:
+    """One fetched batch, delivered: direct topics' records to their handler a partition at a
+    time, the rest message by message to faust's conductor (see ``deliver_without_tasks``)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.app: Any = consumer.app
+        self.direct = direct_handlers(self.app)
+        self.rewound = rewinds(consumer)
+        self.cannot_block = delivery_check(consumer)
+        self.read_offsets: Any = consumer._read_offset
+        self.since_yield = 0
+
+    def _current(self, generation: int) -> bool:
+        return self.consumer.flow_active and self.app.consumer_generation_id == generation
+
+    async def batch(self, records: Any, active: set[TP] | None) -> None:
+        consumer = self.consumer
+        generation = self.app.consumer_generation_id
+        buffered = consumer._buffered_partitions
+        track = self.app.monitor.track_tp_end_offset
+        others = {}
+        for tp, batch in records.items():
+            if active is not None and tp not in active and tp not in buffered:
+                continue
+            track(tp, consumer.highwater(tp))
+            handler = self.direct.get(tp.topic)
+            if handler is None:
+                others[tp] = batch
+                continue
+            if not self._current(generation):
+                return
+            read = self.read_offsets.get(tp)
+            if read is not None and batch[0].offset < read:
+                batch = [record for record in batch if record.offset >= read]
+                if not batch:
+                    continue
+            if self.rewound.sought:
+                self.rewound.fetched(tp, batch[0].offset)
+            await handler(tp, batch)
+            self.read_offsets[tp] = batch[-1].offset
+        if others:
+            await self._one_by_one(others, generation)
+
+    async def _one_by_one(self, records: Any, generation: int) -> None:
+        """faust's way (round robin between topics), without its four tasks when nothing can block."""
+        consumer = self.consumer
+        callback = consumer.callback
+        to_message = consumer._to_message
+        read_offsets = self.read_offsets
+        commit_every = consumer._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, record in consumer.scheduler.iterate(records):
+            if not self._current(generation):
+                return
+            self.since_yield += 1
+            if self.since_yield > 100:
+                await asyncio.sleep(0)
+                self.since_yield = 0
+            offset = record.offset
+            read = read_offsets.get(tp)
+            if read is None or offset >= read:
+                gap = offset - (read or 0)
+                if gap > 1 and read and acks_enabled_for(tp.topic):
+                    await consumer._add_gap(tp, read + 1, offset)
+                if commit_every is not None and consumer._n_acked >= commit_every:
+                    consumer._n_acked = 0
+                    await consumer.commit()
+                if self.rewound.sought:
+                    self.rewound.fetched(tp, offset)
+                message = to_message(tp, record)
+                if self.cannot_block(tp):
+                    await callback(message)
+                else:
+                    await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
+                read_offsets[tp] = offset

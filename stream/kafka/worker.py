@@ -66,6 +66,7 @@ log = logging.getLogger("mlmon.worker")
 WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
+SOURCES = ("predictions", "labels")
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
 PRUNE_SLACK_S = 120.0
 SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
@@ -116,7 +117,7 @@ class Unsaved:
 
     predictions: list[bytes] = field(default_factory=list)  # raw JSON, as consumed
     labels: list[bytes] = field(default_factory=list)
-    offsets: list[tuple[str, int]] = field(default_factory=list)  # (topic, offset) of every message handled
+    offsets: list[list[Any]] = field(default_factory=list)  # [topic, first, last]: the messages handled
     size: int = 0
     last_ts: float = -math.inf
 
@@ -135,8 +136,8 @@ class Join:
         self.engines: dict[int, Engine] = {}
         self.max_window_s = max((w.size_s for w in config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
-        self.watermarks: dict[str, float] = {}  # "predictions/3" -> event time
-        self.saved_marks: dict[str, float] = {}  # the watermarks as the table has them
+        self.marks: dict[int, list[float]] = {}  # partition -> [predictions' event time, labels', the lower]
+        self.saved_marks: dict[str, float] = {}  # "predictions/3" -> event time, as the table has it
         self.unsaved: dict[int, Unsaved] = {}
         self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
@@ -153,23 +154,34 @@ class Join:
 
     def watermark(self, partition: int) -> float:
         """A partition's event time: the slower of its two inputs (labels often trail predictions)."""
-        return min(self.watermarks.get(f"{s}/{partition}", -math.inf) for s in ("predictions", "labels"))
+        marks = self.marks.get(partition)
+        return -math.inf if marks is None else marks[2]
+
+    def _marks(self, partition: int) -> list[float]:
+        marks = self.marks.get(partition)
+        if marks is None:
+            marks = self.marks[partition] = [-math.inf, -math.inf, -math.inf]
+        return marks
 
     def rebuild(self, table: Any) -> None:
         """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
         is judged stale), then moved to the watermark each partition had reached. What was not
         saved yet is dropped: its messages were not committed, so Kafka delivers them again.
         One partition at a time, so only one partition's records are ever decoded at once."""
-        self.watermarks = {}
+        self.marks = {}
+        self.saved_marks = {}
         batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         self.prune_due.clear()
         self.unsaved.clear()
         for key, value in table.items():
             if key.startswith(WATERMARK_KEY):
-                self.watermarks[key[len(WATERMARK_KEY):]] = float(orjson.loads(value))
+                name = key[len(WATERMARK_KEY):]
+                source, partition = name.split("/")
+                marks = self._marks(int(partition))
+                marks[SOURCES.index(source)] = self.saved_marks[name] = float(orjson.loads(value))
+                marks[2] = min(marks[0], marks[1])
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
-        self.saved_marks = dict(self.watermarks)
         self.engines = {}
         stored = 0
         for partition in sorted(batches):
@@ -220,7 +232,13 @@ class Join:
         unsaved = self.unsaved.get(partition)
         if unsaved is None:
             unsaved = self.unsaved[partition] = Unsaved()
-        unsaved.offsets.append((topic, offset))
+        ranges = unsaved.offsets
+        for span in ranges:  # one range per topic, unless offsets skip (never, handled in order)
+            if span[0] == topic and span[2] + 1 == offset:
+                span[2] = offset
+                break
+        else:
+            ranges.append([topic, offset, offset])
         self.offsets[(topic, partition)] = offset
         raw = raw or b""
         try:
@@ -243,14 +261,18 @@ class Join:
             unsaved.size += len(raw)
             if ts > unsaved.last_ts:
                 unsaved.last_ts = ts
-        name = f"{source}/{partition}"
-        if ts > self.watermarks.get(name, -math.inf):
-            self.watermarks[name] = ts
-            engine.observe(self.watermark(partition))
+        marks = self.marks.get(partition) or self._marks(partition)
+        i = 0 if source == "predictions" else 1
+        if ts > marks[i]:
+            marks[i] = ts
+            low = marks[0] if marks[0] < marks[1] else marks[1]
+            if low > marks[2]:
+                marks[2] = low
+                engine.observe(low)
 
-    def save(self, table: Any, partition: int) -> list[tuple[str, int]]:
+    def save(self, table: Any, partition: int) -> list[list[Any]]:
         """Write what the partition took in since the last save as one batch, and its watermarks;
-        return the (topic, offset) of every message handled meanwhile, now safe to commit.
+        return the [topic, first, last] offsets of the messages handled meanwhile, now safe to commit.
         (Inside faust this must run in that partition's event context: see ``in_partition``.)"""
         unsaved = self.unsaved.pop(partition, None)
         if unsaved is None:
@@ -259,10 +281,11 @@ class Join:
             key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
             table[key] = b'{"p":[' + b",".join(unsaved.predictions) + b'],"l":[' + b",".join(unsaved.labels) + b"]}"
             self._schedule_prune(key, unsaved.last_ts, partition)
-        for source in ("predictions", "labels"):
+        marks = self._marks(partition)
+        for i, source in enumerate(SOURCES):
             name = f"{source}/{partition}"
-            mark = self.watermarks.get(name)
-            if mark is not None and mark != self.saved_marks.get(name):
+            mark = marks[i]
+            if mark != -math.inf and mark != self.saved_marks.get(name):
                 table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
                 self.saved_marks[name] = mark
         return unsaved.offsets
@@ -493,17 +516,37 @@ def build_app(config: Config) -> faust.App:
         for topic, key, value in items:
             await outputs[topic].send(key=key, value=value)
 
-    def mark_handled(partition: int, saved: list[tuple[str, int]]) -> None:
-        for topic, offset in saved:
-            handled.add(TP(topic, partition), offset)
+    def mark_handled(partition: int, saved: list[list[Any]]) -> None:
+        for topic, first, last in saved:
+            handled.add(TP(topic, partition), first, last)
 
-    async def join_input(message: Any) -> None:
-        """One input message: fed to its partition's engine, saved with its batch."""
-        if not await in_sequence(message):
-            return
-        if join.stale:
-            join.rebuild(requests)
-        topic, partition, offset, value = message.topic, message.partition, message.offset, message.value
+    async def join_inputs(tp: TP, messages: list[Any]) -> None:
+        """A partition's input messages, in offset order: each fed to the partition's engine, and
+        saved with its batch."""
+        partition = tp.partition
+        for n, message in enumerate(messages, 1):
+            offset = message.offset
+            admitted = False if app.rebalancing else sequencer.admit(app.consumer, tp, offset)
+            if admitted is None:
+                admitted = await in_sequence(tp, offset)
+            if not admitted:
+                continue
+            if join.stale:
+                join.rebuild(requests)
+            handle_one(tp.topic, partition, offset, message.value)
+            saved = []
+            if join.unsaved_bytes(partition) >= SAVE_BYTES:
+                with in_partition(config.predictions_topic, partition):
+                    saved = join.save(requests, partition)
+            engine = join.engines[partition]
+            if engine.metric_records or engine.dead_letters:  # the others' are drained by the flush timer
+                async with sending:
+                    await publish(join.outputs())
+            mark_handled(partition, saved)
+            if n % 256 == 0:
+                await asyncio.sleep(0)  # let timers run within a long batch
+
+    def handle_one(topic: str, partition: int, offset: int, value: bytes | None) -> None:
         try:
             join.handle(topic, partition, offset, value)
         except Exception:  # a bug must not ack a message silently: log it, dead-letter it
@@ -513,30 +556,21 @@ def build_app(config: Config) -> faust.App:
                 (value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
                 topic=topic, partition=partition, offset=offset,
             )
-        saved = []
-        if join.unsaved_bytes(partition) >= SAVE_BYTES:
-            with in_partition(config.predictions_topic, partition):
-                saved = join.save(requests, partition)
-        items = join.outputs()
-        if items:
-            async with sending:
-                await publish(items)
-        mark_handled(partition, saved)
 
-    # faust's fetch loop hands input messages to join_input itself (no conductor, stream or event
-    # per message: see deliver_without_tasks); the agent subscribes the inputs, and would deliver
-    # them the same way without that patch.
-    direct_handlers(app).update({config.predictions_topic: join_input, config.labels_topic: join_input})
+    # faust's fetch loop hands each partition's fetched input messages to join_inputs (no
+    # conductor, stream or event per message: see deliver_without_tasks); the agent subscribes
+    # the inputs, and would deliver them the same way without that patch.
+    direct_handlers(app).update({config.predictions_topic: join_inputs, config.labels_topic: join_inputs})
 
     @app.agent(inputs, concurrency=1)
     async def join_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await join_input(event.message)
+            await join_inputs(event.message.tp, [event.message])
 
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            if not await in_sequence(event.message):
+            if not await in_sequence(event.message.tp, event.message.offset):
                 continue
             handled.add(event.message.tp, event.message.offset)
             if merge.stale:
@@ -556,15 +590,15 @@ def build_app(config: Config) -> faust.App:
             async with sending:
                 await publish(items)
 
-    async def in_sequence(message: Any) -> bool:
+    async def in_sequence(tp: TP, offset: int) -> bool:
         """Whether an agent handles this message: none during a rebalance, then each partition's
         in offset order (see Sequencer)."""
         while not app.rebalancing:
-            verdict = sequencer.admit(app.consumer, message.tp, message.offset)
+            verdict = sequencer.admit(app.consumer, tp, offset)
             if verdict is not None:
                 return verdict
             await learn_where_logs_begin()  # no committed offset: counting starts at the log's start
-            if message.tp not in handled.earliest:
+            if tp not in handled.earliest:
                 await asyncio.sleep(0.5)  # the broker did not answer: ask again
         return False
 
