@@ -12,6 +12,7 @@ import fnmatch
 import heapq
 import itertools
 import math
+import struct
 from array import array
 from bisect import bisect_left
 from collections import deque
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
@@ -148,10 +150,11 @@ class WindowSet:
     time slot fall in. Pairs are buffered here once and folded into all its windows before any
     emission, so a pair costs the same however many windows and segments are configured."""
 
-    __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "predictions",
+    __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "number", "predictions",
                  "scored", "targets", "windows")
 
-    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...]) -> None:
+    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
+        self.number = number  # what a pending prediction stores to find it again
         self.model = model
         self.group = group
         self.windows = windows
@@ -187,8 +190,28 @@ class WindowSet:
         return list(windows)
 
 
-PendingPrediction = tuple[float, WindowSet, Any, "Scores | None"]
+# A pending prediction is packed into one bytes object (about 80 bytes of memory where a tuple of
+# its fields took 250: issue #6): timestamp, guess (class id or target), window-set number, scores
+# layout, number of scores, then the probabilities. A layout is the tuple of class names the scores
+# came with, kept once per engine; past MAX_LAYOUTS of them, the names follow as JSON.
+PendingPrediction = bytes
 PendingLabel = tuple[float, Any]
+_PENDING = struct.Struct("<ddIHH")
+_PENDING_TS = struct.Struct("<d").unpack_from
+NO_SCORES, INLINE_SCORES = 0xFFFF, 0xFFFE
+MAX_LAYOUTS = 4096
+_SCORED: dict[int, struct.Struct] = {}
+
+
+def _scored(count: int) -> struct.Struct:
+    packer = _SCORED.get(count)
+    if packer is None:
+        packer = _SCORED[count] = struct.Struct(f"<ddIHH{count}d")
+    return packer
+
+
+def pending_ts(entry: PendingPrediction) -> float:
+    return _PENDING_TS(entry)[0]  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -198,7 +221,7 @@ class Engine:
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
-        self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S)
+        self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts)
         self.health = Health()
         self.watermark = -math.inf
         self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else 0.0)
@@ -214,6 +237,10 @@ class Engine:
         self._slot_s = float(math.gcd(*hops)) if hops else 1e300  # cumulative only: one slot
         self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
         self._sets: dict[tuple[str, str, Any, int], WindowSet] = {}
+        self._set_numbers = itertools.count()
+        self._numbered: dict[int, WindowSet] = {}  # the same sets, by number
+        self._layouts: dict[tuple[Any, ...], int] = {}
+        self._layout_names: list[tuple[str, ...]] = []
         self._final_heap: list[tuple[float, int, Window]] = []
         self._seq = itertools.count()
         self._dirty_sets: list[WindowSet] = []
@@ -264,7 +291,11 @@ class Engine:
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
-        entry: PendingPrediction = (ts, wset, value, pred.scores)
+        scores = pred.scores
+        if scores is None:
+            entry = _PENDING.pack(ts, value, wset.number, NO_SCORES, 0)
+        else:
+            entry = self._pack_scored(ts, value, wset.number, scores)
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
@@ -342,8 +373,35 @@ class Engine:
             for spec in self.specs:
                 for start in spec.starts(ts):
                     windows.append(self._window(series, spec, start, model))
-        wset = self._sets[(model.name, version, segment, slot)] = WindowSet(model, group, tuple(windows))
+        number = next(self._set_numbers) & 0xFFFFFFFF
+        wset = WindowSet(model, group, tuple(windows), number)
+        self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
         return wset
+
+    def _pack_scored(self, ts: float, value: Any, number: int, scores: Scores) -> PendingPrediction:
+        names, probs = scores[0::2], scores[1::2]
+        layout = self._layouts.get(names)
+        if layout is None:
+            layout = INLINE_SCORES
+            if len(self._layout_names) < MAX_LAYOUTS:
+                layout = self._layouts[names] = len(self._layout_names)
+                self._layout_names.append(names)  # type: ignore[arg-type]
+        packed = _scored(len(probs)).pack(ts, value, number, layout, len(probs), *probs)
+        return packed + orjson.dumps(names) if layout == INLINE_SCORES else packed
+
+    def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
+                                                          tuple[float, ...]]:
+        """(timestamp, window set, guess, score names or None, probabilities)."""
+        ts, guess, number, layout, count = _PENDING.unpack_from(entry)
+        wset = self._numbered[number]
+        if wset.model.classes is not None:
+            guess = int(guess)
+        if layout == NO_SCORES:
+            return ts, wset, guess, None, ()
+        packer = _scored(count)
+        probs = packer.unpack_from(entry)[5:]
+        names = self._layout_names[layout] if layout != INLINE_SCORES else tuple(orjson.loads(entry[packer.size:]))
+        return ts, wset, guess, names, probs
 
     def _segment_value(self, model: Model, key: str, value: str) -> str:
         seen = model.segment_values.setdefault(key, set())
@@ -373,7 +431,7 @@ class Engine:
     # --------------------------------------------------------------- counting
 
     def _pair(self, prediction: PendingPrediction, label: PendingLabel) -> None:
-        ts, wset, guess, scores = prediction
+        ts, wset, guess, names, probs = self._unpack(prediction)
         model = wset.model
         try:
             if model.classes is None:
@@ -396,8 +454,8 @@ class Engine:
             wset.targets.append((truth, guess))
         else:
             wset.codes.append((truth << CODE_BITS) | guess)
-            if scores is not None:
-                terms = ScoreSums.terms(model.classes.names[truth], scores)
+            if names is not None:
+                terms = ScoreSums.terms(model.classes.names[truth], names, probs)
                 wset.scored += 1
                 wset.log_loss_sum += terms[0]
                 wset.brier_sum += terms[1]
@@ -459,6 +517,7 @@ class Engine:
                 self._emit(window, final=True)
             horizon = watermark - self._stale_after_s
             self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
+            self._numbered = {s.number: s for s in self._sets.values()}  # no pending prediction is older
         if math.isinf(watermark):
             for series in self._series.values():
                 for rolling in series.rolling:

@@ -10,7 +10,9 @@ Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` aft
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
 slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
-Entries are opaque tuples whose first item is the event timestamp.
+Entries are opaque to the buffer, except for their event time: by default an entry is a tuple
+whose first item is its timestamp; ``prediction_ts`` reads it from another form of prediction
+entry (the engine packs its pending predictions into bytes). Any entry but an ``int``.
 
 >>> jb = JoinBuffer(ttl_s=100)
 >>> jb.add_label("r1", (5.0, "cat"))[0] is Outcome.PENDING
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from enum import Enum
+from operator import itemgetter
 from typing import Any
 
-Entry = tuple[Any, ...]  # (timestamp, ...): the caller's payload
+Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 
 
 class Outcome(Enum):
@@ -96,8 +100,10 @@ class JoinBuffer:
     """Pending predictions and the tombstones of resolved ids share one dict (``ids``): a join
     or an expiry overwrites the slot the id already has, and a new prediction is one lookup."""
 
-    def __init__(self, ttl_s: float, bucket_s: float = 60.0) -> None:
+    def __init__(self, ttl_s: float, bucket_s: float = 60.0,
+                 prediction_ts: Callable[[Any], float] = itemgetter(0)) -> None:
         self.ttl_s = ttl_s
+        self.prediction_ts = prediction_ts
         self.ids: dict[str, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
         self.labels: dict[str, Entry] = {}  # labels waiting for their prediction
         self.pending_predictions = 0
@@ -114,21 +120,21 @@ class JoinBuffer:
             label = self.labels.pop(request_id, None)
             if label is not None:
                 ids[request_id] = _JOINED  # its removal is scheduled when the label's bucket is swept
-                if label[0] - entry[0] > self.ttl_s:
+                if label[0] - self.prediction_ts(entry) > self.ttl_s:
                     return Outcome.LATE, entry, label
                 return Outcome.JOINED, entry, label
         ids[request_id] = entry
         self.pending_predictions += 1
-        self._prediction_due.add(entry[0] + self.ttl_s, request_id)
+        self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, request_id)
         return _NOTHING
 
     def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
         ids = self.ids
         known = ids.get(request_id)
-        if type(known) is tuple:  # the pending prediction
+        if known is not None and type(known) is not int:  # the pending prediction
             ids[request_id] = _JOINED  # removal scheduled when the prediction's bucket is swept
             self.pending_predictions -= 1
-            if entry[0] - known[0] > self.ttl_s:
+            if entry[0] - self.prediction_ts(known) > self.ttl_s:
                 return Outcome.LATE, known, entry
             return Outcome.JOINED, known, entry
         if known == _PREDICTION_EXPIRED:
@@ -149,10 +155,11 @@ class JoinBuffer:
         ttl = self.ttl_s
         ids = self.ids
         expired: list[Entry] = []
+        prediction_ts = self.prediction_ts
         for bucket_end, request_ids in self._prediction_due.due(watermark):
             for request_id in request_ids:
                 entry = ids.get(request_id)
-                if type(entry) is tuple and entry[0] + ttl < watermark:
+                if entry is not None and type(entry) is not int and prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired.append(entry)
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)

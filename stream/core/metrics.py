@@ -12,6 +12,7 @@ and regression ones from running sums that also support ``revert`` for rolling w
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from math import log
 from typing import Any
 
@@ -111,25 +112,24 @@ class ScoreSums:
         self.brier_sum = 0.0
 
     @staticmethod
-    def terms(y_true: str, scores: tuple[Any, ...]) -> tuple[float, float]:
-        """One pair's (log loss, Brier) terms from flat (class, probability, ...) scores; binary
-        Brier is halved as scikit-learn does."""
+    def terms(y_true: str, names: Sequence[Any], probs: Sequence[float]) -> tuple[float, float]:
+        """One pair's (log loss, Brier) terms from the scores' class names and probabilities;
+        binary Brier is halved as scikit-learn does."""
         brier = 0.0
         p_true = None
-        for i in range(0, len(scores), 2):
-            p = scores[i + 1]
-            if scores[i] == y_true:
+        for name, p in zip(names, probs, strict=True):
+            if name == y_true:
                 p_true = p
                 p -= 1.0
             brier += p * p
         if p_true is None:
             p_true, brier = 0.0, brier + 1.0
-        if len(scores) == 4:
+        if len(probs) == 2:
             brier /= 2
         return -log(EPS if p_true < EPS else ONE_MINUS_EPS if p_true > ONE_MINUS_EPS else p_true), brier
 
     def update(self, y_true: str, scores: dict[str, float], sign: int = 1) -> None:
-        log_loss, brier = self.terms(y_true, tuple(x for item in scores.items() for x in item))
+        log_loss, brier = self.terms(y_true, tuple(scores), tuple(scores.values()))
         self.n += sign
         self.log_loss_sum += sign * log_loss
         self.brier_sum += sign * brier

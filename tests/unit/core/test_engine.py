@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
@@ -170,3 +170,39 @@ def test_rolling_window_keeps_the_last_n_pairs() -> None:
     (record,) = engine.metric_records
     assert record["n"] == 3 and record["metrics"]["accuracy"] == 1.0
     assert record["label_coverage"] is None and record["final"]
+
+
+scored = st.tuples(
+    st.sampled_from(["a", "b", "c"]),  # the label
+    st.permutations(["a", "b", "c"]).flatmap(  # the scores' classes, in any order, and their weights
+        lambda order: st.tuples(st.just(order), st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3))),
+    st.booleans(),  # label first
+)
+
+
+@pytest.mark.parametrize("max_layouts", [4096, 1])  # 1: every other order of classes stored inline
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(scored, min_size=1, max_size=40))
+def test_scores_of_pending_predictions_give_sklearn_log_loss_and_brier(
+        rows: list[tuple[str, tuple[list[str], list[float]], bool]], max_layouts: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pending predictions are packed into bytes (their scores by class-order layout): the pairs'
+    log loss and Brier score still equal scikit-learn's."""
+    monkeypatch.setattr("stream.core.engine.MAX_LAYOUTS", max_layouts)  # the same for every example
+    engine = Engine(Config.from_mapping({"join_ttl_s": TTL_S, "windows": ["tumbling 1h"]}))
+    y_true, y_prob = [], []
+    for i, (label, (order, weights), label_first) in enumerate(rows):
+        probs = {c: w / sum(weights) for c, w in zip(order, weights, strict=True)}
+        prediction = parse_prediction({"request_id": f"r{i}", "model": "m", "timestamp": T0, "prediction": "a",
+                                       "scores": probs})
+        truth = parse_label({"request_id": f"r{i}", "timestamp": T0 + 1, "label": label})
+        for record in (truth, prediction) if label_first else (prediction, truth):
+            engine.receive(record)
+        y_true.append(label)
+        y_prob.append([probs[c] for c in ("a", "b", "c")])
+    engine.finish()
+    final = next(r for r in engine.metric_records if r["final"])
+    assert final["metrics"]["log_loss"] == pytest.approx(skm.log_loss(y_true, y_prob, labels=["a", "b", "c"]),
+                                                         abs=1e-9)
+    assert final["metrics"]["brier"] == pytest.approx(
+        skm.brier_score_loss(y_true, y_prob, labels=["a", "b", "c"]), abs=1e-9)
