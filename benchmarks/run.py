@@ -4,7 +4,8 @@
 
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
    faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
-2. `mlmon worker` end to end (first input consumed -> last final metric record), 1 and 2 processes;
+2. `mlmon worker` end to end (first input consumed -> last final metric record), 1 and 2 processes,
+   each run on fresh input topics: the processes form their group first, then the backlog is sent;
 3. the core alone: `mlmon replay` on the same records, from JSONL files;
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
    --crossings crossings, with --background-rate pairs/s of other traffic;
