@@ -17,6 +17,7 @@ from stream.core.rules import Rule
 from stream.core.windows import WindowSpec, parse_duration_s
 from stream.errors import ConfigError
 
+MAX_CLASSES = 65_534  # class ids are stored in 16 bits (a pending prediction), with one more for "other"
 DEFAULT_WINDOWS = ("tumbling 1h", "tumbling 1d", "cumulative")
 
 
@@ -78,6 +79,8 @@ class Config:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(f"setting '{key}' must be a whole number, got {value!r}")
             setattr(config, name, value)
+        if config.max_classes > MAX_CLASSES:
+            raise ConfigError(f"'max_classes' is at most {MAX_CLASSES:,}, got {config.max_classes:,}")
         if "windows" in raw:
             if not isinstance(raw["windows"], list) or not raw["windows"]:
                 raise ConfigError("'windows' must be a non-empty list")

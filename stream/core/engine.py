@@ -190,28 +190,31 @@ class WindowSet:
         return list(windows)
 
 
-# A pending prediction is packed into one bytes object (about 80 bytes of memory where a tuple of
-# its fields took 250: issue #6): timestamp, guess (class id or target), window-set number, scores
-# layout, number of scores, then the probabilities. A layout is the tuple of class names the scores
-# came with, kept once per engine; past MAX_LAYOUTS of them, the names follow as JSON.
+# A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
+# with scores, where a tuple of its fields took 250: issue #6): its timestamp and the number of its
+# window set, then for a regression model its target; for a classifier its class id, the layout of
+# its scores and their probabilities. A layout is the tuple of class names the scores came with,
+# kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come inline.
 PendingPrediction = bytes
 PendingLabel = tuple[float, Any]
-_PENDING = struct.Struct("<ddIHH")
-_PENDING_TS = struct.Struct("<d").unpack_from
-NO_SCORES, INLINE_SCORES = 0xFFFF, 0xFFFE
-MAX_LAYOUTS = 4096
-_SCORED: dict[int, struct.Struct] = {}
+_HEAD = struct.Struct("<dI")  # timestamp, window-set number
+_TARGET = struct.Struct("<dId")  # + a regression model's target
+_CLASS = struct.Struct("<dIHB")  # + a classifier's class id and scores layout
+_INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
+NO_SCORES, INLINE_SCORES = 255, 254
+MAX_LAYOUTS = 254
+_PROBS: dict[int, struct.Struct] = {}
 
 
-def _scored(count: int) -> struct.Struct:
-    packer = _SCORED.get(count)
+def _probs(count: int) -> struct.Struct:
+    packer = _PROBS.get(count)
     if packer is None:
-        packer = _SCORED[count] = struct.Struct(f"<ddIHH{count}d")
+        packer = _PROBS[count] = struct.Struct(f"<{count}d")
     return packer
 
 
 def pending_ts(entry: PendingPrediction) -> float:
-    return _PENDING_TS(entry)[0]  # type: ignore[no-any-return]
+    return _HEAD.unpack_from(entry)[0]  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -291,11 +294,7 @@ class Engine:
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
-        scores = pred.scores
-        if scores is None:
-            entry = _PENDING.pack(ts, value, wset.number, NO_SCORES, 0)
-        else:
-            entry = self._pack_scored(ts, value, wset.number, scores)
+        entry = self._pack(ts, wset.number, model, value, pred.scores)
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
@@ -378,30 +377,37 @@ class Engine:
         self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
         return wset
 
-    def _pack_scored(self, ts: float, value: Any, number: int, scores: Scores) -> PendingPrediction:
+    def _pack(self, ts: float, number: int, model: Model, value: Any, scores: Scores | None) -> PendingPrediction:
+        if model.classes is None:
+            return _TARGET.pack(ts, number, value)  # a regression model's scores are not used
+        if scores is None:
+            return _CLASS.pack(ts, number, value, NO_SCORES)
         names, probs = scores[0::2], scores[1::2]
         layout = self._layouts.get(names)
         if layout is None:
-            layout = INLINE_SCORES
-            if len(self._layout_names) < MAX_LAYOUTS:
-                layout = self._layouts[names] = len(self._layout_names)
-                self._layout_names.append(names)  # type: ignore[arg-type]
-        packed = _scored(len(probs)).pack(ts, value, number, layout, len(probs), *probs)
-        return packed + orjson.dumps(names) if layout == INLINE_SCORES else packed
+            if len(self._layout_names) >= MAX_LAYOUTS:
+                return (_INLINE.pack(ts, number, value, INLINE_SCORES, len(probs)) + _probs(len(probs)).pack(*probs)
+                        + orjson.dumps(names))
+            layout = self._layouts[names] = len(self._layout_names)
+            self._layout_names.append(names)  # type: ignore[arg-type]
+        return _CLASS.pack(ts, number, value, layout) + _probs(len(probs)).pack(*probs)
 
     def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
                                                           tuple[float, ...]]:
         """(timestamp, window set, guess, score names or None, probabilities)."""
-        ts, guess, number, layout, count = _PENDING.unpack_from(entry)
+        ts, number = _HEAD.unpack_from(entry)
         wset = self._numbered[number]
-        if wset.model.classes is not None:
-            guess = int(guess)
+        if wset.model.classes is None:
+            return ts, wset, _TARGET.unpack_from(entry)[2], None, ()
+        _, _, guess, layout = _CLASS.unpack_from(entry)
         if layout == NO_SCORES:
             return ts, wset, guess, None, ()
-        packer = _scored(count)
-        probs = packer.unpack_from(entry)[5:]
-        names = self._layout_names[layout] if layout != INLINE_SCORES else tuple(orjson.loads(entry[packer.size:]))
-        return ts, wset, guess, names, probs
+        if layout == INLINE_SCORES:
+            count = _INLINE.unpack_from(entry)[4]
+            probs = _probs(count).unpack_from(entry, _INLINE.size)
+            return ts, wset, guess, tuple(orjson.loads(entry[_INLINE.size + 8 * count:])), probs
+        count = (len(entry) - _CLASS.size) // 8
+        return ts, wset, guess, self._layout_names[layout], _probs(count).unpack_from(entry, _CLASS.size)
 
     def _segment_value(self, model: Model, key: str, value: str) -> str:
         seen = model.segment_values.setdefault(key, set())

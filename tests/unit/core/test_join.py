@@ -95,14 +95,14 @@ def test_end_of_input_resolves_everything() -> None:
     assert not jb.ids
 
 
-def test_uuid_ids_are_kept_as_16_bytes_and_stay_distinct_from_other_spellings() -> None:
+def test_uuid_ids_are_kept_as_numbers_and_stay_distinct_from_other_spellings() -> None:
     jb = JoinBuffer(ttl_s=100)
     rid = "6fa03847-181e-4a78-8a0f-3ba8dc11b05d"
     jb.add_prediction(rid, (0.0, "p"))
     jb.add_prediction(rid.upper(), (0.0, "P"))  # another string: another request
     jb.add_prediction(rid.replace("-", ""), (0.0, "q"))
     jb.add_prediction(rid[:30] + "-" + rid[31:], (0.0, "r"))  # a fifth dash: not a canonical UUID
-    assert bytes.fromhex(rid.replace("-", "")) in jb.ids and len(jb.ids) == 4
+    assert int(rid.replace("-", ""), 16) in jb.ids and len(jb.ids) == 4
     assert jb.add_label(rid, (1.0, "l")) == (Outcome.JOINED, (0.0, "p"), (1.0, "l"))
     assert jb.add_label(rid.upper(), (1.0, "l"))[1] == (0.0, "P")
     assert jb.add_label(rid, (2.0, "l"))[0] is Outcome.DUPLICATE
