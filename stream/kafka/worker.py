@@ -24,6 +24,8 @@ So any number of workers in one consumer group give the same figures as one.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
@@ -68,6 +70,7 @@ BATCH_KEY = "batch/"  # + partition/id: a batch of records
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 SOURCES = ("predictions", "labels")
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 PRUNE_SLACK_S = 120.0
 SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
@@ -673,7 +676,21 @@ def consumer_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> dict[tu
     return lag
 
 
+def map_large_blocks_apart() -> None:
+    """Have glibc's malloc give every block of 128 KiB or more its own mapping, returned to the
+    system when freed. By default its threshold rises to the largest block freed so far, and later
+    blocks of that size stay on its heap once freed (dict tables left behind as they double,
+    rocksdb memtables): 262 against 211 bytes of RSS per pending prediction, 553 against 314 after
+    a restart (benchmarks/run.py, 1M pending). Nothing happens off glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def run_worker(config: Config, loglevel: str = "info") -> int:
+    map_large_blocks_apart()
     check_worker_config(config)
     faust_credentials(config)  # refuse unsupported security settings before touching Kafka
     ensure_topics(config)
