@@ -191,30 +191,33 @@ class WindowSet:
 
 
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
-# with scores, where a tuple of its fields took 250: issue #6): its timestamp and the number of its
-# window set, then for a regression model its target; for a classifier its class id, the layout of
-# its scores and their probabilities. A layout is the tuple of class names the scores came with,
-# kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come inline.
+# with scores, where a tuple of its fields took 250: issue #6): its timestamp, the number of its
+# window set, its class id (0 for a regression model) and a layout byte, then doubles: a regression
+# model's target, or a classifier's probabilities. A layout is the tuple of class names the scores
+# came with, kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come
+# inline after the probabilities.
 PendingPrediction = bytes
 PendingLabel = tuple[float, Any]
-_HEAD = struct.Struct("<dI")  # timestamp, window-set number
-_TARGET = struct.Struct("<dId")  # + a regression model's target
-_CLASS = struct.Struct("<dIHB")  # + a classifier's class id and scores layout
+_HEAD = struct.Struct("<dIHB")  # timestamp, window-set number, class id, layout
 _INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
-NO_SCORES, INLINE_SCORES = 255, 254
-MAX_LAYOUTS = 254
-_PROBS: dict[int, struct.Struct] = {}
+NO_SCORES, INLINE_SCORES, REGRESSION = 255, 254, 253
+MAX_LAYOUTS = 253
+_PACKERS: dict[int, struct.Struct] = {}
 
 
-def _probs(count: int) -> struct.Struct:
-    packer = _PROBS.get(count)
+def _packer(doubles: int) -> struct.Struct:
+    """The head and ``doubles`` doubles."""
+    packer = _PACKERS.get(doubles)
     if packer is None:
-        packer = _PROBS[count] = struct.Struct(f"<{count}d")
+        packer = _PACKERS[doubles] = struct.Struct(f"<dIHB{doubles}d")
     return packer
 
 
+_TIMESTAMP = struct.Struct("<d").unpack_from
+
+
 def pending_ts(entry: PendingPrediction) -> float:
-    return _HEAD.unpack_from(entry)[0]  # type: ignore[no-any-return]
+    return _TIMESTAMP(entry)[0]  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -379,35 +382,38 @@ class Engine:
 
     def _pack(self, ts: float, number: int, model: Model, value: Any, scores: Scores | None) -> PendingPrediction:
         if model.classes is None:
-            return _TARGET.pack(ts, number, value)  # a regression model's scores are not used
+            return _packer(1).pack(ts, number, 0, REGRESSION, value)  # a regression model's scores are not used
         if scores is None:
-            return _CLASS.pack(ts, number, value, NO_SCORES)
+            return _HEAD.pack(ts, number, value, NO_SCORES)
         names, probs = scores[0::2], scores[1::2]
         layout = self._layouts.get(names)
         if layout is None:
             if len(self._layout_names) >= MAX_LAYOUTS:
-                return (_INLINE.pack(ts, number, value, INLINE_SCORES, len(probs)) + _probs(len(probs)).pack(*probs)
-                        + orjson.dumps(names))
+                return self._pack_inline(ts, number, value, names, probs)
             layout = self._layouts[names] = len(self._layout_names)
             self._layout_names.append(names)  # type: ignore[arg-type]
-        return _CLASS.pack(ts, number, value, layout) + _probs(len(probs)).pack(*probs)
+        return _packer(len(probs)).pack(ts, number, value, layout, *probs)
+
+    @staticmethod
+    def _pack_inline(ts: float, number: int, value: Any, names: tuple[Any, ...], probs: tuple[Any, ...]) -> bytes:
+        return (_INLINE.pack(ts, number, value, INLINE_SCORES, len(probs)) + struct.pack(f"<{len(probs)}d", *probs)
+                + orjson.dumps(names))
 
     def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
                                                           tuple[float, ...]]:
         """(timestamp, window set, guess, score names or None, probabilities)."""
-        ts, number = _HEAD.unpack_from(entry)
+        if entry[14] == INLINE_SCORES:
+            ts, number, guess, _, count = _INLINE.unpack_from(entry)
+            probs = struct.unpack_from(f"<{count}d", entry, _INLINE.size)
+            names = tuple(orjson.loads(entry[_INLINE.size + 8 * count:]))
+            return ts, self._numbered[number], guess, names, probs
+        ts, number, guess, layout, *doubles = _packer((len(entry) - _HEAD.size) >> 3).unpack(entry)
         wset = self._numbered[number]
-        if wset.model.classes is None:
-            return ts, wset, _TARGET.unpack_from(entry)[2], None, ()
-        _, _, guess, layout = _CLASS.unpack_from(entry)
+        if layout == REGRESSION:
+            return ts, wset, doubles[0], None, ()
         if layout == NO_SCORES:
             return ts, wset, guess, None, ()
-        if layout == INLINE_SCORES:
-            count = _INLINE.unpack_from(entry)[4]
-            probs = _probs(count).unpack_from(entry, _INLINE.size)
-            return ts, wset, guess, tuple(orjson.loads(entry[_INLINE.size + 8 * count:])), probs
-        count = (len(entry) - _CLASS.size) // 8
-        return ts, wset, guess, self._layout_names[layout], _probs(count).unpack_from(entry, _CLASS.size)
+        return ts, wset, guess, self._layout_names[layout], tuple(doubles)
 
     def _segment_value(self, model: Model, key: str, value: str) -> str:
         seen = model.segment_values.setdefault(key, set())
