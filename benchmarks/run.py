@@ -5,7 +5,8 @@
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
    faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
 2. `mlmon worker` end to end (first input consumed -> last final metric record), 1 and 2 processes,
-   each run on fresh input topics: the processes form their group first, then the backlog is sent;
+   each run on fresh input topics: the processes form their group, then are stopped while the
+   backlog is sent;
 3. the core alone: `mlmon replay` on the same records, from JSONL files;
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
    --crossings crossings, with --background-rate pairs/s of other traffic;
@@ -24,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -208,16 +210,23 @@ def wait_for_group(config: Config, members: int, timeout_s: float = 120.0) -> No
 def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
                scenario: Scenario) -> float:
     """Pairs per second of `count` worker processes, from the first input consumed to the last final
-    record. The workers form their group on empty input topics first, then the backlog is sent,
-    so every process works from the first record (a process that joins later triggers a rebalance
-    that the figure would count)."""
+    record. The workers form their group on empty input topics first and are then stopped
+    (SIGSTOP) while the backlog is sent (a few seconds, within their 10 s session timeout), so every
+    process works from the first record (one that joined later would bring a rebalance into the
+    figure) and the sender's CPU is not counted."""
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
     windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
     workers = Workers(path, count, folder / f"worker-{count}.log").start()
     try:
         wait_for_group(config, count)
         time.sleep(2)  # the tables' (empty) recovery after the last assignment
-        send(config, encoded)
+        for proc in workers.procs:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            send(config, encoded)
+        finally:
+            for proc in workers.procs:
+                os.kill(proc.pid, signal.SIGCONT)
         finals: dict[int, float] = {}
         first = None
         deadline = time.monotonic() + 3600
