@@ -122,7 +122,9 @@ def test_binary_brier_and_log_loss_equal_sklearn(rows: list[tuple[str, float]]) 
     assert got["log_loss"] == pytest.approx(skm.log_loss(y_true, y_prob, labels=["no", "yes"]), abs=TOL)
 
 
-finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+# Magnitudes under 1e-150 square into subnormals, where neither sum of squares keeps its digits
+# (r2 of [0, 0, 3.9e-162] against zeros: -0.5 here, -2.0 in scikit-learn): no figure to compare.
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False).filter(lambda x: x == 0.0 or abs(x) >= 1e-150)
 
 
 @settings(max_examples=300, deadline=None)
