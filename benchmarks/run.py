@@ -101,9 +101,10 @@ def workload(pairs: int) -> Scenario:
     return Scenario(pairs=pairs, start_ts=START, rate_per_s=100.0, label_delay_mean_s=60.0, seed=1)
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """The process's resident memory now, or at its peak with ``field="VmHWM"``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -322,7 +323,7 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
         produce(config, scenario_records(scenario))
         while sum(h["pending_predictions"] for h in latest_health(config).values()) < pending:
             time.sleep(2)
-        loaded = rss_bytes(workers.procs[0].pid)
+        loaded, peak = rss_bytes(workers.procs[0].pid), rss_bytes(workers.procs[0].pid, "VmHWM")
         workers.stop()
         restarted = time.monotonic()
         workers.start()
@@ -334,6 +335,7 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
         recovery_s = time.monotonic() - restarted
         rebuilt = rss_bytes(workers.procs[0].pid)
         return {"rss_bytes_per_pending": (loaded - baseline) / pending, "rss_baseline_bytes": baseline,
+                "rss_peak_bytes_per_pending": (peak - baseline) / pending,
                 "rss_loaded_bytes": loaded, "recovery_s": recovery_s,
                 "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending}
     finally:
@@ -396,6 +398,7 @@ def main() -> None:
             memory = pending_memory(bootstrap, folder, args.partitions, args.pending)
             report["pending"] = args.pending
             report["rss_bytes_per_pending"] = round(memory["rss_bytes_per_pending"], 1)
+            report["rss_peak_bytes_per_pending"] = round(memory["rss_peak_bytes_per_pending"], 1)
             report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)
             report["rss_bytes_per_pending_after_restart"] = round(memory["rss_bytes_per_pending_after_restart"], 1)
     report["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}

@@ -50,6 +50,76 @@ def complete_producer_flushes() -> None:
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
 
 
+def tune_rocksdict_stores() -> None:
+    """Apply three rocksdict settings that faust 0.15 accepts in a table's options but passes to
+    python-rocksdb only (``RocksDBOptions.extra_options``):
+
+    - ``min_blob_size``: values at least this large go to blob files, which compaction does not
+      rewrite (only their small references move between levels);
+    - ``compression="none"``: no compression at flush and compaction;
+    - ``wal=False``: no write-ahead log.
+
+    The worker's batches are 256 KiB values written once, read once at a rebuild, and deleted when
+    their windows are final. rocksdb's default compaction rewrote and recompressed each one several
+    times: 5.4 s of CPU, in background threads, of the single worker's 36 s for 1,000,000 pairs.
+    Without the log, a crash loses what was not flushed to disk yet. rocksdb keeps a prefix of the
+    writes, and faust writes a table's changelog offset after the data it covers, so recovery
+    replays the changelog from the offset the store kept, as it does for any gap.
+    """
+    from faust.stores.rocksdb import RocksDBOptions
+
+    if getattr(RocksDBOptions.as_options, "_mlmon", False):
+        return
+    import rocksdict
+
+    as_options, open_db = RocksDBOptions.as_options, RocksDBOptions.open
+
+    def tuned_options(self: RocksDBOptions) -> Any:
+        options = as_options(self)
+        extra = self.extra_options
+        if self.use_rocksdict and extra.get("compression") == "none":
+            options.set_compression_type(rocksdict.DBCompressionType.none())
+        if self.use_rocksdict and extra.get("min_blob_size") is not None:
+            options.set_enable_blob_files(True)
+            options.set_min_blob_size(int(extra["min_blob_size"]))
+            options.set_enable_blob_gc(True)  # rewrite old blob files that are mostly deleted values
+        return options
+
+    def tuned_open(self: RocksDBOptions, path: Any, *, read_only: bool = False) -> Any:
+        db = open_db(self, path, read_only=read_only)
+        if self.use_rocksdict and self.extra_options.get("wal") is False:
+            write_options = rocksdict.WriteOptions()
+            setattr(write_options, "disable_wal", True)  # a property (its stub says a method)  # noqa: B010
+            db.set_write_options(write_options)
+        return db
+
+    tuned_options._mlmon = True  # type: ignore[attr-defined]
+    RocksDBOptions.as_options = tuned_options  # type: ignore[method-assign]
+    RocksDBOptions.open = tuned_open  # type: ignore[method-assign]
+
+
+def limit_fetch_bytes(total_bytes: int) -> None:
+    """Cap what one fetch from a broker may bring, over all partitions (aiokafka's
+    ``fetch_max_bytes``, 50 MiB by default; faust 0.15 sets only the per-partition cap).
+
+    A fetch's records stay in memory until the worker has handled them all, and the next fetch
+    arrives meanwhile. With 1,000,000 pending predictions, RSS peaked at 440 bytes per prediction
+    with 50 MiB fetches and 208 with 4 MiB (``benchmarks/run.py``, ``rss_peak_bytes_per_pending``).
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = getattr(AIOKafkaConsumerThread._create_worker_consumer, "_mlmon_unpatched",
+                     AIOKafkaConsumerThread._create_worker_consumer)
+
+    def create_capped(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_bytes = total_bytes  # read by its fetcher, created at start
+        return consumer
+
+    create_capped._mlmon_unpatched = create  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_capped  # type: ignore[method-assign]
+
+
 class Handled:
     """Offsets the agents handled in this process, per topic-partition, as closed ranges, and
     where each partition begins when the group has no committed offset for it yet."""
@@ -317,6 +387,30 @@ def deliver_without_tasks() -> None:
     Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
 
 
+RAW_TOPICS: set[str] = set()  # direct topics of this process's consumers (see ``_Delivery``)
+
+
+def raw_records_for_direct_topics() -> None:
+    """Give the direct topics' records to their handler as aiokafka's batch reader makes them.
+
+    aiokafka wraps every fetched record in a ``ConsumerRecord``, a dataclass of eleven fields:
+    0.4 µs and 90 bytes a record, in the consumer thread that shares the GIL with the handler.
+    A direct topic's handler reads only ``offset`` and ``value``, which the reader's own record
+    has already, so those records are passed on as they are; other topics keep faust's path.
+    """
+    from aiokafka.consumer.fetcher import PartitionRecords
+
+    if getattr(PartitionRecords._consumer_record, "_mlmon", False):
+        return
+    wrap = PartitionRecords._consumer_record
+
+    def consumer_record(self: PartitionRecords, tp: Any, record: Any) -> Any:
+        return record if tp.topic in RAW_TOPICS else wrap(self, tp, record)
+
+    consumer_record._mlmon = True  # type: ignore[attr-defined]
+    PartitionRecords._consumer_record = consumer_record
+
+
 class _Delivery:
     """One fetched batch, delivered: direct topics' records to their handler a partition at a
     time, the rest message by message to faust's conductor (see ``deliver_without_tasks``)."""
@@ -325,6 +419,7 @@ class _Delivery:
         self.consumer = consumer
         self.app: Any = consumer.app
         self.direct = direct_handlers(self.app)
+        RAW_TOPICS.update(self.direct)
         self.rewound = rewinds(consumer)
         self.cannot_block = delivery_check(consumer)
         self.read_offsets: Any = consumer._read_offset

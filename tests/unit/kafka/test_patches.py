@@ -11,11 +11,14 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from stream.kafka.patches import (
+    RAW_TOPICS,
     Handled,
     Sequencer,
     deliver_without_tasks,
     delivery_check,
+    raw_records_for_direct_topics,
     rewinds,
+    tune_rocksdict_stores,
 )
 
 TOPIC = TP("predictions", 0)
@@ -106,3 +109,49 @@ def test_a_seek_that_lands_where_it_asked_finds_nothing_missing() -> None:
     rewinds(state).sought[TOPIC] = 2
     rewinds(state).fetched(TOPIC, 2)
     assert rewinds(state).found == {} and rewinds(state).sought == {}
+
+
+def test_stores_keep_large_values_in_uncompressed_blob_files_without_a_write_ahead_log(tmp_path: Any) -> None:
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from stream.kafka.worker import STORE_OPTIONS
+
+    tune_rocksdict_stores()
+    options = {k: v for k, v in STORE_OPTIONS.items() if k != "driver"}
+    db = RocksDBOptions(**options).open(tmp_path / "store")
+    batch, mark = b"[" + b"1," * 4096 + b"1]", b"1700000000.5"
+    db[b"batch/0/a"], db[b"\x00watermark/predictions/0"] = batch, mark
+    assert db.property_int_value("rocksdb.cur-size-active-mem-table") > 0
+    wal = [f for f in (tmp_path / "store").iterdir() if f.suffix == ".log"]
+    assert all(f.stat().st_size == 0 for f in wal), "writes reached a write-ahead log"
+    db.flush()
+    blobs = [f for f in (tmp_path / "store").iterdir() if f.suffix == ".blob"]
+    assert len(blobs) == 1 and blobs[0].stat().st_size > len(batch), "the batch is not in an uncompressed blob file"
+    db.close()
+    db = RocksDBOptions(**options).open(tmp_path / "store")
+    assert (db[b"batch/0/a"], db[b"\x00watermark/predictions/0"]) == (batch, mark)
+    db.close()
+
+
+def test_direct_topics_records_come_as_the_batch_reader_makes_them_and_others_as_consumer_records() -> None:
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    raw_records_for_direct_topics()
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 16)
+    for offset in range(3):
+        builder.append(offset, timestamp=1, key=None, value=b'{"n":%d}' % offset, headers=[])
+    batch = bytes(builder.build())
+    RAW_TOPICS.add("direct-predictions")
+
+    def read(topic: str) -> list[Any]:
+        return list(PartitionRecords(TopicPartition(topic, 0), MemoryRecords(batch), [], 0, None, None, True, 0))
+
+    direct, other = read("direct-predictions"), read("partials")
+    assert [(r.offset, r.value) for r in direct] == [(r.offset, r.value) for r in other] == [
+        (0, b'{"n":0}'), (1, b'{"n":1}'), (2, b'{"n":2}')]
+    assert not any(isinstance(r, ConsumerRecord) for r in direct)
+    assert all(isinstance(r, ConsumerRecord) for r in other)
