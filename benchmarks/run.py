@@ -21,10 +21,12 @@ Medians over --repeat runs. Never part of the test command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -88,6 +90,20 @@ def config_for(bootstrap: str, folder: Path, partitions: int, inputs: str, extra
     config = Config.load(path)
     ensure_topics(config)
     return config, path
+
+
+def forget_run(config: Config) -> None:
+    """Delete a run's topics (inputs, outputs, changelogs) and its workers' state: a full benchmark
+    writes some 20 GB, which would otherwise stay on the broker's disk."""
+    admin = AdminClient(client_settings(config))
+    own = {config.predictions_topic, config.labels_topic, config.metrics_topic, config.alerts_topic,
+           config.health_topic, config.partials_topic, config.dead_letters_topic}
+    names = [t for t in admin.list_topics(timeout=30).topics if t in own or t.startswith(f"{config.app_id}-")]
+    for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+        with contextlib.suppress(KafkaException):  # already gone
+            future.result()
+    for state in Path(config.data_dir).parent.glob(f"{Path(config.data_dir).name}*"):
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def ticks(partitions: int) -> Iterator[Outgoing]:
@@ -244,6 +260,7 @@ def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encode
         return pairs / (max(finals.values()) - (first or 0))
     finally:
         workers.stop()
+        forget_run(config)
 
 
 def background_records(stop: threading.Event) -> Iterator[Outgoing]:
@@ -308,6 +325,7 @@ def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int,
     finally:
         stop.set()
         workers.stop()
+        forget_run(config)
 
 
 def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) -> dict[str, float]:
@@ -340,6 +358,7 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
                 "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending}
     finally:
         workers.stop()
+        forget_run(config)
 
 
 def median(values: list[float]) -> float:
@@ -401,6 +420,7 @@ def main() -> None:
             report["rss_peak_bytes_per_pending"] = round(memory["rss_peak_bytes_per_pending"], 1)
             report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)
             report["rss_bytes_per_pending_after_restart"] = round(memory["rss_bytes_per_pending_after_restart"], 1)
+        forget_run(config)
     report["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}
     ceiling = report.get("ceiling_pairs_per_s")
     lines = ["| figure | value | ratio to ceiling |", "|---|---|---|"]
