@@ -52,7 +52,7 @@ from core import replay_run  # noqa: E402  (benchmarks/core.py)
 
 from kafka_broker import JarBroker  # noqa: E402
 from stream.config import Config  # noqa: E402
-from stream.kafka.admin import client_settings, ensure_topics  # noqa: E402
+from stream.kafka.admin import client_settings, ensure_topics, planned_topics  # noqa: E402
 from stream.kafka.produce import Outgoing, produce, producer, scenario_records  # noqa: E402
 from stream.kafka.tail import read  # noqa: E402
 from stream.simulate import Scenario, draws  # noqa: E402
@@ -96,8 +96,7 @@ def forget_run(config: Config) -> None:
     """Delete a run's topics (inputs, outputs, changelogs) and its workers' state: a full benchmark
     writes some 20 GB, which would otherwise stay on the broker's disk."""
     admin = AdminClient(client_settings(config))
-    own = {config.predictions_topic, config.labels_topic, config.metrics_topic, config.alerts_topic,
-           config.health_topic, config.partials_topic, config.dead_letters_topic}
+    own = planned_topics(config)
     names = [t for t in admin.list_topics(timeout=30).topics if t in own or t.startswith(f"{config.app_id}-")]
     for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
         with contextlib.suppress(KafkaException):  # already gone

@@ -76,10 +76,12 @@ def tune_rocksdict_stores() -> None:
 
     def tuned_options(self: RocksDBOptions) -> Any:
         options = as_options(self)
+        if not self.use_rocksdict:
+            return options
         extra = self.extra_options
-        if self.use_rocksdict and extra.get("compression") == "none":
+        if extra.get("compression") == "none":
             options.set_compression_type(rocksdict.DBCompressionType.none())
-        if self.use_rocksdict and extra.get("min_blob_size") is not None:
+        if extra.get("min_blob_size") is not None:
             options.set_enable_blob_files(True)
             options.set_min_blob_size(int(extra["min_blob_size"]))
             options.set_enable_blob_gc(True)  # rewrite old blob files that are mostly deleted values
