@@ -100,26 +100,33 @@ def tune_rocksdict_stores() -> None:
     RocksDBOptions.open = tuned_open  # type: ignore[method-assign]
 
 
-def limit_fetch_bytes(total_bytes: int) -> None:
-    """Cap what one fetch from a broker may bring, over all partitions (aiokafka's
-    ``fetch_max_bytes``, 50 MiB by default; faust 0.15 sets only the per-partition cap).
+def tune_fetches(max_bytes: int, max_wait_ms: int) -> None:
+    """Set what faust 0.15 does not expose of aiokafka's fetches: the cap on what one fetch may
+    bring over all partitions (``fetch_max_bytes``, 50 MiB by default), and how long the broker
+    may hold a fetch that finds no data (``fetch_max_wait_ms``, which faust sets to 1500).
 
     A fetch's records stay in memory until the worker has handled them all, and the next fetch
     arrives meanwhile. With 1,000,000 pending predictions, RSS peaked at 440 bytes per prediction
     with 50 MiB fetches and 208 with 4 MiB (``benchmarks/run.py``, ``rss_peak_bytes_per_pending``).
+
+    aiokafka has one fetch in flight per broker, and asks only for partitions with nothing left
+    to hand over. So when the rest are empty, the broker holds that fetch, and the partition being
+    worked through waits for it once done: with 1500 ms, each of two workers sat idle for up to a
+    second at a time as its last partitions drained, and the last records waited a second more.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     create = getattr(AIOKafkaConsumerThread._create_worker_consumer, "_mlmon_unpatched",
                      AIOKafkaConsumerThread._create_worker_consumer)
 
-    def create_capped(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+    def create_tuned(self: AIOKafkaConsumerThread, transport: Any) -> Any:
         consumer = create(self, transport)
-        consumer._fetch_max_bytes = total_bytes  # read by its fetcher, created at start
+        consumer._fetch_max_bytes = max_bytes  # both read by its fetcher, created at start
+        consumer._fetch_max_wait_ms = max_wait_ms
         return consumer
 
-    create_capped._mlmon_unpatched = create  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create_capped  # type: ignore[method-assign]
+    create_tuned._mlmon_unpatched = create  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_tuned  # type: ignore[method-assign]
 
 
 class Handled:

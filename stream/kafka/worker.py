@@ -61,9 +61,9 @@ from stream.kafka.patches import (
     complete_producer_flushes,
     deliver_without_tasks,
     direct_handlers,
-    limit_fetch_bytes,
     raw_records_for_direct_topics,
     rewinds,
+    tune_fetches,
     tune_rocksdict_stores,
 )
 
@@ -71,11 +71,12 @@ log = logging.getLogger("mlmon.worker")
 
 WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
-# One fetch, over all partitions and in any one (see ``limit_fetch_bytes``): 1,000,000 pending
+# One fetch, over all partitions and in any one (see ``tune_fetches``): 1,000,000 pending
 # predictions peaked at 208 bytes each of RSS with 4 MiB, 348 with 8 MiB, 394 with 16 MiB, for
 # about 5% less throughput than 16 MiB (faust's 1 MiB per partition left the worker idle a third of
 # the time between fetches).
 FETCH_MAX_BYTES = 4 << 20
+FETCH_MAX_WAIT_MS = 100  # see ``tune_fetches``
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 # Batches are stored zlib-compressed at level 1: 3.9 times smaller (the records' JSON) at about
 # 200 MB/s, against writing every input byte again to the changelog, the broker and rocksdb's blob
@@ -486,7 +487,7 @@ def build_app(config: Config) -> faust.App:
     complete_producer_flushes()
     deliver_without_tasks()
     tune_rocksdict_stores()
-    limit_fetch_bytes(FETCH_MAX_BYTES)
+    tune_fetches(FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
     raw_records_for_direct_topics()
     handled = Handled()
     commit_no_further_than_handled(handled)

@@ -7,6 +7,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -18,6 +19,7 @@ from stream.kafka.patches import (
     delivery_check,
     raw_records_for_direct_topics,
     rewinds,
+    tune_fetches,
     tune_rocksdict_stores,
 )
 
@@ -155,3 +157,16 @@ def test_direct_topics_records_come_as_the_batch_reader_makes_them_and_others_as
         (0, b'{"n":0}'), (1, b'{"n":1}'), (2, b'{"n":2}')]
     assert not any(isinstance(r, ConsumerRecord) for r in direct)
     assert all(isinstance(r, ConsumerRecord) for r in other)
+
+
+def test_the_worker_s_aiokafka_consumer_gets_the_fetch_cap_and_the_shorter_wait() -> None:
+    tune_fetches(4 << 20, 100)
+
+    async def created() -> Any:
+        app = faust.App("mlmon-test-fetches", broker="kafka://127.0.0.1:1", web_enabled=False)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)  # not started: no broker
+        await consumer.stop()
+        return consumer
+
+    consumer = asyncio.run(created())
+    assert (consumer._fetch_max_bytes, consumer._fetch_max_wait_ms) == (4 << 20, 100)
