@@ -231,9 +231,9 @@ def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encode
     first and are then stopped (SIGSTOP) while the backlog is sent, so every process works from
     the first record (one that joined later would bring a rebalance into the figure) and the
     sender's CPU is not counted. Resumed, they take their first records within milliseconds (their
-    fetches were answered meanwhile). (Until session 7 the start was read from the health
-    records, which come once a second: it came out 1.2 to 1.4 s late, which flattered the shorter
-    two-worker runs most.)"""
+    fetches were answered meanwhile). (The start was once read from the health records, which
+    come once a second: it came out 1.2 to 1.4 s late, which flattered the shorter two-worker runs
+    most.)"""
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
     windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
     workers = Workers(path, count, folder / f"worker-{count}.log").start()

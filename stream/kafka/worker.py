@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -636,6 +637,7 @@ def build_app(config: Config) -> faust.App:
             if app.rebalancing:  # tables may still be recovering
                 return
             join.rebuild(requests)  # even with no input flowing: watermarks, partials and health go out
+            return_free_memory()
         async with sending:
             saved = {}
             for partition in list(join.engines):  # write each partition's batch, then forget the final
@@ -659,6 +661,7 @@ def build_app(config: Config) -> faust.App:
             health = {**join.health(), "rereads": sequencer.rereads}  # seeks back to messages faust skipped
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(health))
             join.lag = consumer_lag(app, join.offsets)
+            return_free_memory()
 
     committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
 
@@ -697,17 +700,36 @@ def consumer_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> dict[tu
     return lag
 
 
+@functools.cache
+def glibc() -> Any:
+    """glibc, for its malloc's settings; None under another C library."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both present, or not glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def map_large_blocks_apart() -> None:
     """Have glibc's malloc give every block of 128 KiB or more its own mapping, returned to the
     system when freed. By default its threshold rises to the largest block freed so far, and later
     blocks of that size stay on its heap once freed (dict tables left behind as they double,
     rocksdb memtables): 262 against 211 bytes of RSS per pending prediction, 553 against 314 after
     a restart (benchmarks/run.py, 1M pending). Nothing happens off glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):  # not glibc
-        pass
+
+
+def return_free_memory() -> None:
+    """Hand the free pages inside glibc's heaps back to the system (``malloc_trim``): freed blocks
+    under 128 KiB (compressed batches on their way to the store and the changelog, a rebuild's
+    decoded records) leave holes that only this returns. Takes well under a millisecond; the
+    worker calls it once a second and after each rebuild."""
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def run_worker(config: Config, loglevel: str = "info") -> int:

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import ctypes
+import os
+from pathlib import Path
+
 import faust
 import pytest
 
 from stream.config import Config
 from stream.errors import ConfigError
 from stream.kafka.admin import faust_credentials
-from stream.kafka.worker import check_worker_config
+from stream.kafka.worker import check_worker_config, glibc, return_free_memory
 
 
 def test_default_windows_are_narrowed_to_what_the_worker_supports() -> None:
@@ -41,3 +45,24 @@ def test_security_options_faust_cannot_honour_are_refused_by_name() -> None:
     config.kafka_options = {"sasl.oauthbearer.config": "x"}
     with pytest.raises(ConfigError, match=r"sasl\.oauthbearer\.config"):
         faust_credentials(config)
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(glibc() is None, reason="glibc's malloc only")
+def test_free_pages_inside_the_heap_go_back_to_the_system() -> None:
+    libc = glibc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 * 1024) for _ in range(2000)]  # under the mmap threshold: on the heap
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    for block in blocks[::2]:  # holes between live blocks, as live objects pin a heap's pages
+        libc.free(block)
+    before = resident_bytes()
+    return_free_memory()
+    assert before - resident_bytes() > 40 << 20  # of the 62.5 MiB freed
+    for block in blocks[1::2]:
+        libc.free(block)
