@@ -72,11 +72,14 @@ log = logging.getLogger("mlmon.worker")
 
 WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
-# One fetch, over all partitions and in any one (see ``tune_fetches``): 1,000,000 pending
-# predictions peaked at 208 bytes each of RSS with 4 MiB, 348 with 8 MiB, 394 with 16 MiB, for
-# about 5% less throughput than 16 MiB (faust's 1 MiB per partition left the worker idle a third of
-# the time between fetches).
+# One fetch, over all partitions (see ``tune_fetches``): 1,000,000 pending predictions peaked at
+# 208 bytes each of RSS with 4 MiB, 348 with 8 MiB, 394 with 16 MiB, for about 5% less throughput
+# than 16 MiB. A partition's fetched records wait in aiokafka until handled, one fetch per
+# partition, so the per-partition cap bounds what all partitions hold together: with 4 MiB the
+# peak reached 261 (RSS sampled every 0.2 s: 60 MB more for 5 s as the backlog drained), with
+# 2 MiB 214 and with 1 MiB 206, for no throughput lost (workers-only runs at the same hour).
 FETCH_MAX_BYTES = 4 << 20
+PARTITION_FETCH_MAX_BYTES = 2 << 20
 FETCH_MAX_WAIT_MS = 100  # see ``tune_fetches``
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 # Batches are stored zlib-compressed at level 1: 3.9 times smaller (the records' JSON) at about
@@ -519,7 +522,7 @@ def build_app(config: Config) -> faust.App:
         table_standby_replicas=0,
         broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not 60 s
         broker_heartbeat_interval=3.0,
-        consumer_max_fetch_size=FETCH_MAX_BYTES,  # per partition
+        consumer_max_fetch_size=PARTITION_FETCH_MAX_BYTES,
     )
     def raw_topic(*names: str, partitions: int | None = None) -> faust.TopicT:
         return app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
