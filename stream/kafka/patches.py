@@ -59,9 +59,10 @@ def tune_rocksdict_stores() -> None:
     - ``compression="none"``: no compression at flush and compaction;
     - ``wal=False``: no write-ahead log.
 
-    The worker's batches are 256 KiB values written once, read once at a rebuild, and deleted when
-    their windows are final. rocksdb's default compaction rewrote and recompressed each one several
-    times: 5.4 s of CPU, in background threads, of the single worker's 36 s for 1,000,000 pairs.
+    The worker's batches (256 KiB of records, about 64 KiB once compressed) are written once, read
+    once at a rebuild, and deleted when their windows are final. rocksdb's default compaction
+    rewrote and recompressed each one several times: 5.4 s of CPU, in background threads, of the
+    single worker's 36 s for 1,000,000 pairs (before the batches were compressed).
     Without the log, a crash loses what was not flushed to disk yet. rocksdb keeps a prefix of the
     writes, and faust writes a table's changelog offset after the data it covers, so recovery
     replays the changelog from the offset the store kept, as it does for any gap.

@@ -96,8 +96,9 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 # Per partition store. faust's defaults (3 x 64 MiB write buffers, a 2 GiB block cache) would keep
 # every stored record in memory too; each batch is written once and read once, at a rebuild, so
 # small buffers cost nothing (4 MiB write buffers had cost 67 bytes per pending prediction over 8
-# partitions). Values of a KiB or more go to blob files, uncompressed, with no write-ahead log
-# (see ``tune_rocksdict_stores``). (A copy each: faust pops keys from the options it is given.)
+# partitions). Values of a KiB or more (the batches, compressed already) go to blob files, with no
+# further compression and no write-ahead log (see ``tune_rocksdict_stores``). (A copy each: faust
+# pops keys from the options it is given.)
 STORE_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
                  "block_cache_size": 2 << 20, "min_blob_size": 1024, "compression": "none", "wal": False}
 
