@@ -79,6 +79,19 @@ class Worker:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+def rebuilt_by(worker: Worker) -> set[str]:
+    """Worker processes (pids) that got partitions and rebuilt their state from them."""
+    return {line.split("] [")[1] for line in worker.log.read_text().splitlines() if "engines rebuilt from" in line}
+
+
+def processing(worker: Worker, starts: int, timeout_s: float = 60.0) -> None:
+    """Until the worker's ``starts``-th process owns partitions and has rebuilt its state from them."""
+    deadline = time.monotonic() + timeout_s
+    while len(rebuilt_by(worker)) < starts:
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.1)
+
+
 def expected_pairs(scenario: Scenario) -> dict[tuple[str, int], list[tuple[str, str]]]:
     """The contract computed the obvious way, per (window name, start)."""
     out: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 from faust.transport.producer import ProducerBuffer
-from faust.types import TP, ConsumerT
+from faust.types import TP
+
+from stream.kafka.offsets import Handled, rewinds
 
 log = logging.getLogger("mlmon.worker")
-REREAD_AFTER_S = 2.0  # a seek back asked again after this long, if the missing message still has not come
 
 
 def complete_producer_flushes() -> None:
@@ -130,38 +129,6 @@ def tune_fetches(max_bytes: int, max_wait_ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_tuned  # type: ignore[method-assign]
 
 
-class Handled:
-    """Offsets the agents handled in this process, per topic-partition, as closed ranges, and
-    where each partition begins when the group has no committed offset for it yet."""
-
-    def __init__(self) -> None:
-        self.ranges: dict[TP, list[list[int]]] = defaultdict(list)
-        self.earliest: dict[TP, int] = {}  # first offset in the log (set by the worker)
-
-    def add(self, tp: TP, offset: int, last: int | None = None) -> None:
-        """Offset ``offset`` (to ``last``, if given) handled."""
-        last = offset if last is None else last
-        ranges = self.ranges[tp]
-        if ranges and ranges[-1][1] + 1 == offset:
-            ranges[-1][1] = last
-        else:
-            ranges.append([offset, last])
-            if len(ranges) > 64:  # only the latest matter: commits move forward
-                del ranges[0]
-
-    def reach(self, tp: TP, start: int) -> int:
-        """The first offset at or after ``start`` not handled here."""
-        reach = start
-        for first, last in sorted(self.ranges.get(tp, ())):
-            if first <= reach:
-                reach = max(reach, last + 1)
-        return reach
-
-    def start(self, tp: TP, committed: int | None) -> int | None:
-        """Where counting starts: the committed offset, else the start of the log if known."""
-        return committed if committed is not None else self.earliest.get(tp)
-
-
 def commit_no_further_than_handled(handled: Handled) -> None:
     """Commit exactly what the agents handled: up to the first message not handled by this process.
 
@@ -195,109 +162,6 @@ def commit_no_further_than_handled(handled: Handled) -> None:
 
     Consumer._new_offset = new_offset  # type: ignore[method-assign]
     Consumer._filter_tps_with_pending_acks = tps_to_commit  # type: ignore[method-assign]
-
-
-class Sequencer:
-    """Lets each input partition's messages through in offset order, from the first one not
-    handled, and has the fetch loop seek back when one is missing.
-
-    faust 0.15 resumes fetching before the seek that ends a rebalance: messages fetched then are
-    skipped by their stream, and the rest of that fetch, delivered after the seek, moves the fetch
-    loop's read offset past them, so their redelivery is dropped too (found by
-    tests/integration/chaos: the rebalance test lost a label in CI; benchmarks/churn.py lost
-    records in about one run in ten). Kafka delivers a message again only after a seek, which faust
-    makes only at rebalances. So nothing is handled during a rebalance, and after it a message
-    counts only if it is the next one of its partition: an earlier one is a duplicate (skipped),
-    a later one means a gap (skipped, and the fetch loop seeks back to the missing offset), so
-    event time never runs ahead of a missing record.
-    """
-
-    def __init__(self, handled: Handled) -> None:
-        self.handled = handled
-        self.expected: dict[TP, int] = {}  # next offset to handle, per partition
-        self.last_asked: dict[TP, tuple[int, float]] = {}  # (offset, when)
-        self.rereads = 0
-
-    def reset(self) -> None:
-        """A rebalance (the engines are rebuilt after it, unsaved records gone): offsets start again
-        from what is saved."""
-        self.expected.clear()
-        self.last_asked.clear()
-
-    def admit(self, consumer: ConsumerT, tp: TP, offset: int) -> bool | None:
-        """True: handle this message. False: skip it. None: where its partition starts is not
-        known yet (no committed offset, and the log's start not learned)."""
-        expected = self.expected.get(tp)
-        if expected is None:
-            committed: Any = consumer._committed_offset  # type: ignore[attr-defined]
-            start = self.handled.start(tp, committed.get(tp))
-            if start is None:
-                return None
-            expected = self.handled.reach(tp, start)
-        if offset == expected:
-            self.expected[tp] = offset + 1
-            return True
-        if offset > expected:
-            absent = rewinds(consumer).found.pop(tp, None)
-            if absent is not None and absent[0] == expected and absent[1] <= offset:
-                log.log(logging.INFO if absent[1] - expected == 1 else logging.WARNING,  # 1: a marker
-                        "offsets %d to %d of %s[%d] are not in the log (transaction markers, aborted "
-                        "records or retention): counting goes on from %d", expected, absent[1] - 1,
-                        tp.topic, tp.partition, absent[1])
-                self.handled.add(tp, expected, absent[1] - 1)  # nothing there to wait for
-                self.expected[tp] = absent[1]
-                return self.admit(consumer, tp, offset)
-            self._seek_back(consumer, tp, expected, offset)
-        self.expected[tp] = expected
-        return False
-
-    def _seek_back(self, consumer: ConsumerT, tp: TP, missing: int, offset: int) -> None:
-        now = time.monotonic()
-        asked = self.last_asked.get(tp)
-        if asked is not None and asked[0] == missing and now - asked[1] < REREAD_AFTER_S:
-            return  # the seek is on its way; later messages of the same fetch are skipped meanwhile
-        self.last_asked[tp] = (missing, now)
-        self.rereads += 1
-        log.info("reading %s[%d] again from offset %d: faust skipped it (got offset %d)",
-                 tp.topic, tp.partition, missing, offset)
-        rewinds(consumer).asked[tp] = missing
-
-
-class Rewinds:
-    """Seeks back asked by the ``Sequencer``, made by the fetch loop between two fetches (a seek
-    while a fetched batch is being delivered would be undone by the rest of that batch), and what
-    each found: when the first message after a seek comes from further on, the offsets between
-    are not in the log (deleted by retention, or transaction markers), and are not waited for."""
-
-    def __init__(self) -> None:
-        self.asked: dict[TP, int] = {}
-        self.sought: dict[TP, int] = {}  # made, until the partition's next message is fetched
-        self.found: dict[TP, tuple[int, int]] = {}  # (first, end) of offsets missing from the log
-
-    def clear(self) -> None:
-        """A rebalance: faust seeks every partition to its committed offset anyway."""
-        self.asked.clear()
-        self.sought.clear()
-        self.found.clear()
-
-    async def seek(self, consumer: ConsumerT) -> None:
-        assigned = consumer.assignment()
-        for tp, offset in list(self.asked.items()):
-            del self.asked[tp]
-            if tp in assigned:
-                await consumer.seek(tp, offset)
-                self.sought[tp] = offset
-
-    def fetched(self, tp: TP, offset: int) -> None:
-        """The fetch loop delivers ``offset``: the first message of ``tp`` since a seek?"""
-        target = self.sought.pop(tp, None)
-        if target is not None and offset > target:
-            self.found[tp] = (target, offset)
-
-
-def rewinds(consumer: ConsumerT) -> Rewinds:
-    """The consumer's rewinds (one per consumer: the fetch loop and the agents share it)."""
-    return cast(Rewinds, consumer.__dict__.setdefault("_mlmon_rewinds", Rewinds()))
 
 
 Handler = Callable[[TP, list[Any]], Awaitable[None]]  # a partition's fetched records, in offset order

@@ -55,15 +55,13 @@ from stream.errors import ConfigError, InvalidRecord
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
+from stream.kafka.offsets import Handled, Sequencer, rewinds
 from stream.kafka.patches import (
-    Handled,
-    Sequencer,
     commit_no_further_than_handled,
     complete_producer_flushes,
     deliver_without_tasks,
     direct_handlers,
     raw_records_for_direct_topics,
-    rewinds,
     tune_fetches,
     tune_rocksdict_stores,
 )
@@ -556,7 +554,10 @@ def build_app(config: Config) -> faust.App:
         partition = tp.partition
         for n, message in enumerate(messages, 1):
             offset = message.offset
-            admitted = False if app.rebalancing else sequencer.admit(app.consumer, tp, offset)
+            if app.rebalancing:
+                sequencer.skipped(tp, offset)
+                continue
+            admitted = sequencer.admit(app.consumer, tp, offset)
             if admitted is None:
                 admitted = await in_sequence(tp, offset)
             if not admitted:
@@ -630,6 +631,7 @@ def build_app(config: Config) -> faust.App:
             await learn_where_logs_begin()  # no committed offset: counting starts at the log's start
             if tp not in handled.earliest:
                 await asyncio.sleep(0.5)  # the broker did not answer: ask again
+        sequencer.skipped(tp, offset)
         return False
 
     health_due = 0.0  # health records once a second, whatever the flush interval
@@ -662,7 +664,9 @@ def build_app(config: Config) -> faust.App:
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
             await learn_where_logs_begin()
-            health = {**join.health(), "rereads": sequencer.rereads}  # seeks back to messages faust skipped
+            stalled = [] if app.rebalancing else sequencer.stalled(app.consumer)
+            health = {**join.health(), "rereads": sequencer.rereads,  # seeks back to messages faust skipped
+                      "stalled_partitions": stalled}
             await outputs[config.health_topic].send(key=config.app_id.encode(), value=orjson.dumps(health))
             join.lag = consumer_lag(app, join.offsets)
             return_free_memory()

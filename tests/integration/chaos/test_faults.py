@@ -24,6 +24,8 @@ from worker_harness import (
     expected_pairs,
     final_records,
     latest_health,
+    processing,
+    rebuilt_by,
     second_member,
     setup,
     ticks,
@@ -79,19 +81,6 @@ def test_five_kills_under_load_lose_nothing_and_count_nothing_twice(kafka: Broke
     assert len(rebuilt_by(worker)) == 6  # every kill hit a worker that was processing
 
 
-def rebuilt_by(worker: Worker) -> set[str]:
-    """Worker processes (pids) that got partitions and rebuilt their state from them."""
-    return {line.split("] [")[1] for line in worker.log.read_text().splitlines() if "engines rebuilt from" in line}
-
-
-def processing(worker: Worker, starts: int, timeout_s: float = 60.0) -> None:
-    """Until the worker's ``starts``-th process owns partitions and has rebuilt its state from them."""
-    deadline = time.monotonic() + timeout_s
-    while len(rebuilt_by(worker)) < starts:
-        assert time.monotonic() < deadline, worker.tail()
-        time.sleep(0.1)
-
-
 def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
     scenario = load(seed=37)
@@ -101,7 +90,7 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, 
     sender = sending(config, scenario, rate_per_s=300.0)  # about 80 s of traffic
     rng = random.Random(11)
     try:
-        time.sleep(6)
+        processing(first, starts=1)
         for _ in range(5):  # each start and stop moves partitions mid-stream, both ways
             second.start()
             time.sleep(rng.uniform(3.0, 8.0))

@@ -24,6 +24,7 @@ from worker_harness import (
     expected_pairs,
     final_records,
     latest_health,
+    processing,
     second_member,
     setup,
     ticks,
@@ -78,7 +79,8 @@ def test_a_stopped_worker_resumes_without_losing_or_double_counting(kafka: Broke
     sender = threading.Thread(target=produce, args=(config, records), kwargs={"rate_per_s": 2000.0})
     sender.start()
     try:
-        time.sleep(6)  # mid-stream: roughly half of the records are out
+        processing(worker, starts=1)  # a busy machine can take many seconds to start a worker
+        time.sleep(3)  # mid-stream
         worker.stop(sig)
         worker.start()
         sender.join()
