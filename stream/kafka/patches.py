@@ -362,3 +362,21 @@ class _Delivery:
                 else:
                     await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
                 read_offsets[tp] = offset
+
+
+def table_writable(table: Any, source_topic: str) -> bool:
+    """Whether faust 0.15 can route a write to ``table`` made while handling ``source_topic``.
+
+    Each table write checks (``Collection._verify_source_topic_partitions``, once it has passed)
+    that the source topic and the table's changelog have as many partitions, from the consumer's
+    metadata; until that metadata holds the changelog (some time after the first assignment) it
+    counts 0 partitions and every write raises ``PartitionsMismatch``: partials written then
+    were lost. The worker waits on this before writing instead.
+    """
+    from faust.exceptions import PartitionsMismatch
+
+    try:
+        table._verify_source_topic_partitions(source_topic)
+    except PartitionsMismatch:
+        return False
+    return True

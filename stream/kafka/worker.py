@@ -62,6 +62,7 @@ from stream.kafka.patches import (
     deliver_without_tasks,
     direct_handlers,
     raw_records_for_direct_topics,
+    table_writable,
     tune_fetches,
     tune_rocksdict_stores,
 )
@@ -420,6 +421,23 @@ class Merge:
         end = spec.end(partial["window"]["start"])
         return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
 
+    def handle(self, table: Any, here: int, offset: int, value: bytes | None) -> list[Output]:
+        """One message of merger partition ``here``: a partial or a heartbeat. One that cannot be
+        handled (a bug, or a message mlmon did not write) is dead-lettered with the reason."""
+        try:
+            body = orjson.loads(value or b"{}")
+            if "partial" in body:
+                self.on_partial(table, here, int(body["partition"]), body["partial"])
+                return []
+            marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
+            return self.on_heartbeat(table, here, marks)
+        except Exception as exc:
+            log.exception("merge failed on partition %s offset %s", here, offset)
+            dead = {"source": "partials", "reason": f"the merge agent failed: {exc!r}"[:1024],
+                    "raw": (value or b"")[:4096].decode("utf-8", "replace"),
+                    "topic": self.config.partials_topic, "partition": here, "offset": offset}
+            return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
+
     def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> None:
         """A partial from input ``partition`` arrived on merger partition ``here``: stored, and
         merged into a record at the heartbeat that follows it (once for all input partitions)."""
@@ -566,7 +584,7 @@ def build_app(config: Config) -> faust.App:
                 join.rebuild(requests)
             handle_one(tp.topic, partition, offset, message.value)
             saved = []
-            if join.unsaved_bytes(partition) >= SAVE_BYTES:
+            if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(requests, config.predictions_topic):
                 with in_partition(config.predictions_topic, partition):
                     saved = join.save(requests, partition)
             engine = join.engines[partition]
@@ -601,25 +619,32 @@ def build_app(config: Config) -> faust.App:
     @app.agent(partials, concurrency=1)
     async def merge_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            if not await in_sequence(event.message.tp, event.message.offset):
+            message = event.message
+            if not await in_sequence(message.tp, message.offset):
                 continue
-            handled.add(event.message.tp, event.message.offset)
+            if not await writable(windows):
+                continue  # a rebalance came meanwhile: read again after it
             if merge.stale:
                 merge.rebuild(windows)
-            try:
-                body = orjson.loads(event.value or b"{}")
-                here = event.message.partition
-                if "partial" in body:
-                    merge.on_partial(windows, here, int(body["partition"]), body["partial"])
-                    continue
-                marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
-                items = merge.on_heartbeat(windows, here, marks)
-            except Exception:
-                log.exception("merge failed on partition %s offset %s", event.message.partition,
-                              event.message.offset)
-                continue
-            async with sending:
-                await publish(items)
+            items = merge.handle(windows, message.partition, message.offset, event.value)
+            if items:
+                async with sending:
+                    await publish(items)
+            handled.add(message.tp, message.offset)
+
+    async def writable(table: Any) -> bool:
+        """Wait until faust can route ``table``'s writes (it learns its changelog's partitions some
+        time after the assignment; a write before fails): False if a rebalance came first."""
+        waited = 0
+        while not table_writable(table, config.partials_topic):
+            if app.rebalancing:
+                return False
+            waited += 1
+            if waited == 300:
+                log.warning("table %s cannot be written after 30 s: does %s have %d partitions?",
+                            table.name, config.partials_topic, config.partitions)
+            await asyncio.sleep(0.1)
+        return True
 
     async def in_sequence(tp: TP, offset: int) -> bool:
         """Whether an agent handles this message: none during a rebalance, then each partition's
@@ -644,6 +669,8 @@ def build_app(config: Config) -> faust.App:
                 return
             join.rebuild(requests)  # even with no input flowing: watermarks, partials and health go out
             return_free_memory()
+        if not table_writable(requests, config.predictions_topic):
+            return  # just after an assignment: saved at a later flush
         async with sending:
             saved = {}
             for partition in list(join.engines):  # write each partition's batch, then forget the final

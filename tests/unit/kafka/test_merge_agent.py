@@ -47,3 +47,19 @@ def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_wat
     for partial in partials_of(config, 0, 3):  # a replayed partial cannot reopen a final window
         merge.on_partial(table, 0, 0, partial)
     assert merge.on_heartbeat(table, 0, {0: closing + 1, 1: closing + 1}) == []
+
+
+def test_a_message_the_merge_agent_cannot_handle_is_dead_lettered_with_where_it_came_from() -> None:
+    config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m"], "join_ttl_s": 60})
+    merge = Merge(config)
+    merge.stale = False
+    table: dict[str, Any] = {}
+    [(topic, key, value)] = merge.handle(table, 1, 42, b'{"watermarks": {"zero": 5}}')
+    dead = orjson.loads(value)
+    assert topic == config.dead_letters_topic and key is None
+    where = (dead["source"], dead["topic"], dead["partition"], dead["offset"])
+    assert where == ("partials", config.partials_topic, 1, 42)
+    assert "merge agent failed" in dead["reason"] and dead["raw"] == '{"watermarks": {"zero": 5}}'
+    partial = partials_of(config, 0, 2)[0]
+    assert merge.handle(table, 0, 43, orjson.dumps({"partition": 0, "partial": partial})) == []
+    assert table  # stored
