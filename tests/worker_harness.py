@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,18 @@ def processing(worker: Worker, starts: int, timeout_s: float = 60.0) -> None:
     while len(rebuilt_by(worker)) < starts:
         assert time.monotonic() < deadline, worker.tail()
         time.sleep(0.1)
+
+
+@contextmanager
+def cpu_hogs(n: int) -> Iterator[None]:
+    """``n`` processes that keep a core busy each, for as long as the block runs."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def expected_pairs(scenario: Scenario) -> dict[tuple[str, int], list[tuple[str, str]]]:

@@ -1,4 +1,4 @@
-"""Faults on a real broker (issue #7): worker kills, a broker outage, members joining and leaving.
+"""Faults on a real broker: worker kills, a broker outage, members joining and leaving.
 
 Each test sends a simulated classifier's traffic (duplicates, early and missing labels) while the
 fault happens, then requires every final window to equal scikit-learn on the ground truth (so
@@ -21,6 +21,7 @@ from worker_harness import (
     START,
     Worker,
     assert_exact,
+    cpu_hogs,
     expected_pairs,
     final_records,
     latest_health,
@@ -62,23 +63,24 @@ def assert_balanced(config: Config, worker: Worker) -> dict[str, object]:
     return health
 
 
-def test_five_kills_under_load_lose_nothing_and_count_nothing_twice(kafka: Broker, tmp_path: Path) -> None:
+def test_ten_kills_under_load_on_busy_cores_lose_nothing_and_count_nothing_twice(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
-    scenario = load(seed=31)
+    scenario = load(seed=31, pairs=16_000)
     worker = Worker(path, tmp_path / "worker.log").start()
-    sender = sending(config, scenario, rate_per_s=150.0)  # about 80 s of traffic
+    sender = sending(config, scenario, rate_per_s=150.0)  # about 110 s of traffic
     rng = random.Random(7)
     try:
-        for kill in range(5):
-            processing(worker, starts=kill + 1)
-            time.sleep(rng.uniform(0.2, 4.0))  # anywhere: mid-batch, mid-commit, mid-flush
-            worker.stop(signal.SIGKILL)
-            worker.start()
-        assert_counted_exactly(config, scenario, sender, worker)
+        with cpu_hogs(2):  # both cores busy with another process: startups and rebalances come late
+            for kill in range(10):
+                processing(worker, starts=kill + 1, timeout_s=90)
+                time.sleep(rng.uniform(0.2, 4.0))  # anywhere: mid-batch, mid-commit, mid-flush
+                worker.stop(signal.SIGKILL)
+                worker.start()
+            assert_counted_exactly(config, scenario, sender, worker)
     finally:
         sender.join()
         worker.stop()
-    assert len(rebuilt_by(worker)) == 6  # every kill hit a worker that was processing
+    assert len(rebuilt_by(worker)) >= 10  # every kill hit a worker that was processing
 
 
 def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, tmp_path: Path) -> None:
