@@ -1,13 +1,22 @@
-"""Patches to faust-streaming 0.15 internals, each for a fault or a cost found by our tests and
-benchmarks (see docs/worker.md). Each is applied once, by :func:`stream.kafka.worker.build_app`."""
+"""Patches to faust-streaming 0.15 internals, each for a fault or a cost (see docs/worker.md).
+Each is applied once, by :func:`stream.kafka.worker.build_app`.
+
+``UPSTREAM`` names, per patch, every faust and aiokafka function the patch replaces, copies or
+relies on. ``tests/unit/kafka/test_faust_guard.py`` fingerprints their source in the pinned
+versions (``pyproject.toml``) and fails, naming the patch, when any of them changes: re-read that
+code against the patch before moving a pin (``make faust-check`` runs the guard and the chaos suite).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
+from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -15,6 +24,39 @@ from faust.types import TP
 from stream.kafka.offsets import Handled, rewinds
 
 log = logging.getLogger("mlmon.worker")
+
+
+_CONSUMER = "faust.transport.consumer:Consumer"
+_BUFFER = "faust.transport.producer:ProducerBuffer"
+_ROCKSDB = "faust.stores.rocksdb:RocksDBOptions"
+_AIOKAFKA = "aiokafka.consumer.consumer:AIOKafkaConsumer"
+_TABLE = "faust.tables.base:Collection"
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "complete_producer_flushes": (
+        f"{_BUFFER}.flush", f"{_BUFFER}._send_pending", f"{_BUFFER}._handle_pending", f"{_BUFFER}.put",
+        f"{_BUFFER}.size",
+    ),
+    "tune_rocksdict_stores": (f"{_ROCKSDB}.__init__", f"{_ROCKSDB}.open", f"{_ROCKSDB}.as_options"),
+    "tune_fetches": (
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
+        f"{_AIOKAFKA}.__init__", f"{_AIOKAFKA}.start",
+    ),
+    "commit_no_further_than_handled": (
+        f"{_CONSUMER}._new_offset", f"{_CONSUMER}._filter_tps_with_pending_acks", f"{_CONSUMER}.commit",
+        f"{_CONSUMER}._commit_offsets", f"{_CONSUMER}.perform_seek", f"{_CONSUMER}.ack",
+    ),
+    "deliver_without_tasks": (
+        f"{_CONSUMER}._drain_messages", f"{_CONSUMER}.getmany", f"{_CONSUMER}._wait_next_records",
+        f"{_CONSUMER}._add_gap", f"{_CONSUMER}._reset_state", f"{_CONSUMER}.seek",
+        "faust.transport.conductor:ConductorCompiler.build", "faust.transport.conductor:Conductor.acks_enabled_for",
+    ),
+    "raw_records_for_direct_topics": (
+        "aiokafka.consumer.fetcher:PartitionRecords._consumer_record",
+        "aiokafka.consumer.fetcher:PartitionRecords.__next__",
+    ),
+    "in_partition": ("faust.streams:current_event", f"{_TABLE}.partition_for_key", f"{_TABLE}._send_changelog"),
+    "table_writable": (f"{_TABLE}._verify_source_topic_partitions",),
+}
 
 
 def complete_producer_flushes() -> None:
@@ -380,3 +422,24 @@ def table_writable(table: Any, source_topic: str) -> bool:
     except PartitionsMismatch:
         return False
     return True
+
+
+class _PartitionEvent:
+    """Stands for an event of one input partition, for faust's table writes outside an agent."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = TP(topic, partition)  # a table write reads .topic and .partition only
+
+
+@contextmanager
+def in_partition(topic: str, partition: int) -> Iterator[None]:
+    """Let faust write a table in the flush timer as if handling an event of ``partition``: its
+    tables route each write (local store and changelog partition) by the current event."""
+    event = _PartitionEvent(topic, partition)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

@@ -32,17 +32,14 @@ import math
 import os
 import time
 import uuid
-import weakref
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event
 from faust.types import TP
 
 from stream.config import Config
@@ -61,6 +58,7 @@ from stream.kafka.patches import (
     complete_producer_flushes,
     deliver_without_tasks,
     direct_handlers,
+    in_partition,
     raw_records_for_direct_topics,
     table_writable,
     tune_fetches,
@@ -100,27 +98,6 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 # pops keys from the options it is given.)
 STORE_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
                  "block_cache_size": 2 << 20, "min_blob_size": 1024, "compression": "none", "wal": False}
-
-
-class _PartitionEvent:
-    """Stands for an event of one input partition, for faust's table writes outside an agent."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = TP(topic, partition)  # a table write reads .topic and .partition only
-
-
-@contextmanager
-def in_partition(topic: str, partition: int) -> Iterator[None]:
-    """Let faust write a table in the flush timer as if handling an event of ``partition``: its
-    tables route each write (local store and changelog partition) by the current event."""
-    event = _PartitionEvent(topic, partition)
-    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def check_worker_config(config: Config) -> None:
