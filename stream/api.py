@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.config import Config
+from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
 from stream.core.records import decode, parse_label, parse_prediction
 from stream.errors import ConfigError, InvalidRecord
@@ -95,6 +96,7 @@ class Monitor:
         events = []
         for kind, name in ((0, "predictions"), (1, "labels")):
             parse = parse_prediction if kind == 0 else parse_label
+            parsed = []
             for index, raw in enumerate(_rows(self.source.get(name, [])), 1):
                 try:
                     if isinstance(raw, InvalidRecord):
@@ -105,7 +107,13 @@ class Monitor:
                 except InvalidRecord as exc:
                     engine.dead_letter(name, raw if isinstance(raw, dict) else repr(raw)[:4096], str(exc), line=index)
                     continue
-                events.append((record.timestamp, kind, index, record))
+                parsed.append((record.timestamp, kind, index, record, raw))
+            parsed.sort(key=lambda e: (e[0], e[2]))
+            for event, reason in judge_in_time_order(parsed, lambda e: e[0], config.max_future_s):
+                if reason is not None:  # stamped too far ahead (see stream.core.clock)
+                    engine.dead_letter(name, event[4], reason, line=event[2], request_id=event[3].request_id)
+                else:
+                    events.append(event[:4])
         events.sort(key=lambda e: (e[0], e[1], e[2]))
         for _, _, _, record in events:
             engine.receive(record)

@@ -33,6 +33,7 @@ class Config:
     max_classes: int = 100
     max_segment_values: int = 50
     max_record_bytes: int = 64 * 1024
+    max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
     rules: list[Rule] = field(default_factory=list)
     windows_configured: bool = False  # False: the defaults, which each adapter may narrow
     # Kafka (used by the worker only)
@@ -71,7 +72,9 @@ class Config:
             if name is None:
                 raise ConfigError(f"unknown setting '{key}' (known: {', '.join(sorted(known))})")
             current = getattr(config, name)
-            if name.endswith("_s"):
+            if name == "max_future_s" and value in (0, "0", "off"):
+                value = 0  # no limit
+            elif name.endswith("_s"):
                 value = parse_duration_s(value)
             elif isinstance(current, int):
                 if isinstance(value, str) and value.isdigit():

@@ -19,6 +19,7 @@ from typing import IO, Any
 import orjson
 
 from stream.config import Config
+from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.errors import InvalidRecord
@@ -71,14 +72,46 @@ class Sink:
                 box.clear()
 
 
-def _events(
-    path: Path, kind: int, engine: Engine, check_order: bool
-) -> Iterator[Event]:
-    """Parse one JSONL file; malformed lines become dead letters with their line number."""
+def _judged(events: Iterable[Event], path: Path, kind: int, engine: Engine) -> Iterator[Event]:
+    """One file's events in timestamp order, without those stamped alone far in the future (dead
+    letters with their line number: see ``stream.core.clock``)."""
+    source = "predictions" if kind == PREDICTION else "labels"
+    for event, reason in judge_in_time_order(events, _timestamp, engine.config.max_future_s):
+        if reason is None:
+            yield event
+        else:
+            number = event[2]
+            engine.dead_letter(source, _raw(path, number), reason, file=str(path), line=number,
+                               request_id=event[3].request_id)
+
+
+def _in_order(events: Iterator[Event], path: Path) -> Iterator[Event]:
+    """The events as they come, while their timestamps never go backwards."""
+    last = -math.inf
+    for event in events:
+        if event[0] < last:
+            raise _OutOfOrder(f"{path}:{event[2]}")
+        last = event[0]
+        yield event
+
+
+def _timestamp(event: Event) -> float:
+    return event[0]
+
+
+def _raw(path: Path, number: int) -> str:
+    """Line ``number`` of ``path`` as text, cut at 4 KiB (for a dead letter: rare, so read again)."""
+    with path.open("rb") as lines:
+        for n, line in enumerate(lines, 1):
+            if n == number:
+                return line[:4096].decode("utf-8", errors="replace").rstrip("\n")
+    return ""
+
+
+def _parsed(path: Path, kind: int, engine: Engine) -> Iterator[Event]:
     source = "predictions" if kind == PREDICTION else "labels"
     parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
     max_bytes = engine.config.max_record_bytes
-    last = -math.inf
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -89,11 +122,7 @@ def _events(
                 text = line[:4096].decode("utf-8", errors="replace").rstrip("\n")
                 engine.dead_letter(source, text, str(exc), file=str(path), line=number)
                 continue
-            ts = record.timestamp
-            if check_order and ts < last:
-                raise _OutOfOrder(f"{path}:{number}")
-            last = max(last, ts)
-            yield ts, kind, number, record
+            yield record.timestamp, kind, number, record
 
 
 def _feed(engine: Engine, events: Iterable[Event], sink: Sink) -> None:
@@ -122,13 +151,13 @@ def replay(
         outs = [p.open("wb") if p else None for p in (metrics_out, alerts_out, dead_letters_out)]
         try:
             sink = Sink(*outs)
-            streams = [_events(predictions, PREDICTION, engine, not sorted_in_memory),
-                       _events(labels, LABEL, engine, not sorted_in_memory)]
+            streams = []
+            for path, kind in ((predictions, PREDICTION), (labels, LABEL)):
+                parsed = _parsed(path, kind, engine)
+                ordered = sorted(parsed) if sorted_in_memory else _in_order(parsed, path)
+                streams.append(_judged(ordered, path, kind, engine))
             try:
-                if sorted_in_memory:
-                    _feed(engine, sorted(event for s in streams for event in s), sink)
-                else:
-                    _feed(engine, heapq.merge(*streams), sink)
+                _feed(engine, heapq.merge(*streams), sink)
             except _OutOfOrder:
                 continue
         finally:

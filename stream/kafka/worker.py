@@ -43,6 +43,7 @@ import orjson
 from faust.types import TP
 
 from stream.config import Config
+from stream.core.clock import future_reason
 from stream.core.engine import Engine, Health, record_key
 from stream.core.merge import merge_states, metric_record
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
@@ -143,6 +144,7 @@ class Join:
         self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        self.future_limit = -math.inf  # records stamped later are checked against the wall clock
 
     def _new_engine(self) -> Engine:
         return Engine(self.config, clock=time.time, emit_partials=True)
@@ -242,12 +244,18 @@ class Join:
             ranges.append([topic, offset, offset])
         self.offsets[(topic, partition)] = offset
         raw = raw or b""
+        obj: Any = None
         try:
             obj = decode(raw, config.max_record_bytes)
             record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
+            if record.timestamp > self.future_limit and self._from_the_future(record.timestamp):
+                raise InvalidRecord(future_reason(record.timestamp, time.time(), config.max_future_s,
+                                                  "the worker's clock") or "")
         except InvalidRecord as exc:
             text = raw[:4096].decode("utf-8", errors="replace")
-            engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset)
+            rid = obj.get("request_id") if isinstance(obj, dict) else None
+            where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
+            engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset, **where)
             return
         if source == "predictions":
             taken = engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
@@ -270,6 +278,13 @@ class Join:
             if low > marks[2]:
                 marks[2] = low
                 engine.observe(low)
+
+    def _from_the_future(self, ts: float) -> bool:
+        """Whether ``ts`` is more than ``max_future_s`` ahead of the wall clock (see core.clock); the
+        limit is kept, so the clock is read only for records past it."""
+        max_future_s = self.config.max_future_s
+        self.future_limit = time.time() + max_future_s if max_future_s > 0 else math.inf
+        return ts > self.future_limit
 
     def save(self, table: Any, partition: int) -> list[list[Any]]:
         """Write what the partition took in since the last save as one batch, and its watermarks;

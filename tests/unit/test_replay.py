@@ -127,3 +127,19 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--metrics-out", str(tmp_path / "m"), "--alerts-out", str(tmp_path / "a")])
     assert code == 2
     assert "'kind' must be one of" in capsys.readouterr().err
+
+
+def test_a_record_stamped_alone_far_in_the_future_is_a_dead_letter_and_moves_nothing(tmp_path: Path) -> None:
+    predictions, labels = streams(SCENARIO)
+    future = 4e9  # 2096, in the middle of both files
+    at = len(predictions) // 2, len(labels) // 2
+    predictions.insert(at[0], {"request_id": "broken-clock", "model": SCENARIO.models[0],
+                                               "timestamp": future, "prediction": "home_win"})
+    labels.insert(at[1], {"request_id": "broken-clock", "timestamp": future, "label": "away_win"})
+    paths = run_replay(tmp_path, predictions, labels)
+    check_final_metrics(paths["metrics"])  # every window exact: nothing closed early, nothing counted late
+    dead = read_jsonl(paths["dead"])
+    assert [(d["source"], d["request_id"], d["line"]) for d in dead] == [
+        ("predictions", "broken-clock", at[0] + 1), ("labels", "broken-clock", at[1] + 1)]
+    assert all("ahead of the record before it" in d["reason"] and "max_future_s" in d["reason"] for d in dead)
+    assert json.loads(dead[0]["raw"])["request_id"] == "broken-clock"

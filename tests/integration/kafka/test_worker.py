@@ -203,3 +203,27 @@ def test_inputs_written_in_transactions_are_counted_and_committed_to_the_end(kaf
     # Committed up to the last transaction's marker, which no consumer is given: it is passed once
     # a record follows it (each partition had 9 or more markers before, all passed).
     assert set(behind.values()) <= {1}, behind
+
+
+def test_a_prediction_and_label_stamped_far_ahead_are_dead_lettered_and_every_window_stays_exact(
+        kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=2000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=5)
+    records = list(scenario_records(scenario))
+    future = time.time() + 30 * 86400  # a broken clock: a month ahead of the worker's
+    broken = [(future, 0, {"request_id": "broken-clock", "model": "nba-game-outcome", "timestamp": future,
+                           "prediction": "home_win"}),
+              (future, 1, {"request_id": "broken-clock", "timestamp": future, "label": "home_win"})]
+    middle = len(records) // 2
+    produce(config, records[:middle] + broken + records[middle:])
+    produce(config, ticks())
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
+        dead = [value for _, value in read(config, config.dead_letters_topic, follow=False)]
+    finally:
+        worker.stop()
+    assert sorted((d["source"], d["request_id"]) for d in dead) == [("labels", "broken-clock"),
+                                                                    ("predictions", "broken-clock")]
+    assert all("ahead of the worker's clock" in d["reason"] and d["topic"] and d["offset"] >= 0 for d in dead)

@@ -1,0 +1,38 @@
+"""The join agent's handlers: records stamped too far ahead of the wall clock are refused."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from stream.config import Config
+from stream.kafka.worker import Join
+
+
+def test_a_record_stamped_past_the_wall_clock_and_max_future_is_dead_lettered_and_moves_no_watermark() -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m"], "max_future": "1h"})
+    join = Join(config)
+    join.stale = False
+    now = time.time()
+    for offset, ts in enumerate((now - 60, now + 1800, now + 7200)):  # the last is over an hour ahead
+        join.handle(config.predictions_topic, 0, offset, orjson.dumps(
+            {"request_id": f"r{offset}", "model": "m", "timestamp": ts, "prediction": "a"}))
+    join.handle(config.labels_topic, 0, 0, orjson.dumps({"request_id": "r0", "timestamp": now + 86400, "label": "a"}))
+    engine = join.engines[0]
+    dead = engine.dead_letters
+    where = [(d["source"], d["offset"], d["request_id"]) for d in dead]
+    assert where == [("predictions", 2, "r2"), ("labels", 0, "r0")]
+    assert all("ahead of the worker's clock" in d["reason"] for d in dead)
+    assert join.marks[0][0] == now + 1800 and join.marks[0][1] == -float("inf")  # the refused moved nothing
+    assert engine.health.invalid_predictions == 1 and engine.health.invalid_labels == 1
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+
+
+def test_no_limit_when_max_future_is_zero() -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m"], "max_future": 0})
+    join = Join(config)
+    join.stale = False
+    join.handle(config.predictions_topic, 0, 0, orjson.dumps(
+        {"request_id": "r", "model": "m", "timestamp": time.time() + 10 * 86400, "prediction": "a"}))
+    assert join.engines[0].dead_letters == [] and join.engines[0].health.predictions == 1
