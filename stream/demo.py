@@ -13,6 +13,7 @@ from typing import Any
 
 from stream.config import Config
 from stream.core.engine import Engine
+from stream.core.keys import segment_label
 from stream.core.records import parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
@@ -110,7 +111,7 @@ class LiveView:
         self.collector.observe(engine.metric_records)
         for record in engine.metric_records:
             if record["n"] and record["window"]["kind"] in ("rolling", "cumulative"):
-                segment = ",".join(f"{k}={v}" for k, v in record["segment"].items()) or "all games"
+                segment = segment_label(record["segment"]) or "all games"
                 self.latest[(record["window"]["name"], segment)] = record
         engine.metric_records.clear()
         if engine.alert_events:

@@ -26,6 +26,7 @@ import orjson
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
 from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
+from stream.core.keys import segment_label
 from stream.core.merge import WindowState, metric_record
 from stream.core.metrics import RegressionStats, ScoreSums
 from stream.core.records import Label, Prediction, Scores, class_name, target_number
@@ -132,7 +133,7 @@ class Series:
         self.model = model
         self.model_version = version
         self.segment = segment
-        self.segment_key = ",".join(f"{k}={v}" for k, v in segment.items())
+        self.segment_key = segment_label(segment)
         self.windows: dict[tuple[WindowSpec, int], Window] = {}
         self.rolling: list[RollingWindow] = []
 
@@ -590,9 +591,3 @@ class Engine:
     def balance(self) -> dict[str, int]:
         return self.health.balance(*self.pending())
 
-
-def record_key(record: dict[str, Any]) -> str:
-    """The upsert key of a metric record: one per (model, version, segment, window instance)."""
-    window = record["window"]
-    segment = ",".join(f"{k}={v}" for k, v in sorted(record["segment"].items()))
-    return f"{record['model']}|{record['model_version']}|{segment}|{window['name']}|{window.get('start', 0)}"

@@ -11,12 +11,12 @@ clear threshold: one firing and one resolved event per episode, never a repeat.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
 
+from stream.core.keys import fingerprint
 from stream.core.metrics import PROPORTIONS, wilson_interval
 from stream.errors import ConfigError
 
@@ -206,12 +206,6 @@ def _labels(rule: Rule, record: dict[str, Any]) -> dict[str, str]:
     }
     labels.update({f"segment_{k}": v for k, v in record["segment"].items()})
     return labels
-
-
-def fingerprint(labels: dict[str, str]) -> str:
-    """Stable for one rule and label set, as Alertmanager identifies an alert."""
-    text = "\x00".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _event(

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from stream.core.engine import LAG_BUCKETS_S, Engine, Health
+from stream.core.keys import segment_label
 from stream.core.rules import Rule, RuleState
 
 RATIO_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
@@ -47,7 +48,7 @@ class EngineCollector(Collector):
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
         self.cells: dict[tuple[str, str, str, str, str], int] = {}  # confusion counters, additive
-        self._seen_cells: dict[str, dict[tuple[str, str], int]] = {}
+        self._seen_cells: dict[tuple[str, str, str, str, int], dict[tuple[str, str], int]] = {}
 
     def observe(self, records: list[dict[str, Any]]) -> None:
         """Take the engine's new metric records (call before the adapter clears its outbox)."""
@@ -57,7 +58,7 @@ class EngineCollector(Collector):
 
     def _observe(self, record: dict[str, Any]) -> None:
         window = record["window"]
-        segment = ",".join(f"{k}={v}" for k, v in record["segment"].items())
+        segment = segment_label(record["segment"])
         series = (record["model"], record["model_version"], segment, window["name"])
         current = self.latest.get(series)
         if current is None or window.get("start", 0) >= current["window"].get("start", 0):
@@ -66,7 +67,7 @@ class EngineCollector(Collector):
             self._count_cells(series, window.get("start", 0), record)
 
     def _count_cells(self, series: tuple[str, str, str, str], start: int, record: dict[str, Any]) -> None:
-        key = f"{series}|{start}"
+        key = (*series, start)
         seen = self._seen_cells.setdefault(key, {})
         classes = record["classes"]
         for i, actual in enumerate(classes):

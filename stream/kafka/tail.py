@@ -13,6 +13,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError
 
 from stream.config import Config
+from stream.core.keys import segment_label
 from stream.kafka.admin import client_settings
 
 
@@ -55,7 +56,7 @@ def read(config: Config, topic: str, follow: bool = False, from_beginning: bool 
 
 def format_metric(record: dict[str, Any]) -> str:
     m = record.get("metrics", {})
-    segment = ",".join(f"{k}={v}" for k, v in record.get("segment", {}).items()) or "all"
+    segment = segment_label(record.get("segment", {})) or "all"
     window = record.get("window", {})
     start = window.get("start")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)) if start is not None else ""

@@ -44,7 +44,8 @@ from faust.types import TP
 
 from stream.config import Config
 from stream.core.clock import future_reason
-from stream.core.engine import Engine, Health, record_key
+from stream.core.engine import Engine, Health
+from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.core.rules import RuleBook, RuleState, rfc3339
@@ -477,8 +478,7 @@ class Merge:
         now = time.time()
         record = metric_record(first["model"], first["model_version"], first["segment"], first["window"],
                                merge_states(partials), final, rfc3339(now))
-        segment_key = ",".join(f"{k}={v}" for k, v in first["segment"].items())
-        events = self.rules.evaluate(record, segment_key, now)
+        events = self.rules.evaluate(record, segment_label(first["segment"]), now)
         if self.on_record is not None:
             self.on_record(record)
         if events and self.on_alerts is not None:

@@ -227,3 +227,27 @@ def test_a_prediction_and_label_stamped_far_ahead_are_dead_lettered_and_every_wi
     assert sorted((d["source"], d["request_id"]) for d in dead) == [("labels", "broken-clock"),
                                                                     ("predictions", "broken-clock")]
     assert all("ahead of the worker's clock" in d["reason"] and d["topic"] and d["offset"] >= 0 for d in dead)
+
+
+def test_series_whose_names_share_separators_stay_apart(kafka: Broker, tmp_path: Path) -> None:
+    config, path = setup(kafka, tmp_path)
+    records = []
+    for model, version, pairs in (("hc|x", "y", 40), ("hc", "x|y", 20)):
+        for i in range(pairs):
+            rid, ts = f"{model}/{version}/{i}", START + i
+            records.append((ts, 0, {"request_id": rid, "model": model, "model_version": version, "timestamp": ts,
+                                    "prediction": "a", "segment": {"k,=": "v=,"}}))
+            records.append((ts, 1, {"request_id": rid, "timestamp": ts, "label": "a"}))
+    produce(config, records)
+    produce(config, ticks())
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        deadline, finals = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and len(finals) < 4:
+            for _, r in read(config, config.metrics_topic, follow=False):
+                if r["final"] and r["model"] != "tick" and r["window"]["name"] == "tumbling_5m":
+                    finals[(r["model"], r["model_version"], tuple(r["segment"].items()))] = r["n"]
+    finally:
+        worker.stop()
+    assert finals == {("hc|x", "y", ()): 40, ("hc|x", "y", (("k,=", "v=,"),)): 40,
+                      ("hc", "x|y", ()): 20, ("hc", "x|y", (("k,=", "v=,"),)): 20}

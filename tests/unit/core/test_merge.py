@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.config import Config
-from stream.core.engine import Engine, record_key
+from stream.core.engine import Engine
+from stream.core.keys import record_key
 from stream.core.merge import merge_states, metric_record
 from stream.core.records import parse_label, parse_prediction
 
