@@ -66,6 +66,7 @@ from stream.kafka.patches import (
     tune_fetches,
     tune_rocksdict_stores,
 )
+from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
 
 log = logging.getLogger("mlmon.worker")
 
@@ -146,6 +147,7 @@ class Join:
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.future_limit = -math.inf  # records stamped later are checked against the wall clock
+        self.routing = Routing(config.partitions)
 
     def _new_engine(self) -> Engine:
         return Engine(self.config, clock=time.time, emit_partials=True)
@@ -266,6 +268,8 @@ class Join:
             taken = engine.label(record)  # type: ignore[arg-type]
             if taken:
                 unsaved.labels.append(raw)
+        if offset & ROUTE_SAMPLE_MASK == 0:
+            self.routing.check(source, partition, record.request_id)
         ts = record.timestamp
         if taken:
             unsaved.size += len(raw)
@@ -369,7 +373,8 @@ class Join:
         """Where every consumed record went, summed over this process's partitions."""
         total, pending, _ = self.totals()
         health = {k: v for k, v in asdict(total).items() if k != "label_lag_buckets"}
-        health.update(pending_predictions=pending[0], pending_labels=pending[1],
+        health.update(routing=self.routing.counts(),
+                      pending_predictions=pending[0], pending_labels=pending[1],
                       balance=total.balance(*pending), partitions=sorted(self.engines),
                       app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())
         return health
@@ -508,7 +513,8 @@ def build_app(config: Config) -> faust.App:
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     join = Join(config)
     merge = Merge(config, on_alerts=delivery.submit)
-    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag))
+    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag),
+                                join.routing.counts)
     merge.on_record = lambda record: collector.observe([record])
     if config.metrics_port:
         try:

@@ -62,6 +62,7 @@ def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_pat
     assert health["predictions"] == sent.predictions + sent_ticks.predictions
     assert health["labels"] == sent.labels + sent_ticks.labels
     assert health["balance"] == {"predictions": 0, "labels": 0}
+    assert all(r["checked"] > 100 and r["misrouted"] == 0 for r in health["routing"].values())  # keyed right
     dup_preds = sum(d.duplicate_prediction for d in draws(scenario))
     dup_labels = sum(d.duplicate_label and d.label is not None for d in draws(scenario))
     assert (health["duplicate_predictions"], health["duplicate_labels"]) == (dup_preds, dup_labels)
@@ -251,3 +252,31 @@ def test_series_whose_names_share_separators_stay_apart(kafka: Broker, tmp_path:
         worker.stop()
     assert finals == {("hc|x", "y", ()): 40, ("hc|x", "y", (("k,=", "v=,"),)): 40,
                       ("hc", "x|y", ()): 20, ("hc", "x|y", (("k,=", "v=,"),)): 20}
+
+
+def test_labels_from_a_producer_with_librdkafka_s_default_partitioner_are_reported_as_misrouted(
+        kafka: Broker, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=3000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=9)
+    predictions = [r for r in scenario_records(scenario) if r[1] == 0]
+    produce(config, predictions)  # keyed by request_id, murmur2: on their partitions
+    labels = Producer({"bootstrap.servers": config.broker})  # confluent-kafka's defaults: consistent_random
+    for _, kind, record in scenario_records(scenario):
+        if kind == 1:
+            labels.produce(config.labels_topic, key=record["request_id"].encode(), value=orjson.dumps(record))
+    assert labels.flush(30) == 0
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        deadline, health = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and health.get("labels", 0) < len(predictions) * 0.8:
+            time.sleep(1)
+            records = [value for _, value in read(config, config.health_topic, follow=False)]
+            health = records[-1] if records else {}
+    finally:
+        worker.stop()
+    routing = health["routing"]
+    assert routing["predictions"]["misrouted"] == 0 and routing["predictions"]["checked"] > 0
+    assert routing["labels"]["misrouted"] > routing["labels"]["checked"] / 2  # CRC32 puts most elsewhere
+    assert "records are not keyed by request_id with Kafka's default (murmur2) partitioner" in worker.log.read_text()
