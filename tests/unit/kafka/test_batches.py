@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from stream.config import Config
-from stream.kafka.worker import BATCH_KEY, Join
+from stream.kafka.join_agent import BATCH_KEY, Join
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.config import Config
-from stream.kafka.worker import Join
+from stream.kafka.join_agent import Join
 
 EXAMPLES = int(os.environ.get("MLMON_FUZZ_EXAMPLES", "300"))
 

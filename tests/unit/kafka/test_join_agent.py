@@ -7,7 +7,7 @@ import time
 import orjson
 
 from stream.config import Config
-from stream.kafka.worker import Join
+from stream.kafka.join_agent import Join
 
 
 def test_a_record_stamped_past_the_wall_clock_and_max_future_is_dead_lettered_and_moves_no_watermark() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 
 from stream.config import Config
-from stream.kafka.worker import Join, Merge
+from stream.kafka.join_agent import Join
+from stream.kafka.merge_agent import Merge
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -10,7 +10,8 @@ import pytest
 from stream.config import Config
 from stream.errors import ConfigError
 from stream.kafka.admin import faust_credentials
-from stream.kafka.worker import check_worker_config, glibc, return_free_memory
+from stream.kafka.join_agent import check_worker_config
+from stream.kafka.memory import glibc, return_free_memory
 
 
 def test_default_windows_are_narrowed_to_what_the_worker_supports() -> None:

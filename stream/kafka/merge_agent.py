@@ -1,0 +1,152 @@
+"""The merge agent's state and handlers: partials summed into metric records, and alerts.
+
+It consumes the partials, partitioned by model: it keeps the latest partial per (window, input
+partition) in a table, sums them at each heartbeat into one metric record per changed window,
+evaluates the alert rules, and marks a window final once every input partition's watermark has
+passed it. Absolute partials make replays and duplicates harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from stream.config import Config
+from stream.core.keys import record_key, segment_label
+from stream.core.merge import merge_states, metric_record
+from stream.core.rules import RuleBook, RuleState, rfc3339
+from stream.core.windows import WindowSpec
+from stream.kafka.join_agent import Output
+
+log = logging.getLogger("mlmon.worker")
+
+RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
+SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
+
+
+class Merge:
+    """The merge agent: latest partial per (window, input partition), summed into one record.
+
+    State is kept per merger partition (the partition of the partials topic an event came from):
+    a heartbeat on one partition closes only that partition's windows, since only there is it
+    known to follow every partial sent before it.
+    """
+
+    def __init__(self, config: Config, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.on_alerts = on_alerts  # delivery beyond the alerts topic (Alertmanager, webhook)
+        self.on_record = on_record  # the Prometheus exposition
+        self.rules = RuleBook(config.rules)
+        self.specs = {w.name: w for w in config.windows}
+        self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
+        self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
+        self.changed: dict[int, set[str]] = defaultdict(set)  # merger part. -> windows with new partials
+        self.stale = True
+
+    def rebuild(self, table: Any) -> None:
+        self.open.clear()
+        self.changed.clear()
+        self.rules.states.clear()
+        for key, entry in table.items():
+            if key.startswith(RULES_KEY):
+                for item in entry:
+                    self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
+            elif not entry.get("_final"):
+                partial = next(v for k, v in entry.items() if not k.startswith("_"))
+                self.open[int(entry["_mp"])][key] = self._final_at(partial)
+                self.changed[int(entry["_mp"])].add(key)  # emitted again: a crash may have come before it was
+        self.stale = False
+
+    def _final_at(self, partial: dict[str, Any]) -> float:
+        spec: WindowSpec = self.specs[partial["window"]["name"]]
+        end = spec.end(partial["window"]["start"])
+        return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
+
+    def handle(self, table: Any, here: int, offset: int, value: bytes | None) -> list[Output]:
+        """One message of merger partition ``here``: a partial or a heartbeat. One that cannot be
+        handled (a bug, or a message mlmon did not write) is dead-lettered with the reason."""
+        try:
+            body = orjson.loads(value or b"{}")
+            if "partial" in body:
+                self.on_partial(table, here, int(body["partition"]), body["partial"])
+                return []
+            marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
+            return self.on_heartbeat(table, here, marks)
+        except Exception as exc:
+            log.exception("merge failed on partition %s offset %s", here, offset)
+            dead = {"source": "partials", "reason": f"the merge agent failed: {exc!r}"[:1024],
+                    "raw": (value or b"")[:4096].decode("utf-8", "replace"),
+                    "topic": self.config.partials_topic, "partition": here, "offset": offset}
+            return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
+
+    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> None:
+        """A partial from input ``partition`` arrived on merger partition ``here``: stored, and
+        merged into a record at the heartbeat that follows it (once for all input partitions)."""
+        key = record_key(partial)
+        entry = table.get(key)
+        if entry is not None and entry.get("_final"):
+            return  # a replay of a window that was already closed
+        entry = dict(entry or {})
+        entry[str(partition)] = partial
+        entry["_mp"] = here
+        table[key] = entry
+        self.open[here].setdefault(key, self._final_at(partial))
+        self.changed[here].add(key)
+
+    def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None]) -> list[Output]:
+        """A worker's input partitions' watermarks (None: not known yet) after its partials: close
+        every window of this merger partition that all input partitions have passed, then emit a
+        record for each other window that changed."""
+        known = self.watermarks[here]
+        for partition, watermark in watermarks.items():
+            if watermark is not None and watermark > known.get(partition, -math.inf):
+                known[partition] = watermark
+        out: list[Output] = []
+        changed = self.changed.pop(here, set())
+        if len(known) >= self.config.partitions:
+            low = min(known.values())
+            open_here = self.open[here]
+            for key in [k for k, final_at in open_here.items() if final_at <= low]:
+                del open_here[key]
+                changed.discard(key)
+                entry = table.get(key)
+                if entry is None or entry.get("_final"):
+                    continue
+                out += self._emit(table, key, entry, final=True)
+                table[key] = {"_final": True, "_mp": here}
+        for key in sorted(changed):
+            entry = table.get(key)
+            if entry is not None and not entry.get("_final"):
+                out += self._emit(table, key, entry, final=False)
+        return out
+
+    def _emit(self, table: Any, key: str, entry: dict[str, Any], final: bool) -> list[Output]:
+        partials = [v for k, v in entry.items() if not k.startswith("_")]
+        first = partials[0]
+        now = time.time()
+        record = metric_record(first["model"], first["model_version"], first["segment"], first["window"],
+                               merge_states(partials), final, rfc3339(now))
+        events = self.rules.evaluate(record, segment_label(first["segment"]), now)
+        if self.on_record is not None:
+            self.on_record(record)
+        if events and self.on_alerts is not None:
+            self.on_alerts(events)
+        config = self.config
+        out: list[Output] = [(config.metrics_topic, key.encode(), orjson.dumps(record))]
+        out += [(config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
+        if self.rules.rules:
+            self._save_rules(table, first["model"])
+        return out
+
+    def _save_rules(self, table: Any, model: str) -> None:
+        states = [{"rule": rule, "series": list(series), "state": asdict(state)}
+                  for (rule, series), state in self.rules.states.items() if series[0] == model]
+        table[f"{RULES_KEY}{model}"] = states
