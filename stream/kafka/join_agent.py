@@ -14,6 +14,7 @@ partitions' watermarks (a heartbeat), which :mod:`stream.kafka.merge_agent` merg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from stream.config import Config
 from stream.core.clock import future_reason
 from stream.core.engine import Engine, Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
+from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
 
@@ -48,16 +50,42 @@ PRUNE_SLACK_S = 120.0
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
+HIDDEN_BASE = WindowSpec("tumbling", size_s=3600)  # the cumulative window's base when no tumbling one is set
+
+
 def check_worker_config(config: Config) -> None:
-    unsupported = ("cumulative", "rolling")
+    unsupported = ("rolling",)
     if not config.windows_configured:  # the defaults: keep what the worker supports
         config.windows = [w for w in config.windows if w.kind not in unsupported]
     refused = [w.name for w in config.windows if w.kind in unsupported]
     if refused:
         raise ConfigError(
-            f"the Kafka worker does not support {', '.join(refused)} windows yet (their state cannot be "
-            "rebuilt from the stored batches after a restart); use tumbling or hopping windows"
+            f"the Kafka worker does not support {', '.join(refused)} windows yet (the last pairs across "
+            "partitions are not merged); use tumbling, hopping or cumulative windows"
         )
+
+
+def cumulative_base(windows: list[WindowSpec]) -> WindowSpec | None:
+    """The tumbling window a cumulative one is summed from in the worker, if one is configured.
+
+    A partition's engine keeps only the records of windows that are not final yet (older batches
+    are pruned), so it cannot hold a cumulative window across restarts. Every pair falls in exactly
+    one window of a tumbling spec, so the merge agent folds each one as it becomes final into a
+    stored base, and a cumulative record is that base plus the windows still open. The smallest
+    configured tumbling spec is used (its windows close soonest), else ``HIDDEN_BASE``, whose own
+    records are not published."""
+    if not any(w.kind == "cumulative" for w in windows):
+        return None
+    tumbling = [w for w in windows if w.kind == "tumbling"]
+    return min(tumbling, key=lambda w: w.size_s) if tumbling else HIDDEN_BASE
+
+
+def engine_windows(windows: list[WindowSpec]) -> list[WindowSpec]:
+    """What each partition's engine counts: the configured windows, a cumulative one replaced by its
+    base (see ``cumulative_base``)."""
+    base = cumulative_base(windows)
+    kept = [w for w in windows if w.kind != "cumulative"]
+    return [*kept, base] if base is not None and base not in kept else kept
 
 
 @dataclass
@@ -82,8 +110,9 @@ class Join:
     def __init__(self, config: Config) -> None:
         check_worker_config(config)
         self.config = config
+        self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows))
         self.engines: dict[int, Engine] = {}
-        self.max_window_s = max((w.size_s for w in config.windows), default=0)
+        self.max_window_s = max((w.size_s for w in self.engine_config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
         self.marks: dict[int, list[float]] = {}  # partition -> [predictions' event time, labels', the lower]
         self.saved_marks: dict[str, float] = {}  # "predictions/3" -> event time, as the table has it
@@ -95,7 +124,7 @@ class Join:
         self.routing = Routing(config.partitions)
 
     def _new_engine(self) -> Engine:
-        return Engine(self.config, clock=time.time, emit_partials=True)
+        return Engine(self.engine_config, clock=time.time, emit_partials=True)
 
     def engine(self, partition: int) -> Engine:
         engine = self.engines.get(partition)

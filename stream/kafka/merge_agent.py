@@ -23,11 +23,18 @@ from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
-from stream.kafka.join_agent import Output
+from stream.kafka.join_agent import Output, cumulative_base, engine_windows
 
 log = logging.getLogger("mlmon.worker")
 
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
+CUMULATIVE_KEY = "\x00cumulative/"  # + a cumulative window's key: the base windows folded in so far
+CUMULATIVE = WindowSpec("cumulative")
+
+
+def cumulative_key(partial: dict[str, Any]) -> str:
+    """The record key of the cumulative window of a partial's series."""
+    return record_key({**partial, "window": CUMULATIVE.describe(0)})
 SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
 
 
@@ -45,7 +52,10 @@ class Merge:
         self.on_alerts = on_alerts  # delivery beyond the alerts topic (Alertmanager, webhook)
         self.on_record = on_record  # the Prometheus exposition
         self.rules = RuleBook(config.rules)
-        self.specs = {w.name: w for w in config.windows}
+        self.specs = {w.name: w for w in engine_windows(config.windows)}
+        self.base = cumulative_base(config.windows)  # the tumbling spec cumulative windows are summed from
+        self.hidden = self.base if self.base is not None and self.base not in config.windows else None
+        self.members: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # open base windows
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
         self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
         self.changed: dict[int, set[str]] = defaultdict(set)  # merger part. -> windows with new partials
@@ -54,15 +64,19 @@ class Merge:
     def rebuild(self, table: Any) -> None:
         self.open.clear()
         self.changed.clear()
+        self.members.clear()
         self.rules.states.clear()
         for key, entry in table.items():
             if key.startswith(RULES_KEY):
                 for item in entry:
                     self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
-            elif not entry.get("_final"):
+            elif not key.startswith(CUMULATIVE_KEY) and not entry.get("_final"):
                 partial = next(v for k, v in entry.items() if not k.startswith("_"))
-                self.open[int(entry["_mp"])][key] = self._final_at(partial)
-                self.changed[int(entry["_mp"])].add(key)  # emitted again: a crash may have come before it was
+                here = int(entry["_mp"])
+                self.open[here][key] = self._final_at(partial)
+                self.changed[here].add(key)  # emitted again: a crash may have come before it was
+                if self.base is not None and partial["window"]["name"] == self.base.name:
+                    self.members[here][cumulative_key(partial)].add(key)
         self.stale = False
 
     def _final_at(self, partial: dict[str, Any]) -> float:
@@ -100,6 +114,8 @@ class Merge:
         table[key] = entry
         self.open[here].setdefault(key, self._final_at(partial))
         self.changed[here].add(key)
+        if self.base is not None and partial["window"]["name"] == self.base.name:
+            self.members[here][cumulative_key(partial)].add(key)
 
     def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None]) -> list[Output]:
         """A worker's input partitions' watermarks (None: not known yet) after its partials: close
@@ -111,30 +127,74 @@ class Merge:
                 known[partition] = watermark
         out: list[Output] = []
         changed = self.changed.pop(here, set())
+        totals: set[str] = set()  # cumulative windows whose base or open windows changed
         if len(known) >= self.config.partitions:
             low = min(known.values())
             open_here = self.open[here]
-            for key in [k for k, final_at in open_here.items() if final_at <= low]:
+            for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
                 del open_here[key]
                 changed.discard(key)
                 entry = table.get(key)
                 if entry is None or entry.get("_final"):
                     continue
-                out += self._emit(table, key, entry, final=True)
+                partials = self._partials(entry)
+                if self.base is not None and partials[0]["window"]["name"] == self.base.name:
+                    total = cumulative_key(partials[0])
+                    self._fold(table, total, partials)  # before the window is marked final: a crash between
+                    self.members[here][total].discard(key)  # folds it again, and the fold sees it did
+                    totals.add(total)
+                out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=True)
                 table[key] = {"_final": True, "_mp": here}
         for key in sorted(changed):
             entry = table.get(key)
             if entry is not None and not entry.get("_final"):
-                out += self._emit(table, key, entry, final=False)
+                partials = self._partials(entry)
+                out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=False)
+                if self.base is not None and partials[0]["window"]["name"] == self.base.name:
+                    totals.add(cumulative_key(partials[0]))
+        for total in sorted(totals):
+            out += self._emit_cumulative(table, here, total)
         return out
 
-    def _emit(self, table: Any, key: str, entry: dict[str, Any], final: bool) -> list[Output]:
-        partials = [v for k, v in entry.items() if not k.startswith("_")]
-        first = partials[0]
+    @staticmethod
+    def _partials(entry: dict[str, Any]) -> list[dict[str, Any]]:
+        return [v for k, v in entry.items() if not k.startswith("_")]
+
+    def _fold(self, table: Any, total: str, partials: list[dict[str, Any]]) -> None:
+        """Add a final base window to its cumulative window's stored base, once."""
+        start = partials[0]["window"]["start"]
+        stored = table.get(CUMULATIVE_KEY + total)
+        if stored is not None and start <= stored["through"]:
+            return  # folded already (base windows of a series close in start order)
+        states = partials if stored is None else [stored["state"], *partials]
+        head = {k: partials[0][k] for k in ("model", "model_version", "segment")}
+        table[CUMULATIVE_KEY + total] = {"through": start, "head": head, "state": merge_states(states).export()}
+
+    def _emit_cumulative(self, table: Any, here: int, total: str) -> list[Output]:
+        """The cumulative record of a series: its stored base and every base window still open."""
+        stored = table.get(CUMULATIVE_KEY + total)
+        states = [] if stored is None else [stored["state"]]
+        head = None if stored is None else stored["head"]
+        for key in self.members[here].get(total, ()):
+            entry = table.get(key)
+            if entry is not None and not entry.get("_final"):
+                partials = self._partials(entry)
+                states += partials
+                head = head or partials[0]
+        if head is None:
+            return []
+        return self._emit(table, total, head, CUMULATIVE.describe(0), states, final=False)
+
+    def _emit(self, table: Any, key: str, head: dict[str, Any], window: dict[str, Any],
+              partials: list[dict[str, Any]], final: bool) -> list[Output]:
+        """One metric record (and alert events) from the partials of a window; nothing for the hidden
+        base of cumulative windows."""
+        if self.hidden is not None and window["name"] == self.hidden.name:
+            return []
         now = time.time()
-        record = metric_record(first["model"], first["model_version"], first["segment"], first["window"],
+        record = metric_record(head["model"], head["model_version"], head["segment"], window,
                                merge_states(partials), final, rfc3339(now))
-        events = self.rules.evaluate(record, segment_label(first["segment"]), now)
+        events = self.rules.evaluate(record, segment_label(head["segment"]), now)
         if self.on_record is not None:
             self.on_record(record)
         if events and self.on_alerts is not None:
@@ -143,7 +203,7 @@ class Merge:
         out: list[Output] = [(config.metrics_topic, key.encode(), orjson.dumps(record))]
         out += [(config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
         if self.rules.rules:
-            self._save_rules(table, first["model"])
+            self._save_rules(table, head["model"])
         return out
 
     def _save_rules(self, table: Any, model: str) -> None:

@@ -64,3 +64,47 @@ def test_a_message_the_merge_agent_cannot_handle_is_dead_lettered_with_where_it_
     partial = partials_of(config, 0, 2)[0]
     assert merge.handle(table, 0, 43, orjson.dumps({"partition": 0, "partial": partial})) == []
     assert table  # stored
+
+
+def records_of(config: Config, out: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for t, _, v in out if t == config.metrics_topic]
+
+
+def partials_over(config: Config, partition: int, pairs: int, step_s: float) -> list[dict[str, Any]]:
+    """An engine's partials for ``pairs`` pairs ``step_s`` apart (two right answers in three)."""
+    join = Join(config)
+    join.stale = False
+    for i in range(pairs):
+        rid, ts = f"{partition}-{i}", START + i * step_s
+        join.handle(config.predictions_topic, partition, 2 * i, orjson.dumps(
+            {"request_id": rid, "model": "m", "timestamp": ts, "prediction": "a"}))
+        join.handle(config.labels_topic, partition, 2 * i + 1, orjson.dumps(
+            {"request_id": rid, "timestamp": ts, "label": "a" if i % 3 else "b"}))
+    join.engines[partition].flush()
+    return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
+
+
+def test_a_cumulative_window_is_its_closed_base_windows_plus_the_open_ones_and_survives_a_restart() -> None:
+    for windows, published in ((["tumbling 5m", "cumulative"], {"tumbling_5m", "cumulative"}),
+                               (["cumulative"], {"cumulative"})):  # a hidden tumbling 1h base
+        config = Config.from_mapping({"partitions": 2, "windows": windows, "join_ttl_s": 60})
+        merge, table = Merge(config), {}
+        merge.stale = False
+        for partition, pairs in ((0, 30), (1, 45)):  # 30 s apart: 15 and 22.5 minutes of pairs
+            for partial in partials_over(config, partition, pairs, 30.0):
+                merge.on_partial(table, 0, partition, partial)
+        first = records_of(config, merge.on_heartbeat(table, 0, {0: START + 600, 1: START + 600}))
+        assert {r["window"]["name"] for r in first} == published
+        [total] = [r for r in first if r["window"]["name"] == "cumulative"]
+        assert (total["n"], total["confusion_matrix"]) == (75, [[50, 0], [25, 0]])  # rows: actual a, b
+        assert not total["final"] and total["predictions"] == 75
+        later = START + 7 * 86400  # every base window final: folded into the stored base
+        closing = records_of(config, merge.on_heartbeat(table, 0, {0: later, 1: later}))
+        [again] = [r for r in closing if r["window"]["name"] == "cumulative"]
+        assert (again["n"], again["confusion_matrix"]) == (75, [[50, 0], [25, 0]])
+        assert all(r["final"] for r in closing if r["window"]["name"] != "cumulative")
+        restarted = Merge(config)
+        restarted.rebuild(table)
+        for partial in partials_over(config, 0, 30, 30.0):  # replayed partials of closed windows: ignored
+            restarted.on_partial(table, 0, 0, partial)
+        assert records_of(config, restarted.on_heartbeat(table, 0, {0: later + 1, 1: later + 1})) == []

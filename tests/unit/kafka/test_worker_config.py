@@ -8,21 +8,33 @@ import faust
 import pytest
 
 from stream.config import Config
+from stream.core.windows import WindowSpec
 from stream.errors import ConfigError
 from stream.kafka.admin import faust_credentials
-from stream.kafka.join_agent import check_worker_config
+from stream.kafka.join_agent import check_worker_config, engine_windows
 from stream.kafka.memory import glibc, return_free_memory
 
 
-def test_default_windows_are_narrowed_to_what_the_worker_supports() -> None:
+def test_the_default_windows_run_in_the_worker() -> None:
     config = Config()
     check_worker_config(config)
-    assert [w.name for w in config.windows] == ["tumbling_1h", "tumbling_1d"]
+    assert [w.name for w in config.windows] == ["tumbling_1h", "tumbling_1d", "cumulative"]
 
 
-def test_configured_cumulative_windows_are_refused_with_a_reason() -> None:
-    with pytest.raises(ConfigError, match="does not support cumulative"):
-        check_worker_config(Config.from_mapping({"windows": ["tumbling 1h", "cumulative"]}))
+def test_configured_rolling_windows_are_refused_with_a_reason() -> None:
+    with pytest.raises(ConfigError, match="does not support rolling_1000"):
+        check_worker_config(Config.from_mapping({"windows": ["tumbling 1h", "cumulative", "rolling 1000"]}))
+
+
+def test_a_cumulative_window_is_counted_from_the_smallest_tumbling_one_or_a_hidden_hour() -> None:
+    def engines(*windows: str) -> list[str]:
+        return [w.name for w in engine_windows([WindowSpec.parse(w) for w in windows])]
+
+    assert engines("tumbling 1d", "tumbling 1h", "cumulative") == ["tumbling_1d", "tumbling_1h"]
+    assert engines("tumbling 1h", "cumulative") == ["tumbling_1h"]
+    hopping = WindowSpec.parse({"kind": "hopping", "size": "1h", "hop": "15m"})
+    assert [w.name for w in engine_windows([hopping, WindowSpec("cumulative")])] == ["hopping_1h_15m", "tumbling_1h"]
+    assert engines("tumbling 5m") == ["tumbling_5m"]
 
 
 def test_sasl_options_become_faust_credentials() -> None:
