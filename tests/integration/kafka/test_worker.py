@@ -8,17 +8,21 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_broker import Broker, free_port
+from stream.config import Config
 from stream.kafka.produce import produce, producer, scenario_records
 from stream.kafka.tail import read
+from stream.replay import replay
 from stream.simulate import Scenario, draws
 from worker_harness import (
     START,
+    TTL_S,
     Worker,
     assert_exact,
     expected_pairs,
@@ -280,3 +284,49 @@ def test_labels_from_a_producer_with_librdkafka_s_default_partitioner_are_report
     assert routing["predictions"]["misrouted"] == 0 and routing["predictions"]["checked"] > 0
     assert routing["labels"]["misrouted"] > routing["labels"]["checked"] / 2  # CRC32 puts most elsewhere
     assert "records are not keyed by request_id with Kafka's default (murmur2) partitioner" in worker.log.read_text()
+
+
+def cells(record: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """A record's confusion matrix as (actual, predicted) -> count, whatever the class order."""
+    classes = record.get("classes", [])
+    return {(a, p): record["confusion_matrix"][i][j] for i, a in enumerate(classes) for j, p in enumerate(classes)
+            if record["confusion_matrix"][i][j]}
+
+
+def test_tumbling_and_cumulative_windows_in_the_worker_equal_replay_on_the_same_input(
+        kafka: Broker, tmp_path: Path) -> None:
+    windows = "windows: [tumbling 5m, tumbling 15m, cumulative]\n"
+    config, path = setup(kafka, tmp_path, extra=windows)
+    scenario = Scenario(pairs=6000, start_ts=START, rate_per_s=5.0, label_delay_mean_s=30.0, label_coverage=0.9,
+                        duplicate_rate=0.05, early_label_rate=0.02, seed=13)
+    records = list(scenario_records(scenario)) + list(ticks())
+    produce(config, records)
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        expected = expected_pairs(scenario)
+        final_records(config, set(expected), timeout_s=180, worker=worker)
+        time.sleep(3)  # the cumulative records that follow the last final ones
+        latest: dict[tuple[str, ...], dict[str, Any]] = {}
+        for _, r in read(config, config.metrics_topic, follow=False):
+            latest[(r["model"], r["model_version"], json.dumps(r["segment"]), r["window"]["name"],
+                    str(r["window"].get("start", 0)))] = r
+    finally:
+        worker.stop()
+    files = {kind: tmp_path / f"{kind}.jsonl" for kind in ("p", "l")}
+    for kind, name in ((0, "p"), (1, "l")):
+        files[name].write_text("".join(json.dumps(r) + "\n" for _, k, r in records if k == kind))
+    (tmp_path / "replay.yaml").write_text(f"join_ttl: {TTL_S}s\n{windows}")
+    ran = replay(files["p"], files["l"], Config.load(tmp_path / "replay.yaml"), tmp_path / "m.jsonl")
+    replayed = {}
+    for line in (tmp_path / "m.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        replayed[(r["model"], r["model_version"], json.dumps(r["segment"]), r["window"]["name"],
+                  str(r["window"].get("start", 0)))] = r
+    assert ran.engine.balance() == {"predictions": 0, "labels": 0}
+    assert set(latest) == set(replayed)
+    assert sum(1 for k in latest if k[3] == "cumulative") == 4  # the model and its two venues, and the ticks
+    for key, record in replayed.items():
+        ours = latest[key]
+        assert (ours["n"], ours["predictions"], cells(ours)) == (record["n"], record["predictions"], cells(record)), key
+        for name, value in record["metrics"].items():
+            assert ours["metrics"][name] == pytest.approx(value, abs=1e-9, nan_ok=True), (key, name)
