@@ -33,6 +33,7 @@ class Config:
     max_classes: int = 100
     max_segment_values: int = 50
     max_record_bytes: int = 64 * 1024
+    idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
     rules: list[Rule] = field(default_factory=list)
     windows_configured: bool = False  # False: the defaults, which each adapter may narrow

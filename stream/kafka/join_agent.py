@@ -22,6 +22,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the 
 # 2 s to 0.3 s), CPU that two workers share. Batches written before are plain JSON: ``{`` first.
 BATCH_ZLIB_LEVEL = 1
 SOURCES = ("predictions", "labels")
+MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
 PRUNE_SLACK_S = 120.0
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
@@ -122,6 +124,8 @@ class Join:
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.future_limit = -math.inf  # records stamped later are checked against the wall clock
         self.routing = Routing(config.partitions)
+        self.activity: dict[tuple[str, int], tuple[int | None, float]] = {}  # (last offset, since when)
+        self.idle: set[int] = set()  # partitions with no input for idle_timeout_s
 
     def _new_engine(self) -> Engine:
         return Engine(self.engine_config, clock=time.time, emit_partials=True)
@@ -158,10 +162,12 @@ class Join:
                 name = key[len(WATERMARK_KEY):]
                 source, partition = name.split("/")
                 marks = self._marks(int(partition))
-                marks[SOURCES.index(source)] = self.saved_marks[name] = float(orjson.loads(value))
-                marks[2] = min(marks[0], marks[1])
+                marks[MARKS.index(source)] = self.saved_marks[name] = float(orjson.loads(value))
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
+        for marks in self.marks.values():  # the lower input's, or more if an idle input was passed over
+            marks[2] = max(marks[2], min(marks[0], marks[1]))
+        self.activity.clear()  # every input is given idle_timeout_s again
         self.engines = {}
         stored = 0
         for partition in sorted(batches):
@@ -278,7 +284,7 @@ class Join:
             table[key] = zlib.compress(batch, BATCH_ZLIB_LEVEL)
             self._schedule_prune(key, unsaved.last_ts, partition)
         marks = self._marks(partition)
-        for i, source in enumerate(SOURCES):
+        for i, source in enumerate(MARKS):
             name = f"{source}/{partition}"
             mark = marks[i]
             if mark != -math.inf and mark != self.saved_marks.get(name):
@@ -320,13 +326,43 @@ class Join:
             engine.dead_letters.clear()
         return out
 
-    def heartbeat(self) -> bytes | None:
-        """Each owned partition's watermark (None: not known yet), sent to every merger partition
-        after the partials: windows close on them, and changed windows are merged at them."""
-        if not self.engines:
+    def refresh_idle(self, assigned: Iterable[int], now: float) -> None:
+        """Inputs that got nothing for ``idle_timeout_s`` (wall clock) stop holding event time back,
+        as Flink's idleness does: a partition whose labels stopped moves on with its predictions,
+        and one with no input at all is reported idle, so the merger closes windows without it.
+        An input that gets records again rejoins; what it brings for windows closed meanwhile is
+        counted late or expired by its engine, or by the merger (``late_partials``)."""
+        config = self.config
+        self.idle.clear()
+        for partition in assigned:
+            active = []
+            for i, topic in enumerate((config.predictions_topic, config.labels_topic)):
+                offset = self.offsets.get((topic, partition))
+                seen = self.activity.get((topic, partition))
+                if seen is None or seen[0] != offset:
+                    self.activity[(topic, partition)] = (offset, now)
+                    active.append(i)
+                elif now - seen[1] < config.idle_timeout_s:
+                    active.append(i)
+            if not active:
+                self.idle.add(partition)
+            elif len(active) == 1:
+                marks = self._marks(partition)
+                low = marks[active[0]]
+                if low > marks[2]:
+                    marks[2] = low
+                    self.engine(partition).observe(low)
+
+    def heartbeat(self, assigned: Iterable[int] = ()) -> bytes | None:
+        """Each owned partition's watermark (None: not known yet) and those idle, sent to every
+        merger partition after the partials: windows close on them, and changed windows are
+        merged at them."""
+        owned = set(self.engines) | set(assigned)
+        if not owned:
             return None
-        marks = {p: self.watermark(p) for p in self.engines}
-        return orjson.dumps({"watermarks": {str(p): m if math.isfinite(m) else None for p, m in marks.items()}})
+        marks = {p: self.watermark(p) for p in sorted(owned)}
+        return orjson.dumps({"watermarks": {str(p): m if math.isfinite(m) else None for p, m in marks.items()},
+                             "idle": sorted(self.idle & owned)})
 
     def totals(self) -> tuple[Health, tuple[int, int], float]:
         """Health and pending counts summed over this process's partitions, and the lowest watermark."""

@@ -56,6 +56,9 @@ class Merge:
         self.base = cumulative_base(config.windows)  # the tumbling spec cumulative windows are summed from
         self.hidden = self.base if self.base is not None and self.base not in config.windows else None
         self.members: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # open base windows
+        self.idle: dict[int, dict[int, bool]] = defaultdict(dict)  # merger part. -> input part. -> idle
+        self.late_partials = 0  # partials of idle inputs for windows closed without them
+        self._late_logged = -math.inf
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
         self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
         self.changed: dict[int, set[str]] = defaultdict(set)  # merger part. -> windows with new partials
@@ -93,7 +96,7 @@ class Merge:
                 self.on_partial(table, here, int(body["partition"]), body["partial"])
                 return []
             marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
-            return self.on_heartbeat(table, here, marks)
+            return self.on_heartbeat(table, here, marks, {int(p) for p in body.get("idle", ())})
         except Exception as exc:
             log.exception("merge failed on partition %s offset %s", here, offset)
             dead = {"source": "partials", "reason": f"the merge agent failed: {exc!r}"[:1024],
@@ -107,7 +110,11 @@ class Merge:
         key = record_key(partial)
         entry = table.get(key)
         if entry is not None and entry.get("_final"):
-            return  # a replay of a window that was already closed
+            # A replay of a window already closed, or, when it changes what was published, records
+            # of an input that was idle when the window closed: counted and logged, not merged.
+            if partial.get("final") is False and partition in self.idle_partitions(here):
+                self._late(partial, partition)
+            return
         entry = dict(entry or {})
         entry[str(partition)] = partial
         entry["_mp"] = here
@@ -117,19 +124,27 @@ class Merge:
         if self.base is not None and partial["window"]["name"] == self.base.name:
             self.members[here][cumulative_key(partial)].add(key)
 
-    def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None]) -> list[Output]:
-        """A worker's input partitions' watermarks (None: not known yet) after its partials: close
-        every window of this merger partition that all input partitions have passed, then emit a
-        record for each other window that changed."""
+    def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None],
+                     idle: set[int] | None = None) -> list[Output]:
+        """A worker's input partitions' watermarks (None: not known yet) after its partials, and
+        which of them are idle: close every window of this merger partition that all input
+        partitions but the idle ones have passed (when all are idle, the furthest one), then emit
+        a record for each other window that changed."""
         known = self.watermarks[here]
+        idle_here = self.idle[here]
         for partition, watermark in watermarks.items():
             if watermark is not None and watermark > known.get(partition, -math.inf):
                 known[partition] = watermark
+            idle_here[partition] = idle is not None and partition in idle
         out: list[Output] = []
         changed = self.changed.pop(here, set())
         totals: set[str] = set()  # cumulative windows whose base or open windows changed
-        if len(known) >= self.config.partitions:
-            low = min(known.values())
+        partitions = range(self.config.partitions)
+        marks = [known[p] for p in partitions if p in known and not idle_here.get(p)]
+        if not marks and known:  # every input idle: as far as any has gone
+            marks = [max(known.values())]
+        if marks and all(p in known or idle_here.get(p) for p in partitions):
+            low = min(marks)
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
                 del open_here[key]
@@ -155,6 +170,19 @@ class Merge:
         for total in sorted(totals):
             out += self._emit_cumulative(table, here, total)
         return out
+
+    def idle_partitions(self, here: int) -> set[int]:
+        return {p for p, idle in self.idle[here].items() if idle}
+
+    def _late(self, partial: dict[str, Any], partition: int) -> None:
+        self.late_partials += 1
+        now = time.monotonic()
+        if now - self._late_logged >= 60:
+            self._late_logged = now
+            log.warning("input partition %d was idle when window %s of %s closed; its records for it came later "
+                        "and are not in the final record (%d such partials so far; raise idle_timeout_s if "
+                        "inputs pause for longer)", partition, partial["window"]["name"], partial["model"],
+                        self.late_partials)
 
     @staticmethod
     def _partials(entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -242,6 +242,8 @@ def build_app(config: Config) -> faust.App:
             return_free_memory()
         if not table_writable(requests, config.predictions_topic):
             return  # just after an assignment: saved at a later flush
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == config.predictions_topic)
+        join.refresh_idle(assigned, time.monotonic())
         async with sending:
             saved = {}
             for partition in list(join.engines):  # write each partition's batch, then forget the final
@@ -252,7 +254,7 @@ def build_app(config: Config) -> faust.App:
             for engine in join.engines.values():
                 engine.flush()
             items = join.outputs()  # drained with no await before the watermarks are read
-            beat = join.heartbeat()
+            beat = join.heartbeat(assigned)
             await publish(items)
             if beat is not None:
                 for partition in range(config.partitions):  # every merger partition hears every watermark

@@ -330,3 +330,31 @@ def test_tumbling_and_cumulative_windows_in_the_worker_equal_replay_on_the_same_
         assert (ours["n"], ours["predictions"], cells(ours)) == (record["n"], record["predictions"], cells(record)), key
         for name, value in record["metrics"].items():
             assert ours["metrics"][name] == pytest.approx(value, abs=1e-9, nan_ok=True), (key, name)
+
+
+def test_a_partition_with_no_traffic_does_not_hold_windows_open(kafka: Broker, tmp_path: Path) -> None:
+    from stream.kafka.routing import partition_of
+
+    config, path = setup(kafka, tmp_path, extra="idle_timeout: 5s\n")
+    scenario = Scenario(pairs=3000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=21)
+    quiet = 3  # nothing is sent to input partition 3, not even the ticks
+    sent = [r for r in list(scenario_records(scenario)) + list(ticks())
+            if partition_of(r[2]["request_id"], config.partitions) != quiet]
+    produce(config, sent)
+    kept = {r[2]["request_id"] for r in sent}
+    expected: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for d in draws(scenario):
+        if d.prediction["request_id"] in kept and d.label is not None \
+                and d.label["timestamp"] - d.prediction["timestamp"] <= TTL_S:
+            for size, name in ((300, "tumbling_5m"), (900, "tumbling_15m")):
+                expected.setdefault((name, int(d.prediction["timestamp"] // size) * size), []).append(
+                    (d.label["label"], d.prediction["prediction"]))
+    worker = Worker(path, tmp_path / "worker.log").start()
+    try:
+        processing(worker, starts=1)
+        started = time.monotonic()
+        assert_exact(final_records(config, set(expected), timeout_s=120, worker=worker), expected)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert took < 5 + 20  # idle_timeout plus the flushes, on a busy machine

@@ -36,3 +36,28 @@ def test_no_limit_when_max_future_is_zero() -> None:
     join.handle(config.predictions_topic, 0, 0, orjson.dumps(
         {"request_id": "r", "model": "m", "timestamp": time.time() + 10 * 86400, "prediction": "a"}))
     assert join.engines[0].dead_letters == [] and join.engines[0].health.predictions == 1
+
+
+def test_an_input_that_stops_stops_holding_its_partition_back_and_a_silent_partition_is_idle() -> None:
+    config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m"], "idle_timeout": "60s"})
+    join = Join(config)
+    join.stale = False
+    start = 1_767_225_600.0
+    for i in range(10):  # predictions go on; the labels stop after the first
+        join.handle(config.predictions_topic, 0, i, orjson.dumps(
+            {"request_id": f"r{i}", "model": "m", "timestamp": start + 60 * i, "prediction": "a"}))
+    join.handle(config.labels_topic, 0, 0, orjson.dumps({"request_id": "r0", "timestamp": start, "label": "a"}))
+    join.refresh_idle([0, 1], now=1000.0)
+    assert join.watermark(0) == start and join.idle == set()
+    join.refresh_idle([0, 1], now=1059.0)
+    assert join.watermark(0) == start
+    join.handle(config.predictions_topic, 0, 10, orjson.dumps(
+        {"request_id": "r10", "model": "m", "timestamp": start + 600, "prediction": "a"}))
+    join.refresh_idle([0, 1], now=1060.0)  # labels idle: predictions alone set event time
+    assert join.watermark(0) == start + 600 and join.engines[0].watermark == start + 600
+    assert join.idle == {1}  # nothing at all on partition 1
+    beat = orjson.loads(join.heartbeat([0, 1]) or b"{}")
+    assert beat == {"watermarks": {"0": start + 600, "1": None}, "idle": [1]}
+    join.handle(config.labels_topic, 0, 1, orjson.dumps({"request_id": "r9", "timestamp": start + 540, "label": "a"}))
+    join.refresh_idle([0, 1], now=1061.0)  # the labels are back
+    assert join.watermark(0) == start + 600  # never backwards

@@ -108,3 +108,18 @@ def test_a_cumulative_window_is_its_closed_base_windows_plus_the_open_ones_and_s
         for partial in partials_over(config, 0, 30, 30.0):  # replayed partials of closed windows: ignored
             restarted.on_partial(table, 0, 0, partial)
         assert records_of(config, restarted.on_heartbeat(table, 0, {0: later + 1, 1: later + 1})) == []
+
+
+def test_windows_close_without_the_idle_input_partitions() -> None:
+    config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m"], "join_ttl_s": 60})
+    merge, table = Merge(config), {}
+    merge.stale = False
+    for partial in partials_of(config, 0, 3):
+        merge.on_partial(table, 0, 0, partial)
+    closing = START + 300 + 60 + 60
+    assert [r["final"] for r in records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}))] == [False]
+    closed = records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}, idle={1}))
+    assert [(r["n"], r["final"]) for r in closed] == [(3, True)]
+    for partial in partials_of(config, 1, 2):  # partition 1 wakes up with pairs for the closed window
+        merge.on_partial(table, 0, 1, partial)
+    assert merge.late_partials == 1
