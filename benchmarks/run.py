@@ -1,4 +1,4 @@
-"""The benchmark suite of issue #6, on a real broker, in one run:
+"""The benchmark suite, on a real broker, in one run:
 
     python benchmarks/run.py --pairs 1000000 --report report.json [--repeat 3] [--partitions 8]
 
@@ -11,7 +11,7 @@
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
    --crossings crossings, with --background-rate pairs/s of other traffic;
 5. worker RSS per pending (never labeled) prediction, with --pending of them, and the time a
-   restarted worker takes to rebuild that state (issue #7).
+   restarted worker takes to rebuild that state.
 
 The broker is KAFKA_BOOTSTRAP_SERVERS, or Kafka from its jars (tests/kafka_broker.py). Writes the
 JSON report and a Markdown table next to it (OUT.md), and prints each figure's ratio to the ceiling.

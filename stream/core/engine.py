@@ -192,7 +192,7 @@ class WindowSet:
 
 
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
-# with scores, where a tuple of its fields took 250: issue #6): its timestamp, the number of its
+# with scores, where a tuple of its fields took 250): its timestamp, the number of its
 # window set, its class id (0 for a regression model) and a layout byte, then doubles: a regression
 # model's target, or a classifier's probabilities. A layout is the tuple of class names the scores
 # came with, kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come

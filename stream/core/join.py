@@ -1,6 +1,6 @@
 """Pair predictions with labels by request id, in either arrival order, within a TTL.
 
-Rules (issue #3): a label more than ``ttl_s`` after its prediction is *late* (not joined);
+Rules: a label more than ``ttl_s`` after its prediction is *late* (not joined);
 a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no prediction by
 ``ts + ttl_s`` is *orphaned*; the first prediction and the first label per id win, later ones
 are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
@@ -54,7 +54,7 @@ _NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
 
 def compact_id(request_id: str) -> Key:
     """A canonical UUID (lowercase, 8-4-4-4-12) as its 128-bit number, any other id as it is: half
-    the memory per pending id (48 bytes, not 96: issue #6), and one-to-one (an int never equals a
+    the memory per pending id (48 bytes, not 96), and one-to-one (an int never equals a
     str).
 
     >>> compact_id("6fa03847-181e-4a78-8a0f-3ba8dc11b05d")

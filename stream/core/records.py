@@ -25,7 +25,7 @@ MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot b
 
 Segment = tuple[tuple[str, str], ...]
 # (class, probability, class, probability, ...): a pending prediction holds one, and a flat tuple
-# costs a third of a dict (issue #6, memory per pending prediction).
+# costs a third of a dict (memory per pending prediction).
 Scores = tuple[str | float, ...]
 
 
