@@ -1,6 +1,6 @@
 """The benchmark suite, on a real broker, in one run:
 
-    python benchmarks/run.py --pairs 1000000 --report report.json [--repeat 3] [--partitions 8]
+    python benchmarks/run.py --pairs 1000000 [--report report.json] [--repeat 3] [--partitions 8]
 
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
    faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
@@ -14,7 +14,8 @@
    restarted worker takes to rebuild that state.
 
 The broker is KAFKA_BOOTSTRAP_SERVERS, or Kafka from its jars (tests/kafka_broker.py). Writes the
-JSON report and a Markdown table next to it (OUT.md), and prints each figure's ratio to the ceiling.
+JSON report (benchmarks/results/<date>-<commit>.json unless --report says) and a Markdown table
+next to it (.md), and prints each figure's ratio to the ceiling.
 Medians over --repeat runs, taken in turns (ceiling, floor, worker1, worker2, replay, then again),
 so that the shared machine's drift reaches every figure alike. Never part of the test command.
 """
@@ -375,8 +376,14 @@ def main() -> None:
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--skip", default="",
                         help="comma-separated: ceiling,faust_floor,worker1,worker2,replay,alerts,rss")
-    parser.add_argument("--report", type=Path, default=Path("benchmark-report.json"))
+    parser.add_argument("--report", type=Path, default=None,
+                        help="default: benchmarks/results/<date>-<commit>.json")
     args = parser.parse_args()
+    if args.report is None:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip() or "unknown"
+        args.report = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-{commit}.json"
+        args.report.parent.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, Any] = {"pairs": args.pairs, "partitions": args.partitions, "repeat": args.repeat,
                               "python": sys.version.split()[0], "cpus": os.cpu_count()}

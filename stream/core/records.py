@@ -8,6 +8,7 @@ turn it into a dead letter. Classes are compared as strings (``1``, ``"1"`` are 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,12 @@ MAX_NAME_CHARS = 128
 MAX_SEGMENT_KEYS = 16
 MAX_SCORE_CLASSES = 1000
 MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
+
+# RFC 3339's date-time (section 5.6), which the schemas' "date-time" format means: a "T" (or "t"),
+# seconds, an optional fraction, and "Z" or an offset. Python's fromisoformat accepts far more
+# (spaces, basic and week dates), so the form is checked first.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
+_RFC3339_LOCAL = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?\Z")
 
 Segment = tuple[tuple[str, str], ...]
 # (class, probability, class, probability, ...): a pending prediction holds one, and a flat tuple
@@ -83,15 +90,17 @@ def parse_timestamp(value: Any) -> float:
             raise InvalidRecord(f"'timestamp' must be epoch seconds between 0 and {MAX_TIMESTAMP_S:.0f}, got {value!r}")
         return ts
     if isinstance(value, str):
+        if not _RFC3339.match(value):
+            if _RFC3339_LOCAL.match(value):
+                raise InvalidRecord(f"'timestamp' {value[:64]!r} has no UTC offset (add Z or +00:00)")
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is not an RFC 3339 date-time "
+                                "(e.g. 2026-11-30T06:00:00Z or 2026-11-30T07:00:00.5+01:00)")
         try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidRecord(f"'timestamp' {value[:64]!r} is not an RFC 3339 date-time") from None
-        if parsed.tzinfo is None:
-            raise InvalidRecord(f"'timestamp' {value[:64]!r} has no UTC offset (add Z or +00:00)")
-        ts = parsed.timestamp()
-        if ts < 0:
-            raise InvalidRecord(f"'timestamp' {value[:64]!r} is before 1970")
+            ts = datetime.fromisoformat(value.upper()).timestamp()
+        except (ValueError, OverflowError):  # e.g. month 13, or 9999-12-31T23:59:59-23:59 (year 10000 in UTC)
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is not a valid date-time in 0001 to 9999") from None
+        if ts < 0 or ts > MAX_TIMESTAMP_S:
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is outside 1970 to 9999")
         return ts
     raise InvalidRecord(f"'timestamp' must be a number or a string, got {type(value).__name__}")
 

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from stream.core.records import class_name, decode, parse_label, parse_prediction, parse_timestamp
+from stream.core.records import MAX_TIMESTAMP_S, class_name, decode, parse_label, parse_prediction, parse_timestamp
 from stream.errors import InvalidRecord
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
@@ -112,3 +114,19 @@ def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
         check = validator(name)
         for item in items:
             check.validate(json.loads(json.dumps(item)))
+
+
+@pytest.mark.parametrize("value", ["2026-11-30 06:00:00Z", "20261130T060000Z", "2026-W48-1T06:00:00+00:00",
+                                   "9999-12-31T23:59:59-23:59", "2026-13-30T06:00:00Z", "1969-12-31T23:59:59Z"])
+def test_timestamps_are_strict_rfc_3339_within_1970_to_9999(value: str) -> None:
+    with pytest.raises(InvalidRecord, match="'timestamp'"):
+        parse_timestamp(value)
+
+
+@given(st.text(max_size=40))
+def test_no_timestamp_string_raises_past_invalid_record(value: str) -> None:
+    try:
+        ts = parse_timestamp(value)
+    except InvalidRecord:
+        return
+    assert 0 <= ts <= MAX_TIMESTAMP_S
