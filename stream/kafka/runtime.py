@@ -1,0 +1,218 @@
+"""The worker's runtime: what faust calls, as methods on the state they share.
+
+faust calls in four places: its fetch loop hands each input partition's fetched records to
+:meth:`Runtime.join_inputs` (a direct handler, see ``patches.deliver_without_tasks``), the merge
+agent hands each partial to :meth:`Runtime.merge_one`, a timer calls :meth:`Runtime.flush`, and
+rebalance signals call :meth:`Runtime.on_rebalance`. Everything else here is mlmon's: the join
+and merge state (:mod:`join_agent`, :mod:`merge_agent`) and the offset protocol
+(:mod:`offsets`). Given a stand-in for the app and dict-like tables, it runs without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from stream.config import Config
+from stream.kafka.join_agent import SAVE_BYTES, Join, Output
+from stream.kafka.memory import return_free_memory
+from stream.kafka.merge_agent import Merge
+from stream.kafka.offsets import Handled, Sequencer, rewinds
+from stream.kafka.patches import in_partition, table_writable
+
+log = logging.getLogger("mlmon.worker")
+Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic, key, value, partition
+
+
+class Runtime:
+    def __init__(self, config: Config, app: Any, batches: Any, windows: Any, send: Send, join: Join,
+                 merge: Merge, handled: Handled) -> None:
+        self.config = config
+        self.app = app  # reads .rebalancing and .consumer
+        self.batches = batches  # the join's table (see join_agent)
+        self.windows = windows  # the merge's table (see merge_agent)
+        self.send = send
+        self.join = join
+        self.merge = merge
+        self.handled = handled
+        self.sequencer = Sequencer(handled)
+        # One sender at a time, in the order outputs were drained: a heartbeat (a partition's
+        # watermark) must reach the merger after every partial of the records below that
+        # watermark, or it could close a window before the window's last pairs arrive.
+        self.sending = asyncio.Lock()
+        self.health_due = 0.0  # health records once a second, whatever the flush interval
+        self.committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
+
+    async def publish(self, items: list[Output]) -> None:
+        for topic, key, value in items:
+            await self.send(topic, key, value, None)
+
+    def mark_handled(self, partition: int, saved: list[list[Any]]) -> None:
+        for topic, first, last in saved:
+            self.handled.add(TP(topic, partition), first, last)
+
+    # ------------------------------------------------------------------ join
+
+    async def join_inputs(self, tp: TP, messages: list[Any]) -> None:
+        """A partition's input messages, in offset order: each fed to the partition's engine, and
+        saved with its batch."""
+        join, config, sequencer = self.join, self.config, self.sequencer
+        partition = tp.partition
+        for n, message in enumerate(messages, 1):
+            offset = message.offset
+            if self.app.rebalancing:
+                sequencer.skipped(tp, offset)
+                continue
+            admitted = sequencer.admit(self.app.consumer, tp, offset)
+            if admitted is None:
+                admitted = await self.in_sequence(tp, offset)
+            if not admitted:
+                continue
+            if join.stale:
+                join.rebuild(self.batches)
+            self.handle_one(tp.topic, partition, offset, message.value)
+            saved = []
+            if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.predictions_topic):
+                with in_partition(config.predictions_topic, partition):
+                    saved = join.save(self.batches, partition)
+            engine = join.engines[partition]
+            if engine.metric_records or engine.dead_letters:  # the others' are drained by the flush timer
+                async with self.sending:
+                    await self.publish(join.outputs())
+            self.mark_handled(partition, saved)
+            if n % 256 == 0:
+                await asyncio.sleep(0)  # let timers run within a long batch
+
+    def handle_one(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            self.join.handle(topic, partition, offset, value)
+        except Exception:  # a bug must not ack a message silently: log it, dead-letter it
+            log.exception("failed on %s[%s]@%s", topic, partition, offset)
+            self.join.engine(partition).dead_letter(
+                "predictions" if topic == self.config.predictions_topic else "labels",
+                (value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
+                topic=topic, partition=partition, offset=offset,
+            )
+
+    # ----------------------------------------------------------------- merge
+
+    async def merge_one(self, message: Any, value: bytes | None) -> None:
+        """One partial or heartbeat, in offset order; marked handled once processed and sent."""
+        if not await self.in_sequence(message.tp, message.offset):
+            return
+        if not await self.writable(self.windows):
+            return  # a rebalance came meanwhile: read again after it
+        if self.merge.stale:
+            self.merge.rebuild(self.windows)
+        items = self.merge.handle(self.windows, message.partition, message.offset, value)
+        if items:
+            async with self.sending:
+                await self.publish(items)
+        self.handled.add(message.tp, message.offset)
+
+    async def writable(self, table: Any) -> bool:
+        """Wait until faust can route ``table``'s writes (it learns its changelog's partitions some
+        time after the assignment; a write before fails): False if a rebalance came first."""
+        config = self.config
+        waited = 0
+        while not table_writable(table, config.partials_topic):
+            if self.app.rebalancing:
+                return False
+            waited += 1
+            if waited == 300:
+                log.warning("table %s cannot be written after 30 s: does %s have %d partitions?",
+                            table.name, config.partials_topic, config.partitions)
+            await asyncio.sleep(0.1)
+        return True
+
+    async def in_sequence(self, tp: TP, offset: int) -> bool:
+        """Whether an agent handles this message: none during a rebalance, then each partition's
+        in offset order (see Sequencer)."""
+        while not self.app.rebalancing:
+            verdict = self.sequencer.admit(self.app.consumer, tp, offset)
+            if verdict is not None:
+                return verdict
+            await self.learn_where_logs_begin()  # no committed offset: counting starts at the log's start
+            if tp not in self.handled.earliest:
+                await asyncio.sleep(0.5)  # the broker did not answer: ask again
+        self.sequencer.skipped(tp, offset)
+        return False
+
+    # ----------------------------------------------------------------- timer
+
+    async def flush(self) -> None:
+        """Save each partition's batch, publish partials and a heartbeat, then, once a second, a
+        health record, and read again the partitions that stopped moving."""
+        join, config, app = self.join, self.config, self.app
+        if join.stale:
+            if app.rebalancing:  # tables may still be recovering
+                return
+            join.rebuild(self.batches)  # even with no input flowing: watermarks, partials and health go out
+            return_free_memory()
+        if not table_writable(self.batches, config.predictions_topic):
+            return  # just after an assignment: saved at a later flush
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == config.predictions_topic)
+        join.refresh_idle(assigned, time.monotonic())
+        async with self.sending:
+            saved = {}
+            for partition in list(join.engines):  # write each partition's batch, then forget the final
+                with in_partition(config.predictions_topic, partition):
+                    saved[partition] = join.save(self.batches, partition)
+                    if join.prune_due and min(join.prune_due) < join.watermark(partition) // 60:
+                        join.prune(self.batches, partition)
+            for engine in join.engines.values():
+                engine.flush()
+            items = join.outputs()  # drained with no await before the watermarks are read
+            beat = join.heartbeat(assigned)
+            await self.publish(items)
+            if beat is not None:
+                for partition in range(config.partitions):  # every merger partition hears every watermark
+                    await self.send(config.partials_topic, None, beat, partition)
+        for partition, offsets in saved.items():
+            self.mark_handled(partition, offsets)
+        if time.monotonic() >= self.health_due:
+            self.health_due = time.monotonic() + 1.0
+            await self.learn_where_logs_begin()
+            stalled = [] if app.rebalancing else self.sequencer.stalled(app.consumer)
+            health = {**join.health(), "rereads": self.sequencer.rereads,  # seeks back to messages faust skipped
+                      "stalled_partitions": stalled, "late_partials": self.merge.late_partials}
+            await self.send(config.health_topic, config.app_id.encode(), orjson.dumps(health), None)
+            join.lag = consumer_lag(app.consumer, join.offsets)
+            return_free_memory()
+
+    async def learn_where_logs_begin(self) -> None:
+        """The start offset of each assigned input without a committed offset (see Handled)."""
+        consumer = self.app.consumer
+        unknown = [tp for tp in consumer.assignment() if tp.topic in self.committed_topics
+                   and consumer._committed_offset.get(tp) is None and tp not in self.handled.earliest]
+        if unknown:
+            try:
+                self.handled.earliest.update(await consumer.earliest_offsets(*unknown))
+            except Exception as exc:  # a rebalance or a broker outage: asked again next second
+                log.info("start offsets not known yet: %s", exc)
+
+    # ------------------------------------------------------------- rebalance
+
+    def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.join.stale = self.merge.stale = True  # partitions moved: rebuild from the tables first
+        self.sequencer.reset()
+        rewinds(self.app.consumer).clear()  # partitions are sought to their committed offsets anyway
+
+
+def consumer_lag(consumer: Any, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Records between the last one handled and the high-water mark, per input topic-partition."""
+    lag = {}
+    for (topic, partition), offset in list(offsets.items()):
+        try:
+            highwater = consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned here any more, or not fetched yet
+            continue
+        if highwater is not None:
+            lag[(topic, partition)] = max(0, highwater - offset - 1)
+    return lag
