@@ -12,213 +12,25 @@ import fnmatch
 import heapq
 import itertools
 import math
-import struct
-from array import array
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import orjson
-
 from stream.config import Config
-from stream.core.confusion import CODE_BITS, ClassIndex, ConfusionMatrix, count_codes
+from stream.core.confusion import CODE_BITS, ClassIndex
+from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
-from stream.core.keys import segment_label
-from stream.core.merge import WindowState, metric_record
-from stream.core.metrics import RegressionStats, ScoreSums
-from stream.core.records import Label, Prediction, Scores, class_name, target_number
+from stream.core.merge import metric_record
+from stream.core.metrics import ScoreSums
+from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
+from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
+from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
 OTHER = "__other__"
-LAG_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, math.inf)
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
-
-
-@dataclass(slots=True)
-class Health:
-    """Where every input record went; ``balance()`` proves nothing was lost."""
-
-    predictions: int = 0
-    labels: int = 0
-    pairs: int = 0
-    duplicate_predictions: int = 0
-    duplicate_labels: int = 0
-    expired_predictions: int = 0
-    orphaned_labels: int = 0
-    late_labels: int = 0
-    invalid_predictions: int = 0
-    invalid_labels: int = 0
-    refused_models: int = 0
-    folded_classes: int = 0
-    folded_segments: int = 0
-    label_lag_sum_s: float = 0.0
-    label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
-
-    def balance(self, pending_predictions: int, pending_labels: int) -> dict[str, int]:
-        """Inputs minus every place they went: both figures are 0 when nothing was lost."""
-        return {
-            "predictions": self.predictions - self.pairs - self.duplicate_predictions
-            - self.expired_predictions - self.invalid_predictions - pending_predictions,
-            "labels": self.labels - self.pairs - self.duplicate_labels - self.orphaned_labels
-            - self.late_labels - self.invalid_labels - pending_labels,
-        }
-
-
-class Window:
-    """Additive state of one window instance: predictions seen, pairs' matrix or regression sums."""
-
-    __slots__ = ("cm", "dirty", "predictions", "regression", "scores", "series", "spec", "start")
-
-    def __init__(self, series: Series, spec: WindowSpec, start: int, classes: ClassIndex | None) -> None:
-        self.series = series
-        self.spec = spec
-        self.start = start
-        self.predictions = 0
-        self.cm = ConfusionMatrix(classes) if classes is not None else None
-        self.regression = RegressionStats() if classes is None else None
-        self.scores = ScoreSums()
-        self.dirty = False
-
-    def state(self) -> WindowState:
-        if self.cm is None:
-            return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
-        return WindowState(self.predictions, self.cm.classes(), self.cm.counts(), self.scores, None)
-
-
-Terms = tuple[float, float] | None  # one pair's (log loss, Brier) terms, when it carried scores
-
-
-class RollingWindow(Window):
-    """The last ``size_n`` pairs of a series, in join order (river's Rolling over a matrix)."""
-
-    __slots__ = ("pairs", "size_n")
-
-    def __init__(self, series: Series, spec: WindowSpec, classes: ClassIndex | None) -> None:
-        super().__init__(series, spec, 0, classes)
-        self.size_n = spec.size_n
-        self.pairs: deque[tuple[Any, Any, Terms]] = deque()
-
-    def push(self, truth: Any, guess: Any, terms: Terms) -> None:
-        self._add(truth, guess, terms, 1)
-        self.pairs.append((truth, guess, terms))
-        if len(self.pairs) > self.size_n:
-            self._add(*self.pairs.popleft(), -1)
-
-    def _add(self, truth: Any, guess: Any, terms: Terms, sign: int) -> None:
-        if self.cm is None:
-            return  # float sums do not revert exactly: figures() rebuilds them from the pairs
-        self.cm.add(truth, guess, sign)
-        if terms is not None:
-            self.scores.merge(sign, sign * terms[0], sign * terms[1])
-
-    def state(self) -> WindowState:
-        if self.cm is None:
-            self.regression = RegressionStats()
-            for truth, guess, _ in self.pairs:
-                self.regression.update(truth, guess)
-        return super().state()
-
-
-class Series:
-    """One (model, version, segment): its live windows and its rolling windows."""
-
-    __slots__ = ("model", "model_version", "rolling", "segment", "segment_key", "windows")
-
-    def __init__(self, model: str, version: str, segment: dict[str, str]) -> None:
-        self.model = model
-        self.model_version = version
-        self.segment = segment
-        self.segment_key = segment_label(segment)
-        self.windows: dict[tuple[WindowSpec, int], Window] = {}
-        self.rolling: list[RollingWindow] = []
-
-
-@dataclass
-class Model:
-    name: str
-    regression: bool
-    classes: ClassIndex | None
-    segment_values: dict[str, set[str]] = field(default_factory=dict)
-
-
-class WindowSet:
-    """Every timed window that predictions of one group (model, version, segment values) and one
-    time slot fall in. Pairs are buffered here once and folded into all its windows before any
-    emission, so a pair costs the same however many windows and segments are configured."""
-
-    __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "number", "predictions",
-                 "scored", "targets", "windows")
-
-    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
-        self.number = number  # what a pending prediction stores to find it again
-        self.model = model
-        self.group = group
-        self.windows = windows
-        self.codes = array("q")
-        self.targets: list[tuple[float, float]] = []
-        self.predictions = self.scored = 0
-        self.log_loss_sum = self.brier_sum = 0.0
-        self.dirty = False
-
-    def fold(self) -> list[Window]:
-        """Move the buffered counts into every window; returns the windows it changed."""
-        windows = self.windows
-        if self.predictions:
-            for window in windows:
-                window.predictions += self.predictions
-        if self.codes:
-            classes = self.model.classes
-            assert classes is not None
-            counts = count_codes(np.frombuffer(self.codes, dtype=np.int64), len(classes))
-            for window in windows:
-                window.cm.merge(counts, len(self.codes))  # type: ignore[union-attr]
-            self.codes = array("q")
-        if self.scored:
-            for window in windows:
-                window.scores.merge(self.scored, self.log_loss_sum, self.brier_sum)
-        for truth, guess in self.targets:
-            for window in windows:
-                window.regression.update(truth, guess)  # type: ignore[union-attr]
-        self.targets.clear()
-        self.predictions = self.scored = 0
-        self.log_loss_sum = self.brier_sum = 0.0
-        self.dirty = False
-        return list(windows)
-
-
-# A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
-# with scores, where a tuple of its fields took 250): its timestamp, the number of its
-# window set, its class id (0 for a regression model) and a layout byte, then doubles: a regression
-# model's target, or a classifier's probabilities. A layout is the tuple of class names the scores
-# came with, kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come
-# inline after the probabilities.
-PendingPrediction = bytes
-PendingLabel = tuple[float, Any]
-_HEAD = struct.Struct("<dIHB")  # timestamp, window-set number, class id, layout
-_INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
-NO_SCORES, INLINE_SCORES, REGRESSION = 255, 254, 253
-MAX_LAYOUTS = 253
-_PACKERS: dict[int, struct.Struct] = {}
-
-
-def _packer(doubles: int) -> struct.Struct:
-    """The head and ``doubles`` doubles."""
-    packer = _PACKERS.get(doubles)
-    if packer is None:
-        packer = _PACKERS[doubles] = struct.Struct(f"<dIHB{doubles}d")
-    return packer
-
-
-_TIMESTAMP = struct.Struct("<d").unpack_from
-
-
-def pending_ts(entry: PendingPrediction) -> float:
-    return _TIMESTAMP(entry)[0]  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -246,8 +58,7 @@ class Engine:
         self._sets: dict[tuple[str, str, Any, int], WindowSet] = {}
         self._set_numbers = itertools.count()
         self._numbered: dict[int, WindowSet] = {}  # the same sets, by number
-        self._layouts: dict[tuple[Any, ...], int] = {}
-        self._layout_names: list[tuple[str, ...]] = []
+        self._codec = PendingCodec()
         self._final_heap: list[tuple[float, int, Window]] = []
         self._seq = itertools.count()
         self._dirty_sets: list[WindowSet] = []
@@ -298,7 +109,7 @@ class Engine:
         wset = self._sets.get((model.name, pred.model_version, segment, slot))
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
-        entry = self._pack(ts, wset.number, model, value, pred.scores)
+        entry = self._codec.pack(ts, wset.number, model.classes is None, value, pred.scores)
         outcome, _, label = self.join.add_prediction(pred.request_id, entry)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
@@ -381,40 +192,11 @@ class Engine:
         self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
         return wset
 
-    def _pack(self, ts: float, number: int, model: Model, value: Any, scores: Scores | None) -> PendingPrediction:
-        if model.classes is None:
-            return _packer(1).pack(ts, number, 0, REGRESSION, value)  # a regression model's scores are not used
-        if scores is None:
-            return _HEAD.pack(ts, number, value, NO_SCORES)
-        names, probs = scores[0::2], scores[1::2]
-        layout = self._layouts.get(names)
-        if layout is None:
-            if len(self._layout_names) >= MAX_LAYOUTS:
-                return self._pack_inline(ts, number, value, names, probs)
-            layout = self._layouts[names] = len(self._layout_names)
-            self._layout_names.append(names)  # type: ignore[arg-type]
-        return _packer(len(probs)).pack(ts, number, value, layout, *probs)
-
-    @staticmethod
-    def _pack_inline(ts: float, number: int, value: Any, names: tuple[Any, ...], probs: tuple[Any, ...]) -> bytes:
-        return (_INLINE.pack(ts, number, value, INLINE_SCORES, len(probs)) + struct.pack(f"<{len(probs)}d", *probs)
-                + orjson.dumps(names))
-
     def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
                                                           tuple[float, ...]]:
         """(timestamp, window set, guess, score names or None, probabilities)."""
-        if entry[14] == INLINE_SCORES:
-            ts, number, guess, _, count = _INLINE.unpack_from(entry)
-            probs = struct.unpack_from(f"<{count}d", entry, _INLINE.size)
-            names = tuple(orjson.loads(entry[_INLINE.size + 8 * count:]))
-            return ts, self._numbered[number], guess, names, probs
-        ts, number, guess, layout, *doubles = _packer((len(entry) - _HEAD.size) >> 3).unpack(entry)
-        wset = self._numbered[number]
-        if layout == REGRESSION:
-            return ts, wset, doubles[0], None, ()
-        if layout == NO_SCORES:
-            return ts, wset, guess, None, ()
-        return ts, wset, guess, self._layout_names[layout], tuple(doubles)
+        ts, number, guess, names, probs = self._codec.unpack(entry)
+        return ts, self._numbered[number], guess, names, probs
 
     def _segment_value(self, model: Model, key: str, value: str) -> str:
         seen = model.segment_values.setdefault(key, set())

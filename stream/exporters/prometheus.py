@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from stream.core.engine import LAG_BUCKETS_S, Engine, Health
+from stream.core.engine import Engine
+from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.keys import segment_label
 from stream.core.rules import Rule, RuleState
 

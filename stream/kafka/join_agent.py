@@ -30,7 +30,8 @@ import orjson
 
 from stream.config import Config
 from stream.core.clock import future_reason
-from stream.core.engine import Engine, Health
+from stream.core.engine import Engine
+from stream.core.health import Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord

@@ -188,7 +188,7 @@ def test_scores_of_pending_predictions_give_sklearn_log_loss_and_brier(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Pending predictions are packed into bytes (their scores by class-order layout): the pairs'
     log loss and Brier score still equal scikit-learn's."""
-    monkeypatch.setattr("stream.core.engine.MAX_LAYOUTS", max_layouts)  # the same for every example
+    monkeypatch.setattr("stream.core.pending.MAX_LAYOUTS", max_layouts)  # the same for every example
     engine = Engine(Config.from_mapping({"join_ttl_s": TTL_S, "windows": ["tumbling 1h"]}))
     y_true, y_prob = [], []
     for i, (label, (order, weights), label_first) in enumerate(rows):
