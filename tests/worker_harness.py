@@ -142,6 +142,18 @@ def assert_exact(finals: dict[Any, Any], expected: dict[tuple[str, int], list[tu
         assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred), abs=1e-9)
 
 
+def exact_with_dead_letters(config: Config, path: Path, scenario: Scenario, log: Path) -> list[dict[str, Any]]:
+    """Start a worker on what was sent, require every final window of ``scenario`` to equal
+    scikit-learn, and return the dead letters it published."""
+    worker = Worker(path, log).start()
+    try:
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
+        return [value for _, value in read(config, config.dead_letters_topic, follow=False)]
+    finally:
+        worker.stop()
+
+
 def latest_health(config: Config) -> dict[str, Any]:
     health = [value for _, value in read(config, config.health_topic, follow=False)]
     assert health, "the worker published no health record"

@@ -25,6 +25,7 @@ from worker_harness import (
     TTL_S,
     Worker,
     assert_exact,
+    exact_with_dead_letters,
     expected_pairs,
     final_records,
     latest_health,
@@ -114,13 +115,7 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: 
     scenario = Scenario(pairs=600, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0)
     produce(config, scenario_records(scenario))
     produce(config, ticks())
-    worker = Worker(path, tmp_path / "worker.log").start()
-    try:
-        expected = expected_pairs(scenario)
-        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
-        dead = [value for _, value in read(config, config.dead_letters_topic, follow=False)]
-    finally:
-        worker.stop()
+    dead = exact_with_dead_letters(config, path, scenario, tmp_path / "worker.log")
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == len(bad) + 1, reasons
     for _, why in bad:
@@ -222,13 +217,7 @@ def test_a_prediction_and_label_stamped_far_ahead_are_dead_lettered_and_every_wi
     middle = len(records) // 2
     produce(config, records[:middle] + broken + records[middle:])
     produce(config, ticks())
-    worker = Worker(path, tmp_path / "worker.log").start()
-    try:
-        expected = expected_pairs(scenario)
-        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
-        dead = [value for _, value in read(config, config.dead_letters_topic, follow=False)]
-    finally:
-        worker.stop()
+    dead = exact_with_dead_letters(config, path, scenario, tmp_path / "worker.log")
     assert sorted((d["source"], d["request_id"]) for d in dead) == [("labels", "broken-clock"),
                                                                     ("predictions", "broken-clock")]
     assert all("ahead of the worker's clock" in d["reason"] and d["topic"] and d["offset"] >= 0 for d in dead)
