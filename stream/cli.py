@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from stream.config import Config
+from stream.config import Config, bootstrap_servers
 from stream.errors import MlmonError
 from stream.simulate import Scenario
 
@@ -22,7 +22,8 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", help="Kafka bootstrap servers (default: the config's, 127.0.0.1:9092)")
+    parser.add_argument("--broker", help="Kafka bootstrap servers, host:port,... or kafka://host:port "
+                        "(default: the config's, 127.0.0.1:9092)")
     parser.add_argument("--config", type=Path, help="YAML settings (topics, partitions, kafka_options)")
 
 
@@ -82,7 +83,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _kafka_config(args: argparse.Namespace) -> Config:
     config = Config.load(args.config, getattr(args, "rules", None))
     if args.broker:
-        config.broker = args.broker
+        config.broker = bootstrap_servers(args.broker)
     return config
 
 

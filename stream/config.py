@@ -69,6 +69,8 @@ class Config:
                     raise ConfigError("'kafka_options' must be a mapping of librdkafka settings")
                 config.kafka_options = {str(k): str(v) for k, v in value.items()}
                 continue
+            if key == "broker":
+                value = bootstrap_servers(value)
             name = key if key in known else f"{key}_s" if f"{key}_s" in known else None
             if name is None:
                 raise ConfigError(f"unknown setting '{key}' (known: {', '.join(sorted(known))})")
@@ -115,6 +117,20 @@ class Config:
             config.rules = parse_rules(read_yaml(rules_path).get("rules", []))
             config.check_rules()
         return config
+
+
+def bootstrap_servers(value: Any) -> str:
+    """Kafka's bootstrap list (``host:port,host:port``) from that or faust's form
+    (``kafka://host:port``, several separated by commas or semicolons).
+
+    >>> bootstrap_servers("kafka://k1:9092;kafka://k2:9092")
+    'k1:9092,k2:9092'
+    """
+    servers = [s.strip() for s in str(value).replace(";", ",").split(",") if s.strip()]
+    servers = [s[len("kafka://"):] if s.lower().startswith("kafka://") else s for s in servers]
+    if not servers or any("://" in s or not s for s in servers):
+        raise ConfigError(f"broker {value!r}: expected host:port (several separated by commas), or kafka://host:port")
+    return ",".join(servers)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def build_app(config: Config) -> faust.App:
             log.warning("not serving /metrics on %s:%d: %s", config.metrics_address, config.metrics_port, exc)
     app = faust.App(
         config.app_id,
-        broker=f"kafka://{config.broker}",
+        broker=[f"kafka://{server}" for server in config.broker.split(",")],
         broker_credentials=faust_credentials(config),  # kafka_options' SASL/SSL settings, as the other clients get
         store="rocksdb://",  # faust uses the rocksdict driver when python-rocksdb is absent
         datadir=config.data_dir,

@@ -79,3 +79,10 @@ def test_free_pages_inside_the_heap_go_back_to_the_system() -> None:
     assert before - resident_bytes() > 40 << 20  # of the 62.5 MiB freed
     for block in blocks[1::2]:
         libc.free(block)
+
+
+def test_the_broker_may_be_given_as_faust_users_write_it() -> None:
+    assert Config.from_mapping({"broker": "kafka://k1:9092, kafka://k2:9092"}).broker == "k1:9092,k2:9092"
+    assert Config.from_mapping({"broker": "k1:9092"}).broker == "k1:9092"
+    with pytest.raises(ConfigError, match="expected host:port"):
+        Config.from_mapping({"broker": "http://k1:9092"})
