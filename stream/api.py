@@ -26,6 +26,8 @@ from stream.core.engine import Engine
 from stream.core.records import decode, parse_label, parse_prediction
 from stream.errors import ConfigError, InvalidRecord
 
+__all__ = ["MODES", "Monitor", "MonitorResult"]
+
 log = logging.getLogger("mlmon")
 MODES = ("replay", "production")
 

@@ -15,6 +15,8 @@ from stream.config import Config, bootstrap_servers
 from stream.errors import MlmonError
 from stream.simulate import Scenario
 
+__all__ = ["build_parser", "main"]
+
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML settings (windows, join_ttl, limits, rules)")

@@ -17,6 +17,8 @@ from stream.core.rules import Rule
 from stream.core.windows import WindowSpec, parse_duration_s
 from stream.errors import ConfigError
 
+__all__ = ["DEFAULT_WINDOWS", "MAX_CLASSES", "Config", "bootstrap_servers", "parse_rules", "read_yaml"]
+
 MAX_CLASSES = 65_534  # class ids are stored in 16 bits (a pending prediction), with one more for "other"
 DEFAULT_WINDOWS = ("tumbling 1h", "tumbling 1d", "cumulative")
 

@@ -19,6 +19,8 @@ from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
 from stream.simulate import Scenario, arrivals
 
+__all__ = ["BROKER_RULES", "DEMO_SETTINGS", "REPLAY_SHARE", "LiveView", "demo_scenario", "run_broker_demo", "run_demo"]
+
 REPLAY_SHARE = 0.8  # of --duration spent replaying; the rest keeps the final state on /metrics
 
 DEMO_SETTINGS: dict[str, Any] = {

@@ -24,6 +24,8 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.errors import InvalidRecord
 
+__all__ = ["Event", "ReplayResult", "Sink", "replay"]
+
 PREDICTION, LABEL = 0, 1
 Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, line, record)
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["Draw", "Scenario", "arrivals", "draws", "streams"]
+
 
 @dataclass
 class Scenario:

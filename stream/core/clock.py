@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TypeVar
 
+__all__ = ["future_reason", "judge_in_time_order"]
+
 T = TypeVar("T")
 
 

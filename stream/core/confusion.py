@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["CODE_BITS", "CODE_MASK", "ClassIndex", "ConfusionMatrix", "Counts", "count_codes"]
+
 Counts = npt.NDArray[np.int64]
 CODE_BITS = 20
 CODE_MASK = (1 << CODE_BITS) - 1

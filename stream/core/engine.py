@@ -29,6 +29,8 @@ from stream.core.series import Model, RollingWindow, Series, Terms, Window, Wind
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
+__all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
+
 OTHER = "__other__"
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 

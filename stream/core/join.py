@@ -33,6 +33,8 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any
 
+__all__ = ["Entry", "JoinBuffer", "Key", "Outcome", "compact_id"]
+
 Key = str | int  # a request id, compacted (see compact_id)
 Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+__all__ = ["fingerprint", "record_key", "segment_label"]
+
 _ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\="})
 
 

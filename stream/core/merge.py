@@ -23,6 +23,8 @@ import numpy.typing as npt
 
 from stream.core.metrics import RegressionStats, ScoreSums, classification
 
+__all__ = ["WindowState", "merge_states", "metric_record"]
+
 
 @dataclass
 class WindowState:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "RegressionStats", "ScoreSums", "classification", "wilson_interval"]
+
 EPS = float(np.finfo(np.float64).eps)
 ONE_MINUS_EPS = 1.0 - EPS
 

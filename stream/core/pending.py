@@ -18,6 +18,8 @@ import orjson
 
 from stream.core.records import Scores
 
+__all__ = ["MAX_LAYOUTS", "PendingCodec", "PendingLabel", "PendingPrediction", "pending_ts"]
+
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
 # with scores, where a tuple of its fields took 250): its timestamp, the number of its
 # window set, its class id (0 for a regression model) and a layout byte, then doubles: a regression

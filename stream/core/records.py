@@ -17,6 +17,25 @@ import orjson
 
 from stream.errors import InvalidRecord
 
+__all__ = [
+    "MAX_ID_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_RECORD_BYTES",
+    "MAX_SCORE_CLASSES",
+    "MAX_SEGMENT_KEYS",
+    "MAX_TIMESTAMP_S",
+    "Label",
+    "Prediction",
+    "Scores",
+    "Segment",
+    "class_name",
+    "decode",
+    "parse_label",
+    "parse_prediction",
+    "parse_timestamp",
+    "target_number",
+]
+
 MAX_RECORD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 128

@@ -20,6 +20,8 @@ from stream.core.keys import fingerprint
 from stream.core.metrics import PROPORTIONS, wilson_interval
 from stream.errors import ConfigError
 
+__all__ = ["DEFAULT_RUNBOOK", "Rule", "RuleBook", "RuleState", "effective_n", "metric_value", "rfc3339"]
+
 DEFAULT_RUNBOOK = "https://github.com/mlmon/mlmon/blob/main/docs/runbook.md"
 
 

@@ -16,6 +16,8 @@ from stream.core.merge import WindowState
 from stream.core.metrics import RegressionStats, ScoreSums
 from stream.core.windows import WindowSpec
 
+__all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet"]
+
 
 class Window:
     """Additive state of one window instance: predictions seen, pairs' matrix or regression sums."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from stream.errors import ConfigError
 
+__all__ = ["KINDS", "WindowSpec", "format_duration", "parse_duration_s"]
+
 KINDS = ("tumbling", "hopping", "rolling", "cumulative")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")

@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+__all__ = ["Delivery", "post_json", "to_alertmanager"]
+
 log = logging.getLogger("mlmon.alerts")
 
 

@@ -23,6 +23,17 @@ from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.keys import segment_label
 from stream.core.rules import Rule, RuleState
 
+__all__ = [
+    "OTHER_GAUGES",
+    "RATIO_METRICS",
+    "SERIES_LABELS",
+    "EngineCollector",
+    "HealthSource",
+    "RuleSource",
+    "for_engine",
+    "serve",
+]
+
 RATIO_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
                  "precision_weighted", "recall_weighted", "f1_weighted")
 OTHER_GAUGES = {"mcc": "mlmon_model_mcc", "cohen_kappa": "mlmon_model_cohen_kappa",

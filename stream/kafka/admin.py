@@ -14,6 +14,17 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type:
 from stream.config import Config
 from stream.errors import ConfigError, TopologyError
 
+__all__ = [
+    "COMPACTED",
+    "FAUST_SECURITY_KEYS",
+    "client_settings",
+    "describe_config",
+    "ensure_topics",
+    "faust_credentials",
+    "partition_counts",
+    "planned_topics",
+]
+
 COMPACTED = {"cleanup.policy": "compact"}
 
 

@@ -37,6 +37,23 @@ from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
 
+__all__ = [
+    "BATCH_KEY",
+    "BATCH_ZLIB_LEVEL",
+    "HIDDEN_BASE",
+    "MARKS",
+    "PRUNE_SLACK_S",
+    "SAVE_BYTES",
+    "SOURCES",
+    "WATERMARK_KEY",
+    "Join",
+    "Output",
+    "Unsaved",
+    "check_worker_config",
+    "cumulative_base",
+    "engine_windows",
+]
+
 log = logging.getLogger("mlmon.worker")
 
 WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
@@ -127,6 +144,7 @@ class Join:
         self.routing = Routing(config.partitions)
         self.activity: dict[tuple[str, int], tuple[int | None, float]] = {}  # (last offset, since when)
         self.idle: set[int] = set()  # partitions with no input for idle_timeout_s
+        self.refreshed = -math.inf  # when refresh_idle last ran (monotonic)
 
     def _new_engine(self) -> Engine:
         return Engine(self.engine_config, clock=time.time, emit_partials=True)
@@ -328,20 +346,24 @@ class Join:
         return out
 
     def refresh_idle(self, assigned: Iterable[int], now: float) -> None:
-        """Inputs that got nothing for ``idle_timeout_s`` (wall clock) stop holding event time back,
+        """Inputs that got nothing for ``idle_timeout_s`` (wall clock), with no records waiting for
+        them (consumer lag 0: a stopped or slow worker is not idle), stop holding event time back,
         as Flink's idleness does: a partition whose labels stopped moves on with its predictions,
         and one with no input at all is reported idle, so the merger closes windows without it.
         An input that gets records again rejoins; what it brings for windows closed meanwhile is
         counted late or expired by its engine, or by the merger (``late_partials``)."""
         config = self.config
         self.idle.clear()
+        if now - self.refreshed > max(5.0, config.idle_timeout_s / 4):
+            self.activity.clear()  # the process was stopped or starved: it saw nothing of that time
+        self.refreshed = now
         for partition in assigned:
             active = []
             for i, topic in enumerate((config.predictions_topic, config.labels_topic)):
                 offset = self.offsets.get((topic, partition))
                 seen = self.activity.get((topic, partition))
-                if seen is None or seen[0] != offset:
-                    self.activity[(topic, partition)] = (offset, now)
+                if seen is None or seen[0] != offset or self.lag.get((topic, partition), 0) > 0:
+                    self.activity[(topic, partition)] = (offset, now)  # moving, or records wait for it
                     active.append(i)
                 elif now - seen[1] < config.idle_timeout_s:
                     active.append(i)

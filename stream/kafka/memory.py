@@ -7,6 +7,8 @@ import ctypes.util
 import functools
 from typing import Any
 
+__all__ = ["M_MMAP_THRESHOLD", "glibc", "map_large_blocks_apart", "return_free_memory"]
+
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 

@@ -25,6 +25,8 @@ from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.kafka.join_agent import Output, cumulative_base, engine_windows
 
+__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
+
 log = logging.getLogger("mlmon.worker")
 
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table

@@ -16,6 +16,8 @@ from typing import Any, cast
 
 from faust.types import TP, ConsumerT
 
+__all__ = ["REREAD_AFTER_S", "Handled", "Rewinds", "Sequencer", "rewinds"]
+
 log = logging.getLogger("mlmon.worker")
 REREAD_AFTER_S = 2.0  # a seek back asked again after this long, if the missing message still has not come
 

@@ -23,6 +23,22 @@ from faust.types import TP
 
 from stream.kafka.offsets import Handled, rewinds
 
+__all__ = [
+    "RAW_TOPICS",
+    "UPSTREAM",
+    "Handler",
+    "commit_no_further_than_handled",
+    "complete_producer_flushes",
+    "deliver_without_tasks",
+    "delivery_check",
+    "direct_handlers",
+    "in_partition",
+    "raw_records_for_direct_topics",
+    "table_writable",
+    "tune_fetches",
+    "tune_rocksdict_stores",
+]
+
 log = logging.getLogger("mlmon.worker")
 
 

@@ -21,6 +21,8 @@ from stream.config import Config
 from stream.kafka.admin import client_settings
 from stream.simulate import Scenario, streams
 
+__all__ = ["Outgoing", "ProduceReport", "file_records", "produce", "producer", "scenario_records"]
+
 Outgoing = tuple[float, int, dict[str, Any]]  # (timestamp, 0 prediction | 1 label, record)
 
 

@@ -24,6 +24,8 @@ import time
 
 from aiokafka.partitioner import murmur2
 
+__all__ = ["ROUTE_SAMPLE_MASK", "WARN_EVERY_S", "Routing", "partition_of"]
+
 log = logging.getLogger("mlmon.worker")
 ROUTE_SAMPLE_MASK = 63  # offsets that are multiples of 64 are checked
 WARN_EVERY_S = 60.0

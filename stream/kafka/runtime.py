@@ -26,6 +26,8 @@ from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled, Sequencer, rewinds
 from stream.kafka.patches import in_partition, table_writable
 
+__all__ = ["Runtime", "Send", "consumer_lag"]
+
 log = logging.getLogger("mlmon.worker")
 Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic, key, value, partition
 

@@ -16,6 +16,8 @@ from stream.config import Config
 from stream.core.keys import segment_label
 from stream.kafka.admin import client_settings
 
+__all__ = ["format_alert", "format_metric", "read", "tail"]
+
 
 def read(config: Config, topic: str, follow: bool = False, from_beginning: bool = True,
          timeout_s: float = 60.0, stop: threading.Event | None = None) -> Iterator[tuple[bytes | None, dict[str, Any]]]:

@@ -48,6 +48,15 @@ from stream.kafka.patches import (
 )
 from stream.kafka.runtime import Runtime
 
+__all__ = [
+    "FETCH_MAX_BYTES",
+    "FETCH_MAX_WAIT_MS",
+    "PARTITION_FETCH_MAX_BYTES",
+    "STORE_OPTIONS",
+    "build_app",
+    "run_worker",
+]
+
 log = logging.getLogger("mlmon.worker")
 
 # One fetch, over all partitions (see ``tune_fetches``): 1,000,000 pending predictions peaked at

@@ -47,9 +47,9 @@ def test_an_input_that_stops_stops_holding_its_partition_back_and_a_silent_parti
         join.handle(config.predictions_topic, 0, i, orjson.dumps(
             {"request_id": f"r{i}", "model": "m", "timestamp": start + 60 * i, "prediction": "a"}))
     join.handle(config.labels_topic, 0, 0, orjson.dumps({"request_id": "r0", "timestamp": start, "label": "a"}))
-    join.refresh_idle([0, 1], now=1000.0)
+    for now in range(1000, 1060):  # once a second, as the worker does
+        join.refresh_idle([0, 1], now=float(now))
     assert join.watermark(0) == start and join.idle == set()
-    join.refresh_idle([0, 1], now=1059.0)
     assert join.watermark(0) == start
     join.handle(config.predictions_topic, 0, 10, orjson.dumps(
         {"request_id": "r10", "model": "m", "timestamp": start + 600, "prediction": "a"}))
@@ -61,3 +61,19 @@ def test_an_input_that_stops_stops_holding_its_partition_back_and_a_silent_parti
     join.handle(config.labels_topic, 0, 1, orjson.dumps({"request_id": "r9", "timestamp": start + 540, "label": "a"}))
     join.refresh_idle([0, 1], now=1061.0)  # the labels are back
     assert join.watermark(0) == start + 600  # never backwards
+
+
+def test_an_input_with_records_waiting_is_not_idle_however_long_it_has_not_moved() -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m"], "idle_timeout": "60s"})
+    join = Join(config)
+    join.stale = False
+    join.lag = {(config.predictions_topic, 0): 5000, (config.labels_topic, 0): 3}  # a paused worker's backlog
+    for now in range(600):
+        join.refresh_idle([0], now=float(now))
+    assert join.idle == set()
+    join.lag = {}
+    for now in range(600, 661):
+        join.refresh_idle([0], now=float(now))
+    assert join.idle == {0}
+    join.refresh_idle([0], now=2000.0)  # a stopped process saw nothing of the time between
+    assert join.idle == set()
