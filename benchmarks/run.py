@@ -55,7 +55,7 @@ from core import replay_run  # noqa: E402  (benchmarks/core.py)
 from kafka_broker import JarBroker  # noqa: E402
 from stream.config import Config  # noqa: E402
 from stream.kafka.admin import client_settings, ensure_topics, planned_topics  # noqa: E402
-from stream.kafka.produce import Outgoing, produce, producer, scenario_records  # noqa: E402
+from stream.kafka.produce import Outgoing, closing_ticks, produce, producer, scenario_records  # noqa: E402
 from stream.kafka.tail import read  # noqa: E402
 from stream.simulate import Scenario, draws  # noqa: E402
 
@@ -108,9 +108,7 @@ def forget_run(config: Config) -> None:
 
 
 def ticks(partitions: int) -> Iterator[Outgoing]:
-    for i in range(partitions * 10):
-        yield TICK_TS, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": TICK_TS, "prediction": "x"}
-        yield TICK_TS, 1, {"request_id": f"tick-{i}", "timestamp": TICK_TS, "label": "x"}
+    return closing_ticks(partitions * 10, TICK_TS)
 
 
 def workload(pairs: int) -> Scenario:

@@ -25,6 +25,7 @@ from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
 from stream.core.records import decode, parse_label, parse_prediction
 from stream.errors import ConfigError, InvalidRecord
+from stream.replay import Collected, feed
 
 __all__ = ["MODES", "Monitor", "MonitorResult"]
 
@@ -117,13 +118,9 @@ class Monitor:
                 else:
                     events.append(event[:4])
         events.sort(key=lambda e: (e[0], e[1], e[2]))
-        for _, _, _, record in events:
-            engine.receive(record)
-            engine.metric_records.clear()  # revisions; the final records come from finish()
-        engine.finish()
-        result.metrics = [r for r in engine.metric_records if r["final"]]
-        result.alerts = list(engine.alert_events)
-        result.dead_letters = list(engine.dead_letters)
+        collected = Collected()
+        feed(engine, events, collected)
+        result.metrics, result.alerts, result.dead_letters = collected.metrics, collected.alerts, collected.dead_letters
         result.health = {**asdict(engine.health), "balance": engine.balance()}
         return result
 

@@ -24,7 +24,7 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
 from stream.errors import InvalidRecord
 
-__all__ = ["Event", "ReplayResult", "Sink", "replay"]
+__all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay"]
 
 PREDICTION, LABEL = 0, 1
 Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, line, record)
@@ -127,7 +127,26 @@ def _parsed(path: Path, kind: int, engine: Engine) -> Iterator[Event]:
             yield record.timestamp, kind, number, record
 
 
-def _feed(engine: Engine, events: Iterable[Event], sink: Sink) -> None:
+class Collected:
+    """The engine's outboxes kept in memory (the Python API): final metric records only, and every
+    alert event and dead letter."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def drain(self, engine: Engine) -> None:
+        self.metrics += [r for r in engine.metric_records if r["final"]]
+        self.alerts += engine.alert_events
+        self.dead_letters += engine.dead_letters
+        for box in (engine.metric_records, engine.alert_events, engine.dead_letters):
+            box.clear()
+
+
+def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected) -> None:
+    """Every event through the engine in the order given, then the end of input; the outboxes are
+    drained into ``sink`` as they fill."""
     receive = engine.receive
     records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
     for _, _, _, record in events:
@@ -159,7 +178,7 @@ def replay(
                 ordered = sorted(parsed) if sorted_in_memory else _in_order(parsed, path)
                 streams.append(_judged(ordered, path, kind, engine))
             try:
-                _feed(engine, heapq.merge(*streams), sink)
+                feed(engine, heapq.merge(*streams), sink)
             except _OutOfOrder:
                 continue
         finally:

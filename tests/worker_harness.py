@@ -21,7 +21,7 @@ from sklearn import metrics as skm
 from kafka_broker import Broker
 from stream.config import Config
 from stream.kafka.admin import ensure_topics
-from stream.kafka.produce import Outgoing
+from stream.kafka.produce import Outgoing, closing_ticks
 from stream.kafka.tail import read
 from stream.simulate import Scenario, draws
 
@@ -48,9 +48,7 @@ def setup(kafka: Broker, tmp_path: Path, extra: str = "") -> tuple[Config, Path]
 
 
 def ticks() -> Iterator[Outgoing]:
-    for i in range(40):
-        yield TICK_TS, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": TICK_TS, "prediction": "x"}
-        yield TICK_TS, 1, {"request_id": f"tick-{i}", "timestamp": TICK_TS, "label": "x"}
+    return closing_ticks(40, TICK_TS)
 
 
 class Worker:

@@ -21,7 +21,7 @@ from stream.config import Config
 from stream.kafka.admin import client_settings
 from stream.simulate import Scenario, streams
 
-__all__ = ["Outgoing", "ProduceReport", "file_records", "produce", "producer", "scenario_records"]
+__all__ = ["Outgoing", "ProduceReport", "closing_ticks", "file_records", "produce", "producer", "scenario_records"]
 
 Outgoing = tuple[float, int, dict[str, Any]]  # (timestamp, 0 prediction | 1 label, record)
 
@@ -37,6 +37,15 @@ def producer(config: Config, **overrides: Any) -> Producer:
         **overrides,
     }
     return Producer(settings)
+
+
+def closing_ticks(count: int, ts: float) -> Iterator[Outgoing]:
+    """``count`` predictions of model ``tick`` at ``ts`` and their labels: sent after a stream, with
+    enough request ids to reach every partition, they move every partition's event time to ``ts``
+    and so close every earlier window."""
+    for i in range(count):
+        yield ts, 0, {"request_id": f"tick-{i}", "model": "tick", "timestamp": ts, "prediction": "x"}
+        yield ts, 1, {"request_id": f"tick-{i}", "timestamp": ts, "label": "x"}
 
 
 def scenario_records(scenario: Scenario) -> Iterator[Outgoing]:
