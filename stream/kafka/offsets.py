@@ -60,9 +60,8 @@ class Sequencer:
 
     faust 0.15 resumes fetching before the seek that ends a rebalance: messages fetched then are
     skipped by their stream, and the rest of that fetch, delivered after the seek, moves the fetch
-    loop's read offset past them, so their redelivery is dropped too (found by
-    tests/integration/chaos: the rebalance test lost a label in CI; benchmarks/churn.py lost
-    records in about one run in ten). Kafka delivers a message again only after a seek, which faust
+    loop's read offset past them, so their redelivery is dropped too: records lost around
+    rebalances. Kafka delivers a message again only after a seek, which faust
     makes only at rebalances. So nothing is handled during a rebalance, and after it a message
     counts only if it is the next one of its partition: an earlier one is a duplicate (skipped),
     a later one means a gap (skipped, and the fetch loop seeks back to the missing offset), so

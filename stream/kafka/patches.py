@@ -82,7 +82,7 @@ def complete_producer_flushes() -> None:
     flush returns once 0.1 s pass without a send (under load, while the producer waits for room),
     counts neither the record being handed over nor, while the worker stops, anything (nothing
     drains the buffer then): offsets were committed past records whose changelog entries were
-    never sent, lost when the partition moved or the worker died (found by tests/integration/chaos).
+    never sent, lost when the partition moved or the worker died.
     """
     if getattr(ProducerBuffer.flush, "_mlmon", False):
         return
@@ -193,7 +193,7 @@ def commit_no_further_than_handled(handled: Handled) -> None:
     faust 0.15 acks the messages it drops from a stream while its flow is suspended (a rebalance,
     a stop) and lets a one-message gap at the head of the acked offsets through
     (``min(acked) - committed > 1``): it committed past messages the agent never saw, lost records
-    (found by tests/integration/chaos). Its acks are not consulted here: a message counts once its
+    Its acks are not consulted here: a message counts once its
     record is saved (``Join.save``). With no committed offset yet, the count starts at the start of
     the log, and nothing is committed until that is known. faust's acked offsets below the commit
     are forgotten, as its own ``_new_offset`` does (it forgot them even when they were not
