@@ -93,7 +93,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
-    time.sleep(max(0.0, args.duration - (time.monotonic() - started)))
+    # The final figures stay on /metrics until --duration is over, and for its last fifth at least
+    # (on a busy machine the replay can overrun its share: scrapers still see the final state).
+    time.sleep(max(args.duration * (1 - REPLAY_SHARE), args.duration - (time.monotonic() - started)))
     delivery.close()
     return 0
 
