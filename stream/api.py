@@ -23,7 +23,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
-from stream.core.records import decode, parse_label, parse_prediction
+from stream.core.records import decode, parse_label, parse_prediction, raw_text
 from stream.errors import ConfigError, InvalidRecord
 from stream.replay import Collected, feed
 
@@ -108,7 +108,8 @@ class Monitor:
                         raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
                     record = parse(raw)
                 except InvalidRecord as exc:
-                    engine.dead_letter(name, raw if isinstance(raw, dict) else repr(raw)[:4096], str(exc), line=index)
+                    text = raw if isinstance(raw, dict) else raw_text(repr(raw))
+                    engine.dead_letter(name, text, str(exc), line=index)
                     continue
                 parsed.append((record.timestamp, kind, index, record, raw))
             parsed.sort(key=lambda e: (e[0], e[2]))

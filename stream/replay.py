@@ -21,7 +21,7 @@ import orjson
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
-from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
+from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.errors import InvalidRecord
 
 __all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay"]
@@ -106,7 +106,7 @@ def _raw(path: Path, number: int) -> str:
     with path.open("rb") as lines:
         for n, line in enumerate(lines, 1):
             if n == number:
-                return line[:4096].decode("utf-8", errors="replace").rstrip("\n")
+                return raw_text(line)
     return ""
 
 
@@ -121,8 +121,7 @@ def _parsed(path: Path, kind: int, engine: Engine) -> Iterator[Event]:
             try:
                 record = parse(decode(line, max_bytes))
             except InvalidRecord as exc:
-                text = line[:4096].decode("utf-8", errors="replace").rstrip("\n")
-                engine.dead_letter(source, text, str(exc), file=str(path), line=number)
+                engine.dead_letter(source, raw_text(line), str(exc), file=str(path), line=number)
                 continue
             yield record.timestamp, kind, number, record
 

@@ -20,6 +20,7 @@ from stream.errors import InvalidRecord
 __all__ = [
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
+    "MAX_RAW_BYTES",
     "MAX_RECORD_BYTES",
     "MAX_SCORE_CLASSES",
     "MAX_SEGMENT_KEYS",
@@ -33,10 +34,12 @@ __all__ = [
     "parse_label",
     "parse_prediction",
     "parse_timestamp",
+    "raw_text",
     "target_number",
 ]
 
 MAX_RECORD_BYTES = 64 * 1024
+MAX_RAW_BYTES = 4096  # of a refused record kept in its dead letter
 MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 128
 MAX_SEGMENT_KEYS = 16
@@ -71,6 +74,20 @@ class Label:
     request_id: str
     timestamp: float
     value: str | int | float | bool
+
+
+def raw_text(raw: bytes | str | None, max_bytes: int = MAX_RAW_BYTES) -> str:
+    """A refused record as text for its dead letter: invalid UTF-8 replaced, and cut so that its
+    JSON encoding (where a control byte takes six) stays within ``max_bytes``.
+
+    >>> len(raw_text(bytes(4096))), len(orjson.dumps(raw_text(bytes(4096))))  # NUL bytes: \\u0000 each
+    (681, 4088)
+    """
+    text = (raw or b"").decode("utf-8", errors="replace") if isinstance(raw, bytes | None) else raw
+    text = text[:max_bytes].rstrip("\n")
+    while (encoded := len(orjson.dumps(text))) > max_bytes:
+        text = text[: len(text) * max_bytes // encoded - 1]
+    return text
 
 
 def decode(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:

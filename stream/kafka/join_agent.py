@@ -32,7 +32,7 @@ from stream.config import Config
 from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
-from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction
+from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError, InvalidRecord
 from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
@@ -254,7 +254,7 @@ class Join:
                 raise InvalidRecord(future_reason(record.timestamp, time.time(), config.max_future_s,
                                                   "the worker's clock") or "")
         except InvalidRecord as exc:
-            text = raw[:4096].decode("utf-8", errors="replace")
+            text = raw_text(raw)
             rid = obj.get("request_id") if isinstance(obj, dict) else None
             where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
             engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset, **where)

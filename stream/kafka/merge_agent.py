@@ -21,6 +21,7 @@ import orjson
 from stream.config import Config
 from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record
+from stream.core.records import raw_text
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.kafka.join_agent import Output, cumulative_base, engine_windows
@@ -102,7 +103,7 @@ class Merge:
         except Exception as exc:
             log.exception("merge failed on partition %s offset %s", here, offset)
             dead = {"source": "partials", "reason": f"the merge agent failed: {exc!r}"[:1024],
-                    "raw": (value or b"")[:4096].decode("utf-8", "replace"),
+                    "raw": raw_text(value),
                     "topic": self.config.partials_topic, "partition": here, "offset": offset}
             return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
 

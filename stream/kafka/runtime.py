@@ -20,6 +20,7 @@ import orjson
 from faust.types import TP
 
 from stream.config import Config
+from stream.core.records import raw_text
 from stream.kafka.join_agent import SAVE_BYTES, Join, Output
 from stream.kafka.memory import return_free_memory
 from stream.kafka.merge_agent import Merge
@@ -98,7 +99,7 @@ class Runtime:
             log.exception("failed on %s[%s]@%s", topic, partition, offset)
             self.join.engine(partition).dead_letter(
                 "predictions" if topic == self.config.predictions_topic else "labels",
-                (value or b"")[:4096].decode("utf-8", "replace"), "internal error (see worker log)",
+                raw_text(value), "internal error (see worker log)",
                 topic=topic, partition=partition, offset=offset,
             )
 

@@ -143,3 +143,11 @@ def test_a_record_stamped_alone_far_in_the_future_is_a_dead_letter_and_moves_not
         ("predictions", "broken-clock", at[0] + 1), ("labels", "broken-clock", at[1] + 1)]
     assert all("ahead of the record before it" in d["reason"] and "max_future_s" in d["reason"] for d in dead)
     assert json.loads(dead[0]["raw"])["request_id"] == "broken-clock"
+
+
+def test_a_dead_letter_stays_within_a_few_kib_whatever_the_line_holds(tmp_path: Path) -> None:
+    predictions, labels = streams(SCENARIO)
+    predictions.insert(3, "\x01" * 60_000)  # control bytes: six bytes each once JSON-encoded
+    paths = run_replay(tmp_path, predictions, labels)
+    [dead] = read_jsonl(paths["dead"])
+    assert dead["line"] == 4 and len(json.dumps(dead)) < 5000
