@@ -74,9 +74,7 @@ class Monitor:
             raise ConfigError("mode 'replay' needs a 'source' with 'predictions' and 'labels'")
         if self.mode == "production":
             from stream.kafka.admin import ensure_topics
-            from stream.kafka.join_agent import check_worker_config
 
-            check_worker_config(self.config)
             ensure_topics(self.config)
 
     def execute(self) -> MonitorResult | None:

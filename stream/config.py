@@ -38,7 +38,6 @@ class Config:
     idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
     rules: list[Rule] = field(default_factory=list)
-    windows_configured: bool = False  # False: the defaults, which each adapter may narrow
     # Kafka (used by the worker only)
     broker: str = "127.0.0.1:9092"
     predictions_topic: str = "predictions"
@@ -64,7 +63,7 @@ class Config:
         config = cls()
         known = {f.name for f in fields(cls)}
         for key, value in raw.items():
-            if key in ("rules", "windows", "regression_models", "windows_configured"):
+            if key in ("rules", "windows", "regression_models"):
                 continue
             if key == "kafka_options":
                 if not isinstance(value, dict):
@@ -93,7 +92,6 @@ class Config:
             if not isinstance(raw["windows"], list) or not raw["windows"]:
                 raise ConfigError("'windows' must be a non-empty list")
             config.windows = [WindowSpec.parse(w) for w in raw["windows"]]
-            config.windows_configured = True
         if len({w.name for w in config.windows}) != len(config.windows):
             raise ConfigError("'windows' lists the same window twice")
         config.regression_models = [str(m) for m in raw.get("regression_models", [])]

@@ -121,7 +121,7 @@ class Engine:
             wset.dirty = True
             self._dirty_sets.append(wset)
         if outcome is JOINED:
-            self._pair(entry, label)  # type: ignore[arg-type]
+            self._pair(entry, label, pred.request_id)  # type: ignore[arg-type]
         elif outcome is LATE:
             self.health.late_labels += 1
             self.health.expired_predictions += 1
@@ -132,7 +132,7 @@ class Engine:
         self.health.labels += 1
         outcome, prediction, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
         if outcome is JOINED:
-            self._pair(prediction, entry)  # type: ignore[arg-type]
+            self._pair(prediction, entry, label.request_id)  # type: ignore[arg-type]
         elif outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
@@ -227,7 +227,7 @@ class Engine:
 
     # --------------------------------------------------------------- counting
 
-    def _pair(self, prediction: PendingPrediction, label: PendingLabel) -> None:
+    def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> None:
         ts, wset, guess, names, probs = self._unpack(prediction)
         model = wset.model
         try:
@@ -260,10 +260,10 @@ class Engine:
             wset.dirty = True
             self._dirty_sets.append(wset)
         if self.rolling_specs:
+            done_ts = ts if ts > label[0] else label[0]  # completion order: the later of the two
             for series in wset.group:
                 for rolling in series.rolling:
-                    rolling.push(truth, guess, terms)
-                    if not rolling.dirty:
+                    if rolling.push(done_ts, request_id, truth, guess, terms) and not rolling.dirty:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
 
@@ -356,16 +356,41 @@ class Engine:
     def _emit(self, window: Window, final: bool) -> None:
         series, spec = window.series, window.spec
         if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the record
-            self.metric_records.append({
-                "model": series.model, "model_version": series.model_version, "segment": series.segment,
-                "window": spec.describe(window.start), "final": final, **window.state().export(),
-            })
+            partial = {"model": series.model, "model_version": series.model_version, "segment": series.segment,
+                       "window": spec.describe(window.start), "final": final, **window.state().export()}
+            if isinstance(window, RollingWindow):
+                partial["pairs"] = window.export_pairs()
+            self.metric_records.append(partial)
             return
         now = self.clock()
         record = metric_record(series.model, series.model_version, series.segment, spec.describe(window.start),
                                window.state(), final, rfc3339(now))
         self.metric_records.append(record)
         self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now))
+
+    # ------------------------------------------------------ rolling snapshots
+
+    def rolling_snapshot(self) -> list[list[Any]]:
+        """Every rolling window's pairs, to restore after a rebuild from records that no longer
+        hold them all: [model, version, segment pairs, window name, pairs]."""
+        return [[series.model, series.model_version, sorted(series.segment.items()), rolling.spec.name,
+                 rolling.export_pairs()]
+                for series in self._series.values() for rolling in series.rolling if rolling.pairs]
+
+    def restore_rolling(self, snapshot: list[list[Any]]) -> None:
+        """Push a snapshot's pairs back (before or after records are fed again: a pair counts once)."""
+        for model_name, version, segment, name, pairs in snapshot:
+            try:
+                model = self.models.get(model_name) or self._model(model_name)
+                series = self._series_of(model, version, tuple((k, v) for k, v in segment))
+                rolling = next(r for r in series.rolling if r.spec.name == name)
+                for done_ts, rid, truth, guess, log_loss, brier in pairs:
+                    if model.classes is not None:
+                        truth, guess = self._class_id(model, truth), self._class_id(model, guess)
+                    terms = None if log_loss is None else (log_loss, brier)
+                    rolling.push(done_ts, rid, truth, guess, terms)
+            except (InvalidRecord, StopIteration):  # a model refused now, or a window no longer configured
+                continue
 
     # ---------------------------------------------------------------- status
 

@@ -15,6 +15,7 @@ additive state of its windows (a "partial"). The merger keeps the latest partial
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy.typing as npt
 
 from stream.core.metrics import RegressionStats, ScoreSums, classification
 
-__all__ = ["WindowState", "merge_states", "metric_record"]
+__all__ = ["WindowState", "merge_states", "metric_record", "rolling_state"]
 
 
 @dataclass
@@ -98,6 +99,28 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
         if partial["regression"] is not None:
             regression = _merge_regression(regression or RegressionStats(), partial["regression"])
     return WindowState(predictions, classes, counts, scores, regression)
+
+
+def rolling_state(partials: list[dict[str, Any]], size_n: int) -> WindowState:
+    """The last ``size_n`` pairs of the partitions' rolling windows together (each partial holds its
+    partition's last ``size_n``, in ``pairs``): by completion time, ties by request id."""
+    pairs = heapq.nlargest(size_n, {(p[0], p[1]): p for partial in partials for p in partial["pairs"]}.values(),
+                           key=lambda p: (p[0], p[1]))
+    pairs.reverse()  # oldest first, as a window takes them
+    scores = ScoreSums()
+    if any(partial["regression"] is not None for partial in partials):
+        regression = RegressionStats()
+        for _, _, truth, guess, _, _ in pairs:
+            regression.update(truth, guess)
+        return WindowState(0, [], np.zeros((0, 0), dtype=np.int64), scores, regression)
+    classes = sorted({c for p in pairs for c in (p[2], p[3])})
+    position = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for _, _, truth, guess, log_loss, brier in pairs:
+        counts[position[truth], position[guess]] += 1
+        if log_loss is not None:
+            scores.merge(1, log_loss, brier)
+    return WindowState(0, classes, counts, scores, None)
 
 
 def _merge_regression(into: RegressionStats, other: list[float]) -> RegressionStats:

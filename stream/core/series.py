@@ -3,8 +3,8 @@ that fold buffered pairs into every window at once."""
 
 from __future__ import annotations
 
+import heapq
 from array import array
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,20 +44,33 @@ Terms = tuple[float, float] | None  # one pair's (log loss, Brier) terms, when i
 
 
 class RollingWindow(Window):
-    """The last ``size_n`` pairs of a series, in join order (river's Rolling over a matrix)."""
+    """The last ``size_n`` pairs of a series in completion order: by the later of the prediction's
+    and the label's timestamps, ties by request id (river's Rolling over a matrix). Kept as a heap
+    of those keys, so pairs may come in any order (from several partitions, or again after a
+    rebuild) and a pair pushed twice counts once; the Kafka worker merges partitions' windows
+    exactly, since the last ``size_n`` of all are among the last ``size_n`` of each."""
 
-    __slots__ = ("pairs", "size_n")
+    __slots__ = ("keys", "pairs", "size_n")
 
     def __init__(self, series: Series, spec: WindowSpec, classes: ClassIndex | None) -> None:
         super().__init__(series, spec, 0, classes)
         self.size_n = spec.size_n
-        self.pairs: deque[tuple[Any, Any, Terms]] = deque()
+        self.pairs: list[tuple[float, str, Any, Any, Terms]] = []  # a heap: the oldest first
+        self.keys: set[tuple[float, str]] = set()
 
-    def push(self, truth: Any, guess: Any, terms: Terms) -> None:
+    def push(self, done_ts: float, request_id: str, truth: Any, guess: Any, terms: Terms) -> bool:
+        """Count a pair completed at ``done_ts``, unless counted already or older than all kept."""
+        key = (done_ts, request_id)
+        if key in self.keys or (len(self.pairs) >= self.size_n and key < self.pairs[0][:2]):
+            return False
+        heapq.heappush(self.pairs, (done_ts, request_id, truth, guess, terms))
+        self.keys.add(key)
         self._add(truth, guess, terms, 1)
-        self.pairs.append((truth, guess, terms))
         if len(self.pairs) > self.size_n:
-            self._add(*self.pairs.popleft(), -1)
+            oldest = heapq.heappop(self.pairs)
+            self.keys.discard(oldest[:2])
+            self._add(oldest[2], oldest[3], oldest[4], -1)
+        return True
 
     def _add(self, truth: Any, guess: Any, terms: Terms, sign: int) -> None:
         if self.cm is None:
@@ -69,9 +82,20 @@ class RollingWindow(Window):
     def state(self) -> WindowState:
         if self.cm is None:
             self.regression = RegressionStats()
-            for truth, guess, _ in self.pairs:
+            for _, _, truth, guess, _ in sorted(self.pairs):
                 self.regression.update(truth, guess)
         return super().state()
+
+    def export_pairs(self) -> list[list[Any]]:
+        """The pairs, classes by name, for the merger: [done_ts, request_id, truth, guess, log loss
+        term or None, Brier term or None]."""
+        names = self.cm.index.names if self.cm is not None else None
+        out = []
+        for done_ts, rid, truth, guess, terms in self.pairs:
+            if names is not None:
+                truth, guess = names[truth], names[guess]
+            out.append([done_ts, rid, truth, guess, *(terms or (None, None))])
+        return out
 
 
 class Series:

@@ -34,7 +34,7 @@ from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.core.windows import WindowSpec
-from stream.errors import ConfigError, InvalidRecord
+from stream.errors import InvalidRecord
 from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "Join",
     "Output",
     "Unsaved",
-    "check_worker_config",
     "cumulative_base",
     "engine_windows",
 ]
@@ -58,6 +57,7 @@ log = logging.getLogger("mlmon.worker")
 
 WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
+ROLLING_KEY = "\x00rolling/"  # + partition: its rolling windows' pairs, stored before batches are pruned
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
 # Batches are stored zlib-compressed at level 1: 3.9 times smaller (the records' JSON) at about
 # 200 MB/s, against writing every input byte again to the changelog, the broker and rocksdb's blob
@@ -71,18 +71,6 @@ Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
 HIDDEN_BASE = WindowSpec("tumbling", size_s=3600)  # the cumulative window's base when no tumbling one is set
-
-
-def check_worker_config(config: Config) -> None:
-    unsupported = ("rolling",)
-    if not config.windows_configured:  # the defaults: keep what the worker supports
-        config.windows = [w for w in config.windows if w.kind not in unsupported]
-    refused = [w.name for w in config.windows if w.kind in unsupported]
-    if refused:
-        raise ConfigError(
-            f"the Kafka worker does not support {', '.join(refused)} windows yet (the last pairs across "
-            "partitions are not merged); use tumbling, hopping or cumulative windows"
-        )
 
 
 def cumulative_base(windows: list[WindowSpec]) -> WindowSpec | None:
@@ -128,7 +116,6 @@ class Join:
     """
 
     def __init__(self, config: Config) -> None:
-        check_worker_config(config)
         self.config = config
         self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows))
         self.engines: dict[int, Engine] = {}
@@ -174,6 +161,7 @@ class Join:
         self.marks = {}
         self.saved_marks = {}
         batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        snapshots: dict[int, list[list[Any]]] = {}
         self.prune_due.clear()
         self.unsaved.clear()
         for key, value in table.items():
@@ -184,18 +172,21 @@ class Join:
                 marks[MARKS.index(source)] = self.saved_marks[name] = float(orjson.loads(value))
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
+            elif key.startswith(ROLLING_KEY):
+                snapshots[int(key[len(ROLLING_KEY):])] = orjson.loads(zlib.decompress(value))
         for marks in self.marks.values():  # the lower input's, or more if an idle input was passed over
             marks[2] = max(marks[2], min(marks[0], marks[1]))
         self.activity.clear()  # every input is given idle_timeout_s again
         self.engines = {}
         stored = 0
-        for partition in sorted(batches):
+        for partition in sorted(set(batches) | set(snapshots)):
             rows: list[tuple[float, int, Prediction | Label]] = []
-            for key, value in batches.pop(partition):
+            for key, value in batches.pop(partition, ()):
                 self._schedule_prune(key, self._load_batch(value, rows), partition)
             stored += len(rows)
             rows.sort(key=lambda r: (r[0], r[1]))
             engine = self.engine(partition)
+            engine.restore_rolling(snapshots.get(partition, []))  # pairs of pruned batches
             for _, kind, record in rows:
                 if kind == 0:
                     engine.prediction(record)  # type: ignore[arg-type]
@@ -316,20 +307,25 @@ class Join:
         return 0 if unsaved is None else unsaved.size
 
     def prune(self, table: Any, partition: int) -> int:
-        """Forget batches of this partition whose windows are all final (changelog deletes)."""
+        """Forget batches of this partition whose windows are all final (changelog deletes). Rolling
+        windows reach further back than any timed window: their pairs are stored first, whole."""
         horizon = int(self.watermark(partition) // 60)
-        pruned = 0
+        gone = []
         for bucket in [b for b in self.prune_due if b < horizon]:
             keep = []
             for key, part in self.prune_due.pop(bucket):
                 if part != partition:
                     keep.append((key, part))
                 elif key in table:
-                    del table[key]
-                    pruned += 1
+                    gone.append(key)
             if keep:
                 self.prune_due[bucket].extend(keep)
-        return pruned
+        if gone and any(not w.timed for w in self.engine_config.windows):
+            snapshot = self.engine(partition).rolling_snapshot()
+            table[f"{ROLLING_KEY}{partition}"] = zlib.compress(orjson.dumps(snapshot), BATCH_ZLIB_LEVEL)
+        for key in gone:
+            del table[key]
+        return len(gone)
 
     def outputs(self) -> list[Output]:
         """(topic, key, value): partials keyed by model, and dead letters, since the last call."""

@@ -20,7 +20,7 @@ import orjson
 
 from stream.config import Config
 from stream.core.keys import record_key, segment_label
-from stream.core.merge import merge_states, metric_record
+from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
@@ -87,7 +87,7 @@ class Merge:
 
     def _final_at(self, partial: dict[str, Any]) -> float:
         spec: WindowSpec = self.specs[partial["window"]["name"]]
-        end = spec.end(partial["window"]["start"])
+        end = spec.end(partial["window"].get("start", 0))
         return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
 
     def handle(self, table: Any, here: int, offset: int, value: bytes | None) -> list[Output]:
@@ -223,8 +223,10 @@ class Merge:
         if self.hidden is not None and window["name"] == self.hidden.name:
             return []
         now = time.time()
-        record = metric_record(head["model"], head["model_version"], head["segment"], window,
-                               merge_states(partials), final, rfc3339(now))
+        state = (rolling_state(partials, window["size_n"]) if window["kind"] == "rolling"
+                 else merge_states(partials))
+        record = metric_record(head["model"], head["model_version"], head["segment"], window, state, final,
+                               rfc3339(now))
         events = self.rules.evaluate(record, segment_label(head["segment"]), now)
         if self.on_record is not None:
             self.on_record(record)

@@ -33,7 +33,7 @@ from stream.config import Config
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
-from stream.kafka.join_agent import Join, check_worker_config
+from stream.kafka.join_agent import Join
 from stream.kafka.memory import map_large_blocks_apart
 from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled
@@ -157,7 +157,6 @@ def build_app(config: Config) -> faust.App:
 
 def run_worker(config: Config, loglevel: str = "info") -> int:
     map_large_blocks_apart()
-    check_worker_config(config)
     faust_credentials(config)  # refuse unsupported security settings before touching Kafka
     ensure_topics(config)
     app = build_app(config)

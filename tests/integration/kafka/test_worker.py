@@ -282,9 +282,9 @@ def cells(record: dict[str, Any]) -> dict[tuple[str, str], int]:
             if record["confusion_matrix"][i][j]}
 
 
-def test_tumbling_and_cumulative_windows_in_the_worker_equal_replay_on_the_same_input(
+def test_every_window_kind_in_the_worker_equals_replay_on_the_same_input(
         kafka: Broker, tmp_path: Path) -> None:
-    windows = "windows: [tumbling 5m, tumbling 15m, cumulative]\n"
+    windows = "windows: [tumbling 5m, tumbling 15m, cumulative, rolling 300]\n"
     config, path = setup(kafka, tmp_path, extra=windows)
     scenario = Scenario(pairs=6000, start_ts=START, rate_per_s=5.0, label_delay_mean_s=30.0, label_coverage=0.9,
                         duplicate_rate=0.05, early_label_rate=0.02, seed=13)
@@ -313,7 +313,8 @@ def test_tumbling_and_cumulative_windows_in_the_worker_equal_replay_on_the_same_
                   str(r["window"].get("start", 0)))] = r
     assert ran.engine.balance() == {"predictions": 0, "labels": 0}
     assert set(latest) == set(replayed)
-    assert sum(1 for k in latest if k[3] == "cumulative") == 4  # the model and its two venues, and the ticks
+    for name in ("cumulative", "rolling_300"):  # the model and its two venues, and the ticks
+        assert sum(1 for k in latest if k[3] == name) == 4
     for key, record in replayed.items():
         ours = latest[key]
         assert (ours["n"], ours["predictions"], cells(ours)) == (record["n"], record["predictions"], cells(record)), key

@@ -81,3 +81,14 @@ def test_regression_partials_merge_exactly(rows: list[tuple[float, float]], part
     assert merged["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred), abs=1e-9)
     if np.ptp(y_true) > 1e-6:
         assert merged["r2"] == pytest.approx(skm.r2_score(y_true, y_pred), rel=1e-9, abs=1e-9)
+
+
+def test_rolling_windows_of_partitions_merge_into_the_last_pairs_of_all() -> None:
+    from stream.core.merge import rolling_state
+
+    pairs = [[1000.0 + i // 2, f"r{i:03d}", "a" if i % 3 else "b", "a", None, None] for i in range(100)]
+    partials = [{"pairs": pairs[0::2], "regression": None}, {"pairs": pairs[1::2] + pairs[:10], "regression": None}]
+    state = rolling_state(partials, 30)  # the last 30 by completion time, ties by request id: r070 to r099
+    expected = [p for p in pairs if p[1] >= "r070"]
+    assert state.n == 30 and state.classes == ["a", "b"]
+    assert state.counts.tolist() == [[sum(p[2] == "a" for p in expected), 0], [sum(p[2] == "b" for p in expected), 0]]

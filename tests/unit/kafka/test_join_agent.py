@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -77,3 +78,33 @@ def test_an_input_with_records_waiting_is_not_idle_however_long_it_has_not_moved
     assert join.idle == {0}
     join.refresh_idle([0], now=2000.0)  # a stopped process saw nothing of the time between
     assert join.idle == set()
+
+
+def test_rolling_windows_survive_a_rebuild_after_their_batches_were_pruned() -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m", "rolling 50"], "join_ttl": "60s"})
+    join, table = Join(config), {}
+    join.stale = False
+    start = 1_767_225_600.0
+    for i in range(80):
+        join.handle(config.predictions_topic, 0, i, orjson.dumps(
+            {"request_id": f"r{i}", "model": "m", "timestamp": start + i, "prediction": "a" if i % 3 else "b"}))
+        join.handle(config.labels_topic, 0, i, orjson.dumps(
+            {"request_id": f"r{i}", "timestamp": start + i, "label": "a"}))
+    join.save(table, 0)
+    later = start + 86400  # every window of those pairs final: their batch can go
+    join.handle(config.predictions_topic, 0, 80, orjson.dumps(
+        {"request_id": "tick", "model": "t", "timestamp": later, "prediction": "x"}))
+    join.handle(config.labels_topic, 0, 80, orjson.dumps({"request_id": "tick", "timestamp": later, "label": "x"}))
+    join.save(table, 0)
+
+    def rolling_pairs(join: Join) -> list[Any]:
+        engine = join.engines[0]
+        return sorted(p for s in engine._series.values() if s.model == "m" and not s.segment for r in s.rolling
+                      for p in r.export_pairs())
+
+    before = rolling_pairs(join)
+    assert len(before) == 50 and before[0][1] == "r30"  # the last 50 completed
+    assert join.prune(table, 0) == 1  # the batch of the 80 pairs
+    rebuilt = Join(config)
+    rebuilt.rebuild(table)
+    assert rolling_pairs(rebuilt) == before

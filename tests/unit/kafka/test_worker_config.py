@@ -11,19 +11,8 @@ from stream.config import Config
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError
 from stream.kafka.admin import faust_credentials
-from stream.kafka.join_agent import check_worker_config, engine_windows
+from stream.kafka.join_agent import engine_windows
 from stream.kafka.memory import glibc, return_free_memory
-
-
-def test_the_default_windows_run_in_the_worker() -> None:
-    config = Config()
-    check_worker_config(config)
-    assert [w.name for w in config.windows] == ["tumbling_1h", "tumbling_1d", "cumulative"]
-
-
-def test_configured_rolling_windows_are_refused_with_a_reason() -> None:
-    with pytest.raises(ConfigError, match="does not support rolling_1000"):
-        check_worker_config(Config.from_mapping({"windows": ["tumbling 1h", "cumulative", "rolling 1000"]}))
 
 
 def test_a_cumulative_window_is_counted_from_the_smallest_tumbling_one_or_a_hidden_hour() -> None:
