@@ -239,7 +239,8 @@ class Engine:
                     truth = self._class_id(model, label[1])
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
-            self._refuse("labels", {"label": label[1], "timestamp": label[0]}, str(exc), model=model.name)
+            self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, str(exc),
+                         model=model.name, request_id=request_id)
             return
         health = self.health
         health.pairs += 1

@@ -113,7 +113,14 @@ def _text(obj: dict[str, Any], field: str, max_chars: int, default: str | None =
         raise InvalidRecord(f"'{field}' is empty")
     if len(value) > max_chars:
         raise InvalidRecord(f"'{field}' is {len(value)} characters, over the limit of {max_chars}")
+    if field != "request_id" and not _printable(value):
+        raise InvalidRecord(f"'{field}' {value[:64]!r} holds control characters or only spaces")
     return value
+
+
+def _printable(name: str) -> bool:
+    """A name people read (a model, a version, a segment): no control characters, not only spaces."""
+    return name.isprintable() and not name.isspace()
 
 
 def parse_timestamp(value: Any) -> float:
@@ -185,6 +192,8 @@ def _segment(value: Any) -> Segment:
     for key, val in value.items():
         if not key or not isinstance(val, str) or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS:
             raise InvalidRecord(f"'segment'[{key[:64]!r}] must be a non-empty short string")
+        if not (_printable(key) and _printable(val)):
+            raise InvalidRecord(f"'segment'[{key[:64]!r}] holds control characters or only spaces")
     return tuple(sorted(value.items()))
 
 
@@ -216,8 +225,10 @@ def class_name(value: str | int | float | bool) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if value.is_integer():
+    if value.is_integer() and abs(value) <= 2**53:  # beyond, a JSON number is no longer one integer
         return str(int(value))
+    if value.is_integer():
+        raise InvalidRecord(f"{value!r} is not an exact integer class (beyond 2^53): send the class as a string")
     raise InvalidRecord(f"{value!r} is not a class; declare the model under 'regression_models'")
 
 

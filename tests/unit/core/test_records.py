@@ -130,3 +130,17 @@ def test_no_timestamp_string_raises_past_invalid_record(value: str) -> None:
     except InvalidRecord:
         return
     assert 0 <= ts <= MAX_TIMESTAMP_S
+
+
+@pytest.mark.parametrize(("field", "value"), [("model", "m\x00"), ("model", "a\nb"), ("model", "   "),
+                                              ("model_version", "v\x1b[31m"), ("segment", {"k": "\x07"})])
+def test_names_people_read_must_be_printable(field: str, value: object) -> None:
+    record = {"request_id": "r", "model": "m", "timestamp": 1.0, "prediction": "a", field: value}
+    with pytest.raises(InvalidRecord, match="control characters or only spaces"):
+        parse_prediction(record)
+
+
+def test_a_class_beyond_two_to_the_53_is_refused_not_rounded() -> None:
+    assert class_name(2**60) == str(2**60)  # an exact JSON integer stays exact
+    with pytest.raises(InvalidRecord, match="beyond 2\\^53"):
+        class_name(1.2345678901234568e29)  # what 123456789012345678901234567890 decodes to
