@@ -48,6 +48,10 @@ BAD_PREDICTIONS: list[tuple[dict[str, Any], str]] = [
     ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "scores": {"a": 1.5}}, "probability"),
     ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "segment": {"v": 3}}, "'segment'"),
     ({"request_id": "r", "model": "m" * 200, "timestamp": 1, "prediction": "a"}, "over the limit"),
+    ({"request_id": "r", "model": "m\n", "timestamp": 1, "prediction": "a"}, "control characters"),
+    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "segment": {"k": "\x00"}},
+     "control characters"),
+    ({"request_id": "r", "model": "m", "timestamp": "2026-11-30 06:00:00Z", "prediction": "a"}, "not an RFC 3339"),
 ]
 
 
