@@ -226,15 +226,45 @@ def wait_for_group(config: Config, members: int, timeout_s: float = 120.0) -> No
 def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
                scenario: Scenario) -> float:
     """Pairs per second of `count` worker processes, from the moment they are resumed with the
-    backlog waiting to the last final record. The workers form their group on empty input topics
+    backlog waiting to the last final record (see ``timed_workers``)."""
+    windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
+    finals: dict[int, float] = {}
+
+    def last_final(config: Config) -> float | None:
+        for _, record in read(config, config.metrics_topic, follow=False):
+            if record["final"] and record["model"] != "tick" and not record["segment"]:
+                finals[record["window"]["start"]] = datetime.fromisoformat(record["emitted_at"]).timestamp()
+        return max(finals.values()) if len(finals) == len(windows) else None
+
+    pairs = sum(1 for d in draws(scenario) if d.label is not None)
+    return pairs / timed_workers(bootstrap, folder, partitions, count, encoded, last_final)
+
+
+def invalid_run(bootstrap: str, folder: Path, partitions: int, count: int) -> float:
+    """Invalid records (a timestamp that is not one) per second of one worker, from its resumption
+    to the first health record that counts them all (health records come once a second)."""
+    encoded: Encoded = [(0, f"bad-{i}".encode(), orjson.dumps({"request_id": f"bad-{i}", "model": "m",
+                                                                "timestamp": "noon", "prediction": "a"}))
+                        for i in range(count)]
+
+    def all_counted(config: Config) -> float | None:
+        for _, health in read(config, config.health_topic, follow=False):
+            if health.get("invalid_predictions", 0) >= count:
+                return float(health["emitted_at"])
+        return None
+
+    return count / timed_workers(bootstrap, folder, partitions, 1, encoded, all_counted)
+
+
+def timed_workers(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
+                  done: Callable[[Config], float | None]) -> float:
+    """Seconds from the moment ``count`` worker processes are resumed with ``encoded`` waiting to
+    the time ``done`` finds (None: not yet). The workers form their group on empty input topics
     first and are then stopped (SIGSTOP) while the backlog is sent, so every process works from
     the first record (one that joined later would bring a rebalance into the figure) and the
-    sender's CPU is not counted. Resumed, they take their first records within milliseconds (their
-    fetches were answered meanwhile). (The start was once read from the health records, which
-    come once a second: it came out 1.2 to 1.4 s late, which flattered the shorter two-worker runs
-    most.)"""
+    sender's CPU is not counted. Resumed, they take their first records within milliseconds
+    (their fetches were answered meanwhile)."""
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
-    windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
     workers = Workers(path, count, folder / f"worker-{count}.log").start()
     try:
         wait_for_group(config, count)
@@ -247,16 +277,13 @@ def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encode
             resumed = time.time()
             for proc in workers.procs:
                 os.kill(proc.pid, signal.SIGCONT)
-        finals: dict[int, float] = {}
         deadline = time.monotonic() + 3600
-        while len(finals) < len(windows) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             time.sleep(2)
-            for _, record in read(config, config.metrics_topic, follow=False):
-                if record["final"] and record["model"] != "tick" and not record["segment"]:
-                    finals[record["window"]["start"]] = datetime.fromisoformat(record["emitted_at"]).timestamp()
-        assert len(finals) == len(windows), f"missing final windows: {len(windows) - len(finals)}"
-        pairs = sum(1 for d in draws(scenario) if d.label is not None)
-        return pairs / (max(finals.values()) - resumed)
+            ended = done(config)
+            if ended is not None:
+                return ended - resumed
+        raise AssertionError("the workers did not finish within an hour")
     finally:
         workers.stop()
         forget_run(config)
@@ -373,7 +400,7 @@ def main() -> None:
     parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--skip", default="",
-                        help="comma-separated: ceiling,faust_floor,worker1,worker2,replay,alerts,rss")
+                        help="comma-separated: ceiling,faust_floor,worker1,worker2,replay,invalid,alerts,rss")
     parser.add_argument("--report", type=Path, default=None,
                         help="default: benchmarks/results/<date>-<commit>.json")
     args = parser.parse_args()
@@ -403,6 +430,7 @@ def main() -> None:
             ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario)),
             ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, 2, encoded, scenario)),
             ("replay", lambda: replay_run(args.pairs, Config(), folder, 60.0)),
+            ("invalid", lambda: invalid_run(bootstrap, folder, args.partitions, args.pairs)),
         ]
         runners = [(name, run) for name, run in runners if name not in skip]
         for _ in range(args.repeat):
@@ -410,7 +438,11 @@ def main() -> None:
                 runs.setdefault(name, []).append(run())
                 print(name, round(runs[name][-1]), flush=True)
         for name, _ in runners:
-            report[f"{name}_pairs_per_s"] = round(median(runs[name]))
+            unit = "records" if name == "invalid" else "pairs"  # invalid records, each dead-lettered
+            report[f"{name}_{unit}_per_s"] = round(median(runs[name]))
+        if "invalid" in runs and "worker1" in runs:
+            report["invalid_records_over_worker1_pairs"] = round(
+                report["invalid_records_per_s"] / report["worker1_pairs_per_s"], 3)
         if "worker1" in runs and "worker2" in runs:  # each pair of runs taken one after the other
             report["worker2_over_worker1"] = round(report["worker2_pairs_per_s"] / report["worker1_pairs_per_s"], 3)
             pairs = zip(runs["worker1"], runs["worker2"], strict=True)

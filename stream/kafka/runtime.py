@@ -27,9 +27,10 @@ from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled, Sequencer, rewinds
 from stream.kafka.patches import in_partition, table_writable
 
-__all__ = ["Runtime", "Send", "consumer_lag"]
+__all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
 log = logging.getLogger("mlmon.worker")
+DEAD_LETTERS_AT_ONCE = 1000  # a partition's dead letters held at most until the next flush
 Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic, key, value, partition
 
 
@@ -85,7 +86,10 @@ class Runtime:
                 with in_partition(config.predictions_topic, partition):
                     saved = join.save(self.batches, partition)
             engine = join.engines[partition]
-            if engine.metric_records or engine.dead_letters:  # the others' are drained by the flush timer
+            # Closed windows' partials go out at once (alert latency); dead letters wait for the flush
+            # timer, a batch at a time, unless many are waiting or their offsets are about to count.
+            dead = len(engine.dead_letters)
+            if engine.metric_records or dead >= DEAD_LETTERS_AT_ONCE or (dead and saved):
                 async with self.sending:
                     await self.publish(join.outputs())
             self.mark_handled(partition, saved)
