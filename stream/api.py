@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from stream.config import Config
-from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
 from stream.core.records import decode, parse_label, parse_prediction, raw_text
 from stream.errors import ConfigError, InvalidRecord
-from stream.replay import Collected, feed
+from stream.replay import Collected, Event, feed, judged
 
 __all__ = ["MODES", "Monitor", "MonitorResult"]
 
@@ -94,10 +93,11 @@ class Monitor:
     def _bounded(self, config: Config) -> MonitorResult:
         engine = Engine(config)
         result = MonitorResult()
-        events = []
+        events: list[Event] = []
         for kind, name in ((0, "predictions"), (1, "labels")):
             parse = parse_prediction if kind == 0 else parse_label
-            parsed = []
+            parsed: list[Event] = []
+            raws: dict[int, Any] = {}
             for index, raw in enumerate(_rows(self.source.get(name, [])), 1):
                 try:
                     if isinstance(raw, InvalidRecord):
@@ -109,13 +109,10 @@ class Monitor:
                     text = raw if isinstance(raw, dict) else raw_text(repr(raw))
                     engine.dead_letter(name, text, str(exc), line=index)
                     continue
-                parsed.append((record.timestamp, kind, index, record, raw))
+                parsed.append((record.timestamp, kind, index, record))
+                raws[index] = raw
             parsed.sort(key=lambda e: (e[0], e[2]))
-            for event, reason in judge_in_time_order(parsed, lambda e: e[0], config.max_future_s):
-                if reason is not None:  # stamped too far ahead (see stream.core.clock)
-                    engine.dead_letter(name, event[4], reason, line=event[2], request_id=event[3].request_id)
-                else:
-                    events.append(event[:4])
+            events.extend(judged(parsed, engine, name, raws.__getitem__))  # broken clocks refused
         events.sort(key=lambda e: (e[0], e[1], e[2]))
         collected = Collected()
         feed(engine, events, collected)

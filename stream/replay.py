@@ -8,6 +8,7 @@ passes every window, so each window's last record is written and marked final.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -24,7 +25,7 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.errors import InvalidRecord
 
-__all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay"]
+__all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "judged", "replay"]
 
 PREDICTION, LABEL = 0, 1
 Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, line, record)
@@ -74,17 +75,16 @@ class Sink:
                 box.clear()
 
 
-def _judged(events: Iterable[Event], path: Path, kind: int, engine: Engine) -> Iterator[Event]:
-    """One file's events in timestamp order, without those stamped alone far in the future (dead
-    letters with their line number: see ``stream.core.clock``)."""
-    source = "predictions" if kind == PREDICTION else "labels"
+def judged(events: Iterable[Event], engine: Engine, source: str, raw_of: Callable[[int], Any],
+           **where: Any) -> Iterator[Event]:
+    """One file's events in timestamp order, without those stamped alone far in the future: dead
+    letters with ``raw_of(line)``, the line number and ``where`` (see ``stream.core.clock``)."""
     for event, reason in judge_in_time_order(events, _timestamp, engine.config.max_future_s):
         if reason is None:
             yield event
         else:
             number = event[2]
-            engine.dead_letter(source, _raw(path, number), reason, file=str(path), line=number,
-                               request_id=event[3].request_id)
+            engine.dead_letter(source, raw_of(number), reason, **where, line=number, request_id=event[3].request_id)
 
 
 def _in_order(events: Iterator[Event], path: Path) -> Iterator[Event]:
@@ -175,7 +175,8 @@ def replay(
             for path, kind in ((predictions, PREDICTION), (labels, LABEL)):
                 parsed = _parsed(path, kind, engine)
                 ordered = sorted(parsed) if sorted_in_memory else _in_order(parsed, path)
-                streams.append(_judged(ordered, path, kind, engine))
+                source = "predictions" if kind == PREDICTION else "labels"
+                streams.append(judged(ordered, engine, source, functools.partial(_raw, path), file=str(path)))
             try:
                 feed(engine, heapq.merge(*streams), sink)
             except _OutOfOrder:

@@ -81,7 +81,7 @@ class Merge:
                 here = int(entry["_mp"])
                 self.open[here][key] = self._final_at(partial)
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
-                if self.base is not None and partial["window"]["name"] == self.base.name:
+                if self._in_base(partial):
                     self.members[here][cumulative_key(partial)].add(key)
         self.stale = False
 
@@ -124,7 +124,7 @@ class Merge:
         table[key] = entry
         self.open[here].setdefault(key, self._final_at(partial))
         self.changed[here].add(key)
-        if self.base is not None and partial["window"]["name"] == self.base.name:
+        if self._in_base(partial):
             self.members[here][cumulative_key(partial)].add(key)
 
     def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None],
@@ -156,7 +156,7 @@ class Merge:
                 if entry is None or entry.get("_final"):
                     continue
                 partials = self._partials(entry)
-                if self.base is not None and partials[0]["window"]["name"] == self.base.name:
+                if self._in_base(partials[0]):
                     total = cumulative_key(partials[0])
                     self._fold(table, total, partials)  # before the window is marked final: a crash between
                     self.members[here][total].discard(key)  # folds it again, and the fold sees it did
@@ -168,7 +168,7 @@ class Merge:
             if entry is not None and not entry.get("_final"):
                 partials = self._partials(entry)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=False)
-                if self.base is not None and partials[0]["window"]["name"] == self.base.name:
+                if self._in_base(partials[0]):
                     totals.add(cumulative_key(partials[0]))
         for total in sorted(totals):
             out += self._emit_cumulative(table, here, total)
@@ -186,6 +186,10 @@ class Merge:
                         "and are not in the final record (%d such partials so far; raise idle_timeout_s if "
                         "inputs pause for longer)", partition, partial["window"]["name"], partial["model"],
                         self.late_partials)
+
+    def _in_base(self, partial: dict[str, Any]) -> bool:
+        """Whether the partial's window is one a cumulative window is summed from."""
+        return self.base is not None and partial["window"]["name"] == self.base.name
 
     @staticmethod
     def _partials(entry: dict[str, Any]) -> list[dict[str, Any]]:
