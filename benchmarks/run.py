@@ -85,7 +85,7 @@ def config_for(bootstrap: str, folder: Path, partitions: int, inputs: str, extra
     text = (f"broker: {bootstrap}\npartitions: {partitions}\napp_id: mlmon-bench-{run}\n"
             f"data_dir: {folder / run}\nmetrics_port: 0\njoin_ttl: {ttl}\nwindows: [{windows}]\n"
             f"predictions_topic: predictions-{inputs}\nlabels_topic: labels-{inputs}\n"
-            + "".join(f"{t}_topic: {t}-{run}\n" for t in ("metrics", "alerts", "health", "partials"))
+            + "".join(f"{t}_topic: {t}-{run}\n" for t in ("metrics", "alerts", "health", "partials", "repartition"))
             + f"dead_letters_topic: dead-{run}\n" + extra)
     path = folder / f"{run}.yaml"
     path.write_text(text)

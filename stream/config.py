@@ -47,6 +47,7 @@ class Config:
     dead_letters_topic: str = "mlmon-dead-letters"
     health_topic: str = "mlmon-health"
     partials_topic: str = "mlmon-partials"  # internal: per-partition window states, keyed by model
+    repartition_topic: str = "mlmon-repartition"  # internal: input records forwarded to their request's partition
     partitions: int = 4
     replication_factor: int = 1
     kafka_options: dict[str, str] = field(default_factory=dict)  # extra librdkafka settings (SASL, SSL...)

@@ -26,7 +26,7 @@ from stream.kafka.tail import read
 from stream.simulate import Scenario, draws
 
 TTL_S = 60
-TOPICS = ("predictions", "labels", "metrics", "alerts", "health", "partials")
+TOPICS = ("predictions", "labels", "metrics", "alerts", "health", "partials", "repartition")
 START = 1_767_225_600.0
 TICK_TS = START + 1_000_000  # far-future records on every input partition push the watermark past all windows
 

@@ -53,11 +53,11 @@ class EngineCollector(Collector):
 
     def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str,
                  lag: Callable[[], dict[tuple[str, int], int]] | None = None,
-                 routing: Callable[[], dict[str, dict[str, int]]] | None = None) -> None:
+                 repartitioned: Callable[[], dict[str, int]] | None = None) -> None:
         self.health_source = health
         self.rule_source = rules
         self.lag_source = lag
-        self.routing_source = routing
+        self.repartitioned_source = repartitioned  # input topic -> records forwarded to their partition
         self.counted_window = counted_window
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
@@ -107,17 +107,13 @@ class EngineCollector(Collector):
             for (topic, partition), records in self.lag_source().items():
                 lag.add_metric([topic, str(partition)], records)
             yield lag
-        if self.routing_source is not None:
-            checked = CounterMetricFamily("mlmon_routing_checked_records", "input records whose partition was checked "
-                                          "against their request_id (a sample)", labels=["input"])
-            misrouted = CounterMetricFamily("mlmon_misrouted_records_sampled", "checked input records not on their "
-                                            "request_id's partition (murmur2): they cannot all be joined",
-                                            labels=["input"])
-            for source, counts in self.routing_source().items():
-                checked.add_metric([source], counts["checked"])
-                misrouted.add_metric([source], counts["misrouted"])
-            yield checked
-            yield misrouted
+        if self.repartitioned_source is not None:
+            forwarded = CounterMetricFamily("mlmon_repartitioned_records", "input records that arrived on another "
+                                            "partition than their request_id's (murmur2) and were forwarded to it",
+                                            labels=["topic"])
+            for topic, count in self.repartitioned_source().items():
+                forwarded.add_metric([topic], count)
+            yield forwarded
 
     def _quality(self) -> Iterator[Any]:
         families = {name: GaugeMetricFamily(f"mlmon_model_{name}_ratio",

@@ -43,6 +43,7 @@ def planned_topics(config: Config) -> dict[str, tuple[int, dict[str, str]]]:
         config.dead_letters_topic: (1, {}),
         config.health_topic: (1, COMPACTED),
         config.partials_topic: (config.partitions, {}),
+        config.repartition_topic: (config.partitions, {}),
     }
 
 
@@ -68,8 +69,9 @@ def _wait_for_topics(admin: AdminClient, names: Iterable[str], timeout_s: float)
 
 
 def ensure_topics(config: Config, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics; refuse input topics whose partition counts differ (a join needs
-    co-partitioned inputs: same count, same key bytes, same partitioner)."""
+    """Create missing topics; return every topic's partition count. Input topics may have any
+    count: an input with another count than ``partitions`` has all its records forwarded to their
+    request's partition (see :mod:`stream.kafka.routing`)."""
     admin = AdminClient(client_settings(config))
     existing = partition_counts(admin)
     missing = [
@@ -84,13 +86,6 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> dict[str, int]:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise TopologyError(f"cannot create topic '{name}': {exc}") from None
         existing = _wait_for_topics(admin, planned_topics(config), timeout_s)
-    inputs = {t: existing.get(t) for t in (config.predictions_topic, config.labels_topic)}
-    if len(set(inputs.values())) != 1:
-        detail = ", ".join(f"'{t}' has {n} partitions" for t, n in inputs.items())
-        raise TopologyError(
-            f"the input topics must be co-partitioned to be joined by request_id, but {detail}; "
-            "recreate one of them with the same partition count"
-        )
     return existing
 
 

@@ -35,7 +35,17 @@ from stream.core.health import Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
-from stream.kafka.routing import ROUTE_SAMPLE_MASK, Routing
+from stream.kafka.event_time import EventTimes
+from stream.kafka.routing import (
+    HEARTBEAT,
+    KINDS,
+    Forwarding,
+    forwarded,
+    heartbeat,
+    partition_of,
+    read_heartbeat,
+    source_name,
+)
 
 __all__ = [
     "BATCH_KEY",
@@ -112,26 +122,29 @@ class Join:
 
     The batch table is a log: each write (a *batch*) holds the raw records the partition's engine
     took in since the last one, so a record costs no table read or write of its own. A message
-    counts as handled (its offset may be committed) only once its batch is written.
+    counts as handled (its offset may be committed) only once its batch is written, or, for a
+    record forwarded to its request's partition, once it is handed to the producer.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, inputs: dict[str, int] | None = None) -> None:
         self.config = config
         self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows))
         self.engines: dict[int, Engine] = {}
         self.max_window_s = max((w.size_s for w in self.engine_config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
-        self.marks: dict[int, list[float]] = {}  # partition -> [predictions' event time, labels', the lower]
+        inputs = inputs or {source: config.partitions for source in SOURCES}  # partitions per input
+        own = {source for source, n in inputs.items() if n == config.partitions}  # co-partitioned inputs
+        self.times = EventTimes([source_name(s, p) for s, n in inputs.items() for p in range(n)], own)
         self.saved_marks: dict[str, float] = {}  # "predictions/3" -> event time, as the table has it
         self.unsaved: dict[int, Unsaved] = {}
         self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.future_limit = -math.inf  # records stamped later are checked against the wall clock
-        self.routing = Routing(config.partitions)
-        self.activity: dict[tuple[str, int], tuple[int | None, float]] = {}  # (last offset, since when)
-        self.idle: set[int] = set()  # partitions with no input for idle_timeout_s
-        self.refreshed = -math.inf  # when refresh_idle last ran (monotonic)
+        self.forwarding = Forwarding()
+        self.forwards: list[tuple[int, bytes, bytes]] = []  # (partition, key, value) for the repartition topic
+        self.passed: dict[tuple[str, int], list[int]] = {}  # offsets of records all forwarded: [first, last]
+        self.intake = self._new_engine()  # counts and dead-letters records of inputs that are not co-partitioned
 
     def _new_engine(self) -> Engine:
         return Engine(self.engine_config, clock=time.time, emit_partials=True)
@@ -143,22 +156,15 @@ class Join:
         return engine
 
     def watermark(self, partition: int) -> float:
-        """A partition's event time: the slower of its two inputs (labels often trail predictions)."""
-        marks = self.marks.get(partition)
-        return -math.inf if marks is None else marks[2]
-
-    def _marks(self, partition: int) -> list[float]:
-        marks = self.marks.get(partition)
-        if marks is None:
-            marks = self.marks[partition] = [-math.inf, -math.inf, -math.inf]
-        return marks
+        """A join partition's event time (see :mod:`stream.kafka.event_time`)."""
+        return self.times.watermark(partition)
 
     def rebuild(self, table: Any) -> None:
         """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
         is judged stale), then moved to the watermark each partition had reached. What was not
         saved yet is dropped: its messages were not committed, so Kafka delivers them again.
         One partition at a time, so only one partition's records are ever decoded at once."""
-        self.marks = {}
+        self.times.clear()
         self.saved_marks = {}
         batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         snapshots: dict[int, list[list[Any]]] = {}
@@ -167,16 +173,12 @@ class Join:
         for key, value in table.items():
             if key.startswith(WATERMARK_KEY):
                 name = key[len(WATERMARK_KEY):]
-                source, partition = name.split("/")
-                marks = self._marks(int(partition))
-                marks[MARKS.index(source)] = self.saved_marks[name] = float(orjson.loads(value))
+                self.times.restore(name, float(orjson.loads(value)))
+                self.saved_marks[name] = float(orjson.loads(value))
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
             elif key.startswith(ROLLING_KEY):
                 snapshots[int(key[len(ROLLING_KEY):])] = orjson.loads(zlib.decompress(value))
-        for marks in self.marks.values():  # the lower input's, or more if an idle input was passed over
-            marks[2] = max(marks[2], min(marks[0], marks[1]))
-        self.activity.clear()  # every input is given idle_timeout_s again
         self.engines = {}
         stored = 0
         for partition in sorted(set(batches) | set(snapshots)):
@@ -220,59 +222,111 @@ class Join:
             self.prune_due[int(deadline // 60)].append((key, partition))
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        """Validate and feed the partition's engine; keep what it took in for the next save.
-        Bad input is dead-lettered."""
+        """Validate a record and feed it to its partition's engine, keeping it for the next save, or
+        queue it for the partition of its request (``forwards``). Bad input is dead-lettered."""
         config = self.config
-        source = "predictions" if topic == config.predictions_topic else "labels"
-        engine = self.engine(partition)
-        unsaved = self.unsaved.get(partition)
-        if unsaved is None:
-            unsaved = self.unsaved[partition] = Unsaved()
-        ranges = unsaved.offsets
-        for span in ranges:  # one range per topic, unless offsets skip (never, handled in order)
-            if span[0] == topic and span[2] + 1 == offset:
-                span[2] = offset
-                break
+        if topic == config.repartition_topic:
+            self._note(self._unsaved(partition), topic, offset)
+            self._handle_forwarded(partition, offset, raw or b"")
+            return
+        source = self._source(topic)
+        own = source in self.times.own
+        if own:
+            self._note(self._unsaved(partition), topic, offset)
         else:
-            ranges.append([topic, offset, offset])
+            self._pass(topic, partition, offset)
         self.offsets[(topic, partition)] = offset
         raw = raw or b""
+        engine = self.engine(partition) if own else self.intake
+        record, obj = self._parse(engine, source, raw, topic, partition, offset, clock=True)
+        if record is None:
+            return
+        self.times.read(source_name(source, partition), record.timestamp)
+        right = partition_of(record.request_id, config.partitions)
+        if right != partition or not own:
+            self.forwarding.count(source, partition, right, record.request_id)
+            self.forwards.append((right, record.request_id.encode(), KINDS[source] + raw))
+            return
+        self._take(partition, source, record, obj, raw, topic=topic, partition=partition, offset=offset)
+
+    def _handle_forwarded(self, partition: int, offset: int, raw: bytes) -> None:
+        """A record forwarded to this partition, or a heartbeat (see :mod:`stream.kafka.routing`)."""
+        topic = self.config.repartition_topic
+        engine = self.engine(partition)
+        try:
+            if raw[:1] == HEARTBEAT:
+                self.times.hear(partition, *read_heartbeat(raw[1:]))
+                return
+            source, body = forwarded(raw)
+        except (KeyError, IndexError, ValueError):  # written there by something else than a worker
+            engine.dead_letter("", raw_text(raw), "not a record of mlmon's repartition topic",
+                               topic=topic, partition=partition, offset=offset)
+            return
+        record, obj = self._parse(engine, source, body, topic, partition, offset, clock=False)
+        if record is not None:
+            self._take(partition, source, record, obj, body, topic=topic, partition=partition, offset=offset)
+
+    def _parse(self, engine: Engine, source: str, raw: bytes, topic: str, partition: int, offset: int,
+               clock: bool) -> tuple[Prediction | Label | None, Any]:
+        """The record, or None once it is dead-lettered on ``engine`` with its reason."""
         obj: Any = None
         try:
-            obj = decode(raw, config.max_record_bytes)
+            obj = decode(raw, self.config.max_record_bytes)
             record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
-            if record.timestamp > self.future_limit and self._from_the_future(record.timestamp):
-                raise InvalidRecord(future_reason(record.timestamp, time.time(), config.max_future_s,
+            if clock and record.timestamp > self.future_limit and self._from_the_future(record.timestamp):
+                raise InvalidRecord(future_reason(record.timestamp, time.time(), self.config.max_future_s,
                                                   "the worker's clock") or "")
         except InvalidRecord as exc:
-            text = raw_text(raw)
             rid = obj.get("request_id") if isinstance(obj, dict) else None
             where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
-            engine.dead_letter(source, text, str(exc), topic=topic, partition=partition, offset=offset, **where)
-            return
+            engine.dead_letter(source, raw_text(raw), str(exc), topic=topic, partition=partition, offset=offset,
+                               **where)
+            return None, obj
+        return record, obj
+
+    def _take(self, at: int, source: str, record: Prediction | Label, obj: Any, raw: bytes, **where: Any) -> None:
+        """Feed partition ``at``'s engine; what it took in is kept for the next save."""
+        engine = self.engines.get(at) or self.engine(at)
+        unsaved = self._unsaved(at)
         if source == "predictions":
-            taken = engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
+            taken = engine.prediction(record, raw=obj, **where)  # type: ignore[arg-type]
             if taken:
                 unsaved.predictions.append(raw)
         else:
             taken = engine.label(record)  # type: ignore[arg-type]
             if taken:
                 unsaved.labels.append(raw)
-        if offset & ROUTE_SAMPLE_MASK == 0:
-            self.routing.check(source, partition, record.request_id)
-        ts = record.timestamp
         if taken:
             unsaved.size += len(raw)
-            if ts > unsaved.last_ts:
-                unsaved.last_ts = ts
-        marks = self.marks.get(partition) or self._marks(partition)
-        i = 0 if source == "predictions" else 1
-        if ts > marks[i]:
-            marks[i] = ts
-            low = marks[0] if marks[0] < marks[1] else marks[1]
-            if low > marks[2]:
-                marks[2] = low
-                engine.observe(low)
+            if record.timestamp > unsaved.last_ts:
+                unsaved.last_ts = record.timestamp
+
+    def _unsaved(self, partition: int) -> Unsaved:
+        unsaved = self.unsaved.get(partition)
+        if unsaved is None:
+            unsaved = self.unsaved[partition] = Unsaved()
+        return unsaved
+
+    @staticmethod
+    def _note(unsaved: Unsaved, topic: str, offset: int) -> None:
+        """A message handled, committed once its partition's batch is saved."""
+        ranges = unsaved.offsets
+        for span in reversed(ranges):  # one range per topic, as each is handled in offset order
+            if span[0] == topic:
+                if span[2] + 1 == offset:
+                    span[2] = offset
+                    return
+                break
+        ranges.append([topic, offset, offset])
+
+    def _pass(self, topic: str, partition: int, offset: int) -> None:
+        """A message of an input that is not co-partitioned: all its records are forwarded (or
+        dead-lettered), so it is handled once the forwards are handed to the producer."""
+        span = self.passed.get((topic, partition))
+        if span is not None and span[1] + 1 == offset:
+            span[1] = offset
+        else:
+            self.passed[(topic, partition)] = [offset, offset]
 
     def _from_the_future(self, ts: float) -> bool:
         """Whether ``ts`` is more than ``max_future_s`` ahead of the wall clock (see core.clock); the
@@ -285,18 +339,18 @@ class Join:
         """Write what the partition took in since the last save as one batch, and its watermarks;
         return the [topic, first, last] offsets of the messages handled meanwhile, now safe to commit.
         (Inside faust this must run in that partition's event context: see ``in_partition``.)"""
-        unsaved = self.unsaved.pop(partition, None)
-        if unsaved is None:
-            return []
+        unsaved = self.unsaved.pop(partition, None) or Unsaved()
         if unsaved.predictions or unsaved.labels:
             key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
             batch = b'{"p":[' + b",".join(unsaved.predictions) + b'],"l":[' + b",".join(unsaved.labels) + b"]}"
             table[key] = zlib.compress(batch, BATCH_ZLIB_LEVEL)
             self._schedule_prune(key, unsaved.last_ts, partition)
-        marks = self._marks(partition)
-        for i, source in enumerate(MARKS):
-            name = f"{source}/{partition}"
-            mark = marks[i]
+        times = self.times
+        for source in MARKS:
+            if source != "low" and source not in times.own:
+                continue  # read here, but not this partition's own input: nothing to restore
+            name = source_name(source, partition)
+            mark = times.watermark(partition) if source == "low" else times.read_to.get(name, -math.inf)
             if mark != -math.inf and mark != self.saved_marks.get(name):
                 table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
                 self.saved_marks[name] = mark
@@ -331,6 +385,9 @@ class Join:
         """(topic, key, value): partials keyed by model, and dead letters, since the last call."""
         config = self.config
         out: list[Output] = []
+        for dead in self.intake.dead_letters:
+            out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
+        self.intake.dead_letters.clear()
         for partition, engine in self.engines.items():
             for partial in engine.metric_records:
                 value = {"partition": partition, "partial": partial}
@@ -341,36 +398,27 @@ class Join:
             engine.dead_letters.clear()
         return out
 
-    def refresh_idle(self, assigned: Iterable[int], now: float) -> None:
-        """Inputs that got nothing for ``idle_timeout_s`` (wall clock), with no records waiting for
-        them (consumer lag 0: a stopped or slow worker is not idle), stop holding event time back,
-        as Flink's idleness does: a partition whose labels stopped moves on with its predictions,
-        and one with no input at all is reported idle, so the merger closes windows without it.
-        An input that gets records again rejoins; what it brings for windows closed meanwhile is
-        counted late or expired by its engine, or by the merger (``late_partials``)."""
-        config = self.config
-        self.idle.clear()
-        if now - self.refreshed > max(5.0, config.idle_timeout_s / 4):
-            self.activity.clear()  # the process was stopped or starved: it saw nothing of that time
-        self.refreshed = now
-        for partition in assigned:
-            active = []
-            for i, topic in enumerate((config.predictions_topic, config.labels_topic)):
-                offset = self.offsets.get((topic, partition))
-                seen = self.activity.get((topic, partition))
-                if seen is None or seen[0] != offset or self.lag.get((topic, partition), 0) > 0:
-                    self.activity[(topic, partition)] = (offset, now)  # moving, or records wait for it
-                    active.append(i)
-                elif now - seen[1] < config.idle_timeout_s:
-                    active.append(i)
-            if not active:
-                self.idle.add(partition)
-            elif len(active) == 1:
-                marks = self._marks(partition)
-                low = marks[active[0]]
-                if low > marks[2]:
-                    marks[2] = low
-                    self.engine(partition).observe(low)
+    def advance(self, inputs: Iterable[tuple[str, int]], partitions: Iterable[int], now: float) -> None:
+        """Mark idle the input partitions read here (``inputs``: topic, partition) that got nothing
+        for ``idle_timeout_s``, then move each join partition's watermark (see
+        :mod:`stream.kafka.event_time`) and tell its engine."""
+        offsets: dict[str, int | None] = {}
+        lag: dict[str, int] = {}
+        for topic, partition in inputs:
+            name = source_name(self._source(topic), partition)
+            offsets[name] = self.offsets.get((topic, partition))
+            lag[name] = self.lag.get((topic, partition), 0)
+        self.times.refresh_idle(offsets, lag, now, self.config.idle_timeout_s)
+        for partition, low in self.times.advance(partitions).items():
+            self.engine(partition).observe(low)
+
+    def forward_heartbeat(self, inputs: Iterable[tuple[str, int]]) -> bytes:
+        """How far the input partitions read here were read, for every repartition partition: sent
+        after the records forwarded until now."""
+        return heartbeat(*self.times.beat(source_name(self._source(t), p) for t, p in inputs))
+
+    def _source(self, topic: str) -> str:
+        return "predictions" if topic == self.config.predictions_topic else "labels"
 
     def heartbeat(self, assigned: Iterable[int] = ()) -> bytes | None:
         """Each owned partition's watermark (None: not known yet) and those idle, sent to every
@@ -381,13 +429,13 @@ class Join:
             return None
         marks = {p: self.watermark(p) for p in sorted(owned)}
         return orjson.dumps({"watermarks": {str(p): m if math.isfinite(m) else None for p, m in marks.items()},
-                             "idle": sorted(self.idle & owned)})
+                             "idle": self.times.idle_partitions(sorted(owned))})
 
     def totals(self) -> tuple[Health, tuple[int, int], float]:
         """Health and pending counts summed over this process's partitions, and the lowest watermark."""
         total = Health()
         pending = [0, 0]
-        for engine in list(self.engines.values()):
+        for engine in [*self.engines.values(), self.intake]:
             for name, value in asdict(engine.health).items():
                 if name == "label_lag_buckets":
                     total.label_lag_buckets = [a + b for a, b in zip(total.label_lag_buckets, value, strict=True)]
@@ -402,7 +450,7 @@ class Join:
         """Where every consumed record went, summed over this process's partitions."""
         total, pending, _ = self.totals()
         health = {k: v for k, v in asdict(total).items() if k != "label_lag_buckets"}
-        health.update(routing=self.routing.counts(),
+        health.update(repartitioned=dict(self.forwarding.counts),
                       pending_predictions=pending[0], pending_labels=pending[1],
                       balance=total.balance(*pending), partitions=sorted(self.engines),
                       app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -27,6 +27,8 @@ __all__ = [
     "RAW_TOPICS",
     "UPSTREAM",
     "Handler",
+    "SendRecords",
+    "batch_sender",
     "commit_no_further_than_handled",
     "complete_producer_flushes",
     "deliver_without_tasks",
@@ -69,6 +71,12 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "raw_records_for_direct_topics": (
         "aiokafka.consumer.fetcher:PartitionRecords._consumer_record",
         "aiokafka.consumer.fetcher:PartitionRecords.__next__",
+    ),
+    "batch_sender": (
+        "faust.transport.drivers.aiokafka:Producer._ensure_producer",
+        "aiokafka.producer.producer:AIOKafkaProducer.create_batch",
+        "aiokafka.producer.producer:AIOKafkaProducer.send_batch",
+        "aiokafka.producer.message_accumulator:BatchBuilder.append",
     ),
     "in_partition": ("faust.streams:current_event", f"{_TABLE}.partition_for_key", f"{_TABLE}._send_changelog"),
     "table_writable": (f"{_TABLE}._verify_source_topic_partitions",),
@@ -420,6 +428,33 @@ class _Delivery:
                 else:
                     await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
                 read_offsets[tp] = offset
+
+
+SendRecords = Callable[[str, Sequence[tuple[int, bytes | None, bytes]]], Awaitable[None]]  # (partition, key, value)s
+
+
+def batch_sender(app: Any) -> SendRecords:
+    """Send many records to chosen partitions through aiokafka's batch API, a batch per partition
+    (in order within each), on faust's own producer: so a commit, which flushes that producer
+    first, follows them. faust's ``Topic.send`` makes a message, a future and a callback for each
+    record, which the worker's forwarded records do not need."""
+
+    async def send(topic: str, records: Sequence[tuple[int, bytes | None, bytes]]) -> None:
+        producer = app.producer._ensure_producer()
+        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for partition, key, value in records:
+            by_partition.setdefault(partition, []).append((key, value))
+        for partition, items in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
+                    await producer.send_batch(batch, topic, partition=partition)
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit a producer batch")
+            await producer.send_batch(batch, topic, partition=partition)
+
+    return send
 
 
 def table_writable(table: Any, source_topic: str) -> bool:

@@ -25,7 +25,7 @@ from stream.kafka.join_agent import SAVE_BYTES, Join, Output
 from stream.kafka.memory import return_free_memory
 from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled, Sequencer, rewinds
-from stream.kafka.patches import in_partition, table_writable
+from stream.kafka.patches import SendRecords, in_partition, table_writable
 
 __all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
@@ -36,12 +36,13 @@ Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic
 
 class Runtime:
     def __init__(self, config: Config, app: Any, batches: Any, windows: Any, send: Send, join: Join,
-                 merge: Merge, handled: Handled) -> None:
+                 merge: Merge, handled: Handled, send_records: SendRecords) -> None:
         self.config = config
         self.app = app  # reads .rebalancing and .consumer
         self.batches = batches  # the join's table (see join_agent)
         self.windows = windows  # the merge's table (see merge_agent)
         self.send = send
+        self.send_records = send_records  # many records to chosen partitions (the repartition topic's)
         self.join = join
         self.merge = merge
         self.handled = handled
@@ -51,7 +52,11 @@ class Runtime:
         # watermark, or it could close a window before the window's last pairs arrive.
         self.sending = asyncio.Lock()
         self.health_due = 0.0  # health records once a second, whatever the flush interval
-        self.committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic}
+        self.forward_beat = b""  # the last heartbeat sent on the repartition topic: again when it changes,
+        self.forward_beat_due = 0.0  # or after a second
+        self.committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic,
+                                 config.repartition_topic}
+        self.inputs = (config.predictions_topic, config.labels_topic)
 
     async def publish(self, items: list[Output]) -> None:
         for topic, key, value in items:
@@ -59,6 +64,23 @@ class Runtime:
 
     def mark_handled(self, partition: int, saved: list[list[Any]]) -> None:
         for topic, first, last in saved:
+            self.handled.add(TP(topic, partition), first, last)
+
+    async def forward(self) -> None:
+        """Hand the records bound for other partitions to the producer (see :mod:`routing`)."""
+        async with self.sending:
+            await self._forward()
+
+    async def _forward(self) -> None:
+        """(With ``sending`` held.) The forwards are taken before the first await, so a heartbeat
+        read just before follows every record it covers. Then the messages of inputs whose
+        records all go elsewhere count as handled: a commit flushes the producer first."""
+        join = self.join
+        forwards, join.forwards = join.forwards, []
+        passed, join.passed = join.passed, {}
+        if forwards:
+            await self.send_records(self.config.repartition_topic, forwards)
+        for (topic, partition), (first, last) in passed.items():
             self.handled.add(TP(topic, partition), first, last)
 
     # ------------------------------------------------------------------ join
@@ -82,9 +104,10 @@ class Runtime:
                 join.rebuild(self.batches)
             self.handle_one(tp.topic, partition, offset, message.value)
             saved = []
-            if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.predictions_topic):
-                with in_partition(config.predictions_topic, partition):
+            if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
+                with in_partition(config.repartition_topic, partition):
                     saved = join.save(self.batches, partition)
+                await self.forward()  # before the saved messages count: some were forwarded
             engine = join.engines[partition]
             # Closed windows' partials go out at once (alert latency); dead letters wait for the flush
             # timer, a batch at a time, unless many are waiting or their offsets are about to count.
@@ -94,15 +117,20 @@ class Runtime:
                     await self.publish(join.outputs())
             self.mark_handled(partition, saved)
             if n % 256 == 0:
+                await self.forward()
                 await asyncio.sleep(0)  # let timers run within a long batch
+        if join.forwards or join.passed:
+            await self.forward()
 
     def handle_one(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         try:
             self.join.handle(topic, partition, offset, value)
         except Exception:  # a bug must not ack a message silently: log it, dead-letter it
             log.exception("failed on %s[%s]@%s", topic, partition, offset)
-            self.join.engine(partition).dead_letter(
-                "predictions" if topic == self.config.predictions_topic else "labels",
+            own = topic == self.config.repartition_topic or self.join._source(topic) in self.join.times.own
+            engine = self.join.engine(partition) if own else self.join.intake
+            engine.dead_letter(
+                "" if topic == self.config.repartition_topic else self.join._source(topic),
                 raw_text(value), "internal error (see worker log)",
                 topic=topic, partition=partition, offset=offset,
             )
@@ -162,21 +190,30 @@ class Runtime:
                 return
             join.rebuild(self.batches)  # even with no input flowing: watermarks, partials and health go out
             return_free_memory()
-        if not table_writable(self.batches, config.predictions_topic):
+        if not table_writable(self.batches, config.repartition_topic):
             return  # just after an assignment: saved at a later flush
-        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == config.predictions_topic)
-        join.refresh_idle(assigned, time.monotonic())
+        assignment = app.consumer.assignment()
+        partitions = sorted(tp.partition for tp in assignment if tp.topic == config.repartition_topic)
+        inputs = sorted((tp.topic, tp.partition) for tp in assignment if tp.topic in self.inputs)
+        now = time.monotonic()
+        join.advance(inputs, partitions, now)
         async with self.sending:
             saved = {}
-            for partition in list(join.engines):  # write each partition's batch, then forget the final
-                with in_partition(config.predictions_topic, partition):
+            for partition in sorted(set(join.engines) | set(join.unsaved)):  # write each batch, forget the final
+                with in_partition(config.repartition_topic, partition):
                     saved[partition] = join.save(self.batches, partition)
                     if join.prune_due and min(join.prune_due) < join.watermark(partition) // 60:
                         join.prune(self.batches, partition)
             for engine in join.engines.values():
                 engine.flush()
             items = join.outputs()  # drained with no await before the watermarks are read
-            beat = join.heartbeat(assigned)
+            beat = join.heartbeat(partitions)
+            forward_beat = join.forward_heartbeat(inputs) if inputs else None
+            await self._forward()  # every record read before forward_beat was made, then forward_beat
+            if forward_beat is not None and (forward_beat != self.forward_beat or now >= self.forward_beat_due):
+                self.forward_beat, self.forward_beat_due = forward_beat, now + 1.0
+                await self.send_records(config.repartition_topic,
+                                        [(p, None, forward_beat) for p in range(config.partitions)])
             await self.publish(items)
             if beat is not None:
                 for partition in range(config.partitions):  # every merger partition hears every watermark

@@ -38,6 +38,7 @@ from stream.kafka.memory import map_large_blocks_apart
 from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled
 from stream.kafka.patches import (
+    batch_sender,
     commit_no_further_than_handled,
     complete_producer_flushes,
     deliver_without_tasks,
@@ -78,7 +79,9 @@ STORE_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write
                  "block_cache_size": 2 << 20, "min_blob_size": 1024, "compression": "none", "wal": False}
 
 
-def build_app(config: Config) -> faust.App:
+def build_app(config: Config, partition_counts: dict[str, int] | None = None) -> faust.App:
+    """The worker's faust app; ``partition_counts``: the input topics' partition counts ("predictions",
+    "labels"), the configured ``partitions`` each when not given."""
     complete_producer_flushes()
     deliver_without_tasks()
     tune_rocksdict_stores()
@@ -87,10 +90,11 @@ def build_app(config: Config) -> faust.App:
     handled = Handled()
     commit_no_further_than_handled(handled)
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
-    join = Join(config)
+    join = Join(config, partition_counts)
     merge = Merge(config, on_alerts=delivery.submit)
     collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag),
-                                join.routing.counts)
+                                lambda: {topic: join.forwarding.counts[source] for source, topic in (
+                                    ("predictions", config.predictions_topic), ("labels", config.labels_topic))})
     merge.on_record = lambda record: collector.observe([record])
     if config.metrics_port:
         try:
@@ -118,7 +122,7 @@ def build_app(config: Config) -> faust.App:
     def raw_topic(*names: str, partitions: int | None = None) -> faust.TopicT:
         return app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
-    inputs = raw_topic(config.predictions_topic, config.labels_topic)
+    inputs = raw_topic(config.predictions_topic, config.labels_topic, config.repartition_topic)
     partials = raw_topic(config.partials_topic, partitions=config.partitions)
     batches = app.Table("mlmon-batches", partitions=config.partitions, options=dict(STORE_OPTIONS),
                         key_type=str, value_type=bytes)  # bytes: stored as they are (raw)
@@ -130,13 +134,14 @@ def build_app(config: Config) -> faust.App:
     async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
         return await outputs[topic].send(key=key, value=value, partition=partition)
 
-    runtime = Runtime(config, app, batches, windows, send, join, merge, handled)
+    runtime = Runtime(config, app, batches, windows, send, join, merge, handled, batch_sender(app))
 
     # faust's fetch loop hands each partition's fetched input messages to join_inputs (no
     # conductor, stream or event per message: see deliver_without_tasks); the agent subscribes
     # the inputs, and would deliver them the same way without that patch.
     direct_handlers(app).update({config.predictions_topic: runtime.join_inputs,
-                                 config.labels_topic: runtime.join_inputs})
+                                 config.labels_topic: runtime.join_inputs,
+                                 config.repartition_topic: runtime.join_inputs})
 
     @app.agent(inputs, concurrency=1)
     async def join_agent(stream: faust.StreamT[bytes]) -> None:
@@ -158,8 +163,8 @@ def build_app(config: Config) -> faust.App:
 def run_worker(config: Config, loglevel: str = "info") -> int:
     map_large_blocks_apart()
     faust_credentials(config)  # refuse unsupported security settings before touching Kafka
-    ensure_topics(config)
-    app = build_app(config)
+    counts = ensure_topics(config)
+    app = build_app(config, {"predictions": counts[config.predictions_topic], "labels": counts[config.labels_topic]})
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -43,7 +43,7 @@ def state_after_rebuild(config: Config, table: dict[str, Any]) -> tuple[Any, ...
 
 
 def test_batches_are_stored_compressed_and_plain_json_batches_still_load() -> None:
-    config = Config.from_mapping({"windows": ["tumbling 5m"], "join_ttl_s": 600})
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m"], "join_ttl_s": 600})
     table = saved_table(config, pairs=200, pending=50)
     [key] = [k for k in table if k.startswith(BATCH_KEY)]
     stored = table[key]

@@ -58,13 +58,19 @@ def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, i
     table: dict[str, Any] = {}
     join.stale = False
     handled = []
+    forwarded = 0
     for offset, (topic, partition, raw) in enumerate(messages):
         join.handle(topic, partition, offset, raw)
+        for target, _, value in join.forwards:  # on another partition: through the repartition topic
+            join.handle(config.repartition_topic, target, forwarded, value)
+            forwarded += 1
+        join.forwards.clear()
         if offset % 7 == 0:
             handled += join.save(table, partition)
     for partition in list(join.unsaved):
         handled += join.save(table, partition)
-    offsets = sorted(o for _, first, last in handled for o in range(first, last + 1))
+    offsets = sorted(o for topic, first, last in handled if topic != config.repartition_topic
+                     for o in range(first, last + 1))
     assert offsets == list(range(len(messages)))  # each once, when saved
     outputs = join.outputs()
     rebuilt = Join(config)  # what a restarted worker holds: every window it still has ends alike

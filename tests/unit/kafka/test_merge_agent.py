@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -14,16 +15,16 @@ START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 def partials_of(config: Config, partition: int, pairs: int) -> list[dict[str, Any]]:
-    """Real partials: one engine fed ``pairs`` right answers on its input partition."""
-    join = Join(config)
+    """Real partials: one engine fed ``pairs`` right answers (as input partition ``partition``'s)."""
+    join = Join(dataclasses.replace(config, partitions=1))  # every request on the one partition
     join.stale = False
     for i in range(pairs):
         rid = f"{partition}-{i}"
-        join.handle(config.predictions_topic, partition, 2 * i, orjson.dumps(
+        join.handle(config.predictions_topic, 0, 2 * i, orjson.dumps(
             {"request_id": rid, "model": "m", "timestamp": START + i, "prediction": "a"}))
-        join.handle(config.labels_topic, partition, 2 * i + 1, orjson.dumps(
+        join.handle(config.labels_topic, 0, 2 * i + 1, orjson.dumps(
             {"request_id": rid, "timestamp": START + i, "label": "a"}))
-    join.engines[partition].flush()
+    join.engines[0].flush()
     return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
 
 
@@ -72,15 +73,15 @@ def records_of(config: Config, out: list[Any]) -> list[dict[str, Any]]:
 
 def partials_over(config: Config, partition: int, pairs: int, step_s: float) -> list[dict[str, Any]]:
     """An engine's partials for ``pairs`` pairs ``step_s`` apart (two right answers in three)."""
-    join = Join(config)
+    join = Join(dataclasses.replace(config, partitions=1))
     join.stale = False
     for i in range(pairs):
         rid, ts = f"{partition}-{i}", START + i * step_s
-        join.handle(config.predictions_topic, partition, 2 * i, orjson.dumps(
+        join.handle(config.predictions_topic, 0, 2 * i, orjson.dumps(
             {"request_id": rid, "model": "m", "timestamp": ts, "prediction": "a"}))
-        join.handle(config.labels_topic, partition, 2 * i + 1, orjson.dumps(
+        join.handle(config.labels_topic, 0, 2 * i + 1, orjson.dumps(
             {"request_id": rid, "timestamp": ts, "label": "a" if i % 3 else "b"}))
-    join.engines[partition].flush()
+    join.engines[0].flush()
     return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
 
 

@@ -28,8 +28,8 @@ class Table(dict[str, Any]):
 
 
 class Consumer:
-    def __init__(self, topics: list[str]) -> None:
-        self.tps = {TP(t, 0) for t in topics}
+    def __init__(self, topics: list[str], partitions: int = 1) -> None:
+        self.tps = {TP(t, p) for t in topics for p in range(partitions)}
         self._committed_offset: dict[TP, int] = {}
 
     def assignment(self) -> set[TP]:
@@ -42,31 +42,54 @@ class Consumer:
         return 0
 
 
+def message(offset: int, value: dict[str, Any] | bytes) -> Any:
+    return SimpleNamespace(offset=offset, value=value if isinstance(value, bytes) else orjson.dumps(value))
+
+
 def test_messages_become_partials_then_final_records_and_a_health_record_that_balances() -> None:
-    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m", "cumulative"], "join_ttl": "60s"})
+    """Each request's prediction and label on different partitions: half of them forwarded."""
+    config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m", "cumulative"], "join_ttl": "60s"})
     sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+    repartitioned: dict[int, list[bytes]] = {0: [], 1: []}  # the repartition topic's partitions
 
     async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
         sent.append((topic, key, value, partition))
 
-    app = SimpleNamespace(rebalancing=False, consumer=Consumer(
-        [config.predictions_topic, config.labels_topic, config.partials_topic]))
-    runtime = Runtime(config, app, Table(), Table(), send, Join(config), Merge(config), Handled())
+    async def send_records(topic: str, records: Any) -> None:
+        assert topic == config.repartition_topic
+        for partition, _, value in records:
+            repartitioned[partition].append(value)
 
-    def message(offset: int, value: dict[str, Any]) -> Any:
-        return SimpleNamespace(offset=offset, value=orjson.dumps(value))
+    topics = [config.predictions_topic, config.labels_topic, config.partials_topic, config.repartition_topic]
+    app = SimpleNamespace(rebalancing=False, consumer=Consumer(topics, partitions=2))
+    handled = Handled()
+    runtime = Runtime(config, app, Table(), Table(), send, Join(config), Merge(config), handled, send_records)
+
+    async def deliver() -> None:
+        """What the repartition topic holds, read once: then a flush."""
+        for partition, values in repartitioned.items():
+            start = handled.reach(TP(config.repartition_topic, partition), 0)
+            await runtime.join_inputs(TP(config.repartition_topic, partition),
+                                      [message(start + i, v) for i, v in enumerate(values[start:])])
+        await runtime.flush()
 
     async def scenario() -> None:
-        predictions = [message(i, {"request_id": f"r{i}", "model": "m", "timestamp": START + i,
-                                   "prediction": "a" if i % 4 else "b"}) for i in range(20)]
-        labels = [message(i, {"request_id": f"r{i}", "timestamp": START + i + 1, "label": "a"}) for i in range(20)]
         tick = START + 86400  # a day on: every window of the first pairs is final
-        await runtime.join_inputs(TP(config.predictions_topic, 0), [*predictions, message(
-            20, {"request_id": "tick", "model": "m", "timestamp": tick, "prediction": "a"})])
-        await runtime.join_inputs(TP(config.labels_topic, 0), [*labels, message(
-            20, {"request_id": "tick", "timestamp": tick, "label": "a"})])
+        for partition in (0, 1):  # predictions of even requests on 0, labels on 1, and the other way round
+            ids = [f"r{i}" for i in range(partition, 20, 2)] + [f"tick{partition}"]
+            predictions = [message(n, {"request_id": rid, "model": "m", "timestamp": tick if rid[0] == "t" else
+                                       START + int(rid[1:]), "prediction": "b" if rid[1:] in ("0", "4", "8", "12", "16")
+                                       else "a"}) for n, rid in enumerate(ids)]
+            labels = [message(n, {"request_id": rid, "timestamp": tick if rid[0] == "t" else START + int(rid[1:]) + 1,
+                                  "label": "a"}) for n, rid in enumerate(ids)]
+            await runtime.join_inputs(TP(config.predictions_topic, partition), predictions)
+            await runtime.join_inputs(TP(config.labels_topic, 1 - partition), labels)
+        for _ in range(3):  # forwards, then heartbeats, then watermarks that heard them
+            await runtime.flush()
+            await deliver()
+        runtime.health_due = 0.0  # a health record now
         await runtime.flush()
-        partials = [(v, p) for t, _, v, p in sent if t == config.partials_topic]
+        partials = [(v, p) for t, _, v, p in sent if t == config.partials_topic and p in (0, None)]  # merger 0
         for offset, (value, _) in enumerate(partials):
             await runtime.merge_one(SimpleNamespace(tp=TP(config.partials_topic, 0), offset=offset, partition=0),
                                     value)
@@ -76,7 +99,10 @@ def test_messages_become_partials_then_final_records_and_a_health_record_that_ba
     finals = [r for r in records if r["final"] and r["window"]["start"] == START]
     assert [(r["window"]["name"], r["n"], r["metrics"]["accuracy"]) for r in finals] == [("tumbling_5m", 20, 0.75)]
     cumulative = [r for r in records if r["window"]["name"] == "cumulative"][-1]
-    assert (cumulative["n"], cumulative["predictions"]) == (21, 21)
-    [health] = [orjson.loads(v) for t, _, v, _ in sent if t == config.health_topic]
-    assert health["pairs"] == 21 and health["balance"] == {"predictions": 0, "labels": 0}
+    assert (cumulative["n"], cumulative["predictions"]) == (22, 22)
+    health = [orjson.loads(v) for t, _, v, _ in sent if t == config.health_topic][-1]
+    assert health["pairs"] == 22 and health["balance"] == {"predictions": 0, "labels": 0}
     assert health["stalled_partitions"] == [] and health["late_partials"] == 0
+    assert 0 < health["repartitioned"]["predictions"] < 22 and 0 < health["repartitioned"]["labels"] < 22
+    assert {handled.reach(TP(topic, p), 0) for topic in (config.predictions_topic, config.labels_topic)
+            for p in (0, 1)} == {11}  # every input message handled
