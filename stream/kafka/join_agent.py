@@ -384,10 +384,7 @@ class Join:
     def outputs(self) -> list[Output]:
         """(topic, key, value): partials keyed by model, and dead letters, since the last call."""
         config = self.config
-        out: list[Output] = []
-        for dead in self.intake.dead_letters:
-            out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
-        self.intake.dead_letters.clear()
+        out = self.intake_outputs()
         for partition, engine in self.engines.items():
             for partial in engine.metric_records:
                 value = {"partition": partition, "partial": partial}
@@ -396,6 +393,12 @@ class Join:
                 out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
             engine.metric_records.clear()
             engine.dead_letters.clear()
+        return out
+
+    def intake_outputs(self) -> list[Output]:
+        """Dead letters of the inputs that are not co-partitioned, since the last call."""
+        out: list[Output] = [(self.config.dead_letters_topic, None, orjson.dumps(d)) for d in self.intake.dead_letters]
+        self.intake.dead_letters.clear()
         return out
 
     def advance(self, inputs: Iterable[tuple[str, int]], partitions: Iterable[int], now: float) -> None:

@@ -74,12 +74,15 @@ class Runtime:
     async def _forward(self) -> None:
         """(With ``sending`` held.) The forwards are taken before the first await, so a heartbeat
         read just before follows every record it covers. Then the messages of inputs whose
-        records all go elsewhere count as handled: a commit flushes the producer first."""
+        records all go elsewhere, and their dead letters sent, count as handled: a commit flushes
+        the producer first."""
         join = self.join
         forwards, join.forwards = join.forwards, []
         passed, join.passed = join.passed, {}
         if forwards:
             await self.send_records(self.config.repartition_topic, forwards)
+        if passed:
+            await self.publish(join.intake_outputs())  # the dead letters among them
         for (topic, partition), (first, last) in passed.items():
             self.handled.add(TP(topic, partition), first, last)
 
@@ -90,6 +93,7 @@ class Runtime:
         saved with its batch."""
         join, config, sequencer = self.join, self.config, self.sequencer
         partition = tp.partition
+        own = tp.topic == config.repartition_topic or join._source(tp.topic) in join.times.own
         for n, message in enumerate(messages, 1):
             offset = message.offset
             if self.app.rebalancing:
@@ -103,6 +107,10 @@ class Runtime:
             if join.stale:
                 join.rebuild(self.batches)
             self.handle_one(tp.topic, partition, offset, message.value)
+            if not own:  # its records all go to other partitions (or are dead letters)
+                if n % 256 == 0 or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:
+                    await self.forward()
+                continue
             saved = []
             if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
                 with in_partition(config.repartition_topic, partition):
@@ -127,8 +135,9 @@ class Runtime:
             self.join.handle(topic, partition, offset, value)
         except Exception:  # a bug must not ack a message silently: log it, dead-letter it
             log.exception("failed on %s[%s]@%s", topic, partition, offset)
-            own = topic == self.config.repartition_topic or self.join._source(topic) in self.join.times.own
-            engine = self.join.engine(partition) if own else self.join.intake
+            join = self.join
+            own = topic == self.config.repartition_topic or join._source(topic) in join.times.own
+            engine = join.engine(partition) if own else join.intake
             engine.dead_letter(
                 "" if topic == self.config.repartition_topic else self.join._source(topic),
                 raw_text(value), "internal error (see worker log)",

@@ -18,7 +18,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_broker import Broker
 from stream.cli import main
 from stream.config import Config
-from stream.errors import TopologyError
 from stream.kafka.admin import describe_config, ensure_topics
 from stream.kafka.produce import file_records, produce, producer
 from stream.kafka.tail import format_alert, tail
@@ -51,14 +50,15 @@ def test_topics_are_created_with_their_partitions_and_metrics_are_compacted(kafk
     assert ensure_topics(config) == existing  # a second start changes nothing
 
 
-def test_input_topics_with_different_partition_counts_are_refused(kafka: Broker) -> None:
+def test_input_topics_may_have_other_partition_counts_than_the_worker(kafka: Broker) -> None:
     config = fresh_config(kafka)
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     futures = admin.create_topics([NewTopic(config.predictions_topic, 4, 1), NewTopic(config.labels_topic, 2, 1)])
     for future in futures.values():
         future.result(30)
-    with pytest.raises(TopologyError, match=r"co-partitioned.*has 4 partitions.*has 2 partitions"):
-        ensure_topics(config)
+    existing = ensure_topics(config)  # labels are all forwarded to the partition of their request
+    assert (existing[config.predictions_topic], existing[config.labels_topic]) == (4, 2)
+    assert existing[config.repartition_topic] == config.partitions
 
 
 def test_simulated_traffic_is_keyed_and_co_partitioned(

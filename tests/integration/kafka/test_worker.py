@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafka_broker import Broker, free_port
 from stream.config import Config
 from stream.kafka.produce import produce, producer, scenario_records
+from stream.kafka.routing import partition_of
 from stream.kafka.tail import read
 from stream.replay import replay
 from stream.simulate import Scenario, draws
@@ -67,7 +68,8 @@ def test_fifty_thousand_pairs_are_exact_and_accounted_for(kafka: Broker, tmp_pat
     assert health["predictions"] == sent.predictions + sent_ticks.predictions
     assert health["labels"] == sent.labels + sent_ticks.labels
     assert health["balance"] == {"predictions": 0, "labels": 0}
-    assert all(r["checked"] > 100 and r["misrouted"] == 0 for r in health["routing"].values())  # keyed right
+    assert health["repartitioned"] == {"predictions": 0, "labels": 0}  # keyed right: nothing forwarded
+    assert samples[("mlmon_repartitioned_records_total", (("topic", config.labels_topic),))] == 0
     dup_preds = sum(d.duplicate_prediction for d in draws(scenario))
     dup_labels = sum(d.duplicate_label and d.label is not None for d in draws(scenario))
     assert (health["duplicate_predictions"], health["duplicate_labels"]) == (dup_preds, dup_labels)
@@ -247,32 +249,44 @@ def test_series_whose_names_share_separators_stay_apart(kafka: Broker, tmp_path:
                       ("hc", "x|y", ()): 20, ("hc", "x|y", (("k,=", "v=,"),)): 20}
 
 
-def test_labels_from_a_producer_with_librdkafka_s_default_partitioner_are_reported_as_misrouted(
-        kafka: Broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("labels_from", ["no key", "librdkafka's default partitioner", "a topic of 6 partitions"])
+def test_labels_from_any_producer_are_forwarded_to_their_predictions_and_every_window_is_exact(
+        kafka: Broker, tmp_path: Path, labels_from: str) -> None:
     from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[attr-defined]
 
     config, path = setup(kafka, tmp_path)
-    scenario = Scenario(pairs=3000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=9)
-    predictions = [r for r in scenario_records(scenario) if r[1] == 0]
-    produce(config, predictions)  # keyed by request_id, murmur2: on their partitions
-    labels = Producer({"bootstrap.servers": config.broker})  # confluent-kafka's defaults: consistent_random
-    for _, kind, record in scenario_records(scenario):
+    if labels_from == "a topic of 6 partitions":
+        admin = AdminClient({"bootstrap.servers": config.broker})
+        admin.create_partitions([NewPartitions(config.labels_topic, 6)])[config.labels_topic].result(timeout=30)
+    scenario = Scenario(pairs=4000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=20.0, label_coverage=0.9,
+                        duplicate_rate=0.05, seed=9)
+    records = list(scenario_records(scenario)) + list(ticks())
+    produce(config, [r for r in records if r[1] == 0])  # keyed by request_id, murmur2: on their partitions
+    labels = Producer({"bootstrap.servers": config.broker, "linger.ms": 5})  # confluent-kafka's defaults
+    for _, kind, record in records:
         if kind == 1:
-            labels.produce(config.labels_topic, key=record["request_id"].encode(), value=orjson.dumps(record))
+            key = None if labels_from == "no key" else record["request_id"].encode()
+            if labels_from == "a topic of 6 partitions":
+                labels.produce(config.labels_topic, key=key, value=orjson.dumps(record),
+                               partition=partition_of(record["request_id"], 6))  # murmur2, as Java's producer
+            else:
+                labels.produce(config.labels_topic, key=key, value=orjson.dumps(record))
+        labels.poll(0)
     assert labels.flush(30) == 0
     worker = Worker(path, tmp_path / "worker.log").start()
     try:
-        deadline, health = time.monotonic() + 120, {}
-        while time.monotonic() < deadline and health.get("labels", 0) < len(predictions) * 0.8:
-            time.sleep(1)
-            records = [value for _, value in read(config, config.health_topic, follow=False)]
-            health = records[-1] if records else {}
+        expected = expected_pairs(scenario)
+        assert_exact(final_records(config, set(expected), timeout_s=180, worker=worker), expected)
+        time.sleep(2)  # one more health record after the last flush
+        health = latest_health(config)
     finally:
         worker.stop()
-    routing = health["routing"]
-    assert routing["predictions"]["misrouted"] == 0 and routing["predictions"]["checked"] > 0
-    assert routing["labels"]["misrouted"] > routing["labels"]["checked"] / 2  # CRC32 puts most elsewhere
-    assert "records are not keyed by request_id with Kafka's default (murmur2) partitioner" in worker.log.read_text()
+    sent_labels = sum(1 for r in records if r[1] == 1)
+    assert health["labels"] == sent_labels and health["balance"] == {"predictions": 0, "labels": 0}
+    share = health["repartitioned"]["labels"] / sent_labels
+    assert (share == 1.0) if labels_from == "a topic of 6 partitions" else (0.5 < share < 0.9)  # most go elsewhere
+    assert health["repartitioned"]["predictions"] == 0
 
 
 def cells(record: dict[str, Any]) -> dict[tuple[str, str], int]:
@@ -323,8 +337,6 @@ def test_every_window_kind_in_the_worker_equals_replay_on_the_same_input(
 
 
 def test_a_partition_with_no_traffic_does_not_hold_windows_open(kafka: Broker, tmp_path: Path) -> None:
-    from stream.kafka.routing import partition_of
-
     config, path = setup(kafka, tmp_path, extra="idle_timeout: 5s\n")
     scenario = Scenario(pairs=3000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=21)
     quiet = 3  # nothing is sent to input partition 3, not even the ticks
