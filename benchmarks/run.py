@@ -6,7 +6,8 @@
    faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
 2. `mlmon worker` end to end (workers resumed with the backlog waiting -> last final metric
    record), 1 and 2 processes, each run on fresh input topics: the processes form their group,
-   then are stopped while the backlog is sent;
+   then are stopped while the backlog is sent; and 1 process with half of the labels on another
+   partition than their request's (``worker1_misrouted``: forwarded through the repartition topic);
 3. the core alone: `mlmon replay` on the same records, from JSONL files;
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
    --crossings crossings, with --background-rate pairs/s of other traffic;
@@ -56,12 +57,13 @@ from kafka_broker import JarBroker  # noqa: E402
 from stream.config import Config  # noqa: E402
 from stream.kafka.admin import client_settings, ensure_topics, planned_topics  # noqa: E402
 from stream.kafka.produce import Outgoing, closing_ticks, produce, producer, scenario_records  # noqa: E402
+from stream.kafka.routing import partition_of  # noqa: E402
 from stream.kafka.tail import read  # noqa: E402
 from stream.simulate import Scenario, draws  # noqa: E402
 
 START = 1_767_225_600.0
-THROUGHPUTS = ("ceiling_pairs_per_s", "faust_floor_pairs_per_s", "worker1_pairs_per_s", "worker2_pairs_per_s",
-               "replay_pairs_per_s")
+THROUGHPUTS = ("ceiling_pairs_per_s", "faust_floor_pairs_per_s", "worker1_pairs_per_s",
+               "worker1_misrouted_pairs_per_s", "worker2_pairs_per_s", "replay_pairs_per_s")
 TICK_TS = START + 10_000_000  # far-future records on every partition close every window
 
 
@@ -192,18 +194,25 @@ def encode(records: Iterator[Outgoing]) -> Encoded:
     return [(kind, str(record["request_id"]).encode(), orjson.dumps(record)) for _, kind, record in records]
 
 
-def send(config: Config, encoded: Encoded) -> None:
-    """Encoded records onto the config's input topics as fast as librdkafka takes them."""
+def send(config: Config, encoded: Encoded, misroute: bool = False) -> None:
+    """Encoded records onto the config's input topics as fast as librdkafka takes them; with
+    ``misroute``, every other label on the partition after its request's."""
     client = producer(config, **{"linger.ms": 50, "batch.num.messages": 10_000,
                                  "queue.buffering.max.messages": 1_000_000})
     topics = (config.predictions_topic, config.labels_topic)
     produce_one = client.produce
+    labels = 0
     for kind, key, value in encoded:
+        partition = -1  # the partitioner's (murmur2)
+        if misroute and kind == 1:
+            labels += 1
+            if labels % 2:
+                partition = (partition_of(key.decode(), config.partitions) + 1) % config.partitions
         try:
-            produce_one(topics[kind], value, key)
+            produce_one(topics[kind], value, key, partition)
         except BufferError:
             client.flush(60)
-            produce_one(topics[kind], value, key)
+            produce_one(topics[kind], value, key, partition)
     assert client.flush(120) == 0, "records left unsent"
 
 
@@ -224,9 +233,9 @@ def wait_for_group(config: Config, members: int, timeout_s: float = 120.0) -> No
 
 
 def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
-               scenario: Scenario) -> float:
+               scenario: Scenario, misroute: bool = False) -> float:
     """Pairs per second of `count` worker processes, from the moment they are resumed with the
-    backlog waiting to the last final record (see ``timed_workers``)."""
+    backlog waiting to the last final record (see ``timed_workers``); ``misroute``: see ``send``."""
     windows = {int(d.prediction["timestamp"] // 3600) * 3600 for d in draws(scenario)}
     finals: dict[int, float] = {}
 
@@ -237,7 +246,7 @@ def worker_run(bootstrap: str, folder: Path, partitions: int, count: int, encode
         return max(finals.values()) if len(finals) == len(windows) else None
 
     pairs = sum(1 for d in draws(scenario) if d.label is not None)
-    return pairs / timed_workers(bootstrap, folder, partitions, count, encoded, last_final)
+    return pairs / timed_workers(bootstrap, folder, partitions, count, encoded, last_final, misroute)
 
 
 def invalid_run(bootstrap: str, folder: Path, partitions: int, count: int) -> float:
@@ -257,7 +266,7 @@ def invalid_run(bootstrap: str, folder: Path, partitions: int, count: int) -> fl
 
 
 def timed_workers(bootstrap: str, folder: Path, partitions: int, count: int, encoded: Encoded,
-                  done: Callable[[Config], float | None]) -> float:
+                  done: Callable[[Config], float | None], misroute: bool = False) -> float:
     """Seconds from the moment ``count`` worker processes are resumed with ``encoded`` waiting to
     the time ``done`` finds (None: not yet). The workers form their group on empty input topics
     first and are then stopped (SIGSTOP) while the backlog is sent, so every process works from
@@ -272,7 +281,7 @@ def timed_workers(bootstrap: str, folder: Path, partitions: int, count: int, enc
         for proc in workers.procs:
             os.kill(proc.pid, signal.SIGSTOP)
         try:
-            send(config, encoded)
+            send(config, encoded, misroute)
         finally:
             resumed = time.time()
             for proc in workers.procs:
@@ -400,7 +409,8 @@ def main() -> None:
     parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--skip", default="",
-                        help="comma-separated: ceiling,faust_floor,worker1,worker2,replay,invalid,alerts,rss")
+                        help="comma-separated: ceiling,faust_floor,worker1,worker1_misrouted,worker2,replay,invalid,"
+                             "alerts,rss")
     parser.add_argument("--report", type=Path, default=None,
                         help="default: benchmarks/results/<date>-<commit>.json")
     args = parser.parse_args()
@@ -428,6 +438,8 @@ def main() -> None:
             ("ceiling", lambda: ceiling_run(config, total)),
             ("faust_floor", lambda: faust_floor_run(config, folder, total)),
             ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario)),
+            ("worker1_misrouted", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario,
+                                                     misroute=True)),
             ("worker2", lambda: worker_run(bootstrap, folder, args.partitions, 2, encoded, scenario)),
             ("replay", lambda: replay_run(args.pairs, Config(), folder, 60.0)),
             ("invalid", lambda: invalid_run(bootstrap, folder, args.partitions, args.pairs)),
@@ -443,6 +455,9 @@ def main() -> None:
         if "invalid" in runs and "worker1" in runs:
             report["invalid_records_over_worker1_pairs"] = round(
                 report["invalid_records_per_s"] / report["worker1_pairs_per_s"], 3)
+        if "worker1" in runs and "worker1_misrouted" in runs:
+            report["worker1_misrouted_over_worker1"] = round(
+                report["worker1_misrouted_pairs_per_s"] / report["worker1_pairs_per_s"], 3)
         if "worker1" in runs and "worker2" in runs:  # each pair of runs taken one after the other
             report["worker2_over_worker1"] = round(report["worker2_pairs_per_s"] / report["worker1_pairs_per_s"], 3)
             pairs = zip(runs["worker1"], runs["worker2"], strict=True)

@@ -1,15 +1,16 @@
 """The join agent's state and handlers, independent of how faust delivers messages.
 
-It consumes the co-partitioned ``predictions`` and ``labels`` topics (keyed by ``request_id``).
-Its only durable state is a changelog-backed table, a log of *batches* per input partition: the
-raw records that partition's engine took in (the first prediction and the first label of each
-request; never a duplicate), one table write per flush. Each input partition has its own core
-:class:`Engine` in memory, a pure function of its batches: after a start, a crash or a rebalance
-it is rebuilt by feeding them back. Offsets are committed only up to messages whose batch is
-written, so a record missing from the table is read again from Kafka (none lost), and a replayed
-one is a duplicate to the rebuilt engine (none counted twice). Each engine publishes the
-*absolute* state of its changed windows ("partials", keyed by model), then the worker its
-partitions' watermarks (a heartbeat), which :mod:`stream.kafka.merge_agent` merges.
+Each join partition takes the records of its requests (``stream.kafka.routing``): from its own
+partition of each co-partitioned input, and those forwarded on the repartition topic. Its only
+durable state is a changelog-backed table, a log of *batches* per join partition: the raw records
+its engine took in (the first prediction and the first label of each request; never a duplicate),
+one table write per flush. Each join partition's core :class:`Engine` is a pure function of its
+batches: after a start, a crash or a rebalance it is rebuilt by feeding them back. Offsets are
+committed only up to messages whose batch is written (or, forwarded, handed to the producer), so
+a record missing from the table is read again from Kafka (none lost), and a replayed one is a
+duplicate to the rebuilt engine (none counted twice). Each engine publishes the *absolute* state
+of its changed windows ("partials", keyed by model), then the worker its partitions' watermarks
+(a heartbeat), which :mod:`stream.kafka.merge_agent` merges.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
-from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
+from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.routing import (
     HEARTBEAT,
@@ -50,7 +51,6 @@ from stream.kafka.routing import (
 __all__ = [
     "BATCH_KEY",
     "BATCH_ZLIB_LEVEL",
-    "HIDDEN_BASE",
     "MARKS",
     "PRUNE_SLACK_S",
     "SAVE_BYTES",
@@ -59,8 +59,6 @@ __all__ = [
     "Join",
     "Output",
     "Unsaved",
-    "cumulative_base",
-    "engine_windows",
 ]
 
 log = logging.getLogger("mlmon.worker")
@@ -78,32 +76,6 @@ SOURCES = ("predictions", "labels")
 MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
 PRUNE_SLACK_S = 120.0
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
-
-
-HIDDEN_BASE = WindowSpec("tumbling", size_s=3600)  # the cumulative window's base when no tumbling one is set
-
-
-def cumulative_base(windows: list[WindowSpec]) -> WindowSpec | None:
-    """The tumbling window a cumulative one is summed from in the worker, if one is configured.
-
-    A partition's engine keeps only the records of windows that are not final yet (older batches
-    are pruned), so it cannot hold a cumulative window across restarts. Every pair falls in exactly
-    one window of a tumbling spec, so the merge agent folds each one as it becomes final into a
-    stored base, and a cumulative record is that base plus the windows still open. The smallest
-    configured tumbling spec is used (its windows close soonest), else ``HIDDEN_BASE``, whose own
-    records are not published."""
-    if not any(w.kind == "cumulative" for w in windows):
-        return None
-    tumbling = [w for w in windows if w.kind == "tumbling"]
-    return min(tumbling, key=lambda w: w.size_s) if tumbling else HIDDEN_BASE
-
-
-def engine_windows(windows: list[WindowSpec]) -> list[WindowSpec]:
-    """What each partition's engine counts: the configured windows, a cumulative one replaced by its
-    base (see ``cumulative_base``)."""
-    base = cumulative_base(windows)
-    kept = [w for w in windows if w.kind != "cumulative"]
-    return [*kept, base] if base is not None and base not in kept else kept
 
 
 @dataclass
@@ -173,8 +145,8 @@ class Join:
         for key, value in table.items():
             if key.startswith(WATERMARK_KEY):
                 name = key[len(WATERMARK_KEY):]
-                self.times.restore(name, float(orjson.loads(value)))
-                self.saved_marks[name] = float(orjson.loads(value))
+                self.saved_marks[name] = mark = float(orjson.loads(value))
+                self.times.restore(name, mark)
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
             elif key.startswith(ROLLING_KEY):

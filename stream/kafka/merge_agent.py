@@ -24,7 +24,8 @@ from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
-from stream.kafka.join_agent import Output, cumulative_base, engine_windows
+from stream.kafka.cumulative import cumulative_base, engine_windows
+from stream.kafka.join_agent import Output
 
 __all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
 

@@ -11,7 +11,7 @@ from stream.config import Config
 from stream.core.windows import WindowSpec
 from stream.errors import ConfigError
 from stream.kafka.admin import faust_credentials
-from stream.kafka.join_agent import engine_windows
+from stream.kafka.cumulative import engine_windows
 from stream.kafka.memory import glibc, return_free_memory
 
 
