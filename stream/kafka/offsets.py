@@ -1,5 +1,5 @@
 """mlmon's offset protocol: which input messages count, in which order, and how far offsets may be
-committed. It is not a patch to faust; the patches in ``patches.py`` call into it.
+committed. It is not a patch to faust; the patches in ``stream/kafka/patches/`` call into it.
 
 - :class:`Handled`: the offsets the agents handled (saved), per partition; commits go no further.
 - :class:`Sequencer`: each partition's messages count in offset order, from the first one not

@@ -79,10 +79,11 @@ class ProduceReport:
     seconds: float = 0.0
 
 
-def produce(config: Config, records: Iterable[Outgoing], rate_per_s: float = 0.0) -> ProduceReport:
-    """Send every record; ``rate_per_s`` paces predictions (0: as fast as the broker takes them)."""
+def produce(config: Config, records: Iterable[Outgoing], rate_per_s: float = 0.0, **settings: Any) -> ProduceReport:
+    """Send every record; ``rate_per_s`` paces predictions (0: as fast as the broker takes them);
+    ``settings`` override the producer's (librdkafka names, ``.`` as ``_``)."""
     report = ProduceReport()
-    client = producer(config)
+    client = producer(config, **{name.replace("_", "."): value for name, value in settings.items()})
     topics = (config.predictions_topic, config.labels_topic)
     started = time.monotonic()
 

@@ -1,8 +1,9 @@
 """Faults on a real broker: worker kills, a broker outage, members joining and leaving.
 
-Each test sends a simulated classifier's traffic (duplicates, early and missing labels) while the
-fault happens, then requires every final window to equal scikit-learn on the ground truth (so
-nothing was lost and nothing counted twice) and the worker's health counters to balance.
+Each test sends a simulated classifier's traffic (duplicates, early and missing labels; in the
+first two, most records on another partition than their request's) while the fault happens, then
+requires every final window to equal scikit-learn on the ground truth (so nothing was lost and
+nothing counted twice) and the worker's health counters to balance.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def load(seed: int, pairs: int = 12_000) -> Scenario:
                     duplicate_rate=0.05, early_label_rate=0.02, seed=seed)
 
 
-def sending(config: Config, scenario: Scenario, rate_per_s: float) -> threading.Thread:
-    """Send the scenario, then far-future ticks that close every window, at a steady rate."""
+def sending(config: Config, scenario: Scenario, rate_per_s: float, partitioner: str = "murmur2_random"
+            ) -> threading.Thread:
+    """Send the scenario, then far-future ticks that close every window, at a steady rate, keyed by
+    request id with librdkafka's ``partitioner`` (any other than murmur2 puts most records on another
+    partition than their request's: the worker forwards them)."""
     records = list(scenario_records(scenario)) + list(ticks())
-    sender = threading.Thread(target=produce, args=(config, records), kwargs={"rate_per_s": rate_per_s})
+    sender = threading.Thread(target=produce, args=(config, records),
+                              kwargs={"rate_per_s": rate_per_s, "partitioner": partitioner})
     sender.start()
     return sender
 
@@ -67,7 +72,7 @@ def test_ten_kills_under_load_on_busy_cores_lose_nothing_and_count_nothing_twice
     config, path = setup(kafka, tmp_path)
     scenario = load(seed=31, pairs=16_000)
     worker = Worker(path, tmp_path / "worker.log").start()
-    sender = sending(config, scenario, rate_per_s=150.0)  # about 110 s of traffic
+    sender = sending(config, scenario, rate_per_s=150.0, partitioner="consistent_random")  # about 110 s
     rng = random.Random(7)
     try:
         with cpu_hogs(2):  # both cores busy with another process: startups and rebalances come late
@@ -89,7 +94,7 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_nothing(kafka: Broker, 
     second_path = second_member(path, tmp_path)
     first = Worker(path, tmp_path / "worker1.log").start()
     second = Worker(second_path, tmp_path / "worker2.log")
-    sender = sending(config, scenario, rate_per_s=300.0)  # about 80 s of traffic
+    sender = sending(config, scenario, rate_per_s=300.0, partitioner="random")  # about 80 s of traffic
     rng = random.Random(11)
     try:
         processing(first, starts=1)

@@ -53,7 +53,7 @@ def test_the_pinned_versions_are_installed() -> None:
     recorded = json.loads(FINGERPRINTS.read_text())
     assert versions() == recorded["versions"], (
         "installed faust/aiokafka versions differ from those the patches were checked against; "
-        "install the pins in pyproject.toml, or review the upgrade (see stream/kafka/patches.py)")
+        "install the pins in pyproject.toml, or review the upgrade (see stream/kafka/patches/)")
 
 
 @pytest.mark.parametrize("patch", sorted(UPSTREAM))
@@ -62,7 +62,7 @@ def test_what_each_patch_relies_on_is_unchanged_upstream(patch: str) -> None:
     now = fingerprints()
     changed = [t for t in UPSTREAM[patch] if recorded.get(t) != now[t]]
     assert not changed, (
-        f"patch {patch} (stream/kafka/patches.py) relies on upstream code that changed: {changed}. "
+        f"patch {patch} (stream/kafka/patches/) relies on upstream code that changed: {changed}. "
         "Re-read each against the patch; the patch may no longer fix its fault, or may break the worker. "
         "Then run `make faust-check` and record the new fingerprints.")
 
