@@ -59,8 +59,14 @@ class Runtime:
         self.inputs = (config.predictions_topic, config.labels_topic)
 
     async def publish(self, items: list[Output]) -> None:
+        """Send outputs: dead letters in batches (they can come by the thousand), the rest one by one."""
+        dead_letters_topic = self.config.dead_letters_topic
+        dead = [(0, key, value) for topic, key, value in items if topic == dead_letters_topic]
+        if dead:
+            await self.send_records(dead_letters_topic, dead)
         for topic, key, value in items:
-            await self.send(topic, key, value, None)
+            if topic != dead_letters_topic:
+                await self.send(topic, key, value, None)
 
     def mark_handled(self, partition: int, saved: list[list[Any]]) -> None:
         for topic, first, last in saved:

@@ -56,9 +56,11 @@ def test_messages_become_partials_then_final_records_and_a_health_record_that_ba
         sent.append((topic, key, value, partition))
 
     async def send_records(topic: str, records: Any) -> None:
-        assert topic == config.repartition_topic
-        for partition, _, value in records:
-            repartitioned[partition].append(value)
+        for partition, key, value in records:
+            if topic == config.repartition_topic:
+                repartitioned[partition].append(value)
+            else:
+                sent.append((topic, key, value, partition))
 
     topics = [config.predictions_topic, config.labels_topic, config.partials_topic, config.repartition_topic]
     app = SimpleNamespace(rebalancing=False, consumer=Consumer(topics, partitions=2))
