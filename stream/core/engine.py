@@ -19,7 +19,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import DUPLICATE, JOINED, LATE, JoinBuffer
+from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import metric_record
 from stream.core.metrics import ScoreSums
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -78,8 +78,11 @@ class Engine:
             self.health.labels += 1
         self._refuse(source, raw, reason, **where)
 
-    def _refuse(self, source: str, raw: Any, reason: str, **where: Any) -> None:
-        if source == "predictions":
+    def _refuse(self, source: str, raw: Any, reason: str, counted: bool = True, **where: Any) -> None:
+        """A dead letter; ``counted``: the record's only outcome (invalid), else it counts elsewhere."""
+        if not counted:
+            pass
+        elif source == "predictions":
             self.health.invalid_predictions += 1
         elif source == "labels":
             self.health.invalid_labels += 1
@@ -112,7 +115,7 @@ class Engine:
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
         entry = self._codec.pack(ts, wset.number, model.classes is None, value, pred.scores)
-        outcome, _, label = self.join.add_prediction(pred.request_id, entry)
+        outcome, _, label = self.join.add_prediction(pred.request_id, entry, model.number)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
             return False
@@ -120,27 +123,53 @@ class Engine:
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
-        if outcome is JOINED:
-            self._pair(entry, label, pred.request_id)  # type: ignore[arg-type]
-        elif outcome is LATE:
-            self.health.late_labels += 1
-            self.health.expired_predictions += 1
+        if outcome is not PENDING:
+            self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
         return True
 
     def label(self, label: Label) -> bool:
         """Count one label; True unless it duplicates an earlier one."""
         self.health.labels += 1
-        outcome, prediction, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
-        if outcome is JOINED:
-            self._pair(prediction, entry, label.request_id)  # type: ignore[arg-type]
-        elif outcome is DUPLICATE:
+        outcome, matches, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
+        if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
-        elif outcome is LATE:
-            self.health.late_labels += 1
-            if prediction is not None:
-                self.health.expired_predictions += 1
+        if outcome is LATE and not matches:
+            self.health.late_labels += 1  # its prediction expired already
+        elif outcome is not PENDING:
+            self._resolve_label(entry, matches, label.request_id)
         return True
+
+    def _resolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
+                       request_id: str) -> None:
+        """Pair a label with the predictions it met: each counts, or expires when the label came
+        after its TTL or cannot count for its model. The label itself is counted once: joined if
+        one pair counted, else late, else invalid (a dead letter with the reason); a label another
+        model's prediction met before (SHARED) was counted then."""
+        health = self.health
+        counted = late = 0
+        refused = None
+        shared = False
+        for outcome, prediction in matches:
+            shared = outcome is SHARED or outcome is SHARED_LATE
+            if outcome is LATE or outcome is SHARED_LATE:
+                health.expired_predictions += 1
+                late += 1
+                continue
+            reason = self._pair(prediction, label, request_id)
+            if reason is None:
+                counted += 1
+            elif refused is None:
+                refused = (reason, self._unpack(prediction)[1].model.name)
+        if refused is not None:  # invalid for that model: its only outcome, unless it counts elsewhere
+            self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, refused[0],
+                         counted=not (counted or late or shared), model=refused[1], request_id=request_id)
+        if shared:
+            return
+        if counted:
+            health.joined_labels += 1
+        elif late:
+            health.late_labels += 1
 
     def receive(self, record: Prediction | Label) -> None:
         """One record in arrival order: advance event time to it, then count it."""
@@ -164,7 +193,9 @@ class Engine:
                     "(raise max_models)"
                 )
             regression = any(fnmatch.fnmatchcase(name, p) for p in self.config.regression_models)
-            model = self.models[name] = Model(name, regression, None if regression else ClassIndex())
+            model = self.models[name] = Model(name, regression, None if regression else ClassIndex(),
+                                              number=len(self.models))
+            self.join.several = self.join.several or model.number > 0
         return model
 
     def _class_id(self, model: Model, value: Any) -> int:
@@ -227,7 +258,9 @@ class Engine:
 
     # --------------------------------------------------------------- counting
 
-    def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> None:
+    def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> str | None:
+        """Count a pair; or, when the label cannot count for the prediction's model, expire the
+        prediction and return why."""
         ts, wset, guess, names, probs = self._unpack(prediction)
         model = wset.model
         try:
@@ -239,9 +272,7 @@ class Engine:
                     truth = self._class_id(model, label[1])
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
-            self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, str(exc),
-                         model=model.name, request_id=request_id)
-            return
+            return str(exc)
         health = self.health
         health.pairs += 1
         lag = label[0] - ts
@@ -267,6 +298,7 @@ class Engine:
                     if rolling.push(done_ts, request_id, truth, guess, terms) and not rolling.dirty:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
+        return None
 
     def _fold(self) -> None:
         """Move every buffered pair into its windows, marking them for emission."""

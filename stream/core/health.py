@@ -16,7 +16,8 @@ class Health:
 
     predictions: int = 0
     labels: int = 0
-    pairs: int = 0
+    pairs: int = 0  # predictions paired with their label (one label pairs with each model's prediction)
+    joined_labels: int = 0  # labels that paired with at least one prediction
     duplicate_predictions: int = 0
     duplicate_labels: int = 0
     expired_predictions: int = 0
@@ -35,6 +36,6 @@ class Health:
         return {
             "predictions": self.predictions - self.pairs - self.duplicate_predictions
             - self.expired_predictions - self.invalid_predictions - pending_predictions,
-            "labels": self.labels - self.pairs - self.duplicate_labels - self.orphaned_labels
+            "labels": self.labels - self.joined_labels - self.duplicate_labels - self.orphaned_labels
             - self.late_labels - self.invalid_labels - pending_labels,
         }

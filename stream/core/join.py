@@ -2,7 +2,7 @@
 
 Rules: a label more than ``ttl_s`` after its prediction is *late* (not joined);
 a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no prediction by
-``ts + ttl_s`` is *orphaned*; the first prediction and the first label per id win, later ones
+``ts + ttl_s`` is *orphaned*; the first label per id and each model's first prediction win, later ones
 are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
 replay engine and the Kafka worker count the same input the same way.
 
@@ -31,11 +31,12 @@ import math
 from collections.abc import Callable
 from enum import Enum
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["Entry", "JoinBuffer", "Key", "Outcome", "compact_id"]
+__all__ = ["Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id"]
 
 Key = str | int  # a request id, compacted (see compact_id)
+PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
 Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 
 
@@ -44,10 +45,13 @@ class Outcome(Enum):
     JOINED = "joined"
     DUPLICATE = "duplicate"
     LATE = "late"  # the label came after the TTL; its prediction is expired at once
+    SHARED = "shared"  # joined with a label that joined another model's prediction before
+    SHARED_LATE = "shared_late"  # the same, but the label came after this prediction's TTL
 
 
 # Module-level aliases: a global lookup is several times cheaper than Enum attribute access.
 PENDING, JOINED, DUPLICATE, LATE = Outcome.PENDING, Outcome.JOINED, Outcome.DUPLICATE, Outcome.LATE
+SHARED, SHARED_LATE = Outcome.SHARED, Outcome.SHARED_LATE
 
 # Tombstone states: what a resolved id's next record means.
 _JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
@@ -83,12 +87,12 @@ class _Buckets:
 
     def __init__(self, bucket_s: float) -> None:
         self.bucket_s = bucket_s
-        self.by_bucket: dict[int, list[Key]] = {}
+        self.by_bucket: dict[int, list[PKey]] = {}
         self.heap: list[int] = []
         self.last_bucket = -1
-        self.last_ids: list[Key] = []
+        self.last_ids: list[PKey] = []
 
-    def add(self, deadline: float, request_id: Key) -> None:
+    def add(self, deadline: float, request_id: PKey) -> None:
         bucket = int(deadline // self.bucket_s)
         if bucket == self.last_bucket:  # in-order input lands in the same bucket again and again
             self.last_ids.append(request_id)
@@ -100,7 +104,7 @@ class _Buckets:
         ids.append(request_id)
         self.last_bucket, self.last_ids = bucket, ids
 
-    def add_many(self, deadline: float, request_ids: list[Key]) -> None:
+    def add_many(self, deadline: float, request_ids: list[PKey]) -> None:
         bucket = int(deadline // self.bucket_s)
         ids = self.by_bucket.get(bucket)
         if ids is None:
@@ -109,7 +113,7 @@ class _Buckets:
         else:
             ids.extend(request_ids)
 
-    def due(self, watermark: float) -> list[tuple[float, list[Key]]]:
+    def due(self, watermark: float) -> list[tuple[float, list[PKey]]]:
         """(bucket end, ids) of every bucket that ended at or before the watermark."""
         out = []
         heap = self.heap
@@ -123,55 +127,108 @@ class _Buckets:
 
 class JoinBuffer:
     """Pending predictions and the tombstones of resolved ids share one dict (``ids``): a join
-    or an expiry overwrites the slot the id already has, and a new prediction is one lookup."""
+    or an expiry overwrites the slot the id already has, and a new prediction is one lookup.
+
+    Several models may predict for one request: each model's first prediction pairs with the
+    request's first label. The engine numbers its models; model 0's state sits under the request's
+    key alone, another model's under (key, model), and ``others`` lists those models per request,
+    so the common one-model case costs no more. Once a second model is seen (``several``), a label
+    that joined is kept (``kept``) until its TTL for the other models' predictions."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
                  prediction_ts: Callable[[Any], float] = itemgetter(0)) -> None:
         self.ttl_s = ttl_s
         self.prediction_ts = prediction_ts
-        self.ids: dict[Key, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
+        self.ids: dict[PKey, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
         self.labels: dict[Key, Entry] = {}  # labels waiting for their prediction
+        self.kept: dict[Key, Entry] = {}  # labels that joined, for other models' predictions (see ``several``)
+        self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
+        self.several = False  # set by the engine once it sees a second model
         self.pending_predictions = 0
         self._prediction_due = _Buckets(bucket_s)
         self._label_due = _Buckets(bucket_s)
         self._tombstone_due = _Buckets(bucket_s)
 
-    def add_prediction(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
+    def add_prediction(self, request_id: str, entry: Entry, model: int = 0
+                       ) -> tuple[Outcome, Entry | None, Entry | None]:
+        """Model ``model``'s prediction: (outcome, it, the label it joined)."""
         key = compact_id(request_id)
+        pkey = (key, model) if model else key
         ids = self.ids
-        known = ids.get(key)
+        known = ids.get(pkey)
         if known is not None and known != _LABEL_ORPHANED:
             return Outcome.DUPLICATE, None, None  # pending, joined or expired already
+        label = shared = None
         if self.labels:
             label = self.labels.pop(key, None)
-            if label is not None:
-                ids[key] = _JOINED  # its removal is scheduled when the label's bucket is swept
-                if label[0] - self.prediction_ts(entry) > self.ttl_s:
-                    return Outcome.LATE, entry, label
-                return Outcome.JOINED, entry, label
-        ids[key] = entry
+            if label is not None and self.several:
+                self.kept[key] = label  # its removal is scheduled with its TTL already
+        if label is None and self.kept:
+            label = shared = self.kept.get(key)
+        if model:
+            self.others.setdefault(key, []).append(model)
+        if label is not None:
+            ids[pkey] = _JOINED  # its removal is scheduled when the label's bucket is swept
+            if model:  # which sweeps the request's key: this one is swept with the predictions
+                self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
+            late = label[0] - self.prediction_ts(entry) > self.ttl_s
+            if shared is not None:
+                return (SHARED_LATE if late else SHARED), entry, label
+            return (LATE if late else JOINED), entry, label
+        ids[pkey] = entry
         self.pending_predictions += 1
-        self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, key)
+        self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
         return _NOTHING
 
-    def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, Entry | None, Entry | None]:
+    def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
+        """A label: (outcome, [(JOINED or LATE, prediction)] for each model's pending prediction
+        of the request, it). The outcome is JOINED if one joined, LATE if it came after the TTL of
+        every prediction it met (or of one already expired), else PENDING or DUPLICATE."""
         key = compact_id(request_id)
         ids = self.ids
-        known = ids.get(key)
-        if known is not None and type(known) is not int:  # the pending prediction
-            ids[key] = _JOINED  # removal scheduled when the prediction's bucket is swept
-            self.pending_predictions -= 1
-            if entry[0] - self.prediction_ts(known) > self.ttl_s:
-                return Outcome.LATE, known, entry
-            return Outcome.JOINED, known, entry
-        if known == _PREDICTION_EXPIRED:
-            ids[key] = _JOINED  # any further label is a duplicate
-            return Outcome.LATE, None, entry
-        if known is not None or key in self.labels:
-            return Outcome.DUPLICATE, None, None
+        if not self.several:  # one model: its prediction's slot alone (the common case, kept short)
+            known = ids.get(key)
+            if known is not None and type(known) is not int:
+                ids[key] = _JOINED  # removal scheduled when the prediction's bucket is swept
+                self.pending_predictions -= 1
+                outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
+                return outcome, [(outcome, known)], entry
+        if key in self.labels or key in self.kept:
+            return Outcome.DUPLICATE, [], entry
+        others = self.others.get(key)
+        pkeys = [key, *((key, model) for model in others)] if others else (key,)
+        waiting = []
+        expired = False
+        for pkey in pkeys:
+            known = ids.get(pkey)
+            if known is None:
+                continue
+            if type(known) is not int:
+                waiting.append(pkey)
+            elif known == _PREDICTION_EXPIRED:
+                expired = True
+            else:  # joined, or an earlier label was orphaned
+                return Outcome.DUPLICATE, [], entry
+        if waiting:
+            matches = []
+            prediction_ts, ttl = self.prediction_ts, self.ttl_s
+            for pkey in waiting:
+                prediction = ids[pkey]
+                ids[pkey] = _JOINED  # removal scheduled when the prediction's bucket is swept
+                matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
+            self.pending_predictions -= len(waiting)
+            if self.several:
+                self.kept[key] = entry
+                self._label_due.add(entry[0] + ttl, key)
+            return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
+        if expired:
+            for pkey in pkeys:
+                if ids.get(pkey) == _PREDICTION_EXPIRED:
+                    ids[pkey] = _JOINED  # any further label is a duplicate
+            return Outcome.LATE, [], entry
         self.labels[key] = entry
         self._label_due.add(entry[0] + self.ttl_s, key)
-        return _NOTHING
+        return Outcome.PENDING, [], entry
 
     def pending(self) -> tuple[int, int]:
         """(predictions, labels) waiting for their other half."""
@@ -192,17 +249,28 @@ class JoinBuffer:
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
         self.pending_predictions -= len(expired)
         orphaned: list[Entry] = []
-        labels = self.labels
+        labels, kept = self.labels, self.kept
         for bucket_end, request_ids in self._label_due.due(watermark):
-            for request_id in request_ids:
+            for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
                     del labels[request_id]
                     orphaned.append(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
+                elif kept:
+                    entry = kept.get(request_id)
+                    if entry is not None and entry[0] + ttl < watermark:
+                        del kept[request_id]
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
+        others = self.others
         for _, request_ids in self._tombstone_due.due(watermark):
             for request_id in request_ids:
                 if type(ids.get(request_id)) is int:
                     del ids[request_id]
+                    if others and type(request_id) is tuple:
+                        models = others.get(request_id[0])
+                        if models is not None and request_id[1] in models:
+                            models.remove(request_id[1])
+                            if not models:
+                                del others[request_id[0]]
         return expired, orphaned

@@ -118,6 +118,7 @@ class Model:
     regression: bool
     classes: ClassIndex | None
     segment_values: dict[str, set[str]] = field(default_factory=dict)
+    number: int = 0  # in the order the engine met its models: the join's model (see JoinBuffer)
 
 
 class WindowSet:

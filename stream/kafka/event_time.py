@@ -14,7 +14,7 @@ waiting to be read), as Flink's idleness does. A watermark never moves back; it 
 partition's batches, and heartbeats are read again after a restart.
 
 >>> times = EventTimes(["predictions/0", "labels/0", "predictions/1", "labels/1"], own={"predictions", "labels"})
->>> times.read("predictions/0", 100.0); times.read("labels/0", 90.0)
+>>> times.read("predictions", 0, 100.0); times.read("labels", 0, 90.0)
 >>> times.advance([0])  # nothing heard from partition 1's inputs yet
 {}
 >>> times.hear(0, {"predictions/1": 95.0, "labels/1": 120.0}, idle=set())
@@ -34,8 +34,10 @@ class EventTimes:
     def __init__(self, sources: Iterable[str], own: set[str]) -> None:
         self.sources = [(name, *_parts(name)) for name in sorted(sources)]  # every input partition
         self.own = own  # inputs co-partitioned with the join (a join partition reads its own directly)
-        self.read_to: dict[str, float] = {}  # input partition -> latest timestamp read (or stored) here
-        self.read_now: dict[str, float] = {}  # the same, read by this process since its rebuild
+        # input -> partition -> the latest timestamp read (or stored) here; and read by this process
+        # since its rebuild (by input name first: no string is made per record)
+        self.read_to: dict[str, dict[int, float]] = {"predictions": {}, "labels": {}}
+        self.read_now: dict[str, dict[int, float]] = {"predictions": {}, "labels": {}}
         self.low: dict[int, float] = {}  # join partition -> its watermark
         self.heard: dict[int, dict[str, float]] = {}  # join partition -> input partition -> event time
         self.heard_idle: dict[int, set[str]] = {}
@@ -45,18 +47,25 @@ class EventTimes:
 
     def clear(self) -> None:
         """Before a rebuild: what is stored is restored; heartbeats are read again."""
-        self.read_to.clear()
-        self.read_now.clear()
+        for marks in (*self.read_to.values(), *self.read_now.values()):
+            marks.clear()
         self.low.clear()
         self.heard.clear()
         self.heard_idle.clear()
         self.activity.clear()
 
-    def read(self, name: str, ts: float) -> None:
-        if ts > self.read_to.get(name, -math.inf):
-            self.read_to[name] = ts
-        if ts > self.read_now.get(name, -math.inf):
-            self.read_now[name] = ts
+    def read(self, source: str, partition: int, ts: float) -> None:
+        """A record of input ``source`` (``predictions``, ``labels``) read from ``partition``."""
+        now = self.read_now[source]
+        if ts > now.get(partition, -math.inf):
+            now[partition] = ts
+            read_to = self.read_to[source]
+            if ts > read_to.get(partition, -math.inf):
+                read_to[partition] = ts
+
+    def read_mark(self, source: str, partition: int) -> float:
+        """How far an input partition was read (or stored, before a restart)."""
+        return self.read_to[source].get(partition, -math.inf)
 
     def watermark(self, partition: int) -> float:
         return self.low.get(partition, -math.inf)
@@ -66,8 +75,8 @@ class EventTimes:
         source, partition = _parts(name)
         if source == "low":
             self.low[partition] = max(ts, self.watermark(partition))
-        elif ts > self.read_to.get(name, -math.inf):
-            self.read_to[name] = ts
+        elif ts > self.read_mark(source, partition):
+            self.read_to[source][partition] = ts
 
     def hear(self, partition: int, marks: dict[str, float | None], idle: set[str]) -> None:
         """A heartbeat read on ``partition``'s repartition partition."""
@@ -92,7 +101,7 @@ class EventTimes:
             for name, source, number in self.sources:
                 if source in self.own and number == partition:
                     if name not in self.idle:
-                        low = min(low, self.read_to.get(name, -math.inf))
+                        low = min(low, self.read_mark(source, number))
                 elif name not in heard_idle:
                     low = min(low, heard.get(name, -math.inf))
             if low != math.inf and low > self.watermark(partition):
@@ -103,7 +112,8 @@ class EventTimes:
         """The input partitions read here, how far, and which are idle, for a heartbeat. Only what
         this process read counts: what it forwarded before a crash may not have been sent, and its
         messages are read (and forwarded) again."""
-        marks = {name: self.read_now.get(name) for name in sorted(owned)}
+        marks = {name: self.read_now[source].get(number) for name in sorted(owned)
+                 for source, number in (_parts(name),)}
         return marks, self.idle & set(marks)
 
     def refresh_idle(self, offsets: dict[str, int | None], lag: dict[str, int], now: float,

@@ -3,7 +3,7 @@
 Each join partition takes the records of its requests (``stream.kafka.routing``): from its own
 partition of each co-partitioned input, and those forwarded on the repartition topic. Its only
 durable state is a changelog-backed table, a log of *batches* per join partition: the raw records
-its engine took in (the first prediction and the first label of each request; never a duplicate),
+its engine took in (each model's first prediction and the first label of each request; no duplicate),
 one table write per flush. Each join partition's core :class:`Engine` is a pure function of its
 batches: after a start, a crash or a rebalance it is rebuilt by feeding them back. Offsets are
 committed only up to messages whose batch is written (or, forwarded, handed to the producer), so
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
+from murmurhash2 import murmurhash2
 
 from stream.config import Config
 from stream.core.clock import future_reason
@@ -40,10 +41,10 @@ from stream.kafka.event_time import EventTimes
 from stream.kafka.routing import (
     HEARTBEAT,
     KINDS,
+    MURMUR2_SEED,
     Forwarding,
     forwarded,
     heartbeat,
-    partition_of,
     read_heartbeat,
     source_name,
 )
@@ -195,31 +196,47 @@ class Join:
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         """Validate a record and feed it to its partition's engine, keeping it for the next save, or
-        queue it for the partition of its request (``forwards``). Bad input is dead-lettered."""
+        queue it for the partition of its request (``forwards``). Bad input is dead-lettered.
+        (The common case, a record on its partition, is written out here: it is the hot path.)"""
         config = self.config
         if topic == config.repartition_topic:
-            self._note(self._unsaved(partition), topic, offset)
+            self._note(self.unsaved.get(partition) or self._unsaved(partition), topic, offset)
             self._handle_forwarded(partition, offset, raw or b"")
             return
-        source = self._source(topic)
+        is_prediction = topic == config.predictions_topic
+        source = "predictions" if is_prediction else "labels"
         own = source in self.times.own
         if own:
-            self._note(self._unsaved(partition), topic, offset)
+            unsaved = self.unsaved.get(partition) or self._unsaved(partition)
+            self._note(unsaved, topic, offset)
         else:
             self._pass(topic, partition, offset)
         self.offsets[(topic, partition)] = offset
         raw = raw or b""
-        engine = self.engine(partition) if own else self.intake
+        engine = (self.engines.get(partition) or self.engine(partition)) if own else self.intake
         record, obj = self._parse(engine, source, raw, topic, partition, offset, clock=True)
         if record is None:
             return
-        self.times.read(source_name(source, partition), record.timestamp)
-        right = partition_of(record.request_id, config.partitions)
+        ts = record.timestamp
+        self.times.read(source, partition, ts)
+        request_id = record.request_id
+        right = (murmurhash2(request_id.encode(), MURMUR2_SEED) & 0x7FFFFFFF) % config.partitions  # partition_of
         if right != partition or not own:
-            self.forwarding.count(source, partition, right, record.request_id)
-            self.forwards.append((right, record.request_id.encode(), KINDS[source] + raw))
+            self.forwarding.count(source, partition, right, request_id)
+            self.forwards.append((right, request_id.encode(), KINDS[source] + raw))
             return
-        self._take(partition, source, record, obj, raw, topic=topic, partition=partition, offset=offset)
+        if is_prediction:
+            taken = engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
+            if taken:
+                unsaved.predictions.append(raw)
+        else:
+            taken = engine.label(record)  # type: ignore[arg-type]
+            if taken:
+                unsaved.labels.append(raw)
+        if taken:
+            unsaved.size += len(raw)
+            if ts > unsaved.last_ts:
+                unsaved.last_ts = ts
 
     def _handle_forwarded(self, partition: int, offset: int, raw: bytes) -> None:
         """A record forwarded to this partition, or a heartbeat (see :mod:`stream.kafka.routing`)."""
@@ -322,7 +339,7 @@ class Join:
             if source != "low" and source not in times.own:
                 continue  # read here, but not this partition's own input: nothing to restore
             name = source_name(source, partition)
-            mark = times.watermark(partition) if source == "low" else times.read_to.get(name, -math.inf)
+            mark = times.watermark(partition) if source == "low" else times.read_mark(source, partition)
             if mark != -math.inf and mark != self.saved_marks.get(name):
                 table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
                 self.saved_marks[name] = mark

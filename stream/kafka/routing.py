@@ -37,6 +37,7 @@ from murmurhash2 import murmurhash2
 __all__ = [
     "HEARTBEAT",
     "KINDS",
+    "MURMUR2_SEED",
     "WARN_EVERY_S",
     "Forwarding",
     "forwarded",

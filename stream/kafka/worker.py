@@ -1,23 +1,16 @@
 """``mlmon worker``: the faust topology that runs the core over Kafka.
 
-Two agents per worker process (see docs/worker.md): the join (:mod:`stream.kafka.join_agent`)
-and the merge (:mod:`stream.kafka.merge_agent`). This module wires them to faust.
+Two agents per worker process (see docs/worker.md), wired to faust here:
 
-1. **join** consumes the co-partitioned ``predictions`` and ``labels`` topics (keyed by
-   ``request_id``). Its only durable state is a changelog-backed table, a log of *batches* per
-   input partition: the raw records that partition's engine took in (the first prediction and
-   the first label of each request; never a duplicate), one table write per flush. Each input
-   partition has its own core :class:`Engine` in memory, a pure function of its batches: after a
-   start, a crash or a rebalance it is rebuilt by feeding them back. Offsets are committed only
-   up to messages whose batch is written, so a record missing from the table is read again from
-   Kafka (none lost), and a replayed one is a duplicate to the rebuilt engine (none counted
-   twice). Each engine publishes the *absolute* state of its changed windows ("partials", keyed
-   by model), then the worker its partitions' watermarks (a heartbeat).
-2. **merge** consumes the partials, partitioned by model: it keeps the latest partial per
-   (window, input partition) in a table, sums them at each heartbeat into one metric record per
-   changed window, evaluates
-   the alert rules, and marks a window final once every input partition's watermark has passed
-   it. Absolute partials make replays and duplicates harmless.
+1. **join** (:mod:`stream.kafka.join_agent`) consumes ``predictions``, ``labels`` and the
+   internal repartition topic, which carries the records that arrived on another partition than
+   their request's (:mod:`stream.kafka.routing`). Each join partition's engine is rebuilt from
+   its stored batches after a start, a crash or a rebalance; it publishes the absolute state of
+   its changed windows ("partials", keyed by model), then the worker its watermarks.
+2. **merge** (:mod:`stream.kafka.merge_agent`) sums the partials at each heartbeat into one
+   metric record per changed window, evaluates the alert rules, and marks a window final once
+   every join partition's watermark has passed it. Absolute partials make replays and
+   duplicates harmless.
 
 So any number of workers in one consumer group give the same figures as one.
 """

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 import urllib.request
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +361,45 @@ def test_a_partition_with_no_traffic_does_not_hold_windows_open(kafka: Broker, t
     finally:
         worker.stop()
     assert took < 5 + 20  # idle_timeout plus the flushes, on a busy machine
+
+
+def test_a_champion_and_a_challenger_scoring_the_same_requests_each_get_exact_figures(
+        kafka: Broker, tmp_path: Path) -> None:
+    """The challenger scores each request a second after the champion, some after the label."""
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=3000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=20.0, label_coverage=0.9,
+                        early_label_rate=0.1, seed=23)
+    records: list[Any] = []
+    expected: dict[tuple[str, str, int], list[tuple[str, str]]] = defaultdict(list)
+    joined = 40  # the ticks
+    for i, d in enumerate(draws(scenario)):
+        challenger = {**d.prediction, "model": "challenger", "timestamp": d.prediction["timestamp"] + 1,
+                      "prediction": "home_win" if i % 3 else d.prediction["prediction"]}
+        for p in (d.prediction, challenger):
+            records.append((p["timestamp"], 0, p))
+            if d.label is not None and d.label["timestamp"] - p["timestamp"] <= TTL_S:
+                start = int(p["timestamp"] // 300) * 300
+                expected[(p["model"], "tumbling_5m", start)].append((d.label["label"], p["prediction"]))
+        if d.label is not None:
+            records.append((d.label["timestamp"], 1, d.label))
+            joined += d.label["timestamp"] - challenger["timestamp"] <= TTL_S  # one of the two at least
+    records.sort(key=lambda r: (r[0], r[1]))
+    produce(config, [*records, *ticks()])
+    worker = Worker(path, tmp_path / "worker.log").start()
+    finals: dict[tuple[str, str, int], dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not set(expected) <= set(finals):
+            for _, r in read(config, config.metrics_topic, follow=False):
+                if r["final"] and not r["segment"] and r["window"]["name"] == "tumbling_5m":
+                    finals[(r["model"], "tumbling_5m", r["window"]["start"])] = r
+        time.sleep(2)  # one more health record after the last flush
+        health = latest_health(config)
+    finally:
+        worker.stop()
+    assert_exact(finals, expected)
+    assert {k[0] for k in expected} == {"nba-game-outcome", "challenger"}
+    labels = sum(1 for r in records if r[1] == 1) + 40
+    assert health["labels"] == labels and health["joined_labels"] == joined
+    assert health["pairs"] == sum(len(p) for p in expected.values()) + 40
+    assert health["duplicate_predictions"] == 0 and health["balance"] == {"predictions": 0, "labels": 0}

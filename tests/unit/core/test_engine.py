@@ -206,3 +206,54 @@ def test_scores_of_pending_predictions_give_sklearn_log_loss_and_brier(
                                                          abs=1e-9)
     assert final["metrics"]["brier"] == pytest.approx(
         skm.brier_score_loss(y_true, y_prob, labels=["a", "b", "c"]), abs=1e-9)
+
+
+MODELS = ("champion", "challenger", "shadow")
+shared_request = st.fixed_dictionaries({
+    "ts": st.integers(0, 400),
+    "models": st.lists(st.tuples(st.sampled_from(MODELS), st.integers(0, 60), st.sampled_from(["a", "b"])),
+                       min_size=1, max_size=4),  # (model, seconds after the request, prediction)
+    "label": st.one_of(st.none(), st.sampled_from(["a", "b"])),
+    "delay": st.integers(-20, 150),
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(shared_request, min_size=1, max_size=40))
+def test_several_models_scoring_one_request_each_pair_with_its_label(requests: list[dict[str, Any]]) -> None:
+    # Each model scores a first request before anything else: labels are kept for the other models'
+    # predictions once the engine has met a second model.
+    out = [(T0 - 1000, 0, n, {"request_id": "first", "model": m, "timestamp": T0 - 1000, "prediction": "a"})
+           for n, m in enumerate(MODELS)]
+    expected: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+    joined_labels = 0
+    for i, r in enumerate(requests):
+        rid, ts = f"r{i}", T0 + r["ts"]
+        seen, paired = set(), False
+        for model, after, guess in sorted(r["models"], key=lambda m: m[1]):  # the first in event time wins
+            pts = ts + after
+            out.append((pts, 0, len(out), {"request_id": rid, "model": model, "timestamp": pts, "prediction": guess}))
+            if model not in seen and r["label"] is not None and ts + r["delay"] - pts <= TTL_S:
+                expected[(model, int(pts // WINDOW_S) * WINDOW_S)].append((r["label"], guess))
+                paired = True
+            seen.add(model)
+        if r["label"] is not None:
+            lts = ts + r["delay"]
+            out.append((lts, 1, len(out), {"request_id": rid, "timestamp": lts, "label": r["label"]}))
+            joined_labels += paired
+    out.sort(key=lambda e: (e[0], e[1], e[2]))
+    engine = Engine(Config.from_mapping({"join_ttl_s": TTL_S, "windows": [f"tumbling {WINDOW_S}s"]}))
+    for _, kind, _, raw in out:
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
+    engine.finish()
+    finals = {(r["model"], r["window"]["start"]): r for r in engine.metric_records if r["final"]}
+    for key, pairs in expected.items():
+        record = finals[key]
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        assert record["n"] == len(pairs), key
+        assert record["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+    assert all(r["n"] == 0 for key, r in finals.items() if key not in expected)
+    h = engine.health
+    assert engine.balance() == {"predictions": 0, "labels": 0} and engine.pending() == (0, 0)
+    assert h.pairs == sum(len(p) for p in expected.values()) and h.joined_labels == joined_labels
+    assert h.duplicate_predictions == sum(len(r["models"]) - len({m for m, _, _ in r["models"]}) for r in requests)

@@ -10,7 +10,7 @@ from stream.core.join import JoinBuffer, Outcome
 def test_prediction_then_label_joins() -> None:
     jb = JoinBuffer(ttl_s=100)
     assert jb.add_prediction("r", (0.0, "p"))[0] is Outcome.PENDING
-    assert jb.add_label("r", (50.0, "l")) == (Outcome.JOINED, (0.0, "p"), (50.0, "l"))
+    assert jb.add_label("r", (50.0, "l")) == (Outcome.JOINED, [(Outcome.JOINED, (0.0, "p"))], (50.0, "l"))
     assert jb.pending() == (0, 0)
 
 
@@ -33,7 +33,7 @@ def test_late_label_after_its_prediction_expired_is_late_not_orphaned() -> None:
     jb.add_prediction("r", (0.0, "p"))
     expired, orphaned = jb.expire(200.0)
     assert expired == [(0.0, "p")] and orphaned == []
-    assert jb.add_label("r", (150.0, "l")) == (Outcome.LATE, None, (150.0, "l"))
+    assert jb.add_label("r", (150.0, "l")) == (Outcome.LATE, [], (150.0, "l"))
     assert jb.add_label("r", (160.0, "l"))[0] is Outcome.DUPLICATE
 
 
@@ -57,7 +57,7 @@ def test_first_prediction_and_first_label_win() -> None:
     jb = JoinBuffer(ttl_s=100)
     jb.add_prediction("r", (0.0, "first"))
     assert jb.add_prediction("r", (1.0, "second"))[0] is Outcome.DUPLICATE
-    assert jb.add_label("r", (2.0, "l1"))[1] == (0.0, "first")
+    assert jb.add_label("r", (2.0, "l1"))[1] == [(Outcome.JOINED, (0.0, "first"))]
     assert jb.add_label("r", (3.0, "l2"))[0] is Outcome.DUPLICATE
     assert jb.add_prediction("r", (4.0, "third"))[0] is Outcome.DUPLICATE
 
@@ -103,6 +103,62 @@ def test_uuid_ids_are_kept_as_numbers_and_stay_distinct_from_other_spellings() -
     jb.add_prediction(rid.replace("-", ""), (0.0, "q"))
     jb.add_prediction(rid[:30] + "-" + rid[31:], (0.0, "r"))  # a fifth dash: not a canonical UUID
     assert int(rid.replace("-", ""), 16) in jb.ids and len(jb.ids) == 4
-    assert jb.add_label(rid, (1.0, "l")) == (Outcome.JOINED, (0.0, "p"), (1.0, "l"))
-    assert jb.add_label(rid.upper(), (1.0, "l"))[1] == (0.0, "P")
+    assert jb.add_label(rid, (1.0, "l")) == (Outcome.JOINED, [(Outcome.JOINED, (0.0, "p"))], (1.0, "l"))
+    assert jb.add_label(rid.upper(), (1.0, "l"))[1] == [(Outcome.JOINED, (0.0, "P"))]
     assert jb.add_label(rid, (2.0, "l"))[0] is Outcome.DUPLICATE
+
+
+def several(ttl_s: float = 100, bucket_s: float = 60.0) -> JoinBuffer:
+    jb = JoinBuffer(ttl_s=ttl_s, bucket_s=bucket_s)
+    jb.several = True  # as the engine sets it once it meets a second model
+    return jb
+
+
+def test_one_label_pairs_with_each_model_s_first_prediction_in_any_order() -> None:
+    jb = several()
+    assert jb.add_prediction("r", (0.0, "champion"), model=0)[0] is Outcome.PENDING
+    assert jb.add_prediction("r", (1.0, "challenger"), model=1)[0] is Outcome.PENDING
+    assert jb.add_prediction("r", (2.0, "again"), model=1)[0] is Outcome.DUPLICATE  # duplicates are per model
+    outcome, matches, _ = jb.add_label("r", (10.0, "l"))
+    assert outcome is Outcome.JOINED and matches == [(Outcome.JOINED, (0.0, "champion")),
+                                                     (Outcome.JOINED, (1.0, "challenger"))]
+    assert jb.add_prediction("r", (20.0, "shadow"), model=2) == (Outcome.SHARED, (20.0, "shadow"), (10.0, "l"))
+    assert jb.add_label("r", (30.0, "l2"))[0] is Outcome.DUPLICATE  # the first label wins
+    assert jb.pending() == (0, 0)
+
+
+def test_a_label_before_every_prediction_serves_each_model_and_goes_at_its_ttl() -> None:
+    jb = several(ttl_s=100, bucket_s=10)
+    jb.add_label("r", (5.0, "l"))
+    assert jb.add_prediction("r", (1.0, "a"), model=1)[0] is Outcome.JOINED
+    assert jb.add_prediction("r", (2.0, "b"), model=0)[0] is Outcome.SHARED
+    assert jb.pending() == (0, 0) and jb.expire(120.0) == ([], [])  # joined: not orphaned
+    assert jb.kept == {} and jb.add_prediction("r", (3.0, "c"), model=2)[0] is Outcome.PENDING
+    assert jb.add_prediction("r", (4.0, "d"), model=1)[0] is Outcome.DUPLICATE
+
+
+def test_a_shared_label_after_a_model_s_ttl_expires_that_prediction_only() -> None:
+    jb = several(ttl_s=10)
+    jb.add_prediction("r", (0.0, "early"), model=0)
+    jb.add_prediction("r", (45.0, "on time"), model=1)
+    outcome, matches, _ = jb.add_label("r", (50.0, "l"))
+    assert outcome is Outcome.JOINED and [m[0] for m in matches] == [Outcome.LATE, Outcome.JOINED]
+
+
+def test_every_model_s_state_goes_with_the_request_s_tombstones() -> None:
+    jb = several(ttl_s=100, bucket_s=10)
+    jb.add_prediction("r", (0.0, "a"), model=0)
+    jb.add_prediction("r", (0.0, "b"), model=3)
+    jb.add_label("r", (1.0, "l"))
+    jb.add_prediction("s", (0.0, "b"), model=3)
+    jb.expire(math.inf)
+    assert not jb.ids and not jb.others and not jb.kept and not jb.labels
+
+
+def test_one_model_keeps_no_label_and_no_model_list() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_label("r", (5.0, "l"))
+    jb.add_prediction("r", (1.0, "a"))
+    jb.add_prediction("s", (1.0, "a"))
+    jb.add_label("s", (5.0, "l"))
+    assert jb.kept == {} and jb.others == {} and set(jb.ids) == {"r", "s"}

@@ -29,7 +29,7 @@ def test_a_record_stamped_past_the_wall_clock_and_max_future_is_dead_lettered_an
     where = [(d["source"], d["offset"], d["request_id"]) for d in dead]
     assert where == [("predictions", 2, "r2"), ("labels", 0, "r0")]
     assert all("ahead of the worker's clock" in d["reason"] for d in dead)
-    assert join.times.read_to == {"predictions/0": now + 1800}  # the refused moved nothing
+    assert join.times.read_to == {"predictions": {0: now + 1800}, "labels": {}}  # the refused moved nothing
     assert engine.health.invalid_predictions == 1 and engine.health.invalid_labels == 1
     assert engine.balance() == {"predictions": 0, "labels": 0}
 
