@@ -19,7 +19,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.join import DUPLICATE, JOINED, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import metric_record
 from stream.core.metrics import ScoreSums
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -134,6 +134,13 @@ class Engine:
         if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
+        if outcome is JOINED and len(matches) == 1:  # the common case: one prediction, on time
+            reason = self._pair(matches[0][1], entry, label.request_id)
+            if reason is None:
+                self.health.joined_labels += 1
+            else:
+                self._refuse_label(entry, reason, matches[0][1], label.request_id, counted=True)
+            return True
         if outcome is LATE and not matches:
             self.health.late_labels += 1  # its prediction expired already
         elif outcome is not PENDING:
@@ -148,7 +155,7 @@ class Engine:
         model's prediction met before (SHARED) was counted then."""
         health = self.health
         counted = late = 0
-        refused = None
+        refused: tuple[str, PendingPrediction] | None = None
         shared = False
         for outcome, prediction in matches:
             shared = outcome is SHARED or outcome is SHARED_LATE
@@ -160,10 +167,9 @@ class Engine:
             if reason is None:
                 counted += 1
             elif refused is None:
-                refused = (reason, self._unpack(prediction)[1].model.name)
+                refused = (reason, prediction)
         if refused is not None:  # invalid for that model: its only outcome, unless it counts elsewhere
-            self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, refused[0],
-                         counted=not (counted or late or shared), model=refused[1], request_id=request_id)
+            self._refuse_label(label, *refused, request_id, counted=not (counted or late or shared))
         if shared:
             return
         if counted:
@@ -257,6 +263,12 @@ class Engine:
         return window
 
     # --------------------------------------------------------------- counting
+
+    def _refuse_label(self, label: PendingLabel, reason: str, prediction: PendingPrediction, request_id: str,
+                      counted: bool) -> None:
+        """A dead letter for a label that cannot count for ``prediction``'s model."""
+        self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, reason,
+                     counted=counted, model=self._unpack(prediction)[1].model.name, request_id=request_id)
 
     def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> str | None:
         """Count a pair; or, when the label cannot count for the prediction's model, expire the
