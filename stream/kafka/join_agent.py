@@ -196,19 +196,16 @@ class Join:
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         """Validate a record and feed it to its partition's engine, keeping it for the next save, or
-        queue it for the partition of its request (``forwards``). Bad input is dead-lettered.
-        (The common case, a record on its partition, is written out here: it is the hot path.)"""
+        queue it for the partition of its request (``forwards``). Bad input is dead-lettered."""
         config = self.config
         if topic == config.repartition_topic:
             self._note(self.unsaved.get(partition) or self._unsaved(partition), topic, offset)
             self._handle_forwarded(partition, offset, raw or b"")
             return
-        is_prediction = topic == config.predictions_topic
-        source = "predictions" if is_prediction else "labels"
+        source = "predictions" if topic == config.predictions_topic else "labels"
         own = source in self.times.own
         if own:
-            unsaved = self.unsaved.get(partition) or self._unsaved(partition)
-            self._note(unsaved, topic, offset)
+            self._note(self.unsaved.get(partition) or self._unsaved(partition), topic, offset)
         else:
             self._pass(topic, partition, offset)
         self.offsets[(topic, partition)] = offset
@@ -217,26 +214,14 @@ class Join:
         record, obj = self._parse(engine, source, raw, topic, partition, offset, clock=True)
         if record is None:
             return
-        ts = record.timestamp
-        self.times.read(source, partition, ts)
+        self.times.read(source, partition, record.timestamp)
         request_id = record.request_id
         right = (murmurhash2(request_id.encode(), MURMUR2_SEED) & 0x7FFFFFFF) % config.partitions  # partition_of
         if right != partition or not own:
             self.forwarding.count(source, partition, right, request_id)
             self.forwards.append((right, request_id.encode(), KINDS[source] + raw))
             return
-        if is_prediction:
-            taken = engine.prediction(record, raw=obj, topic=topic, partition=partition, offset=offset)  # type: ignore[arg-type]
-            if taken:
-                unsaved.predictions.append(raw)
-        else:
-            taken = engine.label(record)  # type: ignore[arg-type]
-            if taken:
-                unsaved.labels.append(raw)
-        if taken:
-            unsaved.size += len(raw)
-            if ts > unsaved.last_ts:
-                unsaved.last_ts = ts
+        self._take(partition, source, record, obj, raw, topic=topic, partition=partition, offset=offset)
 
     def _handle_forwarded(self, partition: int, offset: int, raw: bytes) -> None:
         """A record forwarded to this partition, or a heartbeat (see :mod:`stream.kafka.routing`)."""
@@ -276,7 +261,7 @@ class Join:
     def _take(self, at: int, source: str, record: Prediction | Label, obj: Any, raw: bytes, **where: Any) -> None:
         """Feed partition ``at``'s engine; what it took in is kept for the next save."""
         engine = self.engines.get(at) or self.engine(at)
-        unsaved = self._unsaved(at)
+        unsaved = self.unsaved.get(at) or self._unsaved(at)
         if source == "predictions":
             taken = engine.prediction(record, raw=obj, **where)  # type: ignore[arg-type]
             if taken:
