@@ -114,14 +114,15 @@ class Runtime:
                 join.rebuild(self.batches)
             self.handle_one(tp.topic, partition, offset, message.value)
             if not own:  # its records all go to other partitions (or are dead letters)
-                if n % 256 == 0 or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:
+                if (n % 256 == 0 and join.forwards) or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:
                     await self.forward()
                 continue
             saved = []
             if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
                 with in_partition(config.repartition_topic, partition):
                     saved = join.save(self.batches, partition)
-                await self.forward()  # before the saved messages count: some were forwarded
+                if join.forwards:
+                    await self.forward()  # before the saved messages count: some were forwarded
             engine = join.engines[partition]
             # Closed windows' partials go out at once (alert latency); dead letters wait for the flush
             # timer, a batch at a time, unless many are waiting or their offsets are about to count.
@@ -131,7 +132,8 @@ class Runtime:
                     await self.publish(join.outputs())
             self.mark_handled(partition, saved)
             if n % 256 == 0:
-                await self.forward()
+                if join.forwards:  # (waits for the sending lock, which a flush may hold)
+                    await self.forward()
                 await asyncio.sleep(0)  # let timers run within a long batch
         if join.forwards or join.passed:
             await self.forward()
