@@ -143,13 +143,18 @@ class Collected:
             box.clear()
 
 
-def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected) -> None:
+def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected, files: tuple[str, str] | None = None
+         ) -> None:
     """Every event through the engine in the order given, then the end of input; the outboxes are
-    drained into ``sink`` as they fill."""
+    drained into ``sink`` as they fill. ``files`` (predictions, labels) name, with the line, where
+    a record refused by the engine came from."""
     receive = engine.receive
     records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
-    for _, _, _, record in events:
-        receive(record)
+    for _, kind, line, record in events:
+        if files is None:
+            receive(record)
+        else:
+            receive(record, file=files[kind], line=line)
         if records or dead:
             sink.drain(engine)
     engine.finish()
@@ -178,7 +183,7 @@ def replay(
                 source = "predictions" if kind == PREDICTION else "labels"
                 streams.append(judged(ordered, engine, source, functools.partial(_raw, path), file=str(path)))
             try:
-                feed(engine, heapq.merge(*streams), sink)
+                feed(engine, heapq.merge(*streams), sink, (str(predictions), str(labels)))
             except _OutOfOrder:
                 continue
         finally:

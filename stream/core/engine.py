@@ -127,8 +127,9 @@ class Engine:
             self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
         return True
 
-    def label(self, label: Label) -> bool:
-        """Count one label; True unless it duplicates an earlier one."""
+    def label(self, label: Label, **where: Any) -> bool:
+        """Count one label; True unless it duplicates an earlier one. ``where`` (e.g. topic and
+        offset, or file and line) goes into its dead letter if a model it pairs with refuses it."""
         self.health.labels += 1
         outcome, matches, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
         if outcome is DUPLICATE:
@@ -139,16 +140,16 @@ class Engine:
             if reason is None:
                 self.health.joined_labels += 1
             else:
-                self._refuse_label(entry, reason, matches[0][1], label.request_id, counted=True)
+                self._refuse_label(entry, reason, matches[0][1], label.request_id, counted=True, **where)
             return True
         if outcome is LATE and not matches:
             self.health.late_labels += 1  # its prediction expired already
         elif outcome is not PENDING:
-            self._resolve_label(entry, matches, label.request_id)
+            self._resolve_label(entry, matches, label.request_id, **where)
         return True
 
     def _resolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
-                       request_id: str) -> None:
+                       request_id: str, **where: Any) -> None:
         """Pair a label with the predictions it met: each counts, or expires when the label came
         after its TTL or cannot count for its model. The label itself is counted once: joined if
         one pair counted, else late, else invalid (a dead letter with the reason); a label another
@@ -169,7 +170,7 @@ class Engine:
             elif refused is None:
                 refused = (reason, prediction)
         if refused is not None:  # invalid for that model: its only outcome, unless it counts elsewhere
-            self._refuse_label(label, *refused, request_id, counted=not (counted or late or shared))
+            self._refuse_label(label, *refused, request_id, counted=not (counted or late or shared), **where)
         if shared:
             return
         if counted:
@@ -177,15 +178,16 @@ class Engine:
         elif late:
             health.late_labels += 1
 
-    def receive(self, record: Prediction | Label) -> None:
-        """One record in arrival order: advance event time to it, then count it."""
+    def receive(self, record: Prediction | Label, **where: Any) -> None:
+        """One record in arrival order: advance event time to it, then count it; ``where`` it came
+        from goes into its dead letter, if any."""
         ts = record.timestamp
         if ts - self._lag_s > self.watermark or ts >= self._next_emit:
             self.observe(ts)
         if type(record) is Prediction:
-            self.prediction(record)
+            self.prediction(record, **where)
         else:
-            self.label(record)  # type: ignore[arg-type]
+            self.label(record, **where)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------- routing
 
@@ -265,10 +267,11 @@ class Engine:
     # --------------------------------------------------------------- counting
 
     def _refuse_label(self, label: PendingLabel, reason: str, prediction: PendingPrediction, request_id: str,
-                      counted: bool) -> None:
-        """A dead letter for a label that cannot count for ``prediction``'s model."""
+                      counted: bool, **where: Any) -> None:
+        """A dead letter for a label that cannot count for ``prediction``'s model; ``where`` the
+        label came from, when it is the record at hand (not one that waited for its prediction)."""
         self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, reason,
-                     counted=counted, model=self._unpack(prediction)[1].model.name, request_id=request_id)
+                     counted=counted, model=self._unpack(prediction)[1].model.name, request_id=request_id, **where)
 
     def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> str | None:
         """Count a pair; or, when the label cannot count for the prediction's model, expire the

@@ -267,7 +267,7 @@ class Join:
             if taken:
                 unsaved.predictions.append(raw)
         else:
-            taken = engine.label(record)  # type: ignore[arg-type]
+            taken = engine.label(record, **where)  # type: ignore[arg-type]
             if taken:
                 unsaved.labels.append(raw)
         if taken:

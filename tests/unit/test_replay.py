@@ -151,3 +151,14 @@ def test_a_dead_letter_stays_within_a_few_kib_whatever_the_line_holds(tmp_path: 
     paths = run_replay(tmp_path, predictions, labels)
     [dead] = read_jsonl(paths["dead"])
     assert dead["line"] == 4 and len(json.dumps(dead)) < 5000
+
+
+def test_a_label_its_model_cannot_use_is_dead_lettered_with_its_file_line_and_model(tmp_path: Path) -> None:
+    predictions, labels = streams(SCENARIO)
+    rid = predictions[10]["request_id"]
+    at = next(i for i, label in enumerate(labels) if label["request_id"] == rid)
+    labels[at] = {**labels[at], "label": 0.5}  # a float is no class name
+    paths = run_replay(tmp_path, predictions, labels)
+    [dead] = read_jsonl(paths["dead"])
+    where = (dead["source"], dead["file"], dead["line"], dead["request_id"], dead["model"])
+    assert where == ("labels", str(paths["labels"]), at + 1, rid, SCENARIO.models[0])
