@@ -132,8 +132,9 @@ class JoinBuffer:
     Several models may predict for one request: each model's first prediction pairs with the
     request's first label. The engine numbers its models; model 0's state sits under the request's
     key alone, another model's under (key, model), and ``others`` lists those models per request,
-    so the common one-model case costs no more. Once a second model is seen (``several``), a label
-    that joined is kept (``kept``) until its TTL for the other models' predictions."""
+    so the common one-model case costs no more. A label that came before its request's first
+    prediction is kept (``kept``) until its TTL for other models' predictions; once a second model
+    is seen (``several``), so is every label that joined."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
                  prediction_ts: Callable[[Any], float] = itemgetter(0)) -> None:
@@ -161,7 +162,7 @@ class JoinBuffer:
         label = shared = None
         if self.labels:
             label = self.labels.pop(key, None)
-            if label is not None and self.several:
+            if label is not None:  # a label before any prediction: kept for other models' (it is rare)
                 self.kept[key] = label  # its removal is scheduled with its TTL already
         if label is None and self.kept:
             label = shared = self.kept.get(key)

@@ -155,10 +155,11 @@ def test_every_model_s_state_goes_with_the_request_s_tombstones() -> None:
     assert not jb.ids and not jb.others and not jb.kept and not jb.labels
 
 
-def test_one_model_keeps_no_label_and_no_model_list() -> None:
+def test_one_model_keeps_only_labels_that_came_before_their_prediction() -> None:
     jb = JoinBuffer(ttl_s=100)
-    jb.add_label("r", (5.0, "l"))
+    jb.add_label("r", (5.0, "l"))  # before its prediction: another model's may come too
     jb.add_prediction("r", (1.0, "a"))
     jb.add_prediction("s", (1.0, "a"))
-    jb.add_label("s", (5.0, "l"))
-    assert jb.kept == {} and jb.others == {} and set(jb.ids) == {"r", "s"}
+    jb.add_label("s", (5.0, "l"))  # the common case: after it, nothing kept
+    assert jb.kept == {"r": (5.0, "l")} and jb.others == {} and set(jb.ids) == {"r", "s"}
+    assert jb.add_prediction("r", (2.0, "b"), model=1)[0] is Outcome.SHARED
