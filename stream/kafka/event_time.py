@@ -10,10 +10,8 @@ forwarded (see :mod:`stream.kafka.routing`). Its watermark is the lowest event t
   partition* say (a heartbeat follows everything its sender forwarded there before it);
 
 leaving out inputs that are idle (no records for ``idle_timeout_s`` of wall-clock time, nothing
-waiting to be read), as Flink's idleness does. An input partition read by the same process counts
-directly when nothing of it can be on its way (see ``EventTimes.forwarded``). A watermark never
-moves back; it is stored with the partition's batches, and heartbeats are read again after a
-restart.
+waiting to be read), as Flink's idleness does. A watermark never moves back; it is stored with the
+partition's batches, and heartbeats are read again after a restart.
 
 >>> times = EventTimes(["predictions/0", "labels/0", "predictions/1", "labels/1"], own={"predictions", "labels"})
 >>> times.read("predictions", 0, 100.0); times.read("labels", 0, 90.0)
@@ -44,12 +42,6 @@ class EventTimes:
         self.heard: dict[int, dict[str, float]] = {}  # join partition -> input partition -> event time
         self.heard_idle: dict[int, set[str]] = {}
         self.idle: set[str] = set()  # input partitions read here that are idle
-        # An input partition read here that has forwarded nothing since this process started cannot
-        # have records of its own on their way to a join partition that has read its repartition
-        # partition to the end (``caught_up``, set by the worker): there, its read mark counts
-        # directly, without the heartbeat's round trip through Kafka (records keyed right cost nothing).
-        self.forwarded: set[str] = set()  # never cleared while the process lives
-        self.caught_up: set[int] = set()
         self.activity: dict[str, tuple[int | None, float]] = {}  # (last offset, since when)
         self.refreshed = -math.inf  # when refresh_idle last ran (monotonic)
 
@@ -60,7 +52,6 @@ class EventTimes:
         self.low.clear()
         self.heard.clear()
         self.heard_idle.clear()
-        self.caught_up.clear()
         self.activity.clear()
 
     def read(self, source: str, partition: int, ts: float) -> None:
@@ -99,24 +90,18 @@ class EventTimes:
             else:
                 heard_idle.discard(name)
 
-    def advance(self, partitions: Iterable[int], owned: Iterable[str] = ()) -> dict[int, float]:
+    def advance(self, partitions: Iterable[int]) -> dict[int, float]:
         """Move each join partition's watermark to the lowest event time of its non-idle inputs;
-        return the partitions whose watermark moved, with their new one. ``owned``: the input
-        partitions read here (see ``forwarded`` and ``caught_up``)."""
-        owned = set(owned)
+        return the partitions whose watermark moved, with their new one."""
         moved = {}
         for partition in partitions:
             heard = self.heard.get(partition, {})
             heard_idle = self.heard_idle.get(partition, set())
             low = math.inf
-            direct = partition in self.caught_up
             for name, source, number in self.sources:
                 if source in self.own and number == partition:
                     if name not in self.idle:
                         low = min(low, self.read_mark(source, number))
-                elif direct and name in owned and name not in self.forwarded:
-                    if name not in self.idle:
-                        low = min(low, self.read_now[source].get(number, -math.inf))
                 elif name not in heard_idle:
                     low = min(low, heard.get(name, -math.inf))
             if low != math.inf and low > self.watermark(partition):

@@ -218,7 +218,6 @@ class Join:
         request_id = record.request_id
         right = (murmurhash2(request_id.encode(), MURMUR2_SEED) & 0x7FFFFFFF) % config.partitions  # partition_of
         if right != partition or not own:
-            self.times.forwarded.add(source_name(source, partition))
             self.forwarding.count(source, partition, right, request_id)
             self.forwards.append((right, request_id.encode(), KINDS[source] + raw))
             return
@@ -387,7 +386,7 @@ class Join:
             offsets[name] = self.offsets.get((topic, partition))
             lag[name] = self.lag.get((topic, partition), 0)
         self.times.refresh_idle(offsets, lag, now, self.config.idle_timeout_s)
-        for partition, low in self.times.advance(partitions, offsets).items():
+        for partition, low in self.times.advance(partitions).items():
             self.engine(partition).observe(low)
 
     def forward_heartbeat(self, inputs: Iterable[tuple[str, int]]) -> bytes:

@@ -240,29 +240,12 @@ class Runtime:
         if time.monotonic() >= self.health_due:
             self.health_due = time.monotonic() + 1.0
             await self.learn_where_logs_begin()
-            join.times.caught_up = self.caught_up(partitions)
             stalled = [] if app.rebalancing else self.sequencer.stalled(app.consumer)
             health = {**join.health(), "rereads": self.sequencer.rereads,  # seeks back to messages faust skipped
                       "stalled_partitions": stalled, "late_partials": self.merge.late_partials}
             await self.send(config.health_topic, config.app_id.encode(), orjson.dumps(health), None)
             join.lag = consumer_lag(app.consumer, join.offsets)
             return_free_memory()
-
-    def caught_up(self, partitions: list[int]) -> set[int]:
-        """Join partitions whose repartition partition was handled to its end (as far as the last
-        fetch knows): no record forwarded before can still be on its way (see event_time)."""
-        consumer, topic = self.app.consumer, self.config.repartition_topic
-        done = set()
-        for partition in partitions:
-            tp = TP(topic, partition)
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # not assigned here any more, or not fetched yet
-                continue
-            start = self.handled.start(tp, consumer._committed_offset.get(tp))
-            if highwater is not None and start is not None and self.handled.reach(tp, start) >= highwater:
-                done.add(partition)
-        return done
 
     async def learn_where_logs_begin(self) -> None:
         """The start offset of each assigned input without a committed offset (see Handled)."""
