@@ -46,8 +46,10 @@ class EventTimes:
         self.refreshed = -math.inf  # when refresh_idle last ran (monotonic)
 
     def clear(self) -> None:
-        """Before a rebuild: what is stored is restored; heartbeats are read again."""
-        for marks in (*self.read_to.values(), *self.read_now.values()):
+        """Before a rebuild: what is stored is restored; heartbeats are read again. What this
+        process read stays (``read_now``): it forwarded those records, and a rebuild does not drop
+        a forward it has not sent yet."""
+        for marks in self.read_to.values():
             marks.clear()
         self.low.clear()
         self.heard.clear()
@@ -97,13 +99,20 @@ class EventTimes:
         for partition in partitions:
             heard = self.heard.get(partition, {})
             heard_idle = self.heard_idle.get(partition, set())
-            low = math.inf
+            low = highest = math.inf
             for name, source, number in self.sources:
                 if source in self.own and number == partition:
-                    if name not in self.idle:
-                        low = min(low, self.read_mark(source, number))
-                elif name not in heard_idle:
-                    low = min(low, heard.get(name, -math.inf))
+                    mark = self.read_mark(source, number)
+                    idle = name in self.idle
+                else:
+                    mark = heard.get(name, -math.inf)
+                    idle = name in heard_idle
+                if not idle:
+                    low = min(low, mark)
+                elif mark > -math.inf:
+                    highest = mark if highest == math.inf else max(highest, mark)
+            if low == math.inf:  # every input idle: nothing waits anywhere, so up to the furthest read
+                low = highest
             if low != math.inf and low > self.watermark(partition):
                 self.low[partition] = moved[partition] = low
         return moved
