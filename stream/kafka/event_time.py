@@ -10,8 +10,9 @@ forwarded (see :mod:`stream.kafka.routing`). Its watermark is the lowest event t
   partition* say (a heartbeat follows everything its sender forwarded there before it);
 
 leaving out inputs that are idle (no records for ``idle_timeout_s`` of wall-clock time, nothing
-waiting to be read), as Flink's idleness does. A watermark never moves back; it is stored with the
-partition's batches, and heartbeats are read again after a restart.
+waiting to be read), as Flink's idleness does; when every input is idle, the furthest any was
+read. A watermark never moves back; it is stored with the partition's batches, and heartbeats are
+read again after a restart.
 
 >>> times = EventTimes(["predictions/0", "labels/0", "predictions/1", "labels/1"], own={"predictions", "labels"})
 >>> times.read("predictions", 0, 100.0); times.read("labels", 0, 90.0)
