@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-from murmurhash2 import murmurhash2
 
 from stream.config import Config
 from stream.core.clock import future_reason
@@ -41,10 +40,10 @@ from stream.kafka.event_time import EventTimes
 from stream.kafka.routing import (
     HEARTBEAT,
     KINDS,
-    MURMUR2_SEED,
     Forwarding,
     forwarded,
     heartbeat,
+    partition_of,
     read_heartbeat,
     source_name,
 )
@@ -210,13 +209,13 @@ class Join:
             self._pass(topic, partition, offset)
         self.offsets[(topic, partition)] = offset
         raw = raw or b""
-        engine = (self.engines.get(partition) or self.engine(partition)) if own else self.intake
+        engine = self.engine(partition) if own else self.intake
         record, obj = self._parse(engine, source, raw, topic, partition, offset, clock=True)
         if record is None:
             return
         self.times.read(source, partition, record.timestamp)
         request_id = record.request_id
-        right = (murmurhash2(request_id.encode(), MURMUR2_SEED) & 0x7FFFFFFF) % config.partitions  # partition_of
+        right = partition_of(request_id, config.partitions)
         if right != partition or not own:
             self.forwarding.count(source, partition, right, request_id)
             self.forwards.append((right, request_id.encode(), KINDS[source] + raw))
@@ -260,7 +259,7 @@ class Join:
 
     def _take(self, at: int, source: str, record: Prediction | Label, obj: Any, raw: bytes, **where: Any) -> None:
         """Feed partition ``at``'s engine; what it took in is kept for the next save."""
-        engine = self.engines.get(at) or self.engine(at)
+        engine = self.engine(at)
         unsaved = self.unsaved.get(at) or self._unsaved(at)
         if source == "predictions":
             taken = engine.prediction(record, raw=obj, **where)  # type: ignore[arg-type]

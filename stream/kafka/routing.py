@@ -37,7 +37,6 @@ from murmurhash2 import murmurhash2
 __all__ = [
     "HEARTBEAT",
     "KINDS",
-    "MURMUR2_SEED",
     "WARN_EVERY_S",
     "Forwarding",
     "forwarded",
