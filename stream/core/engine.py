@@ -19,7 +19,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import DUPLICATE, JOINED, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import metric_record
 from stream.core.metrics import ScoreSums
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -80,11 +80,9 @@ class Engine:
 
     def _refuse(self, source: str, raw: Any, reason: str, counted: bool = True, **where: Any) -> None:
         """A dead letter; ``counted``: the record's only outcome (invalid), else it counts elsewhere."""
-        if not counted:
-            pass
-        elif source == "predictions":
+        if counted and source == "predictions":
             self.health.invalid_predictions += 1
-        elif source == "labels":
+        elif counted and source == "labels":
             self.health.invalid_labels += 1
         self.dead_letters.append({"source": source, "reason": reason, "raw": raw, **where})
 
@@ -135,13 +133,6 @@ class Engine:
         if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
-        if outcome is JOINED and len(matches) == 1:  # the common case: one prediction, on time
-            reason = self._pair(matches[0][1], entry, label.request_id)
-            if reason is None:
-                self.health.joined_labels += 1
-            else:
-                self._refuse_label(entry, reason, matches[0][1], label.request_id, counted=True, **where)
-            return True
         if outcome is LATE and not matches:
             self.health.late_labels += 1  # its prediction expired already
         elif outcome is not PENDING:
