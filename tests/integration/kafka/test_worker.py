@@ -208,6 +208,18 @@ def test_inputs_written_in_transactions_are_counted_and_committed_to_the_end(kaf
     assert set(behind.values()) <= {1}, behind
 
 
+def test_inputs_compressed_with_every_codec_kafka_has_are_exact(kafka: Broker, tmp_path: Path) -> None:
+    """Producers choose their compression: the worker reads gzip, snappy, lz4 and zstd batches."""
+    config, path = setup(kafka, tmp_path)
+    scenario = Scenario(pairs=4000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=13)
+    records = list(scenario_records(scenario))
+    quarter = len(records) // 4 + 1
+    for n, codec in enumerate(("gzip", "snappy", "lz4", "zstd")):
+        produce(config, records[n * quarter:(n + 1) * quarter], compression_type=codec)
+    produce(config, ticks(), compression_type="lz4")
+    assert exact_with_dead_letters(config, path, scenario, tmp_path / "worker.log") == []
+
+
 def test_a_prediction_and_label_stamped_far_ahead_are_dead_lettered_and_every_window_stays_exact(
         kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
