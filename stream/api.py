@@ -10,6 +10,9 @@
 (0.5, 4)
 >>> Monitor(config={"enabled": False}).execute() is None
 True
+
+With no source, ``Monitor().execute()`` runs the embedded demonstration (the simulated model of
+``mlmon demo``, in a few seconds, without a broker) and returns its results.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from stream.core.records import decode, parse_label, parse_prediction, raw_text
 from stream.errors import ConfigError, InvalidRecord
 from stream.replay import Collected, Event, feed, judged
 
-__all__ = ["MODES", "Monitor", "MonitorResult"]
+__all__ = ["DEMO_PAIRS", "MODES", "Monitor", "MonitorResult"]
 
 log = logging.getLogger("mlmon")
 MODES = ("replay", "production")
+DEMO_PAIRS = 20_000  # the demonstration's predictions, as `mlmon demo` sends by default
 
 
 @dataclass
@@ -47,7 +51,9 @@ class Monitor:
 
     Config keys: ``enabled`` (default True), ``mode`` (``replay`` or ``production``), ``source``
     (``{"predictions": ..., "labels": ...}``, each a JSONL path or an iterable of dicts; a run with
-    a source is bounded), ``rules`` (a list or a YAML path), and any setting of :class:`Config`.
+    a source is bounded; in replay mode without one, the demonstration's simulated model and
+    settings, under any given here), ``rules`` (a list or a YAML path), and any setting of
+    :class:`Config`.
     """
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
@@ -68,13 +74,26 @@ class Monitor:
             from stream.config import read_yaml
 
             self.raw["rules"] = read_yaml(rules).get("rules", [])
-        self.config = Config.from_mapping(self.raw)
         if self.source is None and self.mode == "replay":
-            raise ConfigError("mode 'replay' needs a 'source' with 'predictions' and 'labels'")
+            self._demonstration()
+        self.config = Config.from_mapping(self.raw)
         if self.mode == "production":
             from stream.kafka.admin import ensure_topics
 
             ensure_topics(self.config)
+
+    def _demonstration(self) -> None:
+        """No source: the simulated model of ``mlmon demo`` and its settings (those given win)."""
+        from stream.demo import DEMO_SETTINGS, demo_scenario
+        from stream.simulate import streams
+
+        predictions, labels = streams(demo_scenario(DEMO_PAIRS))
+        self.source = {"predictions": predictions, "labels": labels}
+        self.raw = {**DEMO_SETTINGS, **self.raw}
+        log.warning("mlmon: no 'source' given, so this runs the demonstration (%d simulated predictions of a "
+                    "model that degrades, then recovers). Point it at real data with config={'source': "
+                    "{'predictions': ..., 'labels': ...}} (JSONL paths or lists of dicts), or run the Kafka worker "
+                    "with config={'mode': 'production', 'broker': ...}", len(predictions))
 
     def execute(self) -> MonitorResult | None:
         if not self.enabled:
