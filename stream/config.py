@@ -32,8 +32,12 @@ class Config:
     watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
     regression_models: list[str] = field(default_factory=list)
     max_models: int = 100
+    max_versions_per_model: int = 10
     max_classes: int = 100
-    max_segment_values: int = 50
+    max_segment_keys: int = 10  # per model
+    max_segment_values: int = 50  # per segment key
+    series_ttl_s: int = 7 * 86400  # a model, version or segment value unseen this long frees its slot
+    # (at least join_ttl + the longest window, so that all its windows are final: see core.admission)
     max_record_bytes: int = 64 * 1024
     idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stream.config import Config
+from stream.core.admission import OTHER, Admission, Limits
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
@@ -29,10 +30,12 @@ from stream.core.series import Model, RollingWindow, Series, Terms, Window, Wind
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
-__all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
+__all__ = ["ENGINE_GUARD", "OTHER", "REFUSAL_NOTE_EVERY_S", "SWEEP_EVERY_S", "Engine"]
 
-OTHER = "__other__"
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
+REFUSAL_NOTE_EVERY_S = 3600.0  # event time between two dead letters for one refused model
+# A Kafka worker's partition engine takes this many times the limits (a bound on its memory).
+ENGINE_GUARD = 1
 
 
 class Engine:
@@ -47,6 +50,9 @@ class Engine:
         self.watermark = -math.inf
         self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else 0.0)
         self.models: dict[str, Model] = {}
+        self.admission = Admission(Limits.of(config, ENGINE_GUARD if emit_partials else 1, 2 * SWEEP_EVERY_S))
+        self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
+        self._refusals: dict[str, float] = {}  # refused model -> when its last dead letter went out
         self.metric_records: list[dict[str, Any]] = []
         self.alert_events: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
@@ -91,7 +97,11 @@ class Engine:
         if its model refuses it. True when it was taken in: the first of its request id, neither
         refused nor too old (what the Kafka worker must store to rebuild this state)."""
         try:
-            model = self.models.get(pred.model) or self._model(pred.model)
+            model = self.models.get(pred.model) or self._model(pred.model, pred.timestamp)
+            if model is None:
+                self.health.predictions += 1
+                self.health.invalid_predictions += 1  # refused: its dead letter went out within the hour
+                return False
             classes = model.classes
             if classes is None:
                 value: Any = target_number(pred.value)
@@ -182,20 +192,38 @@ class Engine:
 
     # --------------------------------------------------------------- routing
 
-    def _model(self, name: str) -> Model:
+    def _model(self, name: str, ts: float) -> Model | None:
+        """The model, admitted now if there is room (see core.admission); a refused one raises
+        with the reason once per ``REFUSAL_NOTE_EVERY_S`` of event time, else gives None."""
         model = self.models.get(name)
         if model is None:
-            if len(self.models) >= self.config.max_models:
+            admission = self.admission
+            if not admission.model(name, ts):
                 self.health.refused_models += 1
+                noted = self._refusals.get(name)
+                if noted is not None and ts - noted < REFUSAL_NOTE_EVERY_S:
+                    return None
+                if len(self._refusals) > 10 * admission.limits.max_models:  # bounded, whatever comes
+                    self._refusals = {n: t for n, t in self._refusals.items() if ts - t < REFUSAL_NOTE_EVERY_S}
+                self._refusals[name] = ts
                 raise InvalidRecord(
-                    f"model '{name[:64]}' refused: already monitoring {self.config.max_models} models "
-                    "(raise max_models)"
-                )
+                    f"model '{name[:64]}' refused: already monitoring {admission.limits.max_models} models, none "
+                    f"idle for series_ttl (raise max_models); its other records within the next hour are "
+                    "refused without a dead letter (counted in refused_models)")
+            for gone in admission.drain_evicted():
+                self._forget(gone)
             regression = any(fnmatch.fnmatchcase(name, p) for p in self.config.regression_models)
             model = self.models[name] = Model(name, regression, None if regression else ClassIndex(),
-                                              number=len(self.models))
+                                              number=next(self._model_numbers))
             self.join.several = self.join.several or model.number > 0
         return model
+
+    def _forget(self, name: str) -> None:
+        """A model idle for ``series_ttl``: its windows are final, none of its predictions pend."""
+        self.models.pop(name, None)
+        self._series = {k: s for k, s in self._series.items() if k[0] != name}
+        self._sets = {k: s for k, s in self._sets.items() if k[0] != name}
+        self._numbered = {s.number: s for s in self._sets.values()}
 
     def _class_id(self, model: Model, value: Any) -> int:
         classes = model.classes
@@ -212,8 +240,18 @@ class Engine:
     def _window_set(
         self, model: Model, version: str, segment: tuple[tuple[str, str], ...], slot: int, ts: float
     ) -> WindowSet:
-        parts = [()] + [((k, self._segment_value(model, k, v)),) for k, v in segment]
-        group = tuple(self._series_of(model, version, part) for part in parts)
+        admission = self.admission
+        admission.model(model.name, ts)  # seen now: its slot is kept
+        named = admission.version(model.name, version, ts)
+        if named is OTHER:
+            self.health.folded_versions += 1
+        parts: list[tuple[tuple[str, str], ...]] = [()]
+        for key, value in segment:
+            folded = admission.segment(model.name, key, value, ts)
+            if folded[1] is OTHER:
+                self.health.folded_segments += 1
+            parts.append((folded,))
+        group = tuple(self._series_of(model, named, part) for part in parts)
         windows = []
         for series in group:
             for spec in self.specs:
@@ -229,15 +267,6 @@ class Engine:
         """(timestamp, window set, guess, score names or None, probabilities)."""
         ts, number, guess, names, probs = self._codec.unpack(entry)
         return ts, self._numbered[number], guess, names, probs
-
-    def _segment_value(self, model: Model, key: str, value: str) -> str:
-        seen = model.segment_values.setdefault(key, set())
-        if value not in seen:
-            if len(seen) >= self.config.max_segment_values:
-                self.health.folded_segments += 1
-                return OTHER
-            seen.add(value)
-        return value
 
     def _series_of(self, model: Model, version: str, segment: tuple[tuple[str, str], ...]) -> Series:
         series = self._series.get((model.name, version, segment))
@@ -420,7 +449,9 @@ class Engine:
         """Push a snapshot's pairs back (before or after records are fed again: a pair counts once)."""
         for model_name, version, segment, name, pairs in snapshot:
             try:
-                model = self.models.get(model_name) or self._model(model_name)
+                model = self.models.get(model_name) or self._model(model_name, max((p[0] for p in pairs), default=0))
+                if model is None:
+                    continue
                 series = self._series_of(model, version, tuple((k, v) for k, v in segment))
                 rolling = next(r for r in series.rolling if r.spec.name == name)
                 for done_ts, rid, truth, guess, log_loss, brier in pairs:

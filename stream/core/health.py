@@ -28,6 +28,7 @@ class Health:
     refused_models: int = 0
     folded_classes: int = 0
     folded_segments: int = 0
+    folded_versions: int = 0
     label_lag_sum_s: float = 0.0
     label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
 

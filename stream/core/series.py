@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,6 @@ class Model:
     name: str
     regression: bool
     classes: ClassIndex | None
-    segment_values: dict[str, set[str]] = field(default_factory=dict)
     number: int = 0  # in the order the engine met its models: the join's model (see JoinBuffer)
 
 

@@ -179,6 +179,7 @@ class EngineCollector(Collector):
                                      labels=["kind"])
         folded.add_metric(["class"], h.folded_classes)
         folded.add_metric(["segment"], h.folded_segments)
+        folded.add_metric(["version"], h.folded_versions)
         yield folded
         pending = GaugeMetricFamily("mlmon_pending_requests", "requests waiting for their other half",
                                     labels=["side"])

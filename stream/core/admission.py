@@ -1,0 +1,138 @@
+"""Which names get series of their own: models, versions per model, segment keys per model and
+values per key, each within a limit, and idle ones ageing out so new ones are admitted again.
+
+Every figure mlmon publishes (metric records, Prometheus series, alert states) is per (model,
+version, segment, window), so these limits bound what it publishes (``Limits.max_series``). A
+model beyond ``max_models`` is refused; a version, segment key or value beyond its limit is folded
+into ``__other__`` (its pairs still count, under that name). A name unseen for ``series_ttl_s``
+of event time gives its slot up when a new name needs one.
+
+>>> admission = Admission(Limits(max_models=1, max_versions_per_model=1, max_segment_keys=1,
+...                              max_segment_values=1, series_ttl_s=100))
+>>> admission.model("fraud", 0.0), admission.model("churn", 0.0)
+(True, False)
+>>> admission.version("fraud", "v1", 0.0), admission.version("fraud", "v2", 0.0)
+('v1', '__other__')
+>>> admission.segment("fraud", "country", "DE", 0.0), admission.segment("fraud", "country", "FR", 0.0)
+(('country', 'DE'), ('country', '__other__'))
+>>> admission.segment("fraud", "device", "ios", 0.0)
+('__other__', '__other__')
+>>> admission.model("churn", 150.0), admission.evicted  # fraud was idle for longer than series_ttl_s
+(True, ['fraud'])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OTHER", "Admission", "Limits", "Slots"]
+
+OTHER = "__other__"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_models: int = 100
+    max_versions_per_model: int = 10
+    max_segment_keys: int = 10
+    max_segment_values: int = 50
+    series_ttl_s: float = 7 * 86400.0
+
+    @classmethod
+    def of(cls, config: Any, factor: int = 1, slack_s: float = 0.0) -> Limits:
+        """A configuration's limits, each ``factor`` times as large. A name is forgotten no sooner
+        than ``join_ttl`` plus the longest window (plus ``slack_s``) after it was last seen: by
+        then all its windows are final and no prediction of it is pending."""
+        longest = max((w.size_s or 0 for w in config.windows), default=0)
+        ttl_s = max(config.series_ttl_s, config.join_ttl_s + longest + slack_s)
+        return cls(config.max_models * factor, config.max_versions_per_model * factor,
+                   config.max_segment_keys * factor, config.max_segment_values * factor, ttl_s)
+
+    def max_series(self) -> int:
+        """The most series (model, version, segment) there can be at once: per model and version,
+        the model overall, each admitted key's values and ``__other__``, and the folded keys."""
+        segments = 1 + self.max_segment_keys * (self.max_segment_values + 1) + 1
+        return self.max_models * (self.max_versions_per_model + 1) * segments
+
+
+class Slots:
+    """At most ``limit`` names, each with the latest time it was seen; when full, names idle for
+    longer than ``ttl_s`` give their slot up to a new one."""
+
+    __slots__ = ("expires", "limit", "seen", "ttl_s")
+
+    def __init__(self, limit: int, ttl_s: float) -> None:
+        self.limit = limit
+        self.ttl_s = ttl_s
+        self.seen: dict[str, float] = {}
+        self.expires = math.inf  # the earliest time a name may go idle (no scan before)
+
+    def admit(self, name: str, ts: float, evicted: list[str] | None = None) -> bool:
+        seen = self.seen
+        last = seen.get(name)
+        if last is not None:
+            if ts > last:
+                seen[name] = ts
+            return True
+        if len(seen) >= self.limit and ts >= self.expires:
+            idle = [n for n, t in seen.items() if t + self.ttl_s <= ts]
+            for gone in idle:
+                del seen[gone]
+            if evicted is not None:
+                evicted.extend(idle)
+            self.expires = min(seen.values(), default=math.inf) + self.ttl_s
+        if len(seen) >= self.limit:
+            return False
+        seen[name] = ts
+        self.expires = min(self.expires, ts + self.ttl_s)
+        return True
+
+
+@dataclass
+class _Model:
+    versions: Slots
+    keys: Slots
+    values: dict[str, Slots] = field(default_factory=dict)
+
+
+class Admission:
+    """The limits of one place that sees every record of the models it decides on (an engine in
+    replay, the merger partition a model's partials go to in the worker)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.models = Slots(limits.max_models, limits.series_ttl_s)
+        self._models: dict[str, _Model] = {}
+        self.evicted: list[str] = []  # models that gave their slot up, for the caller to forget
+
+    def model(self, name: str, ts: float) -> bool:
+        """Whether model ``name`` is (or now becomes) one of those monitored."""
+        if not self.models.admit(name, ts, self.evicted):
+            return False
+        for gone in self.evicted:
+            self._models.pop(gone, None)
+        if name not in self._models:
+            limits = self.limits
+            self._models[name] = _Model(Slots(limits.max_versions_per_model, limits.series_ttl_s),
+                                        Slots(limits.max_segment_keys, limits.series_ttl_s))
+        return True
+
+    def version(self, model: str, version: str, ts: float) -> str:
+        """The version's own name, or ``__other__`` (of an admitted model)."""
+        return version if self._models[model].versions.admit(version, ts) else OTHER
+
+    def segment(self, model: str, key: str, value: str, ts: float) -> tuple[str, str]:
+        """The segment's (key, value), with what is beyond the limits folded into ``__other__``."""
+        slots = self._models[model]
+        if not slots.keys.admit(key, ts):
+            return OTHER, OTHER
+        values = slots.values.get(key)
+        if values is None:
+            values = slots.values[key] = Slots(self.limits.max_segment_values, self.limits.series_ttl_s)
+        return (key, value) if values.admit(value, ts) else (key, OTHER)
+
+    def drain_evicted(self) -> list[str]:
+        evicted, self.evicted = self.evicted, []
+        return evicted
