@@ -27,9 +27,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OTHER", "Admission", "Limits", "Slots"]
+__all__ = ["NOTE_EVERY_S", "OTHER", "Admission", "Limits", "Refusals", "Slots"]
 
 OTHER = "__other__"
+NOTE_EVERY_S = 3600.0  # event time between two dead letters for one refused name
 
 
 @dataclass(frozen=True)
@@ -136,3 +137,28 @@ class Admission:
     def drain_evicted(self) -> list[str]:
         evicted, self.evicted = self.evicted, []
         return evicted
+
+
+class Refusals:
+    """When a refused name is said so again (a dead letter): once per ``NOTE_EVERY_S`` of event
+    time, not once per record; remembers a bounded number of names.
+
+    >>> refusals = Refusals(limit=100)
+    >>> refusals.due("flood", 0.0), refusals.due("flood", 60.0), refusals.due("flood", 3600.0)
+    (True, False, True)
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.noted: dict[str, float] = {}
+
+    def due(self, name: str, ts: float) -> bool:
+        noted = self.noted.get(name)
+        if noted is not None and ts - noted < NOTE_EVERY_S:
+            return False
+        if len(self.noted) >= self.limit:
+            self.noted = {n: t for n, t in self.noted.items() if ts - t < NOTE_EVERY_S}
+            if len(self.noted) >= self.limit:
+                self.noted.clear()  # a flood of names within the hour: each may be said again
+        self.noted[name] = ts
+        return True

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stream.config import Config
-from stream.core.admission import OTHER, Admission, Limits
+from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
@@ -30,12 +30,12 @@ from stream.core.series import Model, RollingWindow, Series, Terms, Window, Wind
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
-__all__ = ["ENGINE_GUARD", "OTHER", "REFUSAL_NOTE_EVERY_S", "SWEEP_EVERY_S", "Engine"]
+__all__ = ["ENGINE_GUARD", "OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
-REFUSAL_NOTE_EVERY_S = 3600.0  # event time between two dead letters for one refused model
-# A Kafka worker's partition engine takes this many times the limits (a bound on its memory).
-ENGINE_GUARD = 1
+# A Kafka worker's partition engine takes this many times the limits (a bound on its memory):
+# the worker applies the limits themselves where every partition's figures meet (kafka.registry).
+ENGINE_GUARD = 4
 
 
 class Engine:
@@ -52,7 +52,7 @@ class Engine:
         self.models: dict[str, Model] = {}
         self.admission = Admission(Limits.of(config, ENGINE_GUARD if emit_partials else 1, 2 * SWEEP_EVERY_S))
         self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
-        self._refusals: dict[str, float] = {}  # refused model -> when its last dead letter went out
+        self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.metric_records: list[dict[str, Any]] = []
         self.alert_events: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
@@ -194,18 +194,14 @@ class Engine:
 
     def _model(self, name: str, ts: float) -> Model | None:
         """The model, admitted now if there is room (see core.admission); a refused one raises
-        with the reason once per ``REFUSAL_NOTE_EVERY_S`` of event time, else gives None."""
+        with the reason once an hour of event time, else gives None."""
         model = self.models.get(name)
         if model is None:
             admission = self.admission
             if not admission.model(name, ts):
                 self.health.refused_models += 1
-                noted = self._refusals.get(name)
-                if noted is not None and ts - noted < REFUSAL_NOTE_EVERY_S:
+                if not self._refusals.due(name, ts):
                     return None
-                if len(self._refusals) > 10 * admission.limits.max_models:  # bounded, whatever comes
-                    self._refusals = {n: t for n, t in self._refusals.items() if ts - t < REFUSAL_NOTE_EVERY_S}
-                self._refusals[name] = ts
                 raise InvalidRecord(
                     f"model '{name[:64]}' refused: already monitoring {admission.limits.max_models} models, none "
                     f"idle for series_ttl (raise max_models); its other records within the next hour are "
@@ -435,32 +431,6 @@ class Engine:
                                window.state(), final, rfc3339(now))
         self.metric_records.append(record)
         self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now))
-
-    # ------------------------------------------------------ rolling snapshots
-
-    def rolling_snapshot(self) -> list[list[Any]]:
-        """Every rolling window's pairs, to restore after a rebuild from records that no longer
-        hold them all: [model, version, segment pairs, window name, pairs]."""
-        return [[series.model, series.model_version, sorted(series.segment.items()), rolling.spec.name,
-                 rolling.export_pairs()]
-                for series in self._series.values() for rolling in series.rolling if rolling.pairs]
-
-    def restore_rolling(self, snapshot: list[list[Any]]) -> None:
-        """Push a snapshot's pairs back (before or after records are fed again: a pair counts once)."""
-        for model_name, version, segment, name, pairs in snapshot:
-            try:
-                model = self.models.get(model_name) or self._model(model_name, max((p[0] for p in pairs), default=0))
-                if model is None:
-                    continue
-                series = self._series_of(model, version, tuple((k, v) for k, v in segment))
-                rolling = next(r for r in series.rolling if r.spec.name == name)
-                for done_ts, rid, truth, guess, log_loss, brier in pairs:
-                    if model.classes is not None:
-                        truth, guess = self._class_id(model, truth), self._class_id(model, guess)
-                    terms = None if log_loss is None else (log_loss, brier)
-                    rolling.push(done_ts, rid, truth, guess, terms)
-            except (InvalidRecord, StopIteration):  # a model refused now, or a window no longer configured
-                continue
 
     # ---------------------------------------------------------------- status
 

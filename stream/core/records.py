@@ -176,6 +176,8 @@ def _scores(value: Any) -> Scores | None:
         raise InvalidRecord(f"'scores' has {len(value)} classes, over the limit of {MAX_SCORE_CLASSES}")
     scores: list[str | float] = []
     for cls, prob in value.items():
+        if not isinstance(cls, str) or not cls:
+            raise InvalidRecord(f"'scores' classes must be non-empty strings, got {str(cls)[:64]!r}")
         if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
             raise InvalidRecord(f"'scores'[{cls[:64]!r}] must be a probability in [0, 1], got {prob!r}")
         scores += (cls, float(prob))
@@ -190,6 +192,8 @@ def _segment(value: Any) -> Segment:
     if len(value) > MAX_SEGMENT_KEYS:
         raise InvalidRecord(f"'segment' has {len(value)} keys, over the limit of {MAX_SEGMENT_KEYS}")
     for key, val in value.items():
+        if not isinstance(key, str):
+            raise InvalidRecord(f"'segment' keys must be strings, got {str(key)[:64]!r}")
         if not key or not isinstance(val, str) or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS:
             raise InvalidRecord(f"'segment'[{key[:64]!r}] must be a non-empty short string")
         if not (_printable(key) and _printable(val)):

@@ -80,6 +80,13 @@ class EngineCollector(Collector):
         if window["name"] == self.counted_window and "confusion_matrix" in record:
             self._count_cells(series, window.get("start", 0), record)
 
+    def forget(self, model: str) -> None:
+        """Drop a model's series: it gave its slot up to another (see stream.kafka.registry)."""
+        with self.lock:
+            self.latest = {k: v for k, v in self.latest.items() if k[0] != model}
+            self.cells = {k: v for k, v in self.cells.items() if k[0] != model}
+            self._seen_cells = {k: v for k, v in self._seen_cells.items() if k[0] != model}
+
     def _count_cells(self, series: tuple[str, str, str, str], start: int, record: dict[str, Any]) -> None:
         key = (*series, start)
         seen = self._seen_cells.setdefault(key, {})

@@ -34,6 +34,7 @@ from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
+from stream.core.snapshot import restore_rolling, rolling_snapshot
 from stream.errors import InvalidRecord
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
@@ -160,7 +161,7 @@ class Join:
             stored += len(rows)
             rows.sort(key=lambda r: (r[0], r[1]))
             engine = self.engine(partition)
-            engine.restore_rolling(snapshots.get(partition, []))  # pairs of pruned batches
+            restore_rolling(engine, snapshots.get(partition, []))  # pairs of pruned batches
             for _, kind, record in rows:
                 if kind == 0:
                     engine.prediction(record)  # type: ignore[arg-type]
@@ -348,7 +349,7 @@ class Join:
             if keep:
                 self.prune_due[bucket].extend(keep)
         if gone and any(not w.timed for w in self.engine_config.windows):
-            snapshot = self.engine(partition).rolling_snapshot()
+            snapshot = rolling_snapshot(self.engine(partition))
             table[f"{ROLLING_KEY}{partition}"] = zlib.compress(orjson.dumps(snapshot), BATCH_ZLIB_LEVEL)
         for key in gone:
             del table[key]

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from stream.config import Config
+from stream.core.admission import Refusals
 from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
@@ -26,6 +27,7 @@ from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec
 from stream.kafka.cumulative import cumulative_base, engine_windows
 from stream.kafka.join_agent import Output
+from stream.kafka.registry import Registry
 
 __all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
 
@@ -51,10 +53,15 @@ class Merge:
     """
 
     def __init__(self, config: Config, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.on_alerts = on_alerts  # delivery beyond the alerts topic (Alertmanager, webhook)
         self.on_record = on_record  # the Prometheus exposition
+        self.on_forget = on_forget  # a model that gave its slot up (the exposition drops it)
+        self.registry = Registry(config)  # the limits: what is published (see registry)
+        self.refused_partials = 0  # partials of models beyond max_models, not published
+        self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.rules = RuleBook(config.rules)
         self.specs = {w.name: w for w in engine_windows(config.windows)}
         self.base = cumulative_base(config.windows)  # the tumbling spec cumulative windows are summed from
@@ -73,13 +80,16 @@ class Merge:
         self.changed.clear()
         self.members.clear()
         self.rules.states.clear()
+        self.registry.rebuild(table)
         for key, entry in table.items():
             if key.startswith(RULES_KEY):
                 for item in entry:
                     self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
-            elif not key.startswith(CUMULATIVE_KEY) and not entry.get("_final"):
+            elif not key.startswith("\x00") and not entry.get("_final"):
                 partial = next(v for k, v in entry.items() if not k.startswith("_"))
                 here = int(entry["_mp"])
+                if partial["model"] not in self.registry.decided:
+                    self.registry.waiting.add(partial["model"])  # held: its decision is on its way
                 self.open[here][key] = self._final_at(partial)
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
                 if self._in_base(partial):
@@ -97,7 +107,16 @@ class Merge:
         try:
             body = orjson.loads(value or b"{}")
             if "partial" in body:
-                self.on_partial(table, here, int(body["partition"]), body["partial"])
+                return self.on_partial(table, here, int(body["partition"]), body["partial"])
+            if "ask" in body:
+                self.registry.on_ask(table, str(body["ask"]), int(body["home"]), float(body["ts"]))
+                return []
+            if "decided" in body:
+                return self.on_decided(table, here, str(body["decided"]), bool(body["admitted"]))
+            if "forget" in body:
+                self.registry.on_forget(table, str(body["forget"]))
+                if self.on_forget is not None:
+                    self.on_forget(str(body["forget"]))
                 return []
             marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
             return self.on_heartbeat(table, here, marks, {int(p) for p in body.get("idle", ())})
@@ -108,9 +127,14 @@ class Merge:
                     "topic": self.config.partials_topic, "partition": here, "offset": offset}
             return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
 
-    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> None:
+    def on_partial(self, table: Any, here: int, partition: int, partial: dict[str, Any]) -> list[Output]:
         """A partial from input ``partition`` arrived on merger partition ``here``: stored, and
-        merged into a record at the heartbeat that follows it (once for all input partitions)."""
+        merged into a record at the heartbeat that follows it (once for all input partitions),
+        under the names the limits allow (see registry); nothing of a refused model."""
+        ts = max(self.event_time(here), float(partial["window"].get("start", 0)))  # heard, or the window's
+        if self.registry.status(partial["model"], here, ts) is False:
+            return self._refused(partial["model"], ts)
+        partial, stands_for = self.registry.fold(table, partial, ts)
         key = record_key(partial)
         entry = table.get(key)
         if entry is not None and entry.get("_final"):
@@ -118,15 +142,47 @@ class Merge:
             # of an input that was idle when the window closed: counted and logged, not merged.
             if partial.get("final") is False and partition in self.idle_partitions(here):
                 self._late(partial, partition)
-            return
+            return []
         entry = dict(entry or {})
-        entry[str(partition)] = partial
+        entry[f"{partition}|{stands_for}" if stands_for else str(partition)] = partial
         entry["_mp"] = here
         table[key] = entry
         self.open[here].setdefault(key, self._final_at(partial))
         self.changed[here].add(key)
         if self._in_base(partial):
             self.members[here][cumulative_key(partial)].add(key)
+        return []
+
+    def event_time(self, here: int) -> float:
+        """How far the furthest input partition has gone, as merger partition ``here`` heard."""
+        return max(self.watermarks[here].values(), default=0.0)
+
+    def _refused(self, model: str, ts: float) -> list[Output]:
+        """A partial of a model the registry refused: counted, one dead letter an hour says why."""
+        self.refused_partials += 1
+        if not self._refusals.due(model, ts):
+            return []
+        dead = {"source": "partials", "model": model[:256],
+                "reason": f"model '{model[:64]}' refused: the worker already monitors {self.config.max_models} "
+                          "models, none idle for series_ttl (raise max_models); nothing of it is published, "
+                          "and this is said once an hour (refused_partials counts them)"}
+        return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
+
+    def on_decided(self, table: Any, here: int, model: str, admitted: bool) -> list[Output]:
+        """The registry's answer for a model of this home: its held windows go out at the next
+        heartbeat, or, refused, are dropped."""
+        if not self.registry.on_decided(table, model, admitted):
+            return []
+        open_here = self.open[here]
+        for key in [k for k in open_here if orjson.loads(k)[0] == model]:
+            if admitted:
+                self.changed[here].add(key)
+            else:
+                del open_here[key]
+                self.changed[here].discard(key)
+                if key in table:
+                    del table[key]
+        return [] if admitted else self._refused(model, self.event_time(here))
 
     def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None],
                      idle: set[int] | None = None) -> list[Output]:
@@ -147,13 +203,21 @@ class Merge:
         marks = [known[p] for p in partitions if p in known and not idle_here.get(p)]
         if not marks and known:  # every input idle: as far as any has gone
             marks = [max(known.values())]
+        decided = self.registry.decided
+        if self.registry.waiting:
+            held = {key for key in changed if decided.get(orjson.loads(key)[0]) is not True}
+            changed -= held
+            self.changed[here] |= held  # published once their model is admitted (see registry)
         if marks and all(p in known or idle_here.get(p) for p in partitions):
             low = min(marks)
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
+                entry = table.get(key)
+                if (entry is not None and not entry.get("_final")
+                        and decided.get(self._partials(entry)[0]["model"]) is not True):
+                    continue  # final once its model is decided
                 del open_here[key]
                 changed.discard(key)
-                entry = table.get(key)
                 if entry is None or entry.get("_final"):
                     continue
                 partials = self._partials(entry)

@@ -163,9 +163,12 @@ class Runtime:
         if self.merge.stale:
             self.merge.rebuild(self.windows)
         items = self.merge.handle(self.windows, message.partition, message.offset, value)
-        if items:
+        directed = self.merge.registry.take_directed()  # asks and answers between merger partitions
+        if items or directed:
             async with self.sending:
                 await self.publish(items)
+                for partition, body in directed:
+                    await self.send(self.config.partials_topic, None, body, partition)
         self.handled.add(message.tp, message.offset)
 
     async def writable(self, table: Any) -> bool:
@@ -242,7 +245,8 @@ class Runtime:
             await self.learn_where_logs_begin()
             stalled = [] if app.rebalancing else self.sequencer.stalled(app.consumer)
             health = {**join.health(), "rereads": self.sequencer.rereads,  # seeks back to messages faust skipped
-                      "stalled_partitions": stalled, "late_partials": self.merge.late_partials}
+                      "stalled_partitions": stalled, "late_partials": self.merge.late_partials,
+                      "refused_partials": self.merge.refused_partials}
             await self.send(config.health_topic, config.app_id.encode(), orjson.dumps(health), None)
             join.lag = consumer_lag(app.consumer, join.offsets)
             return_free_memory()

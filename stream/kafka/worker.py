@@ -89,6 +89,7 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
                                 lambda: {topic: join.forwarding.counts[source] for source, topic in (
                                     ("predictions", config.predictions_topic), ("labels", config.labels_topic))})
     merge.on_record = lambda record: collector.observe([record])
+    merge.on_forget = collector.forget
     if config.metrics_port:
         try:
             serve(collector, config.metrics_port, config.metrics_address)

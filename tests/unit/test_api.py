@@ -71,3 +71,14 @@ def test_with_no_configuration_the_first_three_lines_run_the_demonstration() -> 
     assert out["balance"] == {"predictions": 0, "labels": 0}
     assert out["seconds"] < 10, out
     assert "no 'source' given" in run.stderr, run.stderr
+
+
+def test_records_with_keys_that_are_not_strings_are_dead_letters_not_errors() -> None:
+    base = {"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": "a"}
+    predictions = [{**base, "scores": {1: 0.5}}, {**base, "request_id": "s", "segment": {2: "x"}},
+                   {**base, "request_id": "t", 3: "x"}]  # an unknown key is ignored, whatever its type
+    result = Monitor(config={"windows": ["cumulative"], "source": {"predictions": predictions, "labels": []}}).execute()
+    assert result is not None
+    assert [(d["line"], d["reason"]) for d in result.dead_letters] == [
+        (1, "'scores' classes must be non-empty strings, got '1'"), (2, "'segment' keys must be strings, got '2'")]
+    assert result.health["predictions"] == 3 and result.health["invalid_predictions"] == 2

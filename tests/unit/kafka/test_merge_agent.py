@@ -28,6 +28,16 @@ def partials_of(config: Config, partition: int, pairs: int) -> list[dict[str, An
     return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
 
 
+def route(merge: Merge, table: dict[str, Any]) -> list[Any]:
+    """Deliver what merger partitions say to each other (asks, answers: see kafka.registry), as
+    the partials topic would; the outputs that come of it."""
+    out = []
+    while directed := merge.registry.take_directed():
+        for offset, (partition, body) in enumerate(directed):
+            out += merge.handle(table, partition, offset, body)
+    return out
+
+
 def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_watermarks() -> None:
     config = Config.from_mapping({"partitions": 2, "windows": ["tumbling 5m"], "join_ttl_s": 60})
     merge = Merge(config)
@@ -36,6 +46,7 @@ def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_wat
     for partition, pairs in ((0, 3), (1, 4)):
         for partial in partials_of(config, partition, pairs):
             merge.on_partial(table, 0, partition, partial)
+    assert route(merge, table) == []  # model m admitted
     assert merge.on_heartbeat(table, 1, {0: None}) == []  # another merger partition: nothing of its own
 
     first = merge.on_heartbeat(table, 0, {0: START + 10, 1: None})
@@ -94,6 +105,7 @@ def test_a_cumulative_window_is_its_closed_base_windows_plus_the_open_ones_and_s
         for partition, pairs in ((0, 30), (1, 45)):  # 30 s apart: 15 and 22.5 minutes of pairs
             for partial in partials_over(config, partition, pairs, 30.0):
                 merge.on_partial(table, 0, partition, partial)
+        route(merge, table)
         first = records_of(config, merge.on_heartbeat(table, 0, {0: START + 600, 1: START + 600}))
         assert {r["window"]["name"] for r in first} == published
         [total] = [r for r in first if r["window"]["name"] == "cumulative"]
@@ -117,6 +129,7 @@ def test_windows_close_without_the_idle_input_partitions() -> None:
     merge.stale = False
     for partial in partials_of(config, 0, 3):
         merge.on_partial(table, 0, 0, partial)
+    route(merge, table)
     closing = START + 300 + 60 + 60
     assert [r["final"] for r in records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}))] == [False]
     closed = records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}, idle={1}))
