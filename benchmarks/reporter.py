@@ -72,8 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     with broker() as bootstrap:
         run = uuid.uuid4().hex[:8]
-        config = Config.from_mapping({"broker": bootstrap, "predictions_topic": f"predictions-{run}",
-                                      "labels_topic": f"labels-{run}", "partitions": 8})
+        topics = ("predictions", "labels", "metrics", "alerts", "dead_letters", "health", "partials", "repartition")
+        config = Config.from_mapping({"broker": bootstrap, "partitions": 8,
+                                      **{f"{topic}_topic": f"{topic}-{run}" for topic in topics}})
         ensure_topics(config)
         batch = records(args.calls)
         runs: dict[str, list[float]] = {"reporter_calls_per_s": [], "produce_calls_per_s": [],

@@ -1,8 +1,8 @@
 """The Python API for programs and notebooks.
 
 >>> from stream import Monitor
->>> predictions = [{"request_id": str(i), "model": "m", "timestamp": i, "prediction": "a"} for i in range(4)]
->>> labels = [{"request_id": str(i), "timestamp": i + 1, "label": "a" if i % 2 else "b"} for i in range(4)]
+>>> predictions = [{"request_id": str(i), "model": "m", "timestamp": 1.7e9 + i, "prediction": "a"} for i in range(4)]
+>>> labels = [{"request_id": str(i), "timestamp": 1.7e9 + i + 1, "label": "a" if i % 2 else "b"} for i in range(4)]
 >>> monitor = Monitor(config={"windows": ["cumulative"], "source": {"predictions": predictions, "labels": labels}})
 >>> monitor.setup()
 >>> result = monitor.execute()

@@ -180,7 +180,7 @@ def run_broker_demo(args: argparse.Namespace) -> int:
     run = uuid.uuid4().hex[:8]
     folder = Path(tempfile.mkdtemp(prefix="mlmon-demo-"))
     topics = {f"{t}_topic": f"mlmon-demo-{run}-{t}" for t in
-              ("predictions", "labels", "metrics", "alerts", "dead_letters", "health", "partials")}
+              ("predictions", "labels", "metrics", "alerts", "dead_letters", "health", "partials", "repartition")}
     settings = {"broker": args.broker, "app_id": f"mlmon-demo-{run}", "data_dir": str(folder / "data"),
                 "join_ttl": "6h", "windows": ["tumbling 15m", "tumbling 1h"], "metrics_port": args.metrics_port,
                 **topics}

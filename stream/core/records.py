@@ -25,6 +25,7 @@ __all__ = [
     "MAX_SCORE_CLASSES",
     "MAX_SEGMENT_KEYS",
     "MAX_TIMESTAMP_S",
+    "MIN_TIMESTAMP_S",
     "Label",
     "Prediction",
     "Scores",
@@ -44,6 +45,7 @@ MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 128
 MAX_SEGMENT_KEYS = 16
 MAX_SCORE_CLASSES = 1000
+MIN_TIMESTAMP_S = 946_684_800.0  # 2000-01-01T00:00:00Z: earlier ones are a unit mix-up or a zeroed clock
 MAX_TIMESTAMP_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later ones cannot be written as RFC 3339
 
 # RFC 3339's date-time (section 5.6), which the schemas' "date-time" format means: a "T" (or "t"),
@@ -129,8 +131,10 @@ def parse_timestamp(value: Any) -> float:
         raise InvalidRecord("'timestamp' must be epoch seconds or an RFC 3339 string")
     if isinstance(value, int | float):
         ts = float(value)
-        if not math.isfinite(ts) or ts < 0 or ts > MAX_TIMESTAMP_S:
-            raise InvalidRecord(f"'timestamp' must be epoch seconds between 0 and {MAX_TIMESTAMP_S:.0f}, got {value!r}")
+        if not math.isfinite(ts) or ts < MIN_TIMESTAMP_S or ts > MAX_TIMESTAMP_S:
+            hint = " (milliseconds? send seconds)" if MAX_TIMESTAMP_S < ts < MAX_TIMESTAMP_S * 1000 else ""
+            raise InvalidRecord(f"'timestamp' must be epoch seconds from 2000 to 9999 ({MIN_TIMESTAMP_S:.0f} to "
+                                f"{MAX_TIMESTAMP_S:.0f}), got {value!r}{hint}")
         return ts
     if isinstance(value, str):
         if not _RFC3339.match(value):
@@ -142,8 +146,8 @@ def parse_timestamp(value: Any) -> float:
             ts = datetime.fromisoformat(value.upper()).timestamp()
         except (ValueError, OverflowError):  # e.g. month 13, or 9999-12-31T23:59:59-23:59 (year 10000 in UTC)
             raise InvalidRecord(f"'timestamp' {value[:64]!r} is not a valid date-time in 0001 to 9999") from None
-        if ts < 0 or ts > MAX_TIMESTAMP_S:
-            raise InvalidRecord(f"'timestamp' {value[:64]!r} is outside 1970 to 9999")
+        if ts < MIN_TIMESTAMP_S or ts > MAX_TIMESTAMP_S:
+            raise InvalidRecord(f"'timestamp' {value[:64]!r} is outside 2000 to 9999")
         return ts
     raise InvalidRecord(f"'timestamp' must be a number or a string, got {type(value).__name__}")
 

@@ -5,11 +5,12 @@ came from (those are pruned once their timed windows are final), so the worker s
 >>> from stream.core.records import parse_label, parse_prediction
 >>> engine = Engine(Config.from_mapping({"windows": ["rolling 2"]}))
 >>> for i in range(3):
-...     engine.receive(parse_prediction({"request_id": str(i), "model": "m", "timestamp": i, "prediction": "a"}))
-...     engine.receive(parse_label({"request_id": str(i), "timestamp": i, "label": "a"}))
+...     ts = 1.7e9 + i
+...     engine.receive(parse_prediction({"request_id": str(i), "model": "m", "timestamp": ts, "prediction": "a"}))
+...     engine.receive(parse_label({"request_id": str(i), "timestamp": ts, "label": "a"}))
 >>> snapshot = rolling_snapshot(engine)
->>> snapshot
-[['m', 'unknown', [], 'rolling_2', [[1.0, '1', 'a', 'a', None, None], [2.0, '2', 'a', 'a', None, None]]]]
+>>> snapshot[0][:4], [pair[:2] for pair in snapshot[0][4]]
+(['m', 'unknown', [], 'rolling_2'], [[1700000001.0, '1'], [1700000002.0, '2']])
 >>> fresh = Engine(engine.config)
 >>> restore_rolling(fresh, snapshot)
 >>> rolling_snapshot(fresh) == snapshot

@@ -86,6 +86,11 @@ def ensure_topics(config: Config, timeout_s: float = 30.0) -> dict[str, int]:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise TopologyError(f"cannot create topic '{name}': {exc}") from None
         existing = _wait_for_topics(admin, planned_topics(config), timeout_s)
+    for name in (config.partials_topic, config.repartition_topic):  # mlmon's own: one partition per join partition
+        if existing.get(name, config.partitions) != config.partitions:
+            raise TopologyError(f"topic '{name}' has {existing[name]} partitions and this worker is configured for "
+                                f"{config.partitions} (partitions): give the internal topics names of their own "
+                                "(partials_topic, repartition_topic), or set partitions to match")
     return existing
 
 

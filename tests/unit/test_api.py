@@ -36,8 +36,8 @@ def test_a_bounded_run_over_jsonl_files_returns_final_metrics_alerts_and_health(
 
 def test_in_memory_sources_and_bad_items() -> None:
     monitor = Monitor(config={"windows": ["cumulative"], "source": {
-        "predictions": [{"request_id": "a", "model": "m", "timestamp": 1, "prediction": 1}, "junk"],
-        "labels": [{"request_id": "a", "timestamp": 2, "label": 1}],
+        "predictions": [{"request_id": "a", "model": "m", "timestamp": 1.6e9, "prediction": 1}, "junk"],
+        "labels": [{"request_id": "a", "timestamp": 1.6e9 + 1, "label": 1}],
     }})
     result = monitor.execute()  # setup() is implied
     assert result is not None and result.metrics[0]["metrics"]["accuracy"] == 1.0

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_broker import Broker
 from stream.cli import main
 from stream.config import Config
+from stream.errors import TopologyError
 from stream.kafka.admin import describe_config, ensure_topics
 from stream.kafka.produce import file_records, produce, producer
 from stream.kafka.tail import format_alert, tail
@@ -26,7 +27,8 @@ from stream.kafka.tail import format_alert, tail
 def fresh_config(kafka: Broker, partitions: int = 4) -> Config:
     suffix = uuid.uuid4().hex[:8]
     config = Config(broker=kafka.bootstrap, partitions=partitions)
-    for field in ("predictions_topic", "labels_topic", "metrics_topic", "alerts_topic", "dead_letters_topic"):
+    for field in ("predictions_topic", "labels_topic", "metrics_topic", "alerts_topic", "dead_letters_topic",
+                  "health_topic", "partials_topic", "repartition_topic"):
         setattr(config, field, f"{getattr(config, field)}-{suffix}")
     return config
 
@@ -48,6 +50,14 @@ def test_topics_are_created_with_their_partitions_and_metrics_are_compacted(kafk
     assert existing[config.predictions_topic] == existing[config.labels_topic] == 3
     assert describe_config(config, config.metrics_topic)["cleanup.policy"] == "compact"
     assert ensure_topics(config) == existing  # a second start changes nothing
+
+
+def test_internal_topics_of_another_partition_count_are_a_clear_error(kafka: Broker) -> None:
+    config = fresh_config(kafka, partitions=2)
+    ensure_topics(config)
+    config.partitions = 4  # the same internal topics, another worker configuration
+    with pytest.raises(TopologyError, match=f"topic '{config.partials_topic}' has 2 partitions"):
+        ensure_topics(config)
 
 
 def test_input_topics_may_have_other_partition_counts_than_the_worker(kafka: Broker) -> None:
@@ -117,6 +127,7 @@ def test_tail_prints_metric_records_and_alerts(kafka: Broker) -> None:
 
 
 def _write_config(config: Config, path: Path) -> Path:
-    topics = ("predictions_topic", "labels_topic", "metrics_topic", "alerts_topic", "dead_letters_topic")
+    topics = ("predictions_topic", "labels_topic", "metrics_topic", "alerts_topic", "dead_letters_topic",
+              "health_topic", "partials_topic", "repartition_topic")
     path.write_text("".join(f"{t}: {getattr(config, t)}\n" for t in topics) + f"partitions: {config.partitions}\n")
     return path

@@ -103,28 +103,50 @@ def test_a_stopped_worker_resumes_without_losing_or_double_counting(kafka: Broke
 
 def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
+
+    def prediction(**fields: Any) -> bytes:
+        return orjson.dumps({"request_id": "r", "model": "m", "timestamp": START, "prediction": "a", **fields})
+
     bad = [
         (b"{not json", "not valid JSON"),
         (orjson.dumps({"model": "m", "timestamp": START, "prediction": "a"}), "missing field 'request_id'"),
-        (orjson.dumps({"request_id": "r", "model": "m", "timestamp": "noon", "prediction": "a"}), "RFC 3339"),
-        (orjson.dumps({"request_id": "r", "model": ["m"], "timestamp": START, "prediction": "a"}), "must be a string"),
+        (prediction(timestamp="noon"), "RFC 3339"),
+        (prediction(model=["m"]), "must be a string"),
         (b'{"request_id": "big", "model": "' + b"m" * 70_000 + b'"}', "over the limit"),
+        (prediction(timestamp="9999-12-31T23:59:59-23:59"), "outside 2000 to 9999"),
+        (prediction(timestamp="2026-11-30 06:00:00Z"), "not an RFC 3339 date-time"),
+        (prediction(timestamp="2026-W48-1T06:00:00+00:00"), "not an RFC 3339 date-time"),
+        (prediction(timestamp=946_684_799), "from 2000 to 9999"),
+        (prediction(timestamp=1_767_225_600_000), "milliseconds?"),
+        (prediction(model="a\x00b"), "control characters"),
+        (prediction(model="   "), "only spaces"),
+        (b'{"request_id": "r", "model": "m", "timestamp": 1767225600, "prediction": 123456789012345678901234567890}',
+         "beyond 2^53"),
+        (bytes(range(1, 32)) * 132, "not valid JSON"),  # 4 KiB of control bytes
     ]
     client = producer(config)
     for value, _ in bad:
         client.produce(config.predictions_topic, key=b"r", value=value)
-    client.produce(config.labels_topic, key=b"r", value=b'{"request_id": "r", "timestamp": 1}')
+    client.produce(config.labels_topic, key=b"r", value=b'{"request_id": "r", "timestamp": 1767225600}')
+    half = {"request_id": "half", "model": "nba-game-outcome", "timestamp": START, "prediction": "home_win"}
+    client.produce(config.predictions_topic, key=b"half", value=orjson.dumps(half))
+    client.produce(config.labels_topic, key=b"half", value=orjson.dumps(
+        {"request_id": "half", "timestamp": START + 1, "label": 0.5}))  # not a class
     assert client.flush(30) == 0
     scenario = Scenario(pairs=600, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0)
     produce(config, scenario_records(scenario))
     produce(config, ticks())
     dead = exact_with_dead_letters(config, path, scenario, tmp_path / "worker.log")
     reasons = sorted(d["reason"] for d in dead)
-    assert len(dead) == len(bad) + 1, reasons
+    assert len(dead) == len(bad) + 2, reasons
     for _, why in bad:
         assert any(why in reason for reason in reasons), (why, reasons)
     assert any("missing field 'label'" in reason for reason in reasons)
     assert all({"topic", "partition", "offset", "raw"} <= set(d) for d in dead)
+    assert all(len(orjson.dumps(d)) < 6 * 1024 for d in dead)  # bounded, whatever came in
+    [pairing] = [d for d in dead if d.get("request_id") == "half"]  # refused where it met its prediction
+    assert pairing["model"] == "nba-game-outcome" and pairing["topic"] == config.labels_topic
+    assert "0.5" in pairing["reason"] and pairing["offset"] >= 0
 
 
 RULES = """

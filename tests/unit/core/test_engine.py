@@ -16,7 +16,7 @@ from stream.core.records import parse_label, parse_prediction
 
 TTL_S = 100
 WINDOW_S = 50
-T0 = 1_000_000.0
+T0 = 1_600_000_000.0  # 2020-09-13: records before 2000 are refused
 
 request = st.fixed_dictionaries({
     "ts": st.integers(0, 400),
@@ -112,9 +112,9 @@ def test_health_counters_account_for_every_record(requests: list[dict[str, Any]]
 def test_segments_get_their_own_series_and_the_overall_one() -> None:
     engine = Engine(Config.from_mapping({"windows": ["cumulative"]}))
     for i, venue in enumerate(["home", "away", "home"]):
-        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": 10 + i,
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": T0 + 10 + i,
                                             "prediction": 1, "segment": {"venue": venue}}))
-        engine.label(parse_label({"request_id": str(i), "timestamp": 20 + i, "label": i % 2}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": T0 + 20 + i, "label": i % 2}))
     engine.finish()
     by_segment = {tuple(r["segment"].items()): r for r in engine.metric_records}
     assert by_segment[()]["n"] == 3
@@ -126,9 +126,9 @@ def test_segments_get_their_own_series_and_the_overall_one() -> None:
 def test_regression_models_report_regression_metrics() -> None:
     engine = Engine(Config.from_mapping({"windows": ["cumulative", "rolling 2"], "regression_models": ["price*"]}))
     for i, (guess, truth) in enumerate([(1.0, 2.0), (3.0, 3.0), (5.0, 4.0)]):
-        engine.prediction(parse_prediction({"request_id": str(i), "model": "price-v", "timestamp": i,
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "price-v", "timestamp": T0 + i,
                                             "prediction": guess}))
-        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": truth}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": T0 + i, "label": truth}))
     engine.finish()
     records = {r["window"]["name"]: r for r in engine.metric_records}
     assert records["cumulative"]["metrics"]["mae"] == pytest.approx(2 / 3)
@@ -139,8 +139,8 @@ def test_regression_models_report_regression_metrics() -> None:
 
 def test_a_class_label_for_a_regression_model_is_dead_lettered() -> None:
     engine = Engine(Config.from_mapping({"windows": ["cumulative"], "regression_models": ["price"]}))
-    engine.prediction(parse_prediction({"request_id": "x", "model": "price", "timestamp": 1, "prediction": 2.5}))
-    engine.label(parse_label({"request_id": "x", "timestamp": 2, "label": "expensive"}))
+    engine.prediction(parse_prediction({"request_id": "x", "model": "price", "timestamp": T0 + 1, "prediction": 2.5}))
+    engine.label(parse_label({"request_id": "x", "timestamp": T0 + 2, "label": "expensive"}))
     engine.finish()
     assert [d["reason"] for d in engine.dead_letters] == ["regression models need numbers, got 'expensive'"]
     assert engine.balance() == {"predictions": 0, "labels": 0}
@@ -149,9 +149,10 @@ def test_a_class_label_for_a_regression_model_is_dead_lettered() -> None:
 def test_limits_fold_classes_and_refuse_models() -> None:
     engine = Engine(Config.from_mapping({"windows": ["cumulative"], "max_classes": 2, "max_models": 1}))
     for i, cls in enumerate(["a", "b", "c", "d"]):
-        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": i, "prediction": cls}))
-        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": cls}))
-    engine.prediction(parse_prediction({"request_id": "z", "model": "other", "timestamp": 9, "prediction": "a"}))
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": T0 + i,
+                                            "prediction": cls}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": T0 + i, "label": cls}))
+    engine.prediction(parse_prediction({"request_id": "z", "model": "other", "timestamp": T0 + 9, "prediction": "a"}))
     engine.finish()
     assert engine.metric_records[0]["classes"] == ["__other__", "a", "b"]
     assert engine.health.folded_classes == 4  # c and d, as prediction and as label
@@ -164,8 +165,9 @@ def test_rolling_window_keeps_the_last_n_pairs() -> None:
     engine = Engine(Config.from_mapping({"windows": ["rolling 3"]}))
     outcomes = [("a", "a"), ("a", "b"), ("b", "b"), ("b", "b"), ("a", "a")]
     for i, (truth, guess) in enumerate(outcomes):
-        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": i, "prediction": guess}))
-        engine.label(parse_label({"request_id": str(i), "timestamp": i, "label": truth}))
+        engine.prediction(parse_prediction({"request_id": str(i), "model": "m", "timestamp": T0 + i,
+                                            "prediction": guess}))
+        engine.label(parse_label({"request_id": str(i), "timestamp": T0 + i, "label": truth}))
     engine.finish()
     (record,) = engine.metric_records
     assert record["n"] == 3 and record["metrics"]["accuracy"] == 1.0

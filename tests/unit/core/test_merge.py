@@ -24,7 +24,8 @@ def run(config: Config, requests: list[tuple[int, str, str, float, str]], partia
         keep: int | None = None, parts: int = 3) -> list[dict[str, Any]]:
     engine = Engine(config, emit_partials=partials)
     events = []
-    for i, (ts, guess, truth, p, venue) in enumerate(requests):
+    for i, (offset, guess, truth, p, venue) in enumerate(requests):
+        ts = 1_600_000_000 + offset
         if keep is not None and zlib.crc32(str(i).encode()) % parts != keep:
             continue
         scores = {"a": p, "b": 1 - p}

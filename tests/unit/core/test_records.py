@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from stream.core.records import MAX_TIMESTAMP_S, class_name, decode, parse_label, parse_prediction, parse_timestamp
+from stream.core.records import (
+    MAX_TIMESTAMP_S,
+    MIN_TIMESTAMP_S,
+    class_name,
+    decode,
+    parse_label,
+    parse_prediction,
+    parse_timestamp,
+)
 from stream.errors import InvalidRecord
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
@@ -30,26 +38,28 @@ def validator(name: str) -> Draft202012Validator:
 
 
 GOOD_PREDICTIONS: list[dict[str, Any]] = [
-    {"request_id": "r1", "model": "m", "timestamp": 1.5, "prediction": "cat"},
+    {"request_id": "r1", "model": "m", "timestamp": 1.6e9 + 1.5, "prediction": "cat"},
     {"request_id": "r1", "model": "m", "model_version": "2", "timestamp": "2026-11-26T10:00:00Z",
      "prediction": 1, "scores": {"0": 0.2, "1": 0.8}, "segment": {"venue": "home"}},
-    {"request_id": "r1", "model": "m", "timestamp": 0, "prediction": True, "extra": "ignored"},
+    {"request_id": "r1", "model": "m", "timestamp": 946684800, "prediction": True, "extra": "ignored"},
 ]
 BAD_PREDICTIONS: list[tuple[dict[str, Any], str]] = [
-    ({"model": "m", "timestamp": 1, "prediction": "a"}, "missing field 'request_id'"),
-    ({"request_id": "", "model": "m", "timestamp": 1, "prediction": "a"}, "'request_id' is empty"),
-    ({"request_id": 7, "model": "m", "timestamp": 1, "prediction": "a"}, "'request_id' must be a string"),
+    ({"model": "m", "timestamp": 1.6e9, "prediction": "a"}, "missing field 'request_id'"),
+    ({"request_id": "", "model": "m", "timestamp": 1.6e9, "prediction": "a"}, "'request_id' is empty"),
+    ({"request_id": 7, "model": "m", "timestamp": 1.6e9, "prediction": "a"}, "'request_id' must be a string"),
     ({"request_id": "r", "model": "m", "timestamp": "yesterday", "prediction": "a"}, "not an RFC 3339"),
     ({"request_id": "r", "model": "m", "timestamp": "2026-11-26T10:00:00", "prediction": "a"}, "no UTC offset"),
-    ({"request_id": "r", "model": "m", "timestamp": -5, "prediction": "a"}, "between 0 and"),
-    ({"request_id": "r", "model": "m", "timestamp": 1}, "missing field 'prediction'"),
-    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": None}, "'prediction' is null"),
-    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": [1]}, "must be a string, integer"),
-    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "scores": {"a": 1.5}}, "probability"),
-    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "segment": {"v": 3}}, "'segment'"),
-    ({"request_id": "r", "model": "m" * 200, "timestamp": 1, "prediction": "a"}, "over the limit"),
-    ({"request_id": "r", "model": "m\n", "timestamp": 1, "prediction": "a"}, "control characters"),
-    ({"request_id": "r", "model": "m", "timestamp": 1, "prediction": "a", "segment": {"k": "\x00"}},
+    ({"request_id": "r", "model": "m", "timestamp": -5, "prediction": "a"}, "from 2000 to 9999"),
+    ({"request_id": "r", "model": "m", "timestamp": 1_700_000_000_000, "prediction": "a"}, "milliseconds?"),
+    ({"request_id": "r", "model": "m", "timestamp": 946684799.9, "prediction": "a"}, "from 2000 to 9999"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9}, "missing field 'prediction'"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": None}, "'prediction' is null"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": [1]}, "must be a string, integer"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": "a", "scores": {"a": 1.5}}, "probability"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": "a", "segment": {"v": 3}}, "'segment'"),
+    ({"request_id": "r", "model": "m" * 200, "timestamp": 1.6e9, "prediction": "a"}, "over the limit"),
+    ({"request_id": "r", "model": "m\n", "timestamp": 1.6e9, "prediction": "a"}, "control characters"),
+    ({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": "a", "segment": {"k": "\x00"}},
      "control characters"),
     ({"request_id": "r", "model": "m", "timestamp": "2026-11-30 06:00:00Z", "prediction": "a"}, "not an RFC 3339"),
 ]
@@ -70,10 +80,10 @@ def test_bad_predictions_fail_parser_and_schema_with_a_reason(record: dict[str, 
 
 
 def test_labels_pass_and_fail_like_the_schema() -> None:
-    good = {"request_id": "r", "timestamp": 3, "label": "cat"}
+    good = {"request_id": "r", "timestamp": 1.6e9, "label": "cat"}
     parse_label(good)
     validator("label.json").validate(good)
-    bad = {"request_id": "r", "timestamp": 3}
+    bad = {"request_id": "r", "timestamp": 1.6e9}
     with pytest.raises(InvalidRecord, match="missing field 'label'"):
         parse_label(bad)
     assert not validator("label.json").is_valid(bad)
@@ -97,8 +107,8 @@ def test_classes_are_compared_as_strings() -> None:
 
 
 def test_rfc3339_timestamps() -> None:
-    assert parse_timestamp("1970-01-01T00:01:00+00:00") == 60.0
-    assert parse_timestamp("1970-01-01T01:01:00+01:00") == 60.0
+    assert parse_timestamp("2000-01-01T00:01:00+00:00") == 946684860.0
+    assert parse_timestamp("2000-01-01T01:01:00+01:00") == 946684860.0
 
 
 def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
@@ -121,8 +131,8 @@ def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", ["2026-11-30 06:00:00Z", "20261130T060000Z", "2026-W48-1T06:00:00+00:00",
-                                   "9999-12-31T23:59:59-23:59", "2026-13-30T06:00:00Z", "1969-12-31T23:59:59Z"])
-def test_timestamps_are_strict_rfc_3339_within_1970_to_9999(value: str) -> None:
+                                   "9999-12-31T23:59:59-23:59", "2026-13-30T06:00:00Z", "1999-12-31T23:59:59Z"])
+def test_timestamps_are_strict_rfc_3339_within_2000_to_9999(value: str) -> None:
     with pytest.raises(InvalidRecord, match="'timestamp'"):
         parse_timestamp(value)
 
@@ -133,13 +143,13 @@ def test_no_timestamp_string_raises_past_invalid_record(value: str) -> None:
         ts = parse_timestamp(value)
     except InvalidRecord:
         return
-    assert 0 <= ts <= MAX_TIMESTAMP_S
+    assert MIN_TIMESTAMP_S <= ts <= MAX_TIMESTAMP_S
 
 
 @pytest.mark.parametrize(("field", "value"), [("model", "m\x00"), ("model", "a\nb"), ("model", "   "),
                                               ("model_version", "v\x1b[31m"), ("segment", {"k": "\x07"})])
 def test_names_people_read_must_be_printable(field: str, value: object) -> None:
-    record = {"request_id": "r", "model": "m", "timestamp": 1.0, "prediction": "a", field: value}
+    record = {"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": "a", field: value}
     with pytest.raises(InvalidRecord, match="control characters or only spaces"):
         parse_prediction(record)
 
