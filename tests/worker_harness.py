@@ -115,12 +115,15 @@ def expected_pairs(scenario: Scenario) -> dict[tuple[str, int], list[tuple[str, 
     return out
 
 
-def final_records(config: Config, wanted: set[tuple[str, int]], timeout_s: float, worker: Worker) -> dict[Any, Any]:
+def final_records(config: Config, wanted: set[tuple[str, int]], timeout_s: float, worker: Worker,
+                  model: str | None = None) -> dict[Any, Any]:
+    """The final record of each wanted (window name, start), overall (no segment), of ``model``
+    (by default any but the closing ticks')."""
     finals: dict[tuple[str, int], dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not wanted <= set(finals):
         for _, record in read(config, config.metrics_topic, follow=False):
-            if record["final"] and record["model"] != "tick" and not record["segment"]:
+            if record["final"] and record["model"] == (model or record["model"]) != "tick" and not record["segment"]:
                 finals[(record["window"]["name"], record["window"]["start"])] = record
         assert worker.proc is None or worker.proc.poll() is None, worker.tail()
     assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.tail()}"

@@ -139,7 +139,8 @@ class Engine:
         """Count one label; True unless it duplicates an earlier one. ``where`` (e.g. topic and
         offset, or file and line) goes into its dead letter if a model it pairs with refuses it."""
         self.health.labels += 1
-        outcome, matches, entry = self.join.add_label(label.request_id, (label.timestamp, label.value))
+        pending = (label.timestamp, label.value, where) if where else (label.timestamp, label.value)
+        outcome, matches, entry = self.join.add_label(label.request_id, pending)
         if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
@@ -284,8 +285,10 @@ class Engine:
 
     def _refuse_label(self, label: PendingLabel, reason: str, prediction: PendingPrediction, request_id: str,
                       counted: bool, **where: Any) -> None:
-        """A dead letter for a label that cannot count for ``prediction``'s model; ``where`` the
-        label came from, when it is the record at hand (not one that waited for its prediction)."""
+        """A dead letter for a label that cannot count for ``prediction``'s model, with where the
+        label came from (the record at hand's, or what a label that waited kept)."""
+        if not where and len(label) > 2:
+            where = label[2]
         self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, reason,
                      counted=counted, model=self._unpack(prediction)[1].model.name, request_id=request_id, **where)
 

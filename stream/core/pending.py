@@ -27,7 +27,7 @@ __all__ = ["MAX_LAYOUTS", "PendingCodec", "PendingLabel", "PendingPrediction", "
 # came with, kept once per engine; past MAX_LAYOUTS of them, the count and the names (JSON) come
 # inline after the probabilities.
 PendingPrediction = bytes
-PendingLabel = tuple[float, Any]
+PendingLabel = tuple[Any, ...]  # (timestamp, label), and where it came from when the adapter said
 _HEAD = struct.Struct("<dIHB")  # timestamp, window-set number, class id, layout
 _INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
 NO_SCORES, INLINE_SCORES, REGRESSION = 255, 254, 253

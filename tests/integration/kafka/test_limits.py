@@ -18,7 +18,7 @@ from stream.core.admission import OTHER, Limits
 from stream.kafka.produce import Outgoing, produce, scenario_records
 from stream.kafka.tail import read
 from stream.simulate import Scenario
-from worker_harness import START, Worker, assert_exact, expected_pairs, latest_health, setup, ticks
+from worker_harness import START, Worker, assert_exact, expected_pairs, final_records, latest_health, setup, ticks
 
 FLOOD = 5000
 LIMITS = ("max_models: 5\nmax_versions_per_model: 3\nmax_segment_keys: 2\nmax_segment_values: 4\n"
@@ -41,18 +41,6 @@ def floods(ts: float, refused_records_each: int) -> list[Outgoing]:
         out += pair(f"key-{i}", ts, model="keys", segment={f"k{i}": "x"})
         out += pair(f"value-{i}", ts, model="values", segment={"k": f"x{i}"})
     return out
-
-
-def finals_of(config: Config, model: str, wanted: set[tuple[str, int]], worker: Worker) -> dict[Any, Any]:
-    finals: dict[tuple[str, int], dict[str, Any]] = {}
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not wanted <= set(finals):
-        for _, r in read(config, config.metrics_topic, follow=False):
-            if r["final"] and r["model"] == model and not r["segment"]:
-                finals[(r["window"]["name"], r["window"]["start"])] = r
-        assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
-    assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.tail()}"
-    return finals
 
 
 def published_models(config: Config) -> set[str]:
@@ -79,7 +67,7 @@ def test_floods_of_names_stay_within_the_settings_bound_and_normal_figures_stay_
         produce(config, [*normal[early:early + 1000], *floods(middle, refused_records_each=3), *normal[early + 1000:]])
         produce(config, ticks())
         expected = expected_pairs(scenario)
-        assert_exact(finals_of(config, "nba-game-outcome", set(expected), worker), expected)
+        assert_exact(final_records(config, set(expected), 240, worker, model="nba-game-outcome"), expected)
         started = time.monotonic()
         exposition = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         scrape_s = time.monotonic() - started

@@ -262,21 +262,24 @@ def test_a_prediction_and_label_stamped_far_ahead_are_dead_lettered_and_every_wi
 
 def test_series_whose_names_share_separators_stay_apart(kafka: Broker, tmp_path: Path) -> None:
     config, path = setup(kafka, tmp_path)
-    records = []
+    scenario = Scenario(pairs=1000, start_ts=START, rate_per_s=10.0, label_delay_mean_s=5.0, seed=17)
+    records = list(scenario_records(scenario))
     for model, version, pairs in (("hc|x", "y", 40), ("hc", "x|y", 20)):
         for i in range(pairs):
             rid, ts = f"{model}/{version}/{i}", START + i
             records.append((ts, 0, {"request_id": rid, "model": model, "model_version": version, "timestamp": ts,
                                     "prediction": "a", "segment": {"k,=": "v=,"}}))
             records.append((ts, 1, {"request_id": rid, "timestamp": ts, "label": "a"}))
-    produce(config, records)
+    produce(config, sorted(records, key=lambda r: (r[0], r[1])))
     produce(config, ticks())
     worker = Worker(path, tmp_path / "worker.log").start()
     try:
+        expected = expected_pairs(scenario)  # the normal traffic beside them stays exact
+        assert_exact(final_records(config, set(expected), 180, worker, model=scenario.models[0]), expected)
         deadline, finals = time.monotonic() + 120, {}
         while time.monotonic() < deadline and len(finals) < 4:
             for _, r in read(config, config.metrics_topic, follow=False):
-                if r["final"] and r["model"] != "tick" and r["window"]["name"] == "tumbling_5m":
+                if r["final"] and r["model"] in ("hc|x", "hc") and r["window"]["name"] == "tumbling_5m":
                     finals[(r["model"], r["model_version"], tuple(r["segment"].items()))] = r["n"]
     finally:
         worker.stop()

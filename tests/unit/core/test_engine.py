@@ -259,3 +259,14 @@ def test_several_models_scoring_one_request_each_pair_with_its_label(requests: l
     assert engine.balance() == {"predictions": 0, "labels": 0} and engine.pending() == (0, 0)
     assert h.pairs == sum(len(p) for p in expected.values()) and h.joined_labels == joined_labels
     assert h.duplicate_predictions == sum(len(r["models"]) - len({m for m, _, _ in r["models"]}) for r in requests)
+
+
+def test_a_label_that_waited_for_its_prediction_and_is_refused_says_where_it_came_from() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["cumulative"]}))
+    engine.label(parse_label({"request_id": "r", "timestamp": T0 + 1, "label": 0.5}),
+                 topic="labels", partition=3, offset=7)  # before its prediction: it waits
+    engine.prediction(parse_prediction({"request_id": "r", "model": "m", "timestamp": T0, "prediction": "a"}))
+    [dead] = engine.dead_letters
+    assert (dead["topic"], dead["partition"], dead["offset"], dead["request_id"], dead["model"]) == (
+        "labels", 3, 7, "r", "m")
+    assert "not a class" in dead["reason"]
