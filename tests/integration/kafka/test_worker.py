@@ -128,7 +128,8 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_the_worker_goes_on(kafka: 
     for value, _ in bad:
         client.produce(config.predictions_topic, key=b"r", value=value)
     client.produce(config.labels_topic, key=b"r", value=b'{"request_id": "r", "timestamp": 1767225600}')
-    half = {"request_id": "half", "model": "nba-game-outcome", "timestamp": START, "prediction": "home_win"}
+    half = {"request_id": "half", "model": "nba-game-outcome", "model_version": "v1", "timestamp": START,
+            "prediction": "home_win"}  # in the normal traffic's series: its label is refused, its pair not counted
     client.produce(config.predictions_topic, key=b"half", value=orjson.dumps(half))
     client.produce(config.labels_topic, key=b"half", value=orjson.dumps(
         {"request_id": "half", "timestamp": START + 1, "label": 0.5}))  # not a class
