@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -103,6 +104,10 @@ class Config:
         config.rules = parse_rules(raw.get("rules", []))
         config.check_rules()
         return config
+
+    def is_regression(self, model: str) -> bool:
+        """Whether ``model`` matches ``regression_models`` (globs): its targets are numbers."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.regression_models)
 
     def check_rules(self) -> None:
         names = {w.name for w in self.windows}

@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +161,7 @@ class Reporter:
         config = self.config
         if kind == 0:
             parsed: Any = parse_prediction(record)
-            if any(fnmatchcase(parsed.model, p) for p in config.regression_models):
+            if config.is_regression(parsed.model):
                 target_number(parsed.value)
             else:
                 class_name(parsed.value)

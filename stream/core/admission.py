@@ -70,6 +70,11 @@ class Slots:
         self.seen: dict[str, float] = {}
         self.expires = math.inf  # the earliest time a name may go idle (no scan before)
 
+    def restore(self, seen: dict[str, float]) -> None:
+        """Names and when each was last seen, as stored."""
+        self.seen.update(seen)
+        self.expires = min(self.seen.values(), default=math.inf) + self.ttl_s
+
     def admit(self, name: str, ts: float, evicted: list[str] | None = None) -> bool:
         seen = self.seen
         last = seen.get(name)
@@ -133,6 +138,32 @@ class Admission:
         if values is None:
             values = slots.values[key] = Slots(self.limits.max_segment_values, self.limits.series_ttl_s)
         return (key, value) if values.admit(value, ts) else (key, OTHER)
+
+    def forget(self, model: str) -> None:
+        """Drop a model and its names (its slot, if it had one, is free)."""
+        self._models.pop(model, None)
+        self.models.seen.pop(model, None)
+
+    def export(self, model: str) -> dict[str, Any]:
+        """A model's admitted names and when each was last seen, to store."""
+        slots = self._models[model]
+        return {"versions": dict(slots.versions.seen), "keys": dict(slots.keys.seen),
+                "values": {k: dict(v.seen) for k, v in slots.values.items()}}
+
+    def restore(self, model: str, stored: dict[str, Any]) -> None:
+        """Admit a model with the names ``export`` gave, as they were."""
+        self.model(model, -math.inf)
+        slots = self._models[model]
+        slots.versions.restore(stored["versions"])
+        slots.keys.restore(stored["keys"])
+        for key, values in stored["values"].items():
+            slots.values[key] = Slots(self.limits.max_segment_values, self.limits.series_ttl_s)
+            slots.values[key].restore(values)
+
+    def size(self, model: str) -> int:
+        """How many names a model holds: changes when one comes or goes."""
+        slots = self._models[model]
+        return len(slots.versions.seen) + len(slots.keys.seen) + sum(len(v.seen) for v in slots.values.values())
 
     def drain_evicted(self) -> list[str]:
         evicted, self.evicted = self.evicted, []

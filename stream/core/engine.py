@@ -8,7 +8,6 @@ does I/O. Time is event time: ``advance(watermark)`` expires join state and fina
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import itertools
 import math
@@ -209,7 +208,7 @@ class Engine:
                     "refused without a dead letter (counted in refused_models)")
             for gone in admission.drain_evicted():
                 self._forget(gone)
-            regression = any(fnmatch.fnmatchcase(name, p) for p in self.config.regression_models)
+            regression = self.config.is_regression(name)
             model = self.models[name] = Model(name, regression, None if regression else ClassIndex(),
                                               number=next(self._model_numbers))
             self.join.several = self.join.several or model.number > 0

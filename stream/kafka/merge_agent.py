@@ -38,6 +38,11 @@ CUMULATIVE_KEY = "\x00cumulative/"  # + a cumulative window's key: the base wind
 CUMULATIVE = WindowSpec("cumulative")
 
 
+def _model_of(key: str) -> str:
+    """The model of a window's record key (see core.keys.record_key)."""
+    return str(orjson.loads(key)[0])
+
+
 def cumulative_key(partial: dict[str, Any]) -> str:
     """The record key of the cumulative window of a partial's series."""
     return record_key({**partial, "window": CUMULATIVE.describe(0)})
@@ -88,8 +93,7 @@ class Merge:
             elif not key.startswith("\x00") and not entry.get("_final"):
                 partial = next(v for k, v in entry.items() if not k.startswith("_"))
                 here = int(entry["_mp"])
-                if partial["model"] not in self.registry.decided:
-                    self.registry.waiting.add(partial["model"])  # held: its decision is on its way
+                self.registry.hold(partial["model"])
                 self.open[here][key] = self._final_at(partial)
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
                 if self._in_base(partial):
@@ -174,7 +178,7 @@ class Merge:
         if not self.registry.on_decided(table, model, admitted):
             return []
         open_here = self.open[here]
-        for key in [k for k in open_here if orjson.loads(k)[0] == model]:
+        for key in [k for k in open_here if _model_of(k) == model]:
             if admitted:
                 self.changed[here].add(key)
             else:
@@ -205,7 +209,7 @@ class Merge:
             marks = [max(known.values())]
         decided = self.registry.decided
         if self.registry.waiting:
-            held = {key for key in changed if decided.get(orjson.loads(key)[0]) is not True}
+            held = {key for key in changed if decided.get(_model_of(key)) is not True}
             changed -= held
             self.changed[here] |= held  # published once their model is admitted (see registry)
         if marks and all(p in known or idle_here.get(p) for p in partitions):
@@ -213,8 +217,7 @@ class Merge:
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
                 entry = table.get(key)
-                if (entry is not None and not entry.get("_final")
-                        and decided.get(self._partials(entry)[0]["model"]) is not True):
+                if entry is not None and not entry.get("_final") and decided.get(_model_of(key)) is not True:
                     continue  # final once its model is decided
                 del open_here[key]
                 changed.discard(key)

@@ -19,8 +19,8 @@ Every decision is stored in the merge table (changelogged), so a restart decides
 
 from __future__ import annotations
 
-import math
 import sys
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -44,35 +44,29 @@ class Registry:
         self.decided: dict[str, bool] = {}  # at homes: model -> admitted
         self.asked_at: dict[str, float] = {}  # at homes: model -> event time it was last asked for
         self.waiting: set[str] = set()  # at homes: models asked for and not decided yet
+        self.directed: list[tuple[int, bytes]] = []  # (partition of the partials topic, message) to send
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """The state a process starts from, before the table is read."""
         self.registry = Slots(self.limits.max_models, self.limits.series_ttl_s)
         self.homes: dict[str, int] = {}  # at the registry: model -> its home
-        self.names = Admission(Limits(sys.maxsize, *self._per_model()))  # models: the registry decides
-        self.stored: dict[str, int] = {}  # model -> how many names its stored admission held
-        self.directed: list[tuple[int, bytes]] = []  # (partition of the partials topic, message) to send
-
-    def _per_model(self) -> tuple[int, int, int, float]:
-        limits = self.limits
-        return (limits.max_versions_per_model, limits.max_segment_keys, limits.max_segment_values,
-                limits.series_ttl_s)
+        self.names = Admission(replace(self.limits, max_models=sys.maxsize))  # models: the registry decides
+        self.stored: dict[str, int] = {}  # at homes: model -> how many names its stored admission held
 
     def rebuild(self, table: Any) -> None:
         self.decided.clear()
         self.asked_at.clear()
         self.waiting.clear()
-        self.registry = Slots(self.limits.max_models, self.limits.series_ttl_s)
-        self.homes.clear()
-        self.names = Admission(Limits(sys.maxsize, *self._per_model()))  # models: the registry decides
-        self.stored.clear()
+        self._fresh()
         for key, value in table.items():
             if key == REGISTRY_KEY:
-                for model, (seen, home) in value.items():
-                    self.registry.seen[model] = seen
-                    self.homes[model] = home
-                self.registry.expires = min(self.registry.seen.values(), default=math.inf) + self.registry.ttl_s
+                self.registry.restore({model: seen for model, (seen, _) in value.items()})
+                self.homes.update({model: home for model, (_, home) in value.items()})
             elif key.startswith(DECISION_KEY):
                 self.decided[key[len(DECISION_KEY):]] = bool(value)
             elif key.startswith(ADMITTED_KEY):
-                self._restore_names(key[len(ADMITTED_KEY):], value)
+                self.names.restore(key[len(ADMITTED_KEY):], value)
 
     # ------------------------------------------------------------------ home
 
@@ -89,6 +83,11 @@ class Registry:
             self.directed.append((REGISTRY_PARTITION, orjson.dumps({"ask": model, "home": here, "ts": ts})))
         return decided
 
+    def hold(self, model: str) -> None:
+        """A model with windows stored and no decision yet (after a restart): its answer is on its way."""
+        if model not in self.decided:
+            self.waiting.add(model)
+
     def on_decided(self, table: Any, model: str, admitted: bool) -> bool:
         """The registry's answer; True when it changes what this home publishes."""
         changed = self.decided.get(model) is not admitted
@@ -103,8 +102,7 @@ class Registry:
         self.decided.pop(model, None)
         self.asked_at.pop(model, None)
         self.waiting.discard(model)
-        self.names._models.pop(model, None)
-        self.names.models.seen.pop(model, None)
+        self.names.forget(model)
         self.stored.pop(model, None)
         for key in (DECISION_KEY + model, ADMITTED_KEY + model):
             if table.get(key) is not None:
@@ -129,23 +127,10 @@ class Registry:
         return {**partial, "model_version": named, "segment": folded}, orjson.dumps([version, segment]).decode()
 
     def _store_names(self, table: Any, model: str) -> None:
-        slots = self.names._models[model]
-        size = len(slots.versions.seen) + len(slots.keys.seen) + sum(len(v.seen) for v in slots.values.values())
+        size = self.names.size(model)
         if self.stored.get(model) != size:  # a name came or went: stored, so a restart admits the same
             self.stored[model] = size
-            table[ADMITTED_KEY + model] = {"versions": slots.versions.seen, "keys": slots.keys.seen,
-                                           "values": {k: v.seen for k, v in slots.values.items()}}
-
-    def _restore_names(self, model: str, stored: dict[str, Any]) -> None:
-        self.names.model(model, -math.inf)
-        slots = self.names._models[model]
-        slots.versions.seen.update(stored["versions"])
-        slots.keys.seen.update(stored["keys"])
-        for key, values in stored["values"].items():
-            slots.values[key] = Slots(self.limits.max_segment_values, self.limits.series_ttl_s)
-            slots.values[key].seen.update(values)
-        for group in (slots.versions, slots.keys, *slots.values.values()):
-            group.expires = min(group.seen.values(), default=math.inf) + group.ttl_s
+            table[ADMITTED_KEY + model] = self.names.export(model)
 
     # -------------------------------------------------------------- registry
 
