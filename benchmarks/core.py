@@ -1,6 +1,6 @@
 """Core throughput and memory: pairs per second through the engine, bytes per pending request.
 
-    python benchmarks/core.py --pairs 1000000 [--repeat 3] [--replay]
+    python -m benchmarks.core --pairs 1000000 [--repeat 3] [--replay]
 
 Measures, on one core: (1) the engine alone on parsed records, (2) with --replay, `mlmon replay`
 from JSONL files (decode + validation + engine); and the memory held per pending prediction.

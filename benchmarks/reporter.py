@@ -1,6 +1,6 @@
 """The Reporter's cost to a model service, on a real broker, from one thread:
 
-    python benchmarks/reporter.py --calls 200000 --repeat 3
+    python -m benchmarks.reporter --calls 200000 --repeat 3
 
 - ``reporter_calls_per_s``: ``Reporter.prediction()`` with scores and a segment (checked, encoded,
   handed to the producer), and its latency per call (p50, p99);
@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 
 import orjson
-from run import START, broker  # benchmarks/run.py
 
+from benchmarks.run import START, broker
 from stream import Reporter
 from stream.config import Config
 from stream.kafka.admin import ensure_topics

@@ -1,6 +1,6 @@
 """The benchmark suite, on a real broker, in one run:
 
-    python benchmarks/run.py --pairs 1000000 [--report report.json] [--repeat 3] [--partitions 8]
+    python -m benchmarks.run --pairs 1000000 [--report report.json] [--repeat 3] [--partitions 8]
 
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
    faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
@@ -48,18 +48,16 @@ import orjson
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from benchmarks.core import replay_run
+from stream.config import Config
+from stream.kafka.admin import client_settings, ensure_topics, planned_topics
+from stream.kafka.produce import Outgoing, closing_ticks, produce, producer, scenario_records
+from stream.kafka.routing import partition_of
+from stream.kafka.tail import read
+from stream.simulate import Scenario, draws
+from tests.kafka_broker import JarBroker
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from core import replay_run  # noqa: E402  (benchmarks/core.py)
-
-from kafka_broker import JarBroker  # noqa: E402
-from stream.config import Config  # noqa: E402
-from stream.kafka.admin import client_settings, ensure_topics, planned_topics  # noqa: E402
-from stream.kafka.produce import Outgoing, closing_ticks, produce, producer, scenario_records  # noqa: E402
-from stream.kafka.routing import partition_of  # noqa: E402
-from stream.kafka.tail import read  # noqa: E402
-from stream.simulate import Scenario, draws  # noqa: E402
 
 START = 1_767_225_600.0
 THROUGHPUTS = ("ceiling_pairs_per_s", "faust_floor_pairs_per_s", "worker1_pairs_per_s",

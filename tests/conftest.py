@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kafka_broker import Broker, broker_address
 
-collect_ignore = ["integration/faust_counter_app.py"]  # a faust app run by a test, not a test module
+# A faust app run by a test, and the churn soak run by hand: scripts, not test modules.
+collect_ignore = ["integration/faust_counter_app.py", "integration/chaos/churn.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
 """Rebalance churn, on demand: how often a worker joining and leaving under load miscounts.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python benchmarks/churn.py --runs 10
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python tests/integration/chaos/churn.py --runs 10
 
 Each run sends the chaos tests' traffic (12,000 pairs with duplicates, early and missing labels,
 about 80 s at 300 pairs/s, then far-future ticks that close every window) to a fresh group of
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration" / "chaos")]
 
 from test_faults import load, sending  # noqa: E402
