@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from stream.core.custom import CustomMetric, parse_custom_metrics
 from stream.core.rules import Rule
 from stream.core.windows import WindowSpec, parse_duration_s
 from stream.errors import ConfigError
@@ -22,6 +23,7 @@ __all__ = ["DEFAULT_WINDOWS", "MAX_CLASSES", "Config", "bootstrap_servers", "par
 
 MAX_CLASSES = 65_534  # class ids are stored in 16 bits (a pending prediction), with one more for "other"
 DEFAULT_WINDOWS = ("tumbling 1h", "tumbling 1d", "cumulative")
+STRUCTURED = ("rules", "windows", "regression_models", "positive_classes", "custom_metrics")  # not scalars
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Config:
     idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
     rules: list[Rule] = field(default_factory=list)
+    positive_classes: dict[str, str] = field(default_factory=dict)  # model glob -> its positive class (binary)
+    custom_metrics: list[CustomMetric] = field(default_factory=list)
     # Kafka (used by the worker only)
     broker: str = "127.0.0.1:9092"
     predictions_topic: str = "predictions"
@@ -69,7 +73,7 @@ class Config:
         config = cls()
         known = {f.name for f in fields(cls)}
         for key, value in raw.items():
-            if key in ("rules", "windows", "regression_models"):
+            if key in STRUCTURED:
                 continue
             if key == "kafka_options":
                 if not isinstance(value, dict):
@@ -103,6 +107,11 @@ class Config:
         config.regression_models = [str(m) for m in raw.get("regression_models", [])]
         config.rules = parse_rules(raw.get("rules", []))
         config.check_rules()
+        positive = raw.get("positive_classes", {})
+        if not isinstance(positive, dict):
+            raise ConfigError("'positive_classes' must be a mapping of model glob -> class name")
+        config.positive_classes = {str(k): str(v) for k, v in positive.items()}
+        config.custom_metrics = parse_custom_metrics(raw.get("custom_metrics", []))
         return config
 
     def is_regression(self, model: str) -> bool:
@@ -120,7 +129,7 @@ class Config:
         raw = read_yaml(path) if path else {}
         for f in fields(cls):
             env = os.environ.get(f"MLMON_{f.name.upper()}")
-            if env is not None and f.name not in ("rules", "windows", "regression_models", "kafka_options"):
+            if env is not None and f.name not in (*STRUCTURED, "kafka_options"):
                 raw[f.name] = env
         config = cls.from_mapping(raw)
         if rules_path:

@@ -20,6 +20,7 @@ from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.custom import MetricBook
 from stream.core.merge import metric_record
 from stream.core.metrics import ScoreSums
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -44,6 +45,7 @@ class Engine:
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
+        self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts)
         self.health = Health()
         self.watermark = -math.inf
@@ -317,10 +319,19 @@ class Engine:
         else:
             wset.codes.append((truth << CODE_BITS) | guess)
             if names is not None:
-                terms = ScoreSums.terms(model.classes.names[truth], names, probs)
+                truth_name = model.classes.names[truth]
+                log_loss, brier = ScoreSums.terms(truth_name, names, probs)
                 wset.scored += 1
-                wset.log_loss_sum += terms[0]
-                wset.brier_sum += terms[1]
+                wset.log_loss_sum += log_loss
+                wset.brier_sum += brier
+                index = model.score_classes
+                keys, values = wset.score_keys, wset.score_values
+                for name, p in zip(names, probs, strict=True):
+                    sid = index.ids.get(name)
+                    keys.append(2 * (index.id(name) if sid is None else sid) + (name == truth_name))
+                    values.append(p)
+                if self.rolling_specs:
+                    terms = (log_loss, brier, dict(zip(names, probs, strict=True)))
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
@@ -430,7 +441,7 @@ class Engine:
             return
         now = self.clock()
         record = metric_record(series.model, series.model_version, series.segment, spec.describe(window.start),
-                               window.state(), final, rfc3339(now))
+                               window.state(), final, rfc3339(now), self.book)
         self.metric_records.append(record)
         self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now))
 

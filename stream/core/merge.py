@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stream.core.custom import MetricBook
 from stream.core.metrics import RegressionStats, ScoreSums, classification
+from stream.core.ranking import ScoreBins
 
 __all__ = ["WindowState", "merge_states", "metric_record", "rolling_state"]
 
@@ -36,17 +38,22 @@ class WindowState:
     counts: npt.NDArray[np.int64]
     scores: ScoreSums
     regression: RegressionStats | None
+    bins: ScoreBins | None = None
 
     @property
     def n(self) -> int:
         return self.regression.n if self.regression is not None else int(self.counts.sum())
 
-    def figures(self) -> dict[str, Any]:
-        """classes, confusion_matrix and metrics of a metric record."""
+    def figures(self, positive: str | None = None) -> dict[str, Any]:
+        """classes, confusion_matrix and metrics of a metric record (``positive``: a binary
+        model's positive class, if configured)."""
         if self.regression is not None:
             return {"metrics": self.regression.get()}
         metrics = classification(self.counts, self.classes)
-        metrics.update(self.scores.get())
+        if metrics:
+            metrics.update(self.scores.get())
+            if self.bins is not None:
+                metrics.update(self.bins.get(self.classes, positive))
         return {"classes": self.classes, "confusion_matrix": self.counts.tolist(), "metrics": metrics}
 
     def export(self) -> dict[str, Any]:
@@ -59,15 +66,21 @@ class WindowState:
             "log_loss_sum": self.scores.log_loss_sum,
             "brier_sum": self.scores.brier_sum,
             "regression": None if r is None else [r.n, r.err_sum, r.abs_sum, r.sq_sum, r.mean_y, r.ss_y],
+            **(self.bins.export() if self.bins is not None and self.bins.names else {}),
         }
 
 
 def metric_record(
     model: str, version: str, segment: dict[str, str], window: dict[str, Any], state: WindowState,
-    final: bool, emitted_at: str,
+    final: bool, emitted_at: str, book: MetricBook | None = None,
 ) -> dict[str, Any]:
-    """A metric record (schemas/metric_record.json) from a window's state."""
+    """A metric record (schemas/metric_record.json) from a window's state; ``book`` gives the
+    model's positive class and custom metrics."""
     timed = window["kind"] != "rolling"
+    figures = state.figures(book.of(model)[0] if book is not None else None)
+    if book is not None:
+        counts = None if state.regression is not None else state.counts
+        book.add_custom(model, counts, state.classes, figures["metrics"], state.n)
     return {
         "model": model,
         "model_version": version,
@@ -77,7 +90,7 @@ def metric_record(
         "n": state.n,
         "predictions": state.predictions if timed else None,
         "label_coverage": (state.n / state.predictions) if timed and state.predictions else None,
-        **state.figures(),
+        **figures,
         "final": final,
         "emitted_at": emitted_at,
     }
@@ -88,9 +101,12 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
     position = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
     scores = ScoreSums()
+    bins = ScoreBins()
     regression: RegressionStats | None = None
     predictions = 0
     for partial in partials:
+        if "score_classes" in partial:
+            bins.merge(partial["score_classes"], partial["score_hist"], partial["score_sums"])
         predictions += partial["predictions"]
         index = [position[c] for c in partial["classes"]]
         if index:
@@ -98,7 +114,7 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
         scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
         if partial["regression"] is not None:
             regression = _merge_regression(regression or RegressionStats(), partial["regression"])
-    return WindowState(predictions, classes, counts, scores, regression)
+    return WindowState(predictions, classes, counts, scores, regression, None if regression else bins)
 
 
 def rolling_state(partials: list[dict[str, Any]], size_n: int) -> WindowState:
@@ -110,17 +126,20 @@ def rolling_state(partials: list[dict[str, Any]], size_n: int) -> WindowState:
     scores = ScoreSums()
     if any(partial["regression"] is not None for partial in partials):
         regression = RegressionStats()
-        for _, _, truth, guess, _, _ in pairs:
-            regression.update(truth, guess)
+        for pair in pairs:
+            regression.update(pair[2], pair[3])
         return WindowState(0, [], np.zeros((0, 0), dtype=np.int64), scores, regression)
     classes = sorted({c for p in pairs for c in (p[2], p[3])})
     position = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for _, _, truth, guess, log_loss, brier in pairs:
+    bins = ScoreBins()
+    for _, _, truth, guess, log_loss, brier, *scored in pairs:
         counts[position[truth], position[guess]] += 1
         if log_loss is not None:
             scores.merge(1, log_loss, brier)
-    return WindowState(0, classes, counts, scores, None)
+            if scored and scored[0] is not None:
+                bins.update(truth, scored[0])
+    return WindowState(0, classes, counts, scores, None, bins)
 
 
 def _merge_regression(into: RegressionStats, other: list[float]) -> RegressionStats:

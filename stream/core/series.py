@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from stream.core.confusion import ClassIndex, ConfusionMatrix, count_codes
 from stream.core.keys import segment_label
 from stream.core.merge import WindowState
 from stream.core.metrics import RegressionStats, ScoreSums
+from stream.core.ranking import ScoreBins
 from stream.core.windows import WindowSpec
 
 __all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet"]
@@ -22,7 +23,7 @@ __all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet"]
 class Window:
     """Additive state of one window instance: predictions seen, pairs' matrix or regression sums."""
 
-    __slots__ = ("cm", "dirty", "predictions", "regression", "scores", "series", "spec", "start")
+    __slots__ = ("bins", "cm", "dirty", "predictions", "regression", "scores", "series", "spec", "start")
 
     def __init__(self, series: Series, spec: WindowSpec, start: int, classes: ClassIndex | None) -> None:
         self.series = series
@@ -32,15 +33,16 @@ class Window:
         self.cm = ConfusionMatrix(classes) if classes is not None else None
         self.regression = RegressionStats() if classes is None else None
         self.scores = ScoreSums()
+        self.bins = ScoreBins() if classes is not None else None
         self.dirty = False
 
     def state(self) -> WindowState:
         if self.cm is None:
             return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
-        return WindowState(self.predictions, self.cm.classes(), self.cm.counts(), self.scores, None)
+        return WindowState(self.predictions, self.cm.classes(), self.cm.counts(), self.scores, None, self.bins)
 
 
-Terms = tuple[float, float] | None  # one pair's (log loss, Brier) terms, when it carried scores
+Terms = tuple[float, float, dict[str, float]] | None  # a scored pair's (log loss, Brier) terms and scores
 
 
 class RollingWindow(Window):
@@ -78,6 +80,7 @@ class RollingWindow(Window):
         self.cm.add(truth, guess, sign)
         if terms is not None:
             self.scores.merge(sign, sign * terms[0], sign * terms[1])
+            self.bins.update(self.cm.index.names[truth], terms[2], sign)  # type: ignore[union-attr]
 
     def state(self) -> WindowState:
         if self.cm is None:
@@ -88,13 +91,13 @@ class RollingWindow(Window):
 
     def export_pairs(self) -> list[list[Any]]:
         """The pairs, classes by name, for the merger: [done_ts, request_id, truth, guess, log loss
-        term or None, Brier term or None]."""
+        term or None, Brier term or None, scores or None]."""
         names = self.cm.index.names if self.cm is not None else None
         out = []
         for done_ts, rid, truth, guess, terms in self.pairs:
             if names is not None:
                 truth, guess = names[truth], names[guess]
-            out.append([done_ts, rid, truth, guess, *(terms or (None, None))])
+            out.append([done_ts, rid, truth, guess, *(terms or (None, None, None))])
         return out
 
 
@@ -118,6 +121,7 @@ class Model:
     regression: bool
     classes: ClassIndex | None
     number: int = 0  # in the order the engine met its models: the join's model (see JoinBuffer)
+    score_classes: ClassIndex = field(default_factory=ClassIndex)  # the names its scores carried
 
 
 class WindowSet:
@@ -126,7 +130,7 @@ class WindowSet:
     emission, so a pair costs the same however many windows and segments are configured."""
 
     __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "number", "predictions",
-                 "scored", "targets", "windows")
+                 "score_keys", "score_values", "scored", "targets", "windows")
 
     def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
         self.number = number  # what a pending prediction stores to find it again
@@ -137,6 +141,8 @@ class WindowSet:
         self.targets: list[tuple[float, float]] = []
         self.predictions = self.scored = 0
         self.log_loss_sum = self.brier_sum = 0.0
+        self.score_keys = array("q")  # per scored pair and score class: 2 * class + (label is that class)
+        self.score_values = array("d")  # and the score
         self.dirty = False
 
     def fold(self) -> list[Window]:
@@ -153,8 +159,13 @@ class WindowSet:
                 window.cm.merge(counts, len(self.codes))  # type: ignore[union-attr]
             self.codes = array("q")
         if self.scored:
+            names = self.model.score_classes.names
+            counted = ScoreBins.count(len(names), np.frombuffer(self.score_keys, dtype=np.int64),
+                                      np.frombuffer(self.score_values, dtype=np.float64))
             for window in windows:
                 window.scores.merge(self.scored, self.log_loss_sum, self.brier_sum)
+                window.bins.add(names, counted)  # type: ignore[union-attr]
+            self.score_keys, self.score_values = array("q"), array("d")
         for truth, guess in self.targets:
             for window in windows:
                 window.regression.update(truth, guess)  # type: ignore[union-attr]

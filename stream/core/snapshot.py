@@ -43,10 +43,10 @@ def restore_rolling(engine: Engine, snapshot: list[list[Any]]) -> None:
                 continue
             series = engine._series_of(model, version, tuple((k, v) for k, v in segment))
             rolling = next(r for r in series.rolling if r.spec.name == name)
-            for done_ts, rid, truth, guess, log_loss, brier in pairs:
+            for done_ts, rid, truth, guess, log_loss, brier, *scored in pairs:
                 if model.classes is not None:
                     truth, guess = engine._class_id(model, truth), engine._class_id(model, guess)
-                terms = None if log_loss is None else (log_loss, brier)
+                terms = None if log_loss is None else (log_loss, brier, scored[0] if scored and scored[0] else {})
                 rolling.push(done_ts, rid, truth, guess, terms)
         except (InvalidRecord, StopIteration):  # a model refused now, or a window no longer configured
             continue
