@@ -19,9 +19,9 @@ and yields null.
 >>> import numpy as np
 >>> metric.value(np.array([[90, 4], [2, 4]]), ["0", "1"], {"accuracy": 0.94})
 1020.0
->>> CustomMetric.parse({"name": "bad", "expression": "tp['1'] / nope"}, 0)
+>>> CustomMetric.parse({"name": "bad", "expression": "tp['1'] / nope"}, 0)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-stream.errors.ConfigError: custom metric bad: cannot evaluate "tp['1'] / nope": NameNotDefined: 'nope' is not defined for expression 'tp['1'] / nope'
+stream.errors.ConfigError: custom metric bad: cannot evaluate "tp['1'] / nope": NameNotDefined: 'nope' is not ...
 """
 
 from __future__ import annotations

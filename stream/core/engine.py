@@ -18,9 +18,9 @@ from typing import Any
 from stream.config import Config
 from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
+from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
-from stream.core.custom import MetricBook
 from stream.core.merge import metric_record
 from stream.core.metrics import ScoreSums
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts

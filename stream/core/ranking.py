@@ -114,7 +114,7 @@ class ScoreBins:
         hist = np.bincount(keys * BINS + bins, minlength=size * 2 * BINS).reshape(size, 2, BINS)
         sums = np.bincount(keys * CALIBRATION_BINS + CALIBRATION_OF[bins], weights=values,
                            minlength=size * 2 * CALIBRATION_BINS).reshape(size, 2, CALIBRATION_BINS)
-        return hist, sums
+        return hist.astype(np.int64), sums.astype(np.float64)
 
     def add(self, names: Sequence[str], counted: tuple[Hist, Sums]) -> None:
         """Add what ``count`` made of a batch whose classes are ``names``."""

@@ -11,7 +11,7 @@ never become labels.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 RATIO_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                 "precision_weighted", "recall_weighted", "f1_weighted")
+                 "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc", "roc_auc_ovr_macro",
+                 "roc_auc_error_bound", "average_precision", "average_precision_macro",
+                 "average_precision_error_bound", "ece")
 OTHER_GAUGES = {"mcc": "mlmon_model_mcc", "cohen_kappa": "mlmon_model_cohen_kappa",
                 "log_loss": "mlmon_model_log_loss", "brier": "mlmon_model_brier_score",
                 "mae": "mlmon_model_mae", "rmse": "mlmon_model_rmse", "r2": "mlmon_model_r2",
@@ -53,12 +55,13 @@ class EngineCollector(Collector):
 
     def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str,
                  lag: Callable[[], dict[tuple[str, int], int]] | None = None,
-                 repartitioned: Callable[[], dict[str, int]] | None = None) -> None:
+                 repartitioned: Callable[[], dict[str, int]] | None = None, custom: Sequence[str] = ()) -> None:
         self.health_source = health
         self.rule_source = rules
         self.lag_source = lag
         self.repartitioned_source = repartitioned  # input topic -> records forwarded to their partition
         self.counted_window = counted_window
+        self.custom = tuple(custom)  # custom metrics' names: one gauge, labeled by metric
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
         self.cells: dict[tuple[str, str, str, str, str], int] = {}  # confusion counters, additive
@@ -135,6 +138,14 @@ class EngineCollector(Collector):
         coverage = GaugeMetricFamily("mlmon_model_label_coverage_ratio",
                                      "labeled predictions / predictions in the newest window", labels=SERIES_LABELS)
         pairs = GaugeMetricFamily("mlmon_model_window_pairs", "joined pairs in the newest window", labels=SERIES_LABELS)
+        custom = GaugeMetricFamily("mlmon_model_custom_metric", "custom metrics (custom_metrics) of the newest window",
+                                   labels=[*SERIES_LABELS, "metric"])
+        calibration = {name: GaugeMetricFamily(f"mlmon_model_calibration_{name}", f"{doc} per calibration bin "
+                                               "of the positive class's score, newest window",
+                                               labels=[*SERIES_LABELS, "bin"])
+                       for name, doc in (("mean_score_ratio", "mean score"),
+                                         ("fraction_positive_ratio", "fraction of positive labels"),
+                                         ("pairs", "pairs"))}
         for series, record in self.latest.items():
             labels = list(series)
             for name, family in families.items():
@@ -144,6 +155,16 @@ class EngineCollector(Collector):
             for name, family in per_class.items():
                 for cls, value in record["metrics"].get(name, {}).items():
                     family.add_metric([*labels, cls], value)
+            for name in self.custom:
+                value = record["metrics"].get(name)
+                if isinstance(value, int | float):
+                    custom.add_metric([*labels, name], float(value))
+            for k, cell in enumerate(record["metrics"].get("calibration", ())):
+                where = [*labels, f"{k / 10:.1f}-{(k + 1) / 10:.1f}"]
+                calibration["pairs"].add_metric(where, cell["count"])
+                if cell["count"]:
+                    calibration["mean_score_ratio"].add_metric(where, cell["mean_score"])
+                    calibration["fraction_positive_ratio"].add_metric(where, cell["fraction_positive"])
             if record.get("label_coverage") is not None:
                 coverage.add_metric(labels, record["label_coverage"])
             pairs.add_metric(labels, record["n"])
@@ -151,6 +172,8 @@ class EngineCollector(Collector):
         yield from per_class.values()
         yield coverage
         yield pairs
+        yield custom
+        yield from calibration.values()
 
     def _confusion(self) -> Iterator[Any]:
         cells = CounterMetricFamily(
@@ -218,7 +241,8 @@ def for_engine(engine: Engine) -> EngineCollector:
     """A collector over one engine (the demo and replay). Confusion counters follow the first
     window spec, so every pair adds to them exactly once."""
     return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
-                           engine.rules.evaluated, engine.config.windows[0].name)
+                           engine.rules.evaluated, engine.config.windows[0].name,
+                           custom=[m.name for m in engine.config.custom_metrics])
 
 
 def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:

@@ -20,6 +20,7 @@ import orjson
 
 from stream.config import Config
 from stream.core.admission import Refusals
+from stream.core.custom import MetricBook
 from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
@@ -68,6 +69,7 @@ class Merge:
         self.refused_partials = 0  # partials of models beyond max_models, not published
         self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.rules = RuleBook(config.rules)
+        self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.specs = {w.name: w for w in engine_windows(config.windows)}
         self.base = cumulative_base(config.windows)  # the tumbling spec cumulative windows are summed from
         self.hidden = self.base if self.base is not None and self.base not in config.windows else None
@@ -298,7 +300,7 @@ class Merge:
         state = (rolling_state(partials, window["size_n"]) if window["kind"] == "rolling"
                  else merge_states(partials))
         record = metric_record(head["model"], head["model_version"], head["segment"], window, state, final,
-                               rfc3339(now))
+                               rfc3339(now), self.book)
         events = self.rules.evaluate(record, segment_label(head["segment"]), now)
         if self.on_record is not None:
             self.on_record(record)

@@ -87,7 +87,8 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
     merge = Merge(config, on_alerts=delivery.submit)
     collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag),
                                 lambda: {topic: join.forwarding.counts[source] for source, topic in (
-                                    ("predictions", config.predictions_topic), ("labels", config.labels_topic))})
+                                    ("predictions", config.predictions_topic), ("labels", config.labels_topic))},
+                                custom=[m.name for m in config.custom_metrics])
     merge.on_record = lambda record: collector.observe([record])
     merge.on_forget = collector.forget
     if config.metrics_port:
