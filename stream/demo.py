@@ -39,6 +39,9 @@ DEMO_SETTINGS: dict[str, Any] = {
         "severity": "warning",
         "summary": "accuracy of the last 500 labeled games fell below 75%",
     }],
+    "positive_classes": {"*": "home_win"},
+    # Youden's J of home wins: how far the model beats a coin that says "home win" at any rate
+    "custom_metrics": [{"name": "youden_j", "expression": "recall['home_win'] + recall['away_win'] - 1"}],
 }
 
 
