@@ -335,9 +335,26 @@ def cells(record: dict[str, Any]) -> dict[tuple[str, str], int]:
             if record["confusion_matrix"][i][j]}
 
 
+CUSTOM_METRICS = """custom_metrics:
+  - {name: home_cost, expression: "500 * fn['home_win'] + 5 * fp['home_win']"}
+  - {name: youden_j, function: "user_metrics:youden"}
+positive_classes: {"*": away_win}
+"""
+
+
 def test_every_window_kind_in_the_worker_equals_replay_on_the_same_input(
-        kafka: Broker, tmp_path: Path) -> None:
-    windows = "windows: [tumbling 5m, tumbling 15m, cumulative, rolling 300]\n"
+        kafka: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every figure, with ranking and calibration from scores and custom metrics by expression and
+    by function, in every window kind."""
+    (tmp_path / "user_metrics.py").write_text(
+        "def youden(matrix, classes):\n"
+        "    if len(classes) < 2:\n"
+        "        return float('nan')\n"
+        "    recall = [matrix[i, i] / matrix[i].sum() if matrix[i].sum() else 0.0 for i in range(len(classes))]\n"
+        "    return sum(recall) - 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the worker's process imports it too
+    windows = "windows: [tumbling 5m, tumbling 15m, cumulative, rolling 300]\n" + CUSTOM_METRICS
     config, path = setup(kafka, tmp_path, extra=windows)
     scenario = Scenario(pairs=6000, start_ts=START, rate_per_s=5.0, label_delay_mean_s=30.0, label_coverage=0.9,
                         duplicate_rate=0.05, early_label_rate=0.02, seed=13)
@@ -371,7 +388,16 @@ def test_every_window_kind_in_the_worker_equals_replay_on_the_same_input(
     for key, record in replayed.items():
         ours = latest[key]
         assert (ours["n"], ours["predictions"], cells(ours)) == (record["n"], record["predictions"], cells(record)), key
+        assert set(ours["metrics"]) == set(record["metrics"]), key
+        if record["n"] and key[0] == "nba-game-outcome":
+            assert {"roc_auc", "average_precision", "ece", "home_cost", "youden_j"} <= set(record["metrics"]), key
         for name, value in record["metrics"].items():
+            if name == "calibration":
+                for mine, theirs in zip(ours["metrics"][name], value, strict=True):
+                    assert mine["count"] == theirs["count"], key
+                    for field in ("mean_score", "fraction_positive"):
+                        assert mine[field] == pytest.approx(theirs[field], abs=1e-9), (key, field)
+                continue
             assert ours["metrics"][name] == pytest.approx(value, abs=1e-9, nan_ok=True), (key, name)
 
 
