@@ -2,8 +2,10 @@
 
     python -m benchmarks.core --pairs 1000000 [--repeat 3] [--replay]
 
-Measures, on one core: (1) the engine alone on parsed records, (2) with --replay, `mlmon replay`
-from JSONL files (decode + validation + engine); and the memory held per pending prediction.
+Measures, on one core: (1) the engine alone on parsed records, with scores (two classes) and
+without, in turns, and what scores cost a pair (log loss, Brier, and the histograms of ROC AUC,
+average precision and calibration); (2) with --replay, `mlmon replay` from JSONL files (decode +
+validation + engine), with scores; and the memory held per pending prediction.
 Prints a JSON report; medians over --repeat runs.
 """
 
@@ -29,13 +31,15 @@ from stream.replay import replay
 from stream.simulate import Scenario, streams
 
 
-def scenario(pairs: int, label_delay_mean_s: float) -> Scenario:
+def scenario(pairs: int, label_delay_mean_s: float, with_scores: bool = True) -> Scenario:
     """At 100 pairs/s, a mean delay of 300 s keeps about 30,000 requests waiting for their label."""
-    return Scenario(pairs=pairs, rate_per_s=100.0, label_delay_mean_s=label_delay_mean_s, duplicate_rate=0.0)
+    return Scenario(pairs=pairs, rate_per_s=100.0, label_delay_mean_s=label_delay_mean_s, duplicate_rate=0.0,
+                    with_scores=with_scores)
 
 
-def raw_events(pairs: int, label_delay_mean_s: float = 300.0) -> list[tuple[float, int, int, dict[str, object]]]:
-    predictions, labels = streams(scenario(pairs, label_delay_mean_s))
+def raw_events(pairs: int, label_delay_mean_s: float = 300.0,
+               with_scores: bool = True) -> list[tuple[float, int, int, dict[str, object]]]:
+    predictions, labels = streams(scenario(pairs, label_delay_mean_s, with_scores))
     return list(heapq.merge(
         ((p["timestamp"], 0, i, p) for i, p in enumerate(predictions)),
         ((x["timestamp"], 1, i, x) for i, x in enumerate(labels)),
@@ -109,9 +113,20 @@ def main() -> None:
     # of the cyclic collector's reach, or every full collection walks them and bills the engine.
     gc.collect()
     gc.freeze()
-    runs = [engine_run(events, config) for _ in range(args.repeat)]
-    del events
+    unscored = raw_events(args.pairs, args.label_delay_mean_s, with_scores=False)
+    gc.collect()
+    gc.freeze()
+    runs, runs_unscored = [], []
+    for _ in range(args.repeat):  # in turns, so that the machine's drift reaches both alike
+        runs.append(engine_run(events, config))
+        runs_unscored.append(engine_run(unscored, config))
+    del events, unscored
     report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
+    report["engine_unscored_pairs_per_s"] = {"median": round(statistics.median(runs_unscored)),
+                                             "runs": [round(r) for r in runs_unscored]}
+    # What scores cost a pair: log loss, Brier, and the score histograms (AUC, AP, calibration)
+    report["scores_cost_us_per_pair"] = round(
+        1e6 / statistics.median(runs) - 1e6 / statistics.median(runs_unscored), 2)
     if args.replay:
         with tempfile.TemporaryDirectory() as folder:
             runs = [replay_run(args.pairs, config, Path(folder), args.label_delay_mean_s) for _ in range(args.repeat)]
