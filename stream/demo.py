@@ -54,8 +54,10 @@ def _line(record: dict[str, Any]) -> str:
     m = record["metrics"]
     coverage = record["label_coverage"]
     cov = f" coverage {coverage:6.1%}" if coverage is not None else ""
-    return (f"{record['model']} {record['model_version']} {record['window']['name']:<13} n={record['n']:<6} "
-            f"accuracy {m.get('accuracy', float('nan')):.3f}  f1_macro {m.get('f1_macro', float('nan')):.3f}{cov}")
+    figures = "  ".join(f"{name} {m[name] if m.get(name) is not None else float('nan'):.3f}"
+                        for name in ("accuracy", "f1_macro", "roc_auc", "youden_j"))
+    where = f"{record['model']} {record['model_version']} {record['window']['name']:<13}"
+    return f"{where} n={record['n']:<6} {figures}{cov}"
 
 
 def run_demo(args: argparse.Namespace) -> int:
