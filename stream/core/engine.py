@@ -324,12 +324,7 @@ class Engine:
                 wset.scored += 1
                 wset.log_loss_sum += log_loss
                 wset.brier_sum += brier
-                index = model.score_classes
-                keys, values = wset.score_keys, wset.score_values
-                for name, p in zip(names, probs, strict=True):
-                    sid = index.ids.get(name)
-                    keys.append(2 * (index.id(name) if sid is None else sid) + (name == truth_name))
-                    values.append(p)
+                wset.add_scores(truth_name, names, probs)
                 if self.rolling_specs:
                     terms = (log_loss, brier, dict(zip(names, probs, strict=True)))
         if not wset.dirty:

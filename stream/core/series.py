@@ -145,6 +145,15 @@ class WindowSet:
         self.score_values = array("d")  # and the score
         self.dirty = False
 
+    def add_scores(self, truth: str, names: tuple[str, ...], probs: tuple[float, ...]) -> None:
+        """Buffer a scored pair for the score histograms (see ``ScoreBins.count``)."""
+        index = self.model.score_classes
+        keys, values = self.score_keys, self.score_values
+        for name, p in zip(names, probs, strict=True):
+            sid = index.ids.get(name)
+            keys.append(2 * (index.id(name) if sid is None else sid) + (name == truth))
+            values.append(p)
+
     def fold(self) -> list[Window]:
         """Move the buffered counts into every window; returns the windows it changed."""
         windows = self.windows
