@@ -18,16 +18,13 @@ With no source, ``Monitor().execute()`` runs the embedded demonstration (the sim
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stream.config import Config
-from stream.core.engine import Engine
-from stream.core.records import decode, parse_label, parse_prediction, raw_text
-from stream.errors import ConfigError, InvalidRecord
-from stream.replay import Collected, Event, feed, judged
+from stream.errors import ConfigError
+from stream.replay import Collected, run
 
 __all__ = ["DEMO_PAIRS", "MODES", "Monitor", "MonitorResult"]
 
@@ -110,45 +107,9 @@ class Monitor:
         return self._bounded(self.config)
 
     def _bounded(self, config: Config) -> MonitorResult:
-        engine = Engine(config)
-        result = MonitorResult()
-        events: list[Event] = []
-        for kind, name in ((0, "predictions"), (1, "labels")):
-            parse = parse_prediction if kind == 0 else parse_label
-            parsed: list[Event] = []
-            raws: dict[int, Any] = {}
-            for index, raw in enumerate(_rows(self.source.get(name, [])), 1):
-                try:
-                    if isinstance(raw, InvalidRecord):
-                        raise raw
-                    if not isinstance(raw, dict):
-                        raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
-                    record = parse(raw)
-                except InvalidRecord as exc:
-                    text = raw if isinstance(raw, dict) else raw_text(repr(raw))
-                    engine.dead_letter(name, text, str(exc), line=index)
-                    continue
-                parsed.append((record.timestamp, kind, index, record))
-                raws[index] = raw
-            parsed.sort(key=lambda e: (e[0], e[2]))
-            events.extend(judged(parsed, engine, name, raws.__getitem__))  # broken clocks refused
-        events.sort(key=lambda e: (e[0], e[1], e[2]))
-        collected = Collected()
-        feed(engine, events, collected)
-        result.metrics, result.alerts, result.dead_letters = collected.metrics, collected.alerts, collected.dead_letters
-        result.health = {**asdict(engine.health), "balance": engine.balance()}
-        return result
-
-
-def _rows(source: str | Path | Iterable[Any]) -> Iterable[Any]:
-    """Decoded records of a JSONL path or an iterable; what cannot be decoded comes as the error."""
-    if not isinstance(source, str | Path):
-        yield from source
-        return
-    with Path(source).open("rb") as lines:
-        for line in lines:
-            if line.strip():
-                try:
-                    yield decode(line)
-                except InvalidRecord as exc:
-                    yield exc
+        """The source through the replay's data path, results kept in memory."""
+        engine, sink, _, _ = run(self.source.get("predictions", []), self.source.get("labels", []), config, Collected,
+                                 format=self.source.get("format"))
+        assert isinstance(sink, Collected)
+        return MonitorResult(sink.metrics, sink.alerts, sink.dead_letters,
+                             {**asdict(engine.health), "balance": engine.balance()})

@@ -39,9 +39,11 @@ ENGINE_GUARD = 4
 
 
 class Engine:
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None, emit_partials: bool = False) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None, emit_partials: bool = False,
+                 revisions: bool = True) -> None:
         self.config = config
         self.emit_partials = emit_partials
+        self.revisions = revisions  # records of windows before they are final (upserts)
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
@@ -411,13 +413,16 @@ class Engine:
             window.dirty = False
 
     def flush(self) -> None:
-        """Emit one record per window that changed since the last flush."""
+        """Emit one record per window that changed since the last flush (with ``revisions`` off and
+        no rules to feed, only fold: each window's one record comes when it is final)."""
         self._fold()
         dirty, self._dirty_windows = self._dirty_windows, []
+        revise = self.revisions or bool(self.rules.rules)
         for window in dirty:
             if window.dirty:
                 window.dirty = False
-                self._emit(window, final=False)
+                if revise:
+                    self._emit(window, final=False)
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""

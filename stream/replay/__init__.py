@@ -1,0 +1,276 @@
+"""The embedded engine: replay predictions and labels through the core (``mlmon replay``, backtests,
+the Python API).
+
+Inputs are JSONL, CSV or Parquet files (a path, a directory or a glob; see ``sources``) or rows in
+memory. Both kinds are fed in timestamp order (labels at their own timestamps; at equal
+timestamps predictions first, then by file and row). Inputs already in order are merged as
+streams, so memory follows the join state, not the input; otherwise they are ordered by an
+external merge sort (``ordering``), with bounded memory. At the end the watermark passes every
+window, so each window's last record is written and marked final.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from stream.config import Config
+from stream.core.clock import judge_in_time_order
+from stream.core.engine import Engine
+from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
+from stream.errors import InvalidRecord
+from stream.replay.ordering import RUN_EVENTS, external_sort
+from stream.replay.output import MetricsFile, open_metrics
+from stream.replay.progress import Progress
+from stream.replay.sources import Input, inputs
+
+__all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay", "run"]
+
+PREDICTION, LABEL = 0, 1
+SOURCES = ("predictions", "labels")
+ROW_BITS = 32  # an event's sequence number: (input index << ROW_BITS) | row number
+ROW_MASK = (1 << ROW_BITS) - 1
+Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, sequence number, record)
+STATUS_EVERY = 4096  # events between progress refreshes
+
+
+class _OutOfOrder(Exception):
+    """An input's timestamps go backwards: order them with the external sort instead."""
+
+
+@dataclass
+class ReplayResult:
+    engine: Engine
+    metric_records: int
+    alert_events: int
+    dead_letters: int
+    seconds: float
+    sorted_in_memory: bool  # False: the inputs were in order and streamed; True: they were sorted
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        health = self.engine.health
+        return {
+            "pairs": health.pairs,
+            "metric_records": self.metric_records,
+            "alert_events": self.alert_events,
+            "dead_letters": self.dead_letters,
+            "health": {k: v for k, v in asdict(health).items() if not k.startswith("label_lag_b")},
+            "balance": self.engine.balance(),
+            "seconds": round(self.seconds, 3),
+            "pairs_per_s": round(health.pairs / self.seconds) if self.seconds else None,
+        }
+
+
+class Sink:
+    """Writers for the engine's three outboxes (any may be None: discarded): metric records as
+    JSONL or Parquet (``output``), alerts and dead letters as JSONL. ``final_only``: only each
+    window's final record."""
+
+    def __init__(self, metrics: MetricsFile | None, alerts: IO[bytes] | None, dead: IO[bytes] | None,
+                 final_only: bool = False) -> None:
+        self.metrics, self.alerts, self.dead = metrics, alerts, dead
+        self.final_only = final_only
+        self.counts = [0, 0, 0]
+
+    def drain(self, engine: Engine) -> None:
+        records = engine.metric_records
+        if records:
+            if self.final_only:
+                records = [r for r in records if r["final"]]
+            self.counts[0] += len(records)
+            if self.metrics is not None:
+                self.metrics.write(records)
+            engine.metric_records.clear()
+        for i, box, out in ((1, engine.alert_events, self.alerts), (2, engine.dead_letters, self.dead)):
+            if box:
+                self.counts[i] += len(box)
+                if out is not None:
+                    out.write(b"".join(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE) for item in box))
+                box.clear()
+
+    def close(self) -> None:
+        for out in (self.metrics, self.alerts, self.dead):
+            if out is not None:
+                out.close()
+
+
+class Collected:
+    """The engine's outboxes kept in memory (the Python API): final metric records only, and every
+    alert event and dead letter."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def drain(self, engine: Engine) -> None:
+        self.metrics += [r for r in engine.metric_records if r["final"]]
+        self.alerts += engine.alert_events
+        self.dead_letters += engine.dead_letters
+        for box in (engine.metric_records, engine.alert_events, engine.dead_letters):
+            box.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class _Inputs:
+    """The inputs of one kind, read into events."""
+
+    def __init__(self, kind: int, found: list[Input]) -> None:
+        self.kind, self.source, self.found = kind, SOURCES[kind], found
+
+    def where(self, sequence: int) -> dict[str, Any]:
+        """Where an event's record came from, for its dead letter."""
+        found = self.found[sequence >> ROW_BITS]
+        number = sequence & ROW_MASK
+        if found.path is None:
+            return {"line": number}
+        return {"file": found.name, "line" if found.format == "jsonl" else "row": number}
+
+    def raw(self, sequence: int) -> Any:
+        return self.found[sequence >> ROW_BITS].raw(sequence & ROW_MASK, self.source)
+
+    def parsed(self, index: int, engine: Engine, progress: Progress) -> Iterator[Event]:
+        found, source, kind = self.found[index], self.source, self.kind
+        parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
+        max_bytes = engine.config.max_record_bytes
+        base = index << ROW_BITS
+        read = progress.read
+        for number, raw, size in found.rows(source):
+            read(size)
+            try:
+                if type(raw) is bytes:
+                    obj = decode(raw, max_bytes)
+                elif isinstance(raw, Exception):
+                    raise InvalidRecord(str(raw))
+                elif not isinstance(raw, dict):
+                    raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
+                else:
+                    obj = raw
+                record = parse(obj)
+            except InvalidRecord as exc:
+                text = raw if isinstance(raw, dict) else raw_text(raw if isinstance(raw, bytes) else repr(raw))
+                engine.dead_letter(source, text, str(exc), **self.where(base | number))
+                continue
+            yield record.timestamp, kind, base | number, record
+
+    def events(self, engine: Engine, progress: Progress, sort: bool, run_events: int) -> Iterator[Event]:
+        """This kind's events in timestamp order, without those stamped alone far in the future."""
+        if sort:
+            ordered: Iterator[Event] = external_sort(
+                itertools.chain.from_iterable(self.parsed(i, engine, progress) for i in range(len(self.found))),
+                run_events)
+        else:
+            ordered = heapq.merge(*(_in_order(self.parsed(i, engine, progress), self.found[i].name)
+                                    for i in range(len(self.found))))
+        for event, reason in judge_in_time_order(ordered, _timestamp, engine.config.max_future_s):
+            if reason is None:
+                yield event
+            else:
+                sequence = event[2]
+                engine.dead_letter(self.source, self.raw(sequence), reason, **self.where(sequence),
+                                   request_id=event[3].request_id)
+
+
+def _in_order(events: Iterator[Event], name: str) -> Iterator[Event]:
+    """The events as they come, while their timestamps never go backwards."""
+    last = -math.inf
+    for event in events:
+        if event[0] < last:
+            raise _OutOfOrder(f"{name}: row {event[2] & ROW_MASK}")
+        last = event[0]
+        yield event
+
+
+def _timestamp(event: Event) -> float:
+    return event[0]
+
+
+def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
+         where: Callable[[int, int], dict[str, Any]] | None = None, progress: Progress | None = None) -> None:
+    """Every event through the engine in the order given, then the end of input; the outboxes are
+    drained into ``sink`` as they fill. ``where(kind, sequence)`` says where a record the engine
+    refuses came from."""
+    receive = engine.receive
+    records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
+    for count, (_, kind, sequence, record) in enumerate(events):
+        if where is None:
+            receive(record)
+        else:
+            receive(record, **where(kind, sequence))
+        if records or dead:
+            sink.drain(engine)
+        if progress is not None and not count % STATUS_EVERY:
+            progress.status(engine.health.pairs, engine.watermark)
+    engine.finish()
+    sink.drain(engine)
+
+
+def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
+        clock: Callable[[], float] | None = None, format: str | None = None, final_only: bool = False,
+        quiet: bool = True, run_events: int = RUN_EVENTS) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
+    """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
+    makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs."""
+    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format)),
+             _Inputs(LABEL, inputs(labels, "labels", format))]
+    total = sum(found.size_bytes for kind in kinds for found in kind.found)
+    for sort in (False, True):
+        engine = Engine(config, clock, revisions=not final_only)
+        sink = open_sink()
+        progress = Progress(total, quiet)
+        try:
+            streams = [kind.events(engine, progress, sort, run_events) for kind in kinds]
+            where = (lambda k, sequence: kinds[k].where(sequence)) if not _in_memory(kinds) else None
+            try:
+                feed(engine, heapq.merge(*streams), sink, where, progress)
+            except _OutOfOrder:
+                continue
+        finally:
+            sink.close()
+            progress.close()
+        return engine, sink, sort, kinds
+    raise AssertionError("unreachable")
+
+
+def _in_memory(kinds: list[_Inputs]) -> bool:
+    return all(found.path is None for kind in kinds for found in kind.found)
+
+
+def replay(
+    predictions: Any,
+    labels: Any,
+    config: Config,
+    metrics_out: Path | None = None,
+    alerts_out: Path | None = None,
+    dead_letters_out: Path | None = None,
+    clock: Callable[[], float] | None = None,
+    format: str | None = None,
+    final_only: bool = False,
+    quiet: bool = True,
+    run_events: int = RUN_EVENTS,
+) -> ReplayResult:
+    """Replay into files: metric records (JSONL, or Parquet by the ``.parquet`` extension), alert
+    events and dead letters (JSONL)."""
+    started = time.perf_counter()
+
+    def open_sink() -> Sink:
+        return Sink(open_metrics(metrics_out) if metrics_out else None,
+                    alerts_out.open("wb") if alerts_out else None,
+                    dead_letters_out.open("wb") if dead_letters_out else None, final_only)
+
+    engine, sink, sort, kinds = run(predictions, labels, config, open_sink, clock, format, final_only, quiet,
+                                    run_events)
+    assert isinstance(sink, Sink)
+    metrics, alerts, dead = sink.counts
+    return ReplayResult(engine, metrics, alerts, dead, time.perf_counter() - started, sort,
+                        {kind.source: [found.name for found in kind.found] for kind in kinds})
