@@ -33,12 +33,25 @@ def _replay(args: argparse.Namespace) -> int:
     from stream.replay import replay
 
     config = Config.load(args.config, args.rules)
-    dead = args.dead_letters_out or (args.metrics_out.parent / "dead-letters.jsonl")
-    result = replay(args.predictions, args.labels, config, args.metrics_out, args.alerts_out, dead)
+    dead = args.dead_letters_out or default_dead_letters(args.metrics_out)
+    result = replay(args.predictions, args.labels, config, args.metrics_out, args.alerts_out, dead,
+                    format=args.format, final_only=args.final_only, quiet=args.quiet)
     summary = result.summary()
     summary["dead_letters_file"] = str(dead)
     sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+def default_dead_letters(metrics_out: Path) -> Path:
+    """dead-letters.jsonl beside the metrics output when that is a regular file (or a new one),
+    else in the working directory (``--metrics-out /dev/null`` must not write into /dev).
+
+    >>> str(default_dead_letters(Path("/dev/null")))
+    'dead-letters.jsonl'
+    """
+    if metrics_out.is_file() or (not metrics_out.exists() and metrics_out.parent.is_dir()):
+        return metrics_out.parent / "dead-letters.jsonl"
+    return Path("dead-letters.jsonl")
 
 
 def _scenario_args(parser: argparse.ArgumentParser, degrade_from: float, recover_at: float,
@@ -129,12 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmon", description="Monitor production ML model quality.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    rp = commands.add_parser("replay", help="backtest: feed prediction and label JSONL files through the core")
-    rp.add_argument("--predictions", type=Path, required=True)
-    rp.add_argument("--labels", type=Path, required=True)
-    rp.add_argument("--metrics-out", type=Path, required=True)
+    rp = commands.add_parser("replay", help="backtest: feed predictions and labels (JSONL, CSV or Parquet) "
+                             "through the core")
+    rp.add_argument("--predictions", required=True, help="a file, a directory or a glob ('exports/*.parquet')")
+    rp.add_argument("--labels", required=True, help="a file, a directory or a glob")
+    rp.add_argument("--format", choices=["jsonl", "csv", "parquet"],
+                    help="the inputs' format (default: by extension: .jsonl/.json/.ndjson, .csv, .parquet)")
+    rp.add_argument("--metrics-out", type=Path, required=True, help="JSONL, or Parquet by the .parquet extension")
     rp.add_argument("--alerts-out", type=Path, required=True)
-    rp.add_argument("--dead-letters-out", type=Path, help="default: dead-letters.jsonl beside --metrics-out")
+    rp.add_argument("--dead-letters-out", type=Path, help="default: dead-letters.jsonl beside --metrics-out when "
+                    "that is a regular file, else in the working directory")
+    rp.add_argument("--final-only", action="store_true",
+                    help="one record per window, when it is final (default: every revision, then the final one)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal after 2 s)")
     _config_args(rp)
     rp.set_defaults(run=_replay)
 

@@ -16,7 +16,7 @@ EVERY_S = 0.5  # between refreshes of the figures beside the bar
 
 
 class Progress:
-    def __init__(self, total_bytes: int, quiet: bool = False, stream: Any = None) -> None:
+    def __init__(self, total_bytes: int, quiet: bool = False, stream: Any = None, ncols: int | None = None) -> None:
         stream = stream if stream is not None else sys.stderr
         self.enabled = not quiet and bool(getattr(stream, "isatty", lambda: False)())
         self.bar: Any = None
@@ -27,7 +27,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, delay=DELAY_S,
-                            file=stream, desc="replay", dynamic_ncols=True, leave=False)
+                            file=stream, desc="replay", ncols=ncols, dynamic_ncols=ncols is None, leave=False)
 
     def read(self, size_bytes: int) -> None:
         """A record of ``size_bytes`` was read."""
@@ -47,7 +47,7 @@ class Progress:
                    if 0 < watermark_s < 253402300800 else "-")
         rate = pairs / max(now - self._started, 1e-9)
         self.bar.set_postfix_str(f"{self.records:,} records, {rate:,.0f} pairs/s, event time {reached}",
-                                 refresh=False)
+                                 refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
