@@ -23,8 +23,10 @@ histogram bins and match scikit-learn's exactly.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,12 @@ _edges[::_PER_CALIBRATION_BIN] = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
 EDGES = _edges[:-1]  # for searchsorted (side "left": right-closed bins)
 _EDGE_LIST = EDGES.tolist()
 CALIBRATION_OF = np.maximum(np.arange(BINS) - 1, 0) // _PER_CALIBRATION_BIN  # histogram bin -> calibration bin
-_CALIBRATION_STARTS = np.searchsorted(CALIBRATION_OF, np.arange(CALIBRATION_BINS))
 _CALIBRATION_LIST = CALIBRATION_OF.tolist()
 POSITIVE_NAMES = ("1", "true", "yes")
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
 Sums = npt.NDArray[np.float64]  # (classes, 2, CALIBRATION_BINS): the sums of those scores
+Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]  # cells, sum cells, scores
 
 
 def default_positive(classes: Iterable[str]) -> str:
@@ -107,30 +109,36 @@ class ScoreBins:
         self.update(truth, scores, -1)
 
     @staticmethod
-    def count(size: int, keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> tuple[Hist, Sums]:
-        """A batch's histograms over ``size`` score classes: ``keys`` are ``2 * class + (label is
-        that class)``, ``values`` the scores, one per (pair, score class)."""
+    def count(keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> Batch:
+        """A batch's cells: ``keys`` are ``2 * class + (label is that class)``, ``values`` the
+        scores, one per (pair, score class); classes are indices in the names ``add`` is given."""
         bins = np.searchsorted(EDGES, values)
-        hist = np.bincount(keys * BINS + bins, minlength=size * 2 * BINS).reshape(size, 2, BINS)
-        sums = np.bincount(keys * CALIBRATION_BINS + CALIBRATION_OF[bins], weights=values,
-                           minlength=size * 2 * CALIBRATION_BINS).reshape(size, 2, CALIBRATION_BINS)
-        return hist.astype(np.int64), sums.astype(np.float64)
+        return keys * BINS + bins, keys * CALIBRATION_BINS + CALIBRATION_OF[bins], values
 
-    def add(self, names: Sequence[str], counted: tuple[Hist, Sums]) -> None:
+    def add(self, names: Sequence[str], batch: Batch) -> None:
         """Add what ``count`` made of a batch whose classes are ``names``."""
-        ids = np.asarray(self._ids(names), dtype=np.int64)
-        self.hist[ids] += counted[0]
-        self.sums[ids] += counted[1]
+        hist_cells, sums_cells, values = batch
+        self._add(names, hist_cells, np.ones(len(hist_cells), dtype=np.int64), sums_cells, values)
 
     def merge(self, names: Sequence[str], hist: list[list[Any]], sums: list[list[Any]]) -> None:
         """Add another window's histograms as ``export`` gives them."""
-        if not names:
-            return
-        other = np.zeros((len(names), 2, BINS), dtype=np.int64)
-        other.reshape(-1)[hist[0]] = hist[1]
-        other_sums = np.zeros((len(names), 2, CALIBRATION_BINS))
-        other_sums.reshape(-1)[sums[0]] = sums[1]
-        self.add(names, (other, other_sums))
+        if names:
+            self._add(names, np.asarray(hist[0], dtype=np.int64), np.asarray(hist[1], dtype=np.int64),
+                      np.asarray(sums[0], dtype=np.int64), np.asarray(sums[1], dtype=np.float64))
+
+    def _add(self, names: Sequence[str], hist_cells: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
+             sums_cells: npt.NDArray[np.int64], sums: npt.NDArray[np.float64]) -> None:
+        """Add cells given as flat indices over ``names`` (a window's own classes are those of its
+        model, in its order, so the indices usually hold as they are)."""
+        ids = self._ids(names)
+        if ids != list(range(len(ids))):
+            where = np.asarray(ids, dtype=np.int64)
+            key, k = np.divmod(hist_cells, BINS)
+            hist_cells = (where[key >> 1] * 2 + (key & 1)) * BINS + k
+            key, k = np.divmod(sums_cells, CALIBRATION_BINS)
+            sums_cells = (where[key >> 1] * 2 + (key & 1)) * CALIBRATION_BINS + k
+        np.add.at(self.hist.reshape(-1), hist_cells, counts)
+        np.add.at(self.sums.reshape(-1), sums_cells, sums)
 
     def export(self) -> dict[str, Any]:
         return {"score_classes": list(self.names), "score_hist": sparse(self.hist), "score_sums": sparse(self.sums)}
@@ -153,81 +161,90 @@ class ScoreBins:
 
 
 def _binary(hist: Hist, sums: Sums) -> dict[str, Any]:
-    neg, pos = hist[0].astype(np.float64), hist[1].astype(np.float64)
+    figures = _ranking(hist, calibrate=True)
     out: dict[str, Any] = {}
-    auc = _auc(neg, pos)
-    if auc is not None:
-        out["roc_auc"], out["roc_auc_error_bound"] = auc
-    ap = _average_precision(neg, pos)
-    if ap is not None:
-        out["average_precision"], out["average_precision_error_bound"] = ap
-    out.update(_calibration(hist, sums))
+    if figures.auc is not None:
+        out["roc_auc"], out["roc_auc_error_bound"] = figures.auc
+    if figures.ap is not None:
+        out["average_precision"], out["average_precision_error_bound"] = figures.ap
+    if figures.count:
+        out.update(_calibration(figures.count, figures.positives, sums.sum(axis=0).tolist()))
     return out
 
 
 def _multiclass(hists: list[Hist | None]) -> dict[str, Any]:
     if any(h is None for h in hists):
         return {}
-    aucs, aps = [], []
-    for hist in hists:
-        assert hist is not None
-        neg, pos = hist[0].astype(np.float64), hist[1].astype(np.float64)
-        aucs.append(_auc(neg, pos))
-        aps.append(_average_precision(neg, pos) or (0.0, 0.0))
+    ranked = [_ranking(hist, calibrate=False) for hist in hists if hist is not None]
     out: dict[str, Any] = {}
+    aucs = [r.auc for r in ranked]
     if all(a is not None for a in aucs):
-        out["roc_auc_ovr_macro"] = float(np.mean([a[0] for a in aucs if a]))
-        out["roc_auc_error_bound"] = float(np.mean([a[1] for a in aucs if a]))
-    out["average_precision_macro"] = float(np.mean([a[0] for a in aps]))
-    out["average_precision_error_bound"] = float(np.mean([a[1] for a in aps]))
+        out["roc_auc_ovr_macro"] = math.fsum(a[0] for a in aucs if a) / len(aucs)
+        out["roc_auc_error_bound"] = math.fsum(a[1] for a in aucs if a) / len(aucs)
+    aps = [r.ap or (0.0, 0.0) for r in ranked]  # no positives: 0, as scikit-learn
+    out["average_precision_macro"] = math.fsum(a[0] for a in aps) / len(aps)
+    out["average_precision_error_bound"] = math.fsum(a[1] for a in aps) / len(aps)
     return out
 
 
-def _auc(neg: npt.NDArray[np.float64], pos: npt.NDArray[np.float64]) -> tuple[float, float] | None:
-    """(AUC, bound): pairs in different bins ordered, a shared bin's pairs count 1/2 each; the
-    bound is that half of the shared pairs, each of which may be either way."""
-    n_pos, n_neg = float(pos.sum()), float(neg.sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    below = np.cumsum(neg) - neg  # negatives in lower bins
-    shared = float(pos @ neg)
-    return (float(pos @ below) + 0.5 * shared) / (n_pos * n_neg), 0.5 * shared / (n_pos * n_neg)
+@dataclass
+class _Ranked:
+    auc: tuple[float, float] | None  # (value, bound)
+    ap: tuple[float, float] | None
+    count: list[int]  # pairs per calibration bin (when asked for)
+    positives: list[int]
 
 
-def _average_precision(neg: npt.NDArray[np.float64], pos: npt.NDArray[np.float64]) -> tuple[float, float] | None:
-    """(AP, bound) with a bin's scores taken as tied (scikit-learn's rule for ties); any order of a
-    bin's pairs puts each of its positives' precision between the bin's lowest and highest."""
-    n_pos = float(pos.sum())
-    if n_pos == 0:
-        return None
-    used = (pos + neg) > 0
-    pos, neg = pos[used][::-1], neg[used][::-1]  # highest scores first
-    tp = np.cumsum(pos)
-    seen = tp + np.cumsum(neg)
-    before_tp, before = tp - pos, seen - pos - neg
-    ap = float(pos @ (tp / seen)) / n_pos
-    highest = np.divide(before_tp + pos, before + pos, out=np.zeros_like(pos), where=pos > 0)
-    lowest = (before_tp + 1) / seen
-    return ap, float(pos @ np.where(pos > 0, highest - lowest, 0.0)) / n_pos
+def _ranking(hist: Hist, calibrate: bool) -> _Ranked:
+    """One pass over the bins that hold pairs, highest scores first.
+
+    AUC: pairs in different bins are ordered; a positive and a negative sharing a bin count 1/2,
+    and the bound is that half of the shared pairs (each may be either way). Average precision:
+    a bin's scores are taken as tied (scikit-learn's rule for ties); any order of its pairs puts
+    each of its positives' precision between the bin's lowest and highest, which bounds the
+    error. Plain Python over the used bins: a window's revision usually has few, where numpy's
+    per-call cost would dominate."""
+    used = np.flatnonzero(hist[0] + hist[1])
+    bins, negatives, positives = used.tolist(), hist[0, used].tolist(), hist[1, used].tolist()
+    n_pos, n_neg = sum(positives), sum(negatives)
+    auc_sum = shared = ap_sum = ap_bound = 0.0
+    above_neg = tp = seen = 0
+    count, positive_count = [0] * CALIBRATION_BINS, [0] * CALIBRATION_BINS
+    calibration_of = _CALIBRATION_LIST
+    for i in range(len(bins) - 1, -1, -1):
+        n, p = negatives[i], positives[i]
+        if p:
+            auc_sum += p * (n_neg - above_neg - n)
+            shared += p * n
+            before_tp, before = tp, seen
+            tp += p
+            seen += p + n
+            ap_sum += p * tp / seen
+            ap_bound += p * ((before_tp + p) / (before + p) - (before_tp + 1) / seen)
+        else:
+            seen += n
+        above_neg += n
+        if calibrate:
+            c = calibration_of[bins[i]]
+            count[c] += n + p
+            positive_count[c] += p
+    pairs = n_pos * n_neg
+    auc = ((auc_sum + 0.5 * shared) / pairs, 0.5 * shared / pairs) if pairs else None
+    ap = (ap_sum / n_pos, ap_bound / n_pos) if n_pos else None
+    return _Ranked(auc, ap, count if calibrate else [], positive_count)
 
 
-def _calibration(hist: Hist, sums: Sums) -> dict[str, Any]:
+def _calibration(count: list[int], positives: list[int], score_sums: list[float]) -> dict[str, Any]:
     """Expected calibration error of the positive class's score over ten equal-width bins, with
     each bin's count, mean score and fraction of positives (a reliability diagram)."""
-    by_bin = np.add.reduceat(hist, _CALIBRATION_STARTS, axis=1)
-    count = by_bin.sum(axis=0)
-    total = int(count.sum())
-    if total == 0:
-        return {}
-    score_sum = sums.sum(axis=0)
+    total = sum(count)
     bins: list[dict[str, Any]] = []
     ece = 0.0
-    for k in range(CALIBRATION_BINS):
-        n = int(count[k])
+    for n, positive, score_sum in zip(count, positives, score_sums, strict=True):
         if n == 0:
             bins.append({"count": 0, "mean_score": None, "fraction_positive": None})
             continue
-        mean_score, fraction = float(score_sum[k]) / n, float(by_bin[1, k]) / n
+        mean_score, fraction = score_sum / n, positive / n
         ece += n / total * abs(mean_score - fraction)
         bins.append({"count": n, "mean_score": mean_score, "fraction_positive": fraction})
     return {"ece": ece, "calibration": bins}

@@ -169,7 +169,7 @@ class WindowSet:
             self.codes = array("q")
         if self.scored:
             names = self.model.score_classes.names
-            counted = ScoreBins.count(len(names), np.frombuffer(self.score_keys, dtype=np.int64),
+            counted = ScoreBins.count(np.frombuffer(self.score_keys, dtype=np.int64),
                                       np.frombuffer(self.score_values, dtype=np.float64))
             for window in windows:
                 window.scores.merge(self.scored, self.log_loss_sum, self.brier_sum)

@@ -337,7 +337,7 @@ def cells(record: dict[str, Any]) -> dict[tuple[str, str], int]:
 
 CUSTOM_METRICS = """custom_metrics:
   - {name: home_cost, expression: "500 * fn['home_win'] + 5 * fp['home_win']"}
-  - {name: youden_j, function: "user_metrics:youden"}
+  - {name: youden_j, function: "worker_metrics:youden"}
 positive_classes: {"*": away_win}
 """
 
@@ -346,7 +346,7 @@ def test_every_window_kind_in_the_worker_equals_replay_on_the_same_input(
         kafka: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every figure, with ranking and calibration from scores and custom metrics by expression and
     by function, in every window kind."""
-    (tmp_path / "user_metrics.py").write_text(
+    (tmp_path / "worker_metrics.py").write_text(
         "def youden(matrix, classes):\n"
         "    if len(classes) < 2:\n"
         "        return float('nan')\n"

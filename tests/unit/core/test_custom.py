@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ COST = {"name": "fraud_cost", "models": ["fraud-*"], "expression": "500 * fn['1'
 @pytest.fixture
 def youden_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An importable module with a metric function, as a user's package would have."""
-    (tmp_path / "user_metrics.py").write_text(textwrap.dedent("""
+    name = f"user_metrics_{uuid.uuid4().hex[:8]}"  # a module of its own per test: sys.modules keeps them
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
         import numpy as np
 
         def youden(matrix, classes):
@@ -53,7 +55,7 @@ def youden_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             return figures["rmse"] ** 2 * figures["n"]
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    return "user_metrics"
+    return name
 
 
 def direct(matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -120,9 +122,9 @@ def test_a_function_that_raises_is_null_and_logged_once(youden_module: str, capl
 
 
 def test_an_entry_point_names_a_function(youden_module: str, tmp_path: Path) -> None:
-    info = tmp_path / "user_metrics-1.0.dist-info"
+    info = tmp_path / f"{youden_module}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: user-metrics\nVersion: 1.0\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {youden_module}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[mlmon.metrics]\nyouden_j = {youden_module}:youden\n")
     metric = CustomMetric.parse({"name": "j", "function": "youden_j"}, 0)
     matrix = np.array([[5, 1], [2, 7]])

@@ -123,7 +123,7 @@ def test_batches_and_single_updates_and_reverts_agree() -> None:
         for sid, (name, value) in enumerate(scores.items()):
             keys.append(2 * sid + (name == names[truth]))
             values.append(value)
-    batch.add(names, ScoreBins.count(2, np.array(keys), np.array(values)))
+    batch.add(names, ScoreBins.count(np.array(keys), np.array(values)))
     assert (one.hist == batch.hist).all() and np.allclose(one.sums, batch.sums)
     one.update("a", {"a": 0.5, "b": 0.5})
     one.revert("a", {"a": 0.5, "b": 0.5})

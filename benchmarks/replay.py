@@ -1,0 +1,163 @@
+"""Replay against the standard library's JSON decoder on the same lines, and replay's memory on a
+large unsorted input.
+
+    python -m benchmarks.replay --pairs 300000 --repeat 3
+    python -m benchmarks.replay --pairs 0 --large 50000000      # peak RSS of 50M unsorted records
+
+The data is what a team backtests: three models over three days, 85% of predictions labeled
+(hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
+``--repeat`` times: (1) ``json.loads`` of every line of both files; (2) ``mlmon replay`` of them
+with the default configuration; (3) the same with ``emit_interval: 1m``; (4) ``--final-only``.
+Reports pairs per second and each one's ratio to the decode rate (pairs / seconds to decode the
+lines). ``--large N`` writes N shuffled records and replays them in a fresh process, reporting
+its peak RSS (VmHWM). Never part of the test command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.config import Config
+from stream.replay import replay
+
+START = 1_767_225_600.0
+MODELS = ("fraud", "churn", "upsell")
+
+
+def records(pairs: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Three models over three days; 85% labeled; a third of the timestamps as RFC 3339."""
+    rng = random.Random(seed)
+    span_s = 3 * 86400
+    predictions, labels = [], []
+    for i in range(pairs):
+        ts = START + span_s * i / pairs
+        model = MODELS[i % 3]
+        truth = rng.random() < 0.3
+        guess = truth if rng.random() < 0.85 else not truth
+        p = min(1.0, max(0.0, rng.gauss(0.7 if guess else 0.3, 0.15)))
+        stamp: Any = ts if i % 3 else datetime.fromtimestamp(ts, UTC).isoformat()
+        predictions.append({"request_id": f"req-{i}", "model": model, "model_version": "v1", "timestamp": stamp,
+                            "prediction": "1" if guess else "0", "scores": {"1": p, "0": 1 - p},
+                            "segment": {"country": ("DE", "FR", "US")[i % 7 % 3]}})
+        if rng.random() < 0.85:
+            label_ts = ts + rng.expovariate(1 / 7200)
+            labels.append({"request_id": f"req-{i}", "timestamp": label_ts if i % 2 else
+                           datetime.fromtimestamp(label_ts, UTC).isoformat(), "label": "1" if truth else "0"})
+    rng.shuffle(predictions)
+    rng.shuffle(labels)
+    return predictions, labels
+
+
+def write(folder: Path, pairs: int) -> tuple[Path, Path, int]:
+    predictions, labels = records(pairs)
+    paths = folder / "p.jsonl", folder / "l.jsonl"
+    for path, rows in zip(paths, (predictions, labels), strict=True):
+        path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
+    return paths[0], paths[1], len(labels)
+
+
+def decode_seconds(paths: tuple[Path, Path]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        with path.open("rb") as lines:
+            for line in lines:
+                json.loads(line)
+    return time.perf_counter() - started
+
+
+def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = False) -> tuple[float,
+                                                                                                              int]:
+    result = replay(paths[0], paths[1], config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl",
+                    final_only=final_only)
+    return result.seconds, result.engine.health.pairs
+
+
+LARGE = """
+import sys
+from pathlib import Path
+from stream.config import Config
+from stream.replay import replay
+def peak():
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) * 1024
+folder = Path(sys.argv[1])
+result = replay(folder / "p.jsonl", folder / "l.jsonl", Config(), folder / "m.jsonl", final_only=True, quiet=False)
+print(peak(), result.seconds, result.engine.health.pairs)
+"""
+
+
+def large(n: int, folder: Path) -> dict[str, Any]:
+    """N records (predictions and labels) in shuffled files, written in slices; then a fresh
+    process replays them with --final-only and reports its peak RSS."""
+    chunk = 1_000_000
+    with (folder / "p.jsonl").open("wb") as p_out, (folder / "l.jsonl").open("wb") as l_out:
+        for start in range(0, n // 2, chunk):
+            predictions, labels = records(min(chunk, n // 2 - start), seed=start)
+            for row in predictions:
+                row["request_id"] = f"{start}-{row['request_id']}"
+            for row in labels:
+                row["request_id"] = f"{start}-{row['request_id']}"
+            p_out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(predictions,
+                                                                                                      start)))
+            l_out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(labels, start)))
+    out = subprocess.run([sys.executable, "-c", LARGE, str(folder)], capture_output=True, text=True, check=True)
+    peak, seconds, pairs = out.stdout.split()
+    return {"records": n, "peak_rss_bytes": int(peak), "seconds": round(float(seconds), 1), "pairs": int(pairs)}
+
+
+def _shifted(rows: list[dict[str, Any]], start: int) -> Iterator[dict[str, Any]]:
+    """Slice ``start`` of a long history: three days later per slice (in epoch seconds)."""
+    for row in rows:
+        ts = row["timestamp"]
+        shift = 3 * 86400 * (start // 1_000_000)
+        row["timestamp"] = (ts + shift) if isinstance(ts, float) else datetime.fromtimestamp(
+            datetime.fromisoformat(ts).timestamp() + shift, UTC).isoformat()
+        yield row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=300_000, help="predictions (85%% get a label)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--large", type=int, default=0, help="also replay this many shuffled records: peak RSS")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"pairs": args.pairs, "python": sys.version.split()[0]}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        if args.pairs:
+            p_path, l_path, labeled = write(folder, args.pairs)
+            paths = (p_path, l_path)
+            configs = {"replay": (Config(), False), "replay_emit_1m": (Config.from_mapping({"emit_interval": "1m"}),
+                                                                       False),
+                       "replay_final_only": (Config(), True)}
+            runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}}
+            for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
+                runs["decode"].append(labeled / decode_seconds(paths))
+                for key, (config, final_only) in configs.items():
+                    seconds, pairs = replay_seconds(paths, config, folder, final_only)
+                    runs[key].append(pairs / seconds)
+            decode = statistics.median(runs["decode"])
+            report["decode_pairs_per_s"] = {"median": round(decode), "runs": [round(r) for r in runs["decode"]]}
+            for key in configs:
+                median = statistics.median(runs[key])
+                report[f"{key}_pairs_per_s"] = {"median": round(median), "runs": [round(r) for r in runs[key]],
+                                                "ratio_to_decode": round(median / decode, 3)}
+        if args.large:
+            report["large"] = large(args.large, folder)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
