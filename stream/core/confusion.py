@@ -100,6 +100,12 @@ class ConfusionMatrix:
 
     def counts(self) -> Counts:
         """The matrix over :meth:`classes`, in that order."""
+        return self.table()[1]
+
+    def table(self) -> tuple[list[str], Counts]:
+        """:meth:`classes` and :meth:`counts` at once."""
         names = self.index.names
-        order = sorted(self.present(), key=lambda i: names[i])
-        return self._cells[np.ix_(order, order)]
+        order = sorted(self.present().tolist(), key=names.__getitem__)
+        if order == list(range(len(self._cells))):
+            return [names[i] for i in order], self._cells.copy()
+        return [names[i] for i in order], self._cells[np.ix_(order, order)]

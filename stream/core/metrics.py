@@ -38,8 +38,13 @@ def _ratio(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> npt.ND
     return out
 
 
+SMALL_MATRIX = 4  # classes up to which plain Python is faster than numpy's per-call cost
+
+
 def classification(counts: npt.NDArray[np.int64], classes: list[str]) -> dict[str, Any]:
     """All classification metrics of one matrix (rows actual, columns predicted)."""
+    if len(classes) <= SMALL_MATRIX:
+        return _small(counts.tolist(), classes)
     cells = counts.astype(np.float64)
     n = float(cells.sum())
     if n == 0:
@@ -74,6 +79,49 @@ def classification(counts: npt.NDArray[np.int64], classes: list[str]) -> dict[st
         "support": dict(zip(classes, actual.astype(np.int64).tolist(), strict=True)),
     }
     return out
+
+
+def _small(cells: list[list[int]], classes: list[str]) -> dict[str, Any]:
+    """``classification`` in plain Python, for the small matrices most models have: the same
+    formulas, summed in Python rather than by numpy."""
+    k = len(cells)
+    n = sum(map(sum, cells))
+    if n == 0:
+        return {}
+    tp = [cells[i][i] for i in range(k)]
+    actual = [sum(row) for row in cells]
+    predicted = [sum(cells[i][j] for i in range(k)) for j in range(k)]
+    precision = [t / p if p else 0.0 for t, p in zip(tp, predicted, strict=True)]
+    recall = [t / a if a else 0.0 for t, a in zip(tp, actual, strict=True)]
+    f1 = [2 * t / (a + p) if a + p else 0.0 for t, a, p in zip(tp, actual, predicted, strict=True)]
+    correct = sum(tp)
+    accuracy = correct / n
+    supported = [r for r, a in zip(recall, actual, strict=True) if a > 0]
+    n2 = float(n) * n
+    chance_sum = sum(a * p for a, p in zip(actual, predicted, strict=True))
+    cov_tp = float(correct) * n - chance_sum
+    cov_pp = n2 - sum(p * p for p in predicted)
+    cov_tt = n2 - sum(a * a for a in actual)
+    expected_off = (n2 - chance_sum) / n  # the off-diagonal sum of outer(actual, predicted) / n
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": sum(supported) / len(supported),
+        "precision_macro": sum(precision) / k,
+        "recall_macro": sum(recall) / k,
+        "f1_macro": sum(f1) / k,
+        "precision_micro": accuracy,
+        "recall_micro": accuracy,
+        "f1_micro": accuracy,
+        "precision_weighted": sum(x * a for x, a in zip(precision, actual, strict=True)) / n,
+        "recall_weighted": sum(x * a for x, a in zip(recall, actual, strict=True)) / n,
+        "f1_weighted": sum(x * a for x, a in zip(f1, actual, strict=True)) / n,
+        "mcc": 0.0 if cov_pp * cov_tt == 0 else cov_tp / math.sqrt(cov_tt * cov_pp),
+        "cohen_kappa": None if expected_off == 0 else 1.0 - (n - correct) / expected_off,
+        "precision": dict(zip(classes, precision, strict=True)),
+        "recall": dict(zip(classes, recall, strict=True)),
+        "f1": dict(zip(classes, f1, strict=True)),
+        "support": dict(zip(classes, actual, strict=True)),
+    }
 
 
 def _mcc(correct: float, n: float, actual: npt.NDArray[np.float64], predicted: npt.NDArray[np.float64]) -> float:

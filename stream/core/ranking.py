@@ -45,6 +45,7 @@ _EDGE_LIST = EDGES.tolist()
 CALIBRATION_OF = np.maximum(np.arange(BINS) - 1, 0) // _PER_CALIBRATION_BIN  # histogram bin -> calibration bin
 _CALIBRATION_LIST = CALIBRATION_OF.tolist()
 POSITIVE_NAMES = ("1", "true", "yes")
+PYTHON_BINS = 48  # up to this many used bins, the figures are summed in plain Python (see _ranking)
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
 Sums = npt.NDArray[np.float64]  # (classes, 2, CALIBRATION_BINS): the sums of those scores
@@ -196,16 +197,21 @@ class _Ranked:
 
 
 def _ranking(hist: Hist, calibrate: bool) -> _Ranked:
-    """One pass over the bins that hold pairs, highest scores first.
+    """AUC, average precision and calibration counts over the bins that hold pairs.
 
     AUC: pairs in different bins are ordered; a positive and a negative sharing a bin count 1/2,
     and the bound is that half of the shared pairs (each may be either way). Average precision:
     a bin's scores are taken as tied (scikit-learn's rule for ties); any order of its pairs puts
     each of its positives' precision between the bin's lowest and highest, which bounds the
-    error. Plain Python over the used bins: a window's revision usually has few, where numpy's
-    per-call cost would dominate."""
+    error. Few used bins (most revisions) take one plain-Python pass, where numpy's per-call cost
+    would dominate; many take numpy's vectorised form of the same sums."""
     used = np.flatnonzero(hist[0] + hist[1])
-    bins, negatives, positives = used.tolist(), hist[0, used].tolist(), hist[1, used].tolist()
+    if len(used) > PYTHON_BINS:
+        return _ranking_numpy(used, hist[0, used].astype(np.float64), hist[1, used].astype(np.float64), calibrate)
+    return _ranking_python(used.tolist(), hist[0, used].tolist(), hist[1, used].tolist(), calibrate)
+
+
+def _ranking_python(bins: list[int], negatives: list[int], positives: list[int], calibrate: bool) -> _Ranked:
     n_pos, n_neg = sum(positives), sum(negatives)
     auc_sum = shared = ap_sum = ap_bound = 0.0
     above_neg = tp = seen = 0
@@ -228,10 +234,35 @@ def _ranking(hist: Hist, calibrate: bool) -> _Ranked:
             c = calibration_of[bins[i]]
             count[c] += n + p
             positive_count[c] += p
+    return _ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count if calibrate else [], positive_count)
+
+
+def _ranking_numpy(bins: npt.NDArray[np.int64], negatives: npt.NDArray[np.float64],
+                   positives: npt.NDArray[np.float64], calibrate: bool) -> _Ranked:
+    n_pos, n_neg = float(positives.sum()), float(negatives.sum())
+    neg, pos = negatives[::-1], positives[::-1]  # highest scores first
+    above_neg = np.cumsum(neg) - neg
+    tp, seen = np.cumsum(pos), np.cumsum(pos + neg)
+    before_tp, before = tp - pos, seen - pos - neg
+    has = pos > 0
+    p, t, s, b_tp, b = pos[has], tp[has], seen[has], before_tp[has], before[has]
+    ap_sum = float(p @ (t / s))
+    ap_bound = float(p @ ((b_tp + p) / (b + p) - (b_tp + 1) / s))
+    count = positive_count = []
+    if calibrate:
+        which = CALIBRATION_OF[bins]
+        count = np.bincount(which, weights=negatives + positives, minlength=CALIBRATION_BINS).astype(np.int64).tolist()
+        positive_count = np.bincount(which, weights=positives, minlength=CALIBRATION_BINS).astype(np.int64).tolist()
+    return _ranked(n_pos, n_neg, float(pos @ (n_neg - above_neg - neg)), float(pos @ neg), ap_sum, ap_bound, count,
+                   positive_count)
+
+
+def _ranked(n_pos: float, n_neg: float, auc_sum: float, shared: float, ap_sum: float, ap_bound: float,
+            count: list[int], positive_count: list[int]) -> _Ranked:
     pairs = n_pos * n_neg
     auc = ((auc_sum + 0.5 * shared) / pairs, 0.5 * shared / pairs) if pairs else None
     ap = (ap_sum / n_pos, ap_bound / n_pos) if n_pos else None
-    return _Ranked(auc, ap, count if calibrate else [], positive_count)
+    return _Ranked(auc, ap, count, positive_count)
 
 
 def _calibration(count: list[int], positives: list[int], score_sums: list[float]) -> dict[str, Any]:

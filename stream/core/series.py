@@ -39,7 +39,7 @@ class Window:
     def state(self) -> WindowState:
         if self.cm is None:
             return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
-        return WindowState(self.predictions, self.cm.classes(), self.cm.counts(), self.scores, None, self.bins)
+        return WindowState(self.predictions, *self.cm.table(), self.scores, None, self.bins)
 
 
 Terms = tuple[float, float, dict[str, float]] | None  # a scored pair's (log loss, Brier) terms and scores

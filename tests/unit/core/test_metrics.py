@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
@@ -65,15 +65,25 @@ def assert_same(mine: dict[str, object], theirs: dict[str, object]) -> None:
             assert got == pytest.approx(float(expected), abs=TOL), name  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
-@given(pairs_strategy(2))
-def test_binary_metrics_equal_sklearn(pairs: list[tuple[str, str]]) -> None:
+# Small matrices are computed in plain Python, larger ones by numpy: both, on every matrix size.
+BOTH_PATHS = pytest.mark.parametrize("small_matrix", [0, 100], ids=["numpy", "python"])
+
+
+@BOTH_PATHS
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=pairs_strategy(2))
+def test_binary_metrics_equal_sklearn(pairs: list[tuple[str, str]], small_matrix: int,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stream.core.metrics.SMALL_MATRIX", small_matrix)
     assert_same(ours(pairs), oracle(pairs))
 
 
-@settings(max_examples=300, deadline=None)
-@given(pairs_strategy(5))
-def test_multiclass_metrics_equal_sklearn(pairs: list[tuple[str, str]]) -> None:
+@BOTH_PATHS
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=pairs_strategy(5))
+def test_multiclass_metrics_equal_sklearn(pairs: list[tuple[str, str]], small_matrix: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stream.core.metrics.SMALL_MATRIX", small_matrix)
     assert_same(ours(pairs), oracle(pairs))
 
 
