@@ -47,8 +47,9 @@ class Monitor:
     """``Monitor(config={...})``: ``setup()`` validates and prepares, ``execute()`` runs.
 
     Config keys: ``enabled`` (default True), ``mode`` (``replay`` or ``production``), ``source``
-    (``{"predictions": ..., "labels": ...}``, each a JSONL path or an iterable of dicts; a run with
-    a source is bounded; in replay mode without one, the demonstration's simulated model and
+    (``{"predictions": ..., "labels": ...}``, each a JSONL, CSV or Parquet file, directory or glob,
+    a pandas DataFrame, an Arrow table or an iterable of dicts; ``"format"`` if the extension does
+    not say; a run with a source is bounded; in replay mode without one, the demonstration's simulated model and
     settings, under any given here), ``rules`` (a list or a YAML path), and any setting of
     :class:`Config`.
     """

@@ -269,3 +269,15 @@ def test_the_api_takes_arrow_tables(inputs: tuple[list[dict[str, Any]], list[dic
     a, b = from_rows.execute(), from_tables.execute()
     assert a is not None and b is not None
     assert [r["metrics"] for r in a.metrics] == [r["metrics"] for r in b.metrics] and a.metrics
+
+
+def test_the_api_takes_pandas_dataframes(inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    pandas = pytest.importorskip("pandas")
+    predictions, labels = inputs
+    frames = {"predictions": pandas.DataFrame(predictions), "labels": pandas.DataFrame(labels)}
+    from_rows = Monitor({"windows": ["cumulative"], "source": {"predictions": predictions, "labels": labels}})
+    from_frames = Monitor({"windows": ["cumulative"], "source": frames})
+    a, b = from_rows.execute(), from_frames.execute()
+    assert a is not None and b is not None and a.metrics
+    assert [r["metrics"] for r in a.metrics] == [r["metrics"] for r in b.metrics]
+    assert a.health == b.health
