@@ -212,3 +212,16 @@ def test_partitions_partials_merge_to_the_figures_of_one_engine(rows: list[tuple
                 assert merged["metrics"][name] == pytest.approx(expected[name], abs=1e-12), name
         assert [c["count"] for c in merged["metrics"].get("calibration", [])] == [
             c["count"] for c in expected.get("calibration", [])]
+
+
+def test_positive_classes_pick_the_class_the_figures_are_about() -> None:
+    rows = [(True, 0.9), (True, 0.35), (False, 0.6), (True, 0.8), (False, 0.1), (False, 0.45)]
+    for setting, positive in (({}, "1"), ({"positive_classes": {"m*": "0"}}, "0")):
+        engine = Engine(Config.from_mapping({"windows": ["cumulative"], **setting}))
+        feed(engine, [(i, truth, truth, p) for i, (truth, p) in enumerate(rows)])
+        final = next(r for r in engine.metric_records if r["final"])["metrics"]
+        y = [(("1" if truth else "0") == positive) for truth, _ in rows]
+        scores = [p if positive == "1" else 1 - p for _, p in rows]
+        assert final["average_precision"] == pytest.approx(skm.average_precision_score(y, scores), abs=1e-12)
+        assert final["ece"] == pytest.approx(
+            sum(abs(s - t) for s, t in zip(scores, y, strict=True)) / len(rows), abs=1e-12)  # one pair per bin
