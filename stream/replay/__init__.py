@@ -145,9 +145,10 @@ class _Inputs:
         parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
         max_bytes = engine.config.max_record_bytes
         base = index << ROW_BITS
-        read = progress.read
+        read = progress.read if progress.bar is not None else None
         for number, raw, size in found.rows(source):
-            read(size)
+            if read is not None:
+                read(size)
             try:
                 if type(raw) is bytes:
                     obj = decode(raw, max_bytes)
@@ -170,6 +171,8 @@ class _Inputs:
             ordered: Iterator[Event] = external_sort(
                 itertools.chain.from_iterable(self.parsed(i, engine, progress) for i in range(len(self.found))),
                 run_events)
+        elif len(self.found) == 1:
+            ordered = _in_order(self.parsed(0, engine, progress), self.found[0].name)
         else:
             ordered = heapq.merge(*(_in_order(self.parsed(i, engine, progress), self.found[i].name)
                                     for i in range(len(self.found))))
@@ -197,17 +200,21 @@ def _timestamp(event: Event) -> float:
 
 
 def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
-         where: Callable[[int, int], dict[str, Any]] | None = None, progress: Progress | None = None) -> None:
+         files: list[list[tuple[str, bool]]] | None = None, progress: Progress | None = None) -> None:
     """Every event through the engine in the order given, then the end of input; the outboxes are
-    drained into ``sink`` as they fill. ``where(kind, sequence)`` says where a record the engine
-    refuses came from."""
+    drained into ``sink`` as they fill. ``files[kind][input]`` (its name, and whether it counts
+    lines rather than rows) says where a record the engine refuses came from."""
     receive = engine.receive
     records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
     for count, (_, kind, sequence, record) in enumerate(events):
-        if where is None:
+        if files is None:
             receive(record)
         else:
-            receive(record, **where(kind, sequence))
+            name, lines = files[kind][sequence >> ROW_BITS]
+            if lines:
+                receive(record, file=name, line=sequence & ROW_MASK)
+            else:
+                receive(record, file=name, row=sequence & ROW_MASK)
         if records or dead:
             sink.drain(engine)
         if progress is not None and not count % STATUS_EVERY:
@@ -230,9 +237,10 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
         progress = Progress(total, quiet)
         try:
             streams = [kind.events(engine, progress, sort, run_events) for kind in kinds]
-            where = (lambda k, sequence: kinds[k].where(sequence)) if not _in_memory(kinds) else None
+            files = None if _in_memory(kinds) else [[(f.name, f.format == "jsonl") for f in kind.found]
+                                                      for kind in kinds]
             try:
-                feed(engine, heapq.merge(*streams), sink, where, progress)
+                feed(engine, heapq.merge(*streams), sink, files, progress)
             except _OutOfOrder:
                 continue
         finally:
