@@ -46,6 +46,7 @@ CALIBRATION_OF = np.maximum(np.arange(BINS) - 1, 0) // _PER_CALIBRATION_BIN  # h
 _CALIBRATION_LIST = CALIBRATION_OF.tolist()
 POSITIVE_NAMES = ("1", "true", "yes")
 PYTHON_BINS = 48  # up to this many used bins, the figures are summed in plain Python (see _ranking)
+SMALL_BATCH = 16  # up to this many cells, a batch is added cell by cell (numpy's calls cost more)
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
 Sums = npt.NDArray[np.float64]  # (classes, 2, CALIBRATION_BINS): the sums of those scores
@@ -119,6 +120,13 @@ class ScoreBins:
     def add(self, names: Sequence[str], batch: Batch) -> None:
         """Add what ``count`` made of a batch whose classes are ``names``."""
         hist_cells, sums_cells, values = batch
+        if len(hist_cells) <= SMALL_BATCH and self.names == names:  # a window's usual fold: a few pairs
+            hist, sums = self.hist.reshape(-1), self.sums.reshape(-1)
+            for cell in hist_cells.tolist():
+                hist[cell] += 1
+            for cell, value in zip(sums_cells.tolist(), values.tolist(), strict=True):
+                sums[cell] += value
+            return
         self._add(names, hist_cells, np.ones(len(hist_cells), dtype=np.int64), sums_cells, values)
 
     def merge(self, names: Sequence[str], hist: list[list[Any]], sums: list[list[Any]]) -> None:
