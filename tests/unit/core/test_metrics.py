@@ -65,25 +65,15 @@ def assert_same(mine: dict[str, object], theirs: dict[str, object]) -> None:
             assert got == pytest.approx(float(expected), abs=TOL), name  # type: ignore[arg-type]
 
 
-# Small matrices are computed in plain Python, larger ones by numpy: both, on every matrix size.
-BOTH_PATHS = pytest.mark.parametrize("small_matrix", [0, 100], ids=["numpy", "python"])
-
-
-@BOTH_PATHS
+# Small matrices are computed in plain Python, larger ones by numpy: both, binary and multiclass.
+@pytest.mark.parametrize("small_matrix", [0, 100], ids=["numpy", "python"])
+@pytest.mark.parametrize("n_classes", [2, 5], ids=["binary", "multiclass"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pairs=pairs_strategy(2))
-def test_binary_metrics_equal_sklearn(pairs: list[tuple[str, str]], small_matrix: int,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@given(data=st.data())
+def test_metrics_equal_sklearn(data: st.DataObject, n_classes: int, small_matrix: int,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("stream.core.metrics.SMALL_MATRIX", small_matrix)
-    assert_same(ours(pairs), oracle(pairs))
-
-
-@BOTH_PATHS
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pairs=pairs_strategy(5))
-def test_multiclass_metrics_equal_sklearn(pairs: list[tuple[str, str]], small_matrix: int,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("stream.core.metrics.SMALL_MATRIX", small_matrix)
+    pairs = data.draw(pairs_strategy(n_classes))
     assert_same(ours(pairs), oracle(pairs))
 
 
