@@ -26,7 +26,7 @@ import orjson
 from stream.core.records import raw_text
 from stream.errors import ConfigError
 
-__all__ = ["FORMATS", "Input", "inputs", "required_columns"]
+__all__ = ["FORMATS", "Input", "inputs"]
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -36,10 +36,6 @@ _REQUIRED = {"predictions": ("request_id", "timestamp", "model", "prediction"),
              "labels": ("request_id", "timestamp", "label")}
 _SCALARS = ("timestamp", "prediction", "label")
 _OBJECTS = ("scores", "segment")
-
-
-def required_columns(source: str) -> tuple[str, ...]:
-    return _REQUIRED[source]
 
 
 @dataclass
