@@ -23,6 +23,7 @@ __all__ = ["CODE_BITS", "CODE_MASK", "ClassIndex", "ConfusionMatrix", "Counts", 
 Counts = npt.NDArray[np.int64]
 CODE_BITS = 20
 CODE_MASK = (1 << CODE_BITS) - 1
+SMALL_TABLE = 4  # classes up to which ``table`` finds the present ones in plain Python
 
 
 def count_codes(codes: npt.NDArray[np.int64], size: int) -> Counts:
@@ -104,8 +105,14 @@ class ConfusionMatrix:
 
     def table(self) -> tuple[list[str], Counts]:
         """:meth:`classes` and :meth:`counts` at once."""
-        names = self.index.names
-        order = sorted(self.present().tolist(), key=names.__getitem__)
-        if order == list(range(len(self._cells))):
-            return [names[i] for i in order], self._cells.copy()
-        return [names[i] for i in order], self._cells[np.ix_(order, order)]
+        names, cells = self.index.names, self._cells
+        size = len(cells)
+        if size <= SMALL_TABLE:  # a few classes: plain Python costs less than numpy's calls
+            rows = cells.tolist()
+            present = [i for i in range(size) if any(rows[i]) or any(row[i] for row in rows)]
+        else:
+            present = self.present().tolist()
+        order = sorted(present, key=names.__getitem__)
+        if order == list(range(size)):
+            return [names[i] for i in order], cells.copy()
+        return [names[i] for i in order], cells[np.ix_(order, order)]

@@ -381,20 +381,22 @@ class Engine:
         heap = self._final_heap
         if heap and heap[0][0] <= watermark:
             self._fold()
+            now = self._now()
             while heap and heap[0][0] <= watermark:
                 window = heapq.heappop(heap)[2]
                 del window.series.windows[(window.spec, window.start)]
                 window.dirty = False
-                self._emit(window, final=True)
+                self._emit(window, True, now)
             horizon = watermark - self._stale_after_s
             self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
             self._numbered = {s.number: s for s in self._sets.values()}  # no pending prediction is older
         if math.isinf(watermark):
+            now = self._now()
             for series in self._series.values():
                 for rolling in series.rolling:
                     if rolling.pairs:
                         rolling.dirty = False
-                        self._emit(rolling, final=True)
+                        self._emit(rolling, True, now)
 
     def resume(self, watermark: float) -> None:
         """After a rebuild fed with stored records (at no watermark): jump to the watermark that was
@@ -418,11 +420,12 @@ class Engine:
         self._fold()
         dirty, self._dirty_windows = self._dirty_windows, []
         revise = self.revisions or bool(self.rules.rules)
+        now = self._now() if revise and dirty else (0.0, "")
         for window in dirty:
             if window.dirty:
                 window.dirty = False
                 if revise:
-                    self._emit(window, final=False)
+                    self._emit(window, False, now)
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""
@@ -430,7 +433,12 @@ class Engine:
         self._dirty_windows.clear()  # every window is about to be emitted as final anyway
         self.advance(math.inf)
 
-    def _emit(self, window: Window, final: bool) -> None:
+    def _now(self) -> tuple[float, str]:
+        """The clock, and as RFC 3339: one reading stamps all the records of one flush."""
+        now = self.clock()
+        return now, rfc3339(now)
+
+    def _emit(self, window: Window, final: bool, now: tuple[float, str]) -> None:
         series, spec = window.series, window.spec
         if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the record
             partial = {"model": series.model, "model_version": series.model_version, "segment": series.segment,
@@ -439,11 +447,10 @@ class Engine:
                 partial["pairs"] = window.export_pairs()
             self.metric_records.append(partial)
             return
-        now = self.clock()
         record = metric_record(series.model, series.model_version, series.segment, spec.describe(window.start),
-                               window.state(), final, rfc3339(now), self.book)
+                               window.state(), final, now[1], self.book)
         self.metric_records.append(record)
-        self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now))
+        self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now[0]))
 
     # ---------------------------------------------------------------- status
 

@@ -77,19 +77,20 @@ def metric_record(
     """A metric record (schemas/metric_record.json) from a window's state; ``book`` gives the
     model's positive class and custom metrics."""
     timed = window["kind"] != "rolling"
+    n = state.n
     figures = state.figures(book.of(model)[0] if book is not None else None)
     if book is not None:
         counts = None if state.regression is not None else state.counts
-        book.add_custom(model, counts, state.classes, figures["metrics"], state.n)
+        book.add_custom(model, counts, state.classes, figures["metrics"], n)
     return {
         "model": model,
         "model_version": version,
         "segment": segment,
         "window": window,
         "task": "regression" if state.regression is not None else "classification",
-        "n": state.n,
+        "n": n,
         "predictions": state.predictions if timed else None,
-        "label_coverage": (state.n / state.predictions) if timed and state.predictions else None,
+        "label_coverage": (n / state.predictions) if timed and state.predictions else None,
         **figures,
         "final": final,
         "emitted_at": emitted_at,

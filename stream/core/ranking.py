@@ -215,7 +215,7 @@ def _ranking(hist: Hist, calibrate: bool) -> _Ranked:
     would dominate; many take numpy's vectorised form of the same sums."""
     used = np.flatnonzero(hist[0] + hist[1])
     if len(used) > PYTHON_BINS:
-        return _ranking_numpy(used, hist[0, used].astype(np.float64), hist[1, used].astype(np.float64), calibrate)
+        return _ranking_numpy(hist, calibrate)
     return _ranking_python(used.tolist(), hist[0, used].tolist(), hist[1, used].tolist(), calibrate)
 
 
@@ -245,23 +245,23 @@ def _ranking_python(bins: list[int], negatives: list[int], positives: list[int],
     return _ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count if calibrate else [], positive_count)
 
 
-def _ranking_numpy(bins: npt.NDArray[np.int64], negatives: npt.NDArray[np.float64],
-                   positives: npt.NDArray[np.float64], calibrate: bool) -> _Ranked:
-    n_pos, n_neg = float(positives.sum()), float(negatives.sum())
-    neg, pos = negatives[::-1], positives[::-1]  # highest scores first
-    above_neg = np.cumsum(neg) - neg
-    tp, seen = np.cumsum(pos), np.cumsum(pos + neg)
-    before_tp, before = tp - pos, seen - pos - neg
-    has = pos > 0
-    p, t, s, b_tp, b = pos[has], tp[has], seen[has], before_tp[has], before[has]
-    ap_sum = float(p @ (t / s))
-    ap_bound = float(p @ ((b_tp + p) / (b + p) - (b_tp + 1) / s))
+def _ranking_numpy(hist: Hist, calibrate: bool) -> _Ranked:
+    """The sums of ``_ranking_python`` over all bins at once (an unused bin adds 0), in integers
+    where they are counts; divisors are kept at least 1 where the term they divide is 0."""
+    top = hist[:, ::-1]  # highest scores first
+    neg, pos = top
+    neg_cum, tp = top.cumsum(axis=1)  # negatives and positives at or above each bin
+    n_neg, n_pos = int(neg_cum[-1]), int(tp[-1])
+    seen = neg_cum + tp
+    seen_1 = np.maximum(seen, 1)
+    ap_sum = float(pos @ (tp / seen_1))
+    ap_bound = float(pos @ (tp / np.maximum(seen - neg, 1) - (tp - pos + 1) / seen_1))
     count = positive_count = []
     if calibrate:
-        which = CALIBRATION_OF[bins]
-        count = np.bincount(which, weights=negatives + positives, minlength=CALIBRATION_BINS).astype(np.int64).tolist()
-        positive_count = np.bincount(which, weights=positives, minlength=CALIBRATION_BINS).astype(np.int64).tolist()
-    return _ranked(n_pos, n_neg, float(pos @ (n_neg - above_neg - neg)), float(pos @ neg), ap_sum, ap_bound, count,
+        per_bin = hist[:, 1:].reshape(2, CALIBRATION_BINS, _PER_CALIBRATION_BIN).sum(axis=2)
+        per_bin[:, 0] += hist[:, 0]
+        count, positive_count = (per_bin[0] + per_bin[1]).tolist(), per_bin[1].tolist()
+    return _ranked(n_pos, n_neg, float(pos @ (n_neg - neg_cum)), float(pos @ neg), ap_sum, ap_bound, count,
                    positive_count)
 
 
