@@ -62,6 +62,12 @@ log = logging.getLogger("mlmon.worker")
 FETCH_MAX_BYTES = 4 << 20
 PARTITION_FETCH_MAX_BYTES = 2 << 20
 FETCH_MAX_WAIT_MS = 100  # see ``tune_fetches``
+# The consumer's group coordinator counts a topic's partitions from the client's metadata, refreshed
+# only every metadata_max_age_ms (aiokafka's default: 5 minutes) unless something forces it. A
+# metadata response read just before a changelog topic is visible counts it as 0 partitions, and
+# faust then refuses every write to that table (``patches.table_writable``) until the next refresh:
+# the worker would hold its partials for minutes. A short age bounds that wait.
+METADATA_MAX_AGE_MS = 5_000
 # Per partition store. faust's defaults (3 x 64 MiB write buffers, a 2 GiB block cache) would keep
 # every stored record in memory too; each batch is written once and read once, at a rebuild, so
 # small buffers cost nothing (4 MiB write buffers had cost 67 bytes per pending prediction over 8
@@ -113,6 +119,7 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
         broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not 60 s
         broker_heartbeat_interval=3.0,
         consumer_max_fetch_size=PARTITION_FETCH_MAX_BYTES,
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
     def raw_topic(*names: str, partitions: int | None = None) -> faust.TopicT:
         return app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")

@@ -89,7 +89,11 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
         "aiokafka.producer.message_accumulator:BatchBuilder.append",
     ),
     "in_partition": ("faust.streams:current_event", f"{_TABLE}.partition_for_key", f"{_TABLE}._send_changelog"),
-    "table_writable": (f"{_TABLE}._verify_source_topic_partitions",),
+    "table_writable": (  # and worker.METADATA_MAX_AGE_MS, which bounds how long it may stay False
+        f"{_TABLE}._verify_source_topic_partitions",
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.topic_partitions",
+        "aiokafka.consumer.group_coordinator:BaseCoordinator._get_metadata_snapshot",
+    ),
 }
 
 

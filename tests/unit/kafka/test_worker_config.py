@@ -75,3 +75,11 @@ def test_the_broker_may_be_given_as_faust_users_write_it() -> None:
     assert Config.from_mapping({"broker": "k1:9092"}).broker == "k1:9092"
     with pytest.raises(ConfigError, match="expected host:port"):
         Config.from_mapping({"broker": "http://k1:9092"})
+
+
+def test_the_consumer_refreshes_metadata_every_few_seconds() -> None:
+    """A changelog counted as 0 partitions blocks table writes until the next metadata refresh
+    (see worker.METADATA_MAX_AGE_MS): the worker's consumer refreshes every 5 s, not every 5 min."""
+    from stream.kafka.worker import METADATA_MAX_AGE_MS, build_app
+
+    assert build_app(Config()).conf.consumer_metadata_max_age_ms == METADATA_MAX_AGE_MS <= 5_000
