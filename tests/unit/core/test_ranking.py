@@ -6,6 +6,7 @@ import warnings
 import zlib
 from collections import defaultdict
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,10 +17,11 @@ from sklearn.calibration import calibration_curve
 from sklearn.preprocessing import label_binarize
 
 from stream.config import Config
+from stream.core import ranking
 from stream.core.engine import Engine
 from stream.core.keys import record_key
 from stream.core.merge import merge_states, metric_record, rolling_state
-from stream.core.ranking import GRID, ScoreBins, default_positive
+from stream.core.ranking import BINS, GRID, ScoreBins, default_positive
 from stream.core.records import parse_label, parse_prediction
 
 T0 = 1_700_000_000
@@ -59,6 +61,16 @@ two_classes = st.lists(st.tuples(st.booleans(), probability), min_size=2, max_si
 @given(two_classes)
 def test_binary_figures_are_within_their_recorded_bounds_of_sklearn(rows: list[tuple[bool, float]]) -> None:
     assert_binary_within_bounds(rows, binary(rows), exact=False)
+
+
+@pytest.mark.parametrize("python_bins", [0, BINS], ids=["numpy", "plain-python"])
+@settings(max_examples=150, deadline=None)
+@given(rows=two_classes)
+def test_the_numpy_and_the_plain_python_sums_both_equal_sklearn(python_bins: int, rows: list[tuple[bool, float]]
+                                                                ) -> None:
+    """Which one sums a revision depends on how many bins it uses: each is checked on every size."""
+    with mock.patch.object(ranking, "PYTHON_BINS", python_bins):
+        assert_binary_within_bounds(rows, binary(rows), exact=False)
 
 
 @settings(max_examples=300, deadline=None)
