@@ -22,7 +22,7 @@ from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import metric_record
-from stream.core.metrics import ScoreSums
+from stream.core.metrics import ScoreSums, units
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
@@ -33,6 +33,7 @@ from stream.errors import InvalidRecord
 __all__ = ["ENGINE_GUARD", "OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
+FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 # A Kafka worker's partition engine takes this many times the limits (a bound on its memory):
 # the worker applies the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
@@ -73,6 +74,7 @@ class Engine:
         self._final_heap: list[tuple[float, int, Window]] = []
         self._seq = itertools.count()
         self._dirty_sets: list[WindowSet] = []
+        self._buffered = 0  # pairs in window sets since the last fold
         self._dirty_windows: list[Window] = []
         self._next_sweep = -math.inf
         self._next_emit = -math.inf
@@ -324,11 +326,12 @@ class Engine:
                 truth_name = model.classes.names[truth]
                 log_loss, brier = ScoreSums.terms(truth_name, names, probs)
                 wset.scored += 1
-                wset.log_loss_sum += log_loss
-                wset.brier_sum += brier
+                wset.log_loss_units += units(log_loss)
+                wset.brier_units += units(brier)
                 wset.add_scores(truth_name, names, probs)
                 if self.rolling_specs:
                     terms = (log_loss, brier, dict(zip(names, probs, strict=True)))
+        self._buffered += 1
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
@@ -344,6 +347,7 @@ class Engine:
     def _fold(self) -> None:
         """Move every buffered pair into its windows, marking them for emission."""
         dirty_sets, self._dirty_sets = self._dirty_sets, []
+        self._buffered = 0
         dirty_windows = self._dirty_windows
         for wset in dirty_sets:
             for window in wset.fold():
@@ -415,11 +419,13 @@ class Engine:
             window.dirty = False
 
     def flush(self) -> None:
-        """Emit one record per window that changed since the last flush (with ``revisions`` off and
-        no rules to feed, only fold: each window's one record comes when it is final)."""
-        self._fold()
-        dirty, self._dirty_windows = self._dirty_windows, []
+        """Emit one record per window that changed since the last flush. With ``revisions`` off and
+        no rules to feed, each window's one record comes when it is final: pairs stay buffered in
+        their window sets (folding later gives the same figures) until ``FOLD_PAIRS`` wait."""
         revise = self.revisions or bool(self.rules.rules)
+        if revise or self._buffered >= FOLD_PAIRS:
+            self._fold()
+        dirty, self._dirty_windows = self._dirty_windows, []
         now = self._now() if revise and dirty else (0.0, "")
         for window in dirty:
             if window.dirty:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "RegressionStats", "ScoreSums", "classification", "wilson_interval"]
+__all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "UNIT", "RegressionStats", "ScoreSums", "classification", "units",
+           "wilson_interval"]
 
 EPS = float(np.finfo(np.float64).eps)
 ONE_MINUS_EPS = 1.0 - EPS
@@ -145,8 +146,23 @@ def _kappa(
     return 1.0 - float(cells[off_diagonal].sum()) / disagreement_expected
 
 
+UNIT = 1 << 64  # score sums count in units of 2**-64, as Python integers
+
+
+def units(value: float) -> int:
+    """A term of a score sum as a whole number of 2**-64 (exact for terms from 2**-11 up, else
+    rounded by 2**-65). Integers add exactly, so a sum does not depend on the order or batching of
+    its pairs, a rolling window's revert gives back exactly what its update added, and a mean is
+    the correctly rounded quotient of two integers.
+
+    >>> units(0.5) == UNIT // 2, units(0.1) / UNIT == 0.1
+    (True, True)
+    """
+    return round(value * UNIT)
+
+
 class ScoreSums:
-    """Log loss and Brier score over the pairs that carried ``scores``.
+    """Log loss and Brier score over the pairs that carried ``scores``, from exact sums (``units``).
 
     >>> s = ScoreSums()
     >>> s.update("a", {"a": 0.8, "b": 0.2}); s.update("b", {"a": 0.3, "b": 0.7})
@@ -154,12 +170,12 @@ class ScoreSums:
     (0.2899, 0.065)
     """
 
-    __slots__ = ("brier_sum", "log_loss_sum", "n")
+    __slots__ = ("brier_units", "log_loss_units", "n")
 
     def __init__(self) -> None:
         self.n = 0
-        self.log_loss_sum = 0.0
-        self.brier_sum = 0.0
+        self.log_loss_units = 0  # the sums, in units of 2**-64 (see ``units``)
+        self.brier_units = 0
 
     @staticmethod
     def terms(y_true: str, names: Sequence[Any], probs: Sequence[float]) -> tuple[float, float]:
@@ -178,25 +194,37 @@ class ScoreSums:
             brier /= 2
         return -log(EPS if p_true < EPS else ONE_MINUS_EPS if p_true > ONE_MINUS_EPS else p_true), brier
 
+    @property
+    def log_loss_sum(self) -> float:
+        return self.log_loss_units / UNIT
+
+    @property
+    def brier_sum(self) -> float:
+        return self.brier_units / UNIT
+
     def update(self, y_true: str, scores: dict[str, float], sign: int = 1) -> None:
         log_loss, brier = self.terms(y_true, tuple(scores), tuple(scores.values()))
         self.n += sign
-        self.log_loss_sum += sign * log_loss
-        self.brier_sum += sign * brier
+        self.log_loss_units += sign * units(log_loss)
+        self.brier_units += sign * units(brier)
 
     def revert(self, y_true: str, scores: dict[str, float]) -> None:
         self.update(y_true, scores, -1)
 
     def merge(self, n: int, log_loss_sum: float, brier_sum: float) -> None:
-        """Add sums gathered elsewhere (the engine batches pairs before folding them in)."""
+        """Add sums gathered elsewhere (another partition's window, a rolling window's pair)."""
+        self.add_units(n, units(log_loss_sum), units(brier_sum))
+
+    def add_units(self, n: int, log_loss_units: int, brier_units: int) -> None:
         self.n += n
-        self.log_loss_sum += log_loss_sum
-        self.brier_sum += brier_sum
+        self.log_loss_units += log_loss_units
+        self.brier_units += brier_units
 
     def get(self) -> dict[str, float]:
         if self.n <= 0:
             return {}
-        return {"log_loss": self.log_loss_sum / self.n, "brier": self.brier_sum / self.n}
+        scale = UNIT * self.n
+        return {"log_loss": self.log_loss_units / scale, "brier": self.brier_units / scale}
 
 
 class RegressionStats:

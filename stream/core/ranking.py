@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stream.core.metrics import UNIT, units
+
 __all__ = ["BINS", "CALIBRATION_BINS", "EDGES", "ScoreBins", "default_positive", "sparse"]
 
 GRID = 1000
@@ -49,8 +51,8 @@ PYTHON_BINS = 48  # up to this many used bins, the figures are summed in plain P
 SMALL_BATCH = 16  # up to this many cells, a batch is added cell by cell (numpy's calls cost more)
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
-Sums = npt.NDArray[np.float64]  # (classes, 2, CALIBRATION_BINS): the sums of those scores
-Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]  # cells, sum cells, scores
+Sums = npt.NDArray[np.object_]  # (classes, 2, CALIBRATION_BINS): the sums of those scores (metrics.units)
+Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]  # cells, sum cells, scores in units
 
 
 def default_positive(classes: Iterable[str]) -> str:
@@ -76,7 +78,9 @@ def sparse(values: npt.NDArray[Any]) -> list[list[Any]]:
 
 class ScoreBins:
     """Per score class: the histogram of positives' and negatives' scores, and their sums per
-    calibration bin. ``update``/``revert`` one pair, ``add`` a batch, ``get`` the figures."""
+    calibration bin, exact (``metrics.units``: Python integers), so that a window's figures do not
+    depend on the order or batching of its pairs.
+    ``update``/``revert`` one pair, ``add`` a batch, ``get`` the figures."""
 
     __slots__ = ("hist", "ids", "names", "sums")
 
@@ -84,7 +88,7 @@ class ScoreBins:
         self.names: list[str] = []
         self.ids: dict[str, int] = {}
         self.hist: Hist = np.zeros((0, 2, BINS), dtype=np.int64)
-        self.sums: Sums = np.zeros((0, 2, CALIBRATION_BINS), dtype=np.float64)
+        self.sums: Sums = np.zeros((0, 2, CALIBRATION_BINS), dtype=object)
 
     def _ids(self, names: Sequence[str]) -> list[int]:
         ids = [self.ids.get(name, -1) for name in names]
@@ -95,7 +99,7 @@ class ScoreBins:
                     self.names.append(name)
             grow = len(self.names) - len(self.hist)
             self.hist = np.concatenate([self.hist, np.zeros((grow, 2, BINS), dtype=np.int64)])
-            self.sums = np.concatenate([self.sums, np.zeros((grow, 2, CALIBRATION_BINS))])
+            self.sums = np.concatenate([self.sums, np.zeros((grow, 2, CALIBRATION_BINS), dtype=object)])
             ids = [self.ids[name] for name in names]
         return ids
 
@@ -105,7 +109,7 @@ class ScoreBins:
             k = bisect_left(_EDGE_LIST, p)
             positive = int(name == truth)
             self.hist[sid, positive, k] += sign
-            self.sums[sid, positive, _CALIBRATION_LIST[k]] += sign * p
+            self.sums[sid, positive, _CALIBRATION_LIST[k]] += sign * units(p)
 
     def revert(self, truth: str, scores: dict[str, float]) -> None:
         self.update(truth, scores, -1)
@@ -115,7 +119,7 @@ class ScoreBins:
         """A batch's cells: ``keys`` are ``2 * class + (label is that class)``, ``values`` the
         scores, one per (pair, score class); classes are indices in the names ``add`` is given."""
         bins = np.searchsorted(EDGES, values)
-        return keys * BINS + bins, keys * CALIBRATION_BINS + CALIBRATION_OF[bins], values
+        return keys * BINS + bins, keys * CALIBRATION_BINS + CALIBRATION_OF[bins], [units(v) for v in values.tolist()]
 
     def add(self, names: Sequence[str], batch: Batch) -> None:
         """Add what ``count`` made of a batch whose classes are ``names``."""
@@ -124,19 +128,20 @@ class ScoreBins:
             hist, sums = self.hist.reshape(-1), self.sums.reshape(-1)
             for cell in hist_cells.tolist():
                 hist[cell] += 1
-            for cell, value in zip(sums_cells.tolist(), values.tolist(), strict=True):
+            for cell, value in zip(sums_cells.tolist(), values, strict=True):
                 sums[cell] += value
             return
-        self._add(names, hist_cells, np.ones(len(hist_cells), dtype=np.int64), sums_cells, values)
+        self._add(names, hist_cells, np.ones(len(hist_cells), dtype=np.int64), sums_cells,
+                  np.array(values, dtype=object))
 
     def merge(self, names: Sequence[str], hist: list[list[Any]], sums: list[list[Any]]) -> None:
         """Add another window's histograms as ``export`` gives them."""
         if names:
             self._add(names, np.asarray(hist[0], dtype=np.int64), np.asarray(hist[1], dtype=np.int64),
-                      np.asarray(sums[0], dtype=np.int64), np.asarray(sums[1], dtype=np.float64))
+                      np.asarray(sums[0], dtype=np.int64), np.array([units(v) for v in sums[1]], dtype=object))
 
     def _add(self, names: Sequence[str], hist_cells: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
-             sums_cells: npt.NDArray[np.int64], sums: npt.NDArray[np.float64]) -> None:
+             sums_cells: npt.NDArray[np.int64], sums: npt.NDArray[np.object_]) -> None:
         """Add cells given as flat indices over ``names`` (a window's own classes are those of its
         model, in its order, so the indices usually hold as they are)."""
         ids = self._ids(names)
@@ -150,7 +155,9 @@ class ScoreBins:
         np.add.at(self.sums.reshape(-1), sums_cells, sums)
 
     def export(self) -> dict[str, Any]:
-        return {"score_classes": list(self.names), "score_hist": sparse(self.hist), "score_sums": sparse(self.sums)}
+        where, values = sparse(self.sums)
+        return {"score_classes": list(self.names), "score_hist": sparse(self.hist),
+                "score_sums": [where, [v / UNIT for v in values]]}  # floats: JSON integers stop at 64 bits
 
     def get(self, classes: Sequence[str], positive: str | None = None) -> dict[str, Any]:
         """The figures for a model whose labels and predictions were ``classes``: binary ones when
@@ -177,7 +184,9 @@ def _binary(hist: Hist, sums: Sums) -> dict[str, Any]:
     if figures.ap is not None:
         out["average_precision"], out["average_precision_error_bound"] = figures.ap
     if figures.count:
-        out.update(_calibration(figures.count, figures.positives, sums.sum(axis=0).tolist()))
+        negatives, positives = sums.tolist()
+        out.update(_calibration(figures.count, figures.positives, [a + b for a, b in zip(negatives, positives,
+                                                                                          strict=True)]))
     return out
 
 
@@ -273,9 +282,10 @@ def _ranked(n_pos: float, n_neg: float, auc_sum: float, shared: float, ap_sum: f
     return _Ranked(auc, ap, count, positive_count)
 
 
-def _calibration(count: list[int], positives: list[int], score_sums: list[float]) -> dict[str, Any]:
+def _calibration(count: list[int], positives: list[int], score_sums: list[int]) -> dict[str, Any]:
     """Expected calibration error of the positive class's score over ten equal-width bins, with
-    each bin's count, mean score and fraction of positives (a reliability diagram)."""
+    each bin's count, mean score and fraction of positives (a reliability diagram); ``score_sums``
+    in ``metrics.units``."""
     total = sum(count)
     bins: list[dict[str, Any]] = []
     ece = 0.0
@@ -283,7 +293,7 @@ def _calibration(count: list[int], positives: list[int], score_sums: list[float]
         if n == 0:
             bins.append({"count": 0, "mean_score": None, "fraction_positive": None})
             continue
-        mean_score, fraction = score_sum / n, positive / n
+        mean_score, fraction = score_sum / (UNIT * n), positive / n
         ece += n / total * abs(mean_score - fraction)
         bins.append({"count": n, "mean_score": mean_score, "fraction_positive": fraction})
     return {"ece": ece, "calibration": bins}

@@ -127,9 +127,11 @@ class Model:
 class WindowSet:
     """Every timed window that predictions of one group (model, version, segment values) and one
     time slot fall in. Pairs are buffered here once and folded into all its windows before any
-    emission, so a pair costs the same however many windows and segments are configured."""
+    emission, so a pair costs the same however many windows and segments are configured. A
+    window's figures do not depend on how its pairs were batched into folds (its counts and sums
+    add exactly), so a fold may come at any time."""
 
-    __slots__ = ("brier_sum", "codes", "dirty", "group", "log_loss_sum", "model", "number", "predictions",
+    __slots__ = ("brier_units", "codes", "dirty", "group", "log_loss_units", "model", "number", "predictions",
                  "score_keys", "score_values", "scored", "targets", "windows")
 
     def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
@@ -140,7 +142,7 @@ class WindowSet:
         self.codes = array("q")
         self.targets: list[tuple[float, float]] = []
         self.predictions = self.scored = 0
-        self.log_loss_sum = self.brier_sum = 0.0
+        self.log_loss_units = self.brier_units = 0  # exact sums (see metrics.units)
         self.score_keys = array("q")  # per scored pair and score class: 2 * class + (label is that class)
         self.score_values = array("d")  # and the score
         self.dirty = False
@@ -172,14 +174,13 @@ class WindowSet:
             counted = ScoreBins.count(np.frombuffer(self.score_keys, dtype=np.int64),
                                       np.frombuffer(self.score_values, dtype=np.float64))
             for window in windows:
-                window.scores.merge(self.scored, self.log_loss_sum, self.brier_sum)
+                window.scores.add_units(self.scored, self.log_loss_units, self.brier_units)
                 window.bins.add(names, counted)  # type: ignore[union-attr]
             self.score_keys, self.score_values = array("q"), array("d")
         for truth, guess in self.targets:
             for window in windows:
                 window.regression.update(truth, guess)  # type: ignore[union-attr]
         self.targets.clear()
-        self.predictions = self.scored = 0
-        self.log_loss_sum = self.brier_sum = 0.0
+        self.predictions = self.scored = self.log_loss_units = self.brier_units = 0
         self.dirty = False
         return list(windows)

@@ -207,6 +207,18 @@ def test_final_only_writes_each_windows_final_record_once(
     assert finals_only.splitlines() == expected and result.metric_records == len(expected)
 
 
+def test_final_only_figures_equal_the_revisions_final_ones_for_a_binary_scored_model(tmp_path: Path) -> None:
+    """Final-only folds pairs into windows in larger batches, late; its figures (log loss, calibration
+    sums included) must not change for it."""
+    predictions, labels = streams(Scenario(pairs=2000, rate_per_s=0.5, label_delay_mean_s=900.0, models=("a", "b")))
+    every, _ = run(tmp_path, "jsonl", predictions, labels)
+    (tmp_path / "f").mkdir()
+    finals_only, _ = run(tmp_path / "f", "jsonl", predictions, labels, final_only=True)
+    expected = [line for line in every.splitlines() if json.loads(line)["final"]]
+    assert any("calibration" in json.loads(line)["metrics"] for line in expected)
+    assert finals_only.splitlines() == expected
+
+
 def test_metric_records_to_parquet(tmp_path: Path, inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
     predictions, labels = inputs
     jsonl, _ = run(tmp_path, "jsonl", predictions, labels)

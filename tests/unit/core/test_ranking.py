@@ -21,6 +21,7 @@ from stream.core import ranking
 from stream.core.engine import Engine
 from stream.core.keys import record_key
 from stream.core.merge import merge_states, metric_record, rolling_state
+from stream.core.metrics import ScoreSums
 from stream.core.ranking import BINS, GRID, ScoreBins, default_positive
 from stream.core.records import parse_label, parse_prediction
 
@@ -136,14 +137,34 @@ def test_batches_and_single_updates_and_reverts_agree() -> None:
             keys.append(2 * sid + (name == names[truth]))
             values.append(value)
     batch.add(names, ScoreBins.count(np.array(keys), np.array(values)))
-    assert (one.hist == batch.hist).all() and np.allclose(one.sums, batch.sums)
-    one.update("a", {"a": 0.5, "b": 0.5})
-    one.revert("a", {"a": 0.5, "b": 0.5})
-    assert (one.hist == batch.hist).all()
+    assert (one.hist == batch.hist).all() and (one.sums == batch.sums).all()  # exact sums: any batching
+    one.update("a", {"a": 0.3, "b": 0.7})
+    one.revert("a", {"a": 0.3, "b": 0.7})
+    assert (one.hist == batch.hist).all() and (one.sums == batch.sums).all()  # and an exact revert
     merged = ScoreBins()
     exported = batch.export()
     merged.merge(exported["score_classes"], exported["score_hist"], exported["score_sums"])
     assert (merged.hist == batch.hist).all()
+    assert np.allclose(merged.sums.astype(float), batch.sums.astype(float), rtol=1e-15, atol=0)  # sent as floats
+
+
+@settings(max_examples=100, deadline=None)
+@given(two_classes, st.randoms(use_true_random=False))
+def test_the_figures_do_not_depend_on_the_order_or_batching_of_pairs(rows: list[tuple[bool, float]],
+                                                                     rnd: Any) -> None:
+    def figures(ordered: list[tuple[bool, float]], cut: int) -> tuple[dict[str, Any], dict[str, float]]:
+        bins, sums = ScoreBins(), ScoreSums()
+        for part in (ordered[:cut], ordered[cut:]):
+            keys = [k for positive, _ in part for k in (2 * 0 + positive, 2 * 1 + (not positive))]
+            values = [v for _, p in part for v in (p, 1.0 - p)]
+            bins.add(["yes", "no"], ScoreBins.count(np.array(keys, dtype=np.int64), np.array(values)))
+            for positive, p in part:
+                sums.update("yes" if positive else "no", {"yes": p, "no": 1.0 - p})
+        return bins.get(["no", "yes"]), sums.get()
+
+    shuffled = rows[:]
+    rnd.shuffle(shuffled)
+    assert figures(rows, len(rows)) == figures(shuffled, rnd.randint(0, len(rows)))
 
 
 # --------------------------------------------------------------- the engine: every window kind, partials
