@@ -22,7 +22,6 @@ from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import metric_record
-from stream.core.metrics import ScoreSums, units
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
@@ -323,12 +322,7 @@ class Engine:
         else:
             wset.codes.append((truth << CODE_BITS) | guess)
             if names is not None:
-                truth_name = model.classes.names[truth]
-                log_loss, brier = ScoreSums.terms(truth_name, names, probs)
-                wset.scored += 1
-                wset.log_loss_units += units(log_loss)
-                wset.brier_units += units(brier)
-                wset.add_scores(truth_name, names, probs)
+                log_loss, brier = wset.add_scores(model.classes.names[truth], names, probs)
                 if self.rolling_specs:
                     terms = (log_loss, brier, dict(zip(names, probs, strict=True)))
         self._buffered += 1
@@ -377,7 +371,9 @@ class Engine:
             if watermark >= self._next_sweep:
                 self._sweep(watermark)
 
-    def _sweep(self, watermark: float) -> None:
+    def _sweep(self, watermark: float, emit: bool = True) -> None:
+        """Expire join state and close the windows the watermark passed, each with its final
+        record unless ``emit`` is off."""
         self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
         expired, orphaned = self.join.expire(watermark)
         self.health.expired_predictions += len(expired)
@@ -385,16 +381,17 @@ class Engine:
         heap = self._final_heap
         if heap and heap[0][0] <= watermark:
             self._fold()
-            now = self._now()
+            now = self._now() if emit else (0.0, "")
             while heap and heap[0][0] <= watermark:
                 window = heapq.heappop(heap)[2]
                 del window.series.windows[(window.spec, window.start)]
                 window.dirty = False
-                self._emit(window, True, now)
+                if emit:
+                    self._emit(window, True, now)
             horizon = watermark - self._stale_after_s
             self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
             self._numbered = {s.number: s for s in self._sets.values()}  # no pending prediction is older
-        if math.isinf(watermark):
+        if math.isinf(watermark) and emit:
             now = self._now()
             for series in self._series.values():
                 for rolling in series.rolling:
@@ -407,16 +404,7 @@ class Engine:
         reached before, dropping the windows that were already final then, without emitting them
         again (their records may be gone from the store by now; their final records went out)."""
         self.watermark = watermark
-        self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
-        expired, orphaned = self.join.expire(watermark)
-        self.health.expired_predictions += len(expired)
-        self.health.orphaned_labels += len(orphaned)
-        self._fold()
-        heap = self._final_heap
-        while heap and heap[0][0] <= watermark:
-            window = heapq.heappop(heap)[2]
-            del window.series.windows[(window.spec, window.start)]
-            window.dirty = False
+        self._sweep(watermark, emit=False)
 
     def flush(self) -> None:
         """Emit one record per window that changed since the last flush. With ``revisions`` off and

@@ -13,7 +13,7 @@ import numpy as np
 from stream.core.confusion import ClassIndex, ConfusionMatrix, count_codes
 from stream.core.keys import segment_label
 from stream.core.merge import WindowState
-from stream.core.metrics import RegressionStats, ScoreSums
+from stream.core.metrics import RegressionStats, ScoreSums, units
 from stream.core.ranking import ScoreBins
 from stream.core.windows import WindowSpec
 
@@ -147,14 +147,20 @@ class WindowSet:
         self.score_values = array("d")  # and the score
         self.dirty = False
 
-    def add_scores(self, truth: str, names: tuple[str, ...], probs: tuple[float, ...]) -> None:
-        """Buffer a scored pair for the score histograms (see ``ScoreBins.count``)."""
+    def add_scores(self, truth: str, names: tuple[str, ...], probs: tuple[float, ...]) -> tuple[float, float]:
+        """Buffer a scored pair's log loss and Brier terms (returned) and its scores for the score
+        histograms (see ``ScoreBins.count``)."""
+        log_loss, brier = ScoreSums.terms(truth, names, probs)
+        self.scored += 1
+        self.log_loss_units += units(log_loss)
+        self.brier_units += units(brier)
         index = self.model.score_classes
         keys, values = self.score_keys, self.score_values
         for name, p in zip(names, probs, strict=True):
             sid = index.ids.get(name)
             keys.append(2 * (index.id(name) if sid is None else sid) + (name == truth))
             values.append(p)
+        return log_loss, brier
 
     def fold(self) -> list[Window]:
         """Move the buffered counts into every window; returns the windows it changed."""
