@@ -86,18 +86,22 @@ def _small(cells: list[list[int]], classes: list[str]) -> dict[str, Any]:
     """``classification`` in plain Python, for the small matrices most models have: the same
     formulas, summed in Python rather than by numpy."""
     k = len(cells)
-    n = sum(map(sum, cells))
+    actual = [sum(row) for row in cells]
+    n = sum(actual)
     if n == 0:
         return {}
-    tp = [cells[i][i] for i in range(k)]
-    actual = [sum(row) for row in cells]
-    predicted = [sum(cells[i][j] for i in range(k)) for j in range(k)]
-    precision = [t / p if p else 0.0 for t, p in zip(tp, predicted, strict=True)]
-    recall = [t / a if a else 0.0 for t, a in zip(tp, actual, strict=True)]
-    f1 = [2 * t / (a + p) if a + p else 0.0 for t, a, p in zip(tp, actual, predicted, strict=True)]
-    correct = sum(tp)
+    predicted = [sum(column) for column in zip(*cells, strict=True)]
+    precision, recall, f1, supported = [], [], [], []
+    correct = 0
+    for i in range(k):
+        t, a, p = cells[i][i], actual[i], predicted[i]
+        correct += t
+        precision.append(t / p if p else 0.0)
+        recall.append(t / a if a else 0.0)
+        if a > 0:
+            supported.append(recall[i])
+        f1.append(2 * t / (a + p) if a + p else 0.0)
     accuracy = correct / n
-    supported = [r for r, a in zip(recall, actual, strict=True) if a > 0]
     n2 = float(n) * n
     chance_sum = sum(a * p for a, p in zip(actual, predicted, strict=True))
     cov_tp = float(correct) * n - chance_sum
