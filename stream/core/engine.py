@@ -21,7 +21,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
-from stream.core.merge import metric_record
+from stream.core.merge import assemble, record_figures
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
@@ -435,14 +435,13 @@ class Engine:
     def _emit(self, window: Window, final: bool, now: tuple[float, str]) -> None:
         series, spec = window.series, window.spec
         if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the record
-            partial = {"model": series.model, "model_version": series.model_version, "segment": series.segment,
-                       "window": spec.describe(window.start), "final": final, **window.state().export()}
-            if isinstance(window, RollingWindow):
-                partial["pairs"] = window.export_pairs()
-            self.metric_records.append(partial)
+            self.metric_records.append(window.partial(final))
             return
-        record = metric_record(series.model, series.model_version, series.segment, spec.describe(window.start),
-                               window.state(), final, now[1], self.book)
+        if window.changed or window.figures is None:
+            window.figures = record_figures(series.model, window.state(), self.book)
+            window.changed = False
+        record = assemble(series.model, series.model_version, series.segment, spec.describe(window.start),
+                          window.predictions, window.figures, final, now[1])
         self.metric_records.append(record)
         self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now[0]))
 

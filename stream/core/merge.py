@@ -26,7 +26,7 @@ from stream.core.custom import MetricBook
 from stream.core.metrics import RegressionStats, ScoreSums, classification
 from stream.core.ranking import ScoreBins
 
-__all__ = ["WindowState", "merge_states", "metric_record", "rolling_state"]
+__all__ = ["Figures", "WindowState", "assemble", "merge_states", "metric_record", "record_figures", "rolling_state"]
 
 
 @dataclass
@@ -70,28 +70,45 @@ class WindowState:
         }
 
 
-def metric_record(
-    model: str, version: str, segment: dict[str, str], window: dict[str, Any], state: WindowState,
-    final: bool, emitted_at: str, book: MetricBook | None = None,
-) -> dict[str, Any]:
-    """A metric record (schemas/metric_record.json) from a window's state; ``book`` gives the
-    model's positive class and custom metrics."""
-    timed = window["kind"] != "rolling"
+Figures = tuple[str, int, dict[str, Any]]  # a record's task, n, and classes, confusion_matrix and metrics
+
+
+def record_figures(model: str, state: WindowState, book: MetricBook | None = None) -> Figures:
+    """What a metric record computes from a window's pairs; ``book`` gives the model's positive
+    class and custom metrics. Pairs unchanged, figures unchanged: a window whose newer record
+    differs only in its predictions reuses them."""
     n = state.n
     figures = state.figures(book.of(model)[0] if book is not None else None)
     if book is not None:
         counts = None if state.regression is not None else state.counts
         book.add_custom(model, counts, state.classes, figures["metrics"], n)
+    return ("regression" if state.regression is not None else "classification"), n, figures
+
+
+def metric_record(
+    model: str, version: str, segment: dict[str, str], window: dict[str, Any], state: WindowState,
+    final: bool, emitted_at: str, book: MetricBook | None = None,
+) -> dict[str, Any]:
+    """A metric record (schemas/metric_record.json) from a window's state."""
+    return assemble(model, version, segment, window, state.predictions, record_figures(model, state, book), final,
+                    emitted_at)
+
+
+def assemble(model: str, version: str, segment: dict[str, str], window: dict[str, Any], predictions: int,
+             figures: Figures, final: bool, emitted_at: str) -> dict[str, Any]:
+    """A metric record from its parts (``predictions``: the window's, counted without labels)."""
+    timed = window["kind"] != "rolling"
+    task, n, computed = figures
     return {
         "model": model,
         "model_version": version,
         "segment": segment,
         "window": window,
-        "task": "regression" if state.regression is not None else "classification",
+        "task": task,
         "n": n,
-        "predictions": state.predictions if timed else None,
-        "label_coverage": (n / state.predictions) if timed and state.predictions else None,
-        **figures,
+        "predictions": predictions if timed else None,
+        "label_coverage": (n / predictions) if timed and predictions else None,
+        **computed,
         "final": final,
         "emitted_at": emitted_at,
     }

@@ -12,7 +12,7 @@ import numpy as np
 
 from stream.core.confusion import ClassIndex, ConfusionMatrix, count_codes
 from stream.core.keys import segment_label
-from stream.core.merge import WindowState
+from stream.core.merge import Figures, WindowState
 from stream.core.metrics import RegressionStats, ScoreSums, units
 from stream.core.ranking import ScoreBins
 from stream.core.windows import WindowSpec
@@ -23,7 +23,8 @@ __all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet"]
 class Window:
     """Additive state of one window instance: predictions seen, pairs' matrix or regression sums."""
 
-    __slots__ = ("bins", "cm", "dirty", "predictions", "regression", "scores", "series", "spec", "start")
+    __slots__ = ("bins", "changed", "cm", "dirty", "figures", "predictions", "regression", "scores", "series", "spec",
+                 "start")
 
     def __init__(self, series: Series, spec: WindowSpec, start: int, classes: ClassIndex | None) -> None:
         self.series = series
@@ -35,11 +36,19 @@ class Window:
         self.scores = ScoreSums()
         self.bins = ScoreBins() if classes is not None else None
         self.dirty = False
+        self.changed = True  # its pairs changed since ``figures`` were computed
+        self.figures: Figures | None = None  # the figures of its last record (see merge.record_figures)
 
     def state(self) -> WindowState:
         if self.cm is None:
             return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
         return WindowState(self.predictions, *self.cm.table(), self.scores, None, self.bins)
+
+    def partial(self, final: bool) -> dict[str, Any]:
+        """Its additive state as a Kafka worker's partition sends it to the merger (core.merge)."""
+        series = self.series
+        return {"model": series.model, "model_version": series.model_version, "segment": series.segment,
+                "window": self.spec.describe(self.start), "final": final, **self.state().export()}
 
 
 Terms = tuple[float, float, dict[str, float]] | None  # a scored pair's (log loss, Brier) terms and scores
@@ -67,6 +76,7 @@ class RollingWindow(Window):
             return False
         heapq.heappush(self.pairs, (done_ts, request_id, truth, guess, terms))
         self.keys.add(key)
+        self.changed = True
         self._add(truth, guess, terms, 1)
         if len(self.pairs) > self.size_n:
             oldest = heapq.heappop(self.pairs)
@@ -88,6 +98,9 @@ class RollingWindow(Window):
             for _, _, truth, guess, _ in sorted(self.pairs):
                 self.regression.update(truth, guess)
         return super().state()
+
+    def partial(self, final: bool) -> dict[str, Any]:
+        return {**super().partial(final), "pairs": self.export_pairs()}
 
     def export_pairs(self) -> list[list[Any]]:
         """The pairs, classes by name, for the merger: [done_ts, request_id, truth, guess, log loss
@@ -174,6 +187,7 @@ class WindowSet:
             counts = count_codes(np.frombuffer(self.codes, dtype=np.int64), len(classes))
             for window in windows:
                 window.cm.merge(counts, len(self.codes))  # type: ignore[union-attr]
+                window.changed = True
             self.codes = array("q")
         if self.scored:
             names = self.model.score_classes.names
@@ -186,6 +200,7 @@ class WindowSet:
         for truth, guess in self.targets:
             for window in windows:
                 window.regression.update(truth, guess)  # type: ignore[union-attr]
+                window.changed = True
         self.targets.clear()
         self.predictions = self.scored = self.log_loss_units = self.brier_units = 0
         self.dirty = False
