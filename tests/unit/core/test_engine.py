@@ -270,3 +270,29 @@ def test_a_label_that_waited_for_its_prediction_and_is_refused_says_where_it_cam
     assert (dead["topic"], dead["partition"], dead["offset"], dead["request_id"], dead["model"]) == (
         "labels", 3, 7, "r", "m")
     assert "not a class" in dead["reason"]
+
+
+def test_a_revision_with_new_predictions_only_keeps_its_figures_and_a_new_pair_changes_them() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["tumbling 1h"], "emit_interval": "1m"}))
+
+    def step(*records: Any) -> dict[str, Any]:
+        for record in records:
+            engine.receive(record)
+        engine.flush()
+        revision = engine.metric_records[-1]
+        engine.metric_records.clear()
+        return revision
+
+    def prediction(i: int, ts: float) -> Any:
+        return parse_prediction({"request_id": f"r{i}", "model": "m", "timestamp": ts, "prediction": "a",
+                                 "scores": {"a": 0.8, "b": 0.2}})
+
+    first = step(prediction(0, T0), prediction(1, T0 + 1),
+                 parse_label({"request_id": "r0", "timestamp": T0 + 2, "label": "a"}))
+    more = step(prediction(2, T0 + 60))
+    assert (more["predictions"], more["label_coverage"]) == (3, 1 / 3) and more["n"] == first["n"] == 1
+    assert {k: v for k, v in more.items() if k not in ("predictions", "label_coverage", "emitted_at")} == {
+        k: v for k, v in first.items() if k not in ("predictions", "label_coverage", "emitted_at")}
+    paired = step(parse_label({"request_id": "r1", "timestamp": T0 + 120, "label": "b"}))
+    assert paired["n"] == 2 and paired["metrics"]["accuracy"] == 0.5 and paired["metrics"]["log_loss"] != (
+        first["metrics"]["log_loss"])
