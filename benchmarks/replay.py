@@ -17,7 +17,9 @@ its peak RSS (VmHWM). Never part of the test command.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -100,29 +102,30 @@ print(peak(), result.seconds, result.engine.health.pairs)
 
 
 def large(n: int, folder: Path) -> dict[str, Any]:
-    """N records (predictions and labels) in shuffled files, written in slices; then a fresh
-    process replays them with --final-only and reports its peak RSS."""
-    chunk = 1_000_000
+    """At least N records (predictions and their labels) in shuffled files, written in slices of
+    a million predictions, each three days after the one before; then a fresh process replays them
+    with --final-only and reports its peak RSS."""
+    written = 0
     with (folder / "p.jsonl").open("wb") as p_out, (folder / "l.jsonl").open("wb") as l_out:
-        for start in range(0, n // 2, chunk):
-            predictions, labels = records(min(chunk, n // 2 - start), seed=start)
-            for row in predictions:
-                row["request_id"] = f"{start}-{row['request_id']}"
-            for row in labels:
-                row["request_id"] = f"{start}-{row['request_id']}"
-            p_out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(predictions,
-                                                                                                      start)))
-            l_out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(labels, start)))
+        for index in itertools.count():
+            if written >= n:
+                break
+            predictions, labels = records(min(1_000_000, math.ceil((n - written) / 1.8)), seed=index)
+            for rows, out in ((predictions, p_out), (labels, l_out)):
+                for row in rows:
+                    row["request_id"] = f"{index}-{row['request_id']}"
+                out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(rows, index)))
+            written += len(predictions) + len(labels)
     out = subprocess.run([sys.executable, "-c", LARGE, str(folder)], capture_output=True, text=True, check=True)
     peak, seconds, pairs = out.stdout.split()
-    return {"records": n, "peak_rss_bytes": int(peak), "seconds": round(float(seconds), 1), "pairs": int(pairs)}
+    return {"records": written, "peak_rss_bytes": int(peak), "seconds": round(float(seconds), 1), "pairs": int(pairs)}
 
 
-def _shifted(rows: list[dict[str, Any]], start: int) -> Iterator[dict[str, Any]]:
-    """Slice ``start`` of a long history: three days later per slice (in epoch seconds)."""
+def _shifted(rows: list[dict[str, Any]], index: int) -> Iterator[dict[str, Any]]:
+    """Slice ``index`` of a long history: three days after the one before (in epoch seconds)."""
+    shift = 3 * 86400 * index
     for row in rows:
         ts = row["timestamp"]
-        shift = 3 * 86400 * (start // 1_000_000)
         row["timestamp"] = (ts + shift) if isinstance(ts, float) else datetime.fromtimestamp(
             datetime.fromisoformat(ts).timestamp() + shift, UTC).isoformat()
         yield row
@@ -132,7 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=300_000, help="predictions (85%% get a label)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--large", type=int, default=0, help="also replay this many shuffled records: peak RSS")
+    parser.add_argument("--large", type=int, default=0, help="also replay at least this many shuffled records "
+                        "(predictions and labels): peak RSS")
     args = parser.parse_args()
     report: dict[str, Any] = {"pairs": args.pairs, "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as name:
