@@ -409,9 +409,10 @@ class Engine:
     def flush(self) -> None:
         """Emit one record per window that changed since the last flush. With ``revisions`` off and
         no rules to feed, each window's one record comes when it is final: pairs stay buffered in
-        their window sets (folding later gives the same figures) until ``FOLD_PAIRS`` wait."""
+        their window sets (a classifier's figures do not depend on when they fold; a regression
+        model's running sums do, so those fold each time) until ``FOLD_PAIRS`` wait."""
         revise = self.revisions or bool(self.rules.rules)
-        if revise or self._buffered >= FOLD_PAIRS:
+        if revise or self._buffered >= FOLD_PAIRS or any(m.regression for m in self.models.values()):
             self._fold()
         dirty, self._dirty_windows = self._dirty_windows, []
         now = self._now() if revise and dirty else (0.0, "")

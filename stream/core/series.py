@@ -141,8 +141,9 @@ class WindowSet:
     """Every timed window that predictions of one group (model, version, segment values) and one
     time slot fall in. Pairs are buffered here once and folded into all its windows before any
     emission, so a pair costs the same however many windows and segments are configured. A
-    window's figures do not depend on how its pairs were batched into folds (its counts and sums
-    add exactly), so a fold may come at any time."""
+    classifier's window figures do not depend on how its pairs were batched into folds (its counts
+    and sums add exactly), so a fold may come at any time; a regression model's (running float
+    sums) do."""
 
     __slots__ = ("brier_units", "codes", "dirty", "group", "log_loss_units", "model", "number", "predictions",
                  "score_keys", "score_values", "scored", "targets", "windows")

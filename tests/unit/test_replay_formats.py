@@ -219,6 +219,22 @@ def test_final_only_figures_equal_the_revisions_final_ones_for_a_binary_scored_m
     assert finals_only.splitlines() == expected
 
 
+def test_final_only_figures_equal_the_revisions_final_ones_for_a_regression_model(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    predictions, labels = [], []
+    for i in range(3000):
+        ts, y = 1_767_225_600.0 + 3 * i, rng.gauss(100, 30)
+        predictions.append({"request_id": str(i), "model": "price", "timestamp": ts, "prediction": y + rng.gauss(0, 5),
+                            "segment": {"c": "abc"[i % 3]}})
+        labels.append({"request_id": str(i), "timestamp": ts + rng.expovariate(1 / 1800), "label": y})
+    labels.sort(key=lambda r: r["timestamp"])
+    config = Config.from_mapping({"regression_models": ["price"]})
+    every, final = tmp_path / "every.jsonl", tmp_path / "final.jsonl"
+    replay(predictions, labels, config, every)
+    replay(predictions, labels, config, final, final_only=True)
+    assert final.read_text().splitlines() == [line for line in every.read_text().splitlines() if '"final":true' in line]
+
+
 def test_metric_records_to_parquet(tmp_path: Path, inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
     predictions, labels = inputs
     jsonl, _ = run(tmp_path, "jsonl", predictions, labels)
