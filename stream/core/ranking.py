@@ -52,7 +52,7 @@ SMALL_BATCH = 16  # up to this many cells, a batch is added cell by cell (numpy'
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
 Sums = npt.NDArray[np.object_]  # (classes, 2, CALIBRATION_BINS): the sums of those scores (metrics.units)
-Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]  # cells, sum cells, scores in units
+Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]  # cells; sums cells and their sums (units)
 
 
 def default_positive(classes: Iterable[str]) -> str:
@@ -116,10 +116,14 @@ class ScoreBins:
 
     @staticmethod
     def count(keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> Batch:
-        """A batch's cells: ``keys`` are ``2 * class + (label is that class)``, ``values`` the
-        scores, one per (pair, score class); classes are indices in the names ``add`` is given."""
+        """A batch's histogram cells, and its sums cells with their totals: ``keys`` are ``2 * class
+        + (label is that class)``, ``values`` the scores, one per (pair, score class); classes are
+        indices in the names ``add`` is given."""
         bins = np.searchsorted(EDGES, values)
-        return keys * BINS + bins, keys * CALIBRATION_BINS + CALIBRATION_OF[bins], [units(v) for v in values.tolist()]
+        totals: dict[int, int] = {}  # per sums cell: done once here, not once per window the batch goes to
+        for cell, value in zip((keys * CALIBRATION_BINS + CALIBRATION_OF[bins]).tolist(), values.tolist(), strict=True):
+            totals[cell] = totals.get(cell, 0) + units(value)
+        return keys * BINS + bins, np.fromiter(totals, dtype=np.int64, count=len(totals)), list(totals.values())
 
     def add(self, names: Sequence[str], batch: Batch) -> None:
         """Add what ``count`` made of a batch whose classes are ``names``."""
