@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "UNIT", "RegressionStats", "ScoreSums", "classification", "units",
-           "wilson_interval"]
+           "units_by_cell", "wilson_interval"]
 
 EPS = float(np.finfo(np.float64).eps)
 ONE_MINUS_EPS = 1.0 - EPS
@@ -163,6 +163,37 @@ def units(value: float) -> int:
     (True, True)
     """
     return round(value * UNIT)
+
+
+SMALL_UNITS = 32  # values up to which ``units_by_cell`` converts them one by one in Python
+_CHUNK = 1 << 24  # values per numpy pass: int64 sums of their parts cannot overflow (|value| < 2**30)
+
+
+def units_by_cell(cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> dict[int, int]:
+    """The sum of ``units(value)`` per cell, exactly. A large batch is summed by numpy: each value
+    times 2**64 (exact) is split into a multiple of 2**32 and the rest, both exact, whose int64
+    sums are joined as Python integers (the rest rounds as ``units`` rounds: half to even).
+
+    >>> values = np.array([0.1, 0.2, 0.3] * 20)
+    >>> units_by_cell(np.zeros(60, dtype=np.int64), values) == {0: sum(units(v) for v in values.tolist())}
+    True
+    """
+    totals: dict[int, int] = {}
+    if len(values) <= SMALL_UNITS:
+        for cell, value in zip(cells.tolist(), values.tolist(), strict=True):
+            totals[cell] = totals.get(cell, 0) + units(value)
+        return totals
+    for start in range(0, len(values), _CHUNK):
+        scaled = values[start:start + _CHUNK] * float(UNIT)
+        high = np.floor(scaled * 2.0 ** -32)
+        low = np.rint(scaled - high * 2.0 ** 32).astype(np.int64)
+        used, where = np.unique(cells[start:start + _CHUNK], return_inverse=True)
+        high_sums, low_sums = np.zeros(len(used), dtype=np.int64), np.zeros(len(used), dtype=np.int64)
+        np.add.at(high_sums, where, high.astype(np.int64))
+        np.add.at(low_sums, where, low)
+        for cell, h, lo in zip(used.tolist(), high_sums.tolist(), low_sums.tolist(), strict=True):
+            totals[cell] = totals.get(cell, 0) + (h << 32) + lo
+    return totals
 
 
 class ScoreSums:

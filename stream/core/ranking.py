@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream.core.metrics import UNIT, units
+from stream.core.metrics import UNIT, units, units_by_cell
 
 __all__ = ["BINS", "CALIBRATION_BINS", "EDGES", "ScoreBins", "default_positive", "sparse"]
 
@@ -120,9 +120,7 @@ class ScoreBins:
         + (label is that class)``, ``values`` the scores, one per (pair, score class); classes are
         indices in the names ``add`` is given."""
         bins = np.searchsorted(EDGES, values)
-        totals: dict[int, int] = {}  # per sums cell: done once here, not once per window the batch goes to
-        for cell, value in zip((keys * CALIBRATION_BINS + CALIBRATION_OF[bins]).tolist(), values.tolist(), strict=True):
-            totals[cell] = totals.get(cell, 0) + units(value)
+        totals = units_by_cell(keys * CALIBRATION_BINS + CALIBRATION_OF[bins], values)  # once, not per window
         return keys * BINS + bins, np.fromiter(totals, dtype=np.int64, count=len(totals)), list(totals.values())
 
     def add(self, names: Sequence[str], batch: Batch) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from stream.core.confusion import ClassIndex, ConfusionMatrix, count_codes
 from stream.core.keys import segment_label
 from stream.core.merge import Figures, WindowState
-from stream.core.metrics import RegressionStats, ScoreSums, units
+from stream.core.metrics import RegressionStats, ScoreSums, units_by_cell
 from stream.core.ranking import ScoreBins
 from stream.core.windows import WindowSpec
 
@@ -145,8 +145,8 @@ class WindowSet:
     and sums add exactly), so a fold may come at any time; a regression model's (running float
     sums) do."""
 
-    __slots__ = ("brier_units", "codes", "dirty", "group", "log_loss_units", "model", "number", "predictions",
-                 "score_keys", "score_values", "scored", "targets", "windows")
+    __slots__ = ("codes", "dirty", "group", "model", "number", "predictions", "score_keys", "score_values", "scored",
+                 "targets", "terms", "windows")
 
     def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
         self.number = number  # what a pending prediction stores to find it again
@@ -156,7 +156,7 @@ class WindowSet:
         self.codes = array("q")
         self.targets: list[tuple[float, float]] = []
         self.predictions = self.scored = 0
-        self.log_loss_units = self.brier_units = 0  # exact sums (see metrics.units)
+        self.terms = array("d")  # per scored pair: its log loss and Brier terms
         self.score_keys = array("q")  # per scored pair and score class: 2 * class + (label is that class)
         self.score_values = array("d")  # and the score
         self.dirty = False
@@ -166,8 +166,8 @@ class WindowSet:
         histograms (see ``ScoreBins.count``)."""
         log_loss, brier = ScoreSums.terms(truth, names, probs)
         self.scored += 1
-        self.log_loss_units += units(log_loss)
-        self.brier_units += units(brier)
+        self.terms.append(log_loss)
+        self.terms.append(brier)
         index = self.model.score_classes
         keys, values = self.score_keys, self.score_values
         for name, p in zip(names, probs, strict=True):
@@ -194,15 +194,17 @@ class WindowSet:
             names = self.model.score_classes.names
             counted = ScoreBins.count(np.frombuffer(self.score_keys, dtype=np.int64),
                                       np.frombuffer(self.score_values, dtype=np.float64))
+            totals = units_by_cell(np.arange(len(self.terms)) & 1, np.frombuffer(self.terms, dtype=np.float64))
+            log_loss_units, brier_units = totals.get(0, 0), totals.get(1, 0)  # exact sums (see metrics.units)
             for window in windows:
-                window.scores.add_units(self.scored, self.log_loss_units, self.brier_units)
+                window.scores.add_units(self.scored, log_loss_units, brier_units)
                 window.bins.add(names, counted)  # type: ignore[union-attr]
-            self.score_keys, self.score_values = array("q"), array("d")
+            self.score_keys, self.score_values, self.terms = array("q"), array("d"), array("d")
         for truth, guess in self.targets:
             for window in windows:
                 window.regression.update(truth, guess)  # type: ignore[union-attr]
                 window.changed = True
         self.targets.clear()
-        self.predictions = self.scored = self.log_loss_units = self.brier_units = 0
+        self.predictions = self.scored = 0
         self.dirty = False
         return list(windows)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from stream.core.confusion import ConfusionMatrix
-from stream.core.metrics import RegressionStats, ScoreSums, classification, wilson_interval
+from stream.core.metrics import RegressionStats, ScoreSums, classification, units, units_by_cell, wilson_interval
 
 TOL = 1e-9
 CLASSES = ["a", "b", "c", "d", "e"]
@@ -156,3 +156,16 @@ def test_wilson_interval_brackets_the_proportion() -> None:
     assert low < 0.8 < high
     assert (round(low, 4), round(high, 4)) == (0.7391, 0.8495)
     assert wilson_interval(0.5, 0, 1.96) == (0.0, 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.one_of(st.floats(0.0, 40.0), st.floats(0.0, 1e-12),
+                                                       st.sampled_from([0.5, 2.0 ** -70, 36.04365338911715]))),
+                min_size=0, max_size=200))
+def test_exact_sums_of_units_are_the_same_one_by_one_and_vectorised(rows: list[tuple[int, float]]) -> None:
+    cells = np.array([c for c, _ in rows], dtype=np.int64)
+    values = np.array([v for _, v in rows], dtype=np.float64)
+    expected: dict[int, int] = {}
+    for cell, value in rows:
+        expected[cell] = expected.get(cell, 0) + units(value)
+    assert units_by_cell(cells, values) == expected  # numpy above SMALL_UNITS values, Python below
