@@ -166,7 +166,8 @@ def units(value: float) -> int:
 
 
 SMALL_UNITS = 32  # values up to which ``units_by_cell`` converts them one by one in Python
-_CHUNK = 1 << 24  # values per numpy pass: int64 sums of their parts cannot overflow (|value| < 2**30)
+_CHUNK = 1 << 24  # values per numpy pass: with |value| < _NUMPY_BELOW, their int64 part sums cannot overflow
+_NUMPY_BELOW = 64.0  # 2**24 values times 2**32 * 64 < 2**63 (log loss is at most 36, Brier and scores smaller)
 
 
 def units_by_cell(cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> dict[int, int]:
@@ -179,7 +180,7 @@ def units_by_cell(cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64])
     True
     """
     totals: dict[int, int] = {}
-    if len(values) <= SMALL_UNITS:
+    if len(values) <= SMALL_UNITS or not float(np.abs(values).max()) < _NUMPY_BELOW:
         for cell, value in zip(cells.tolist(), values.tolist(), strict=True):
             totals[cell] = totals.get(cell, 0) + units(value)
         return totals
