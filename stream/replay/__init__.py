@@ -11,9 +11,11 @@ window, so each window's last record is written and marked final.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,7 @@ from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
 from stream.errors import InvalidRecord
-from stream.replay.ordering import RUN_EVENTS, external_sort
+from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
 from stream.replay.sources import Input, inputs
@@ -170,7 +172,7 @@ class _Inputs:
         if sort:
             ordered: Iterator[Event] = external_sort(
                 itertools.chain.from_iterable(self.parsed(i, engine, progress) for i in range(len(self.found))),
-                run_events)
+                run_events, codec=_codec(Prediction if self.kind == PREDICTION else Label))
         elif len(self.found) == 1:
             ordered = _in_order(self.parsed(0, engine, progress), self.found[0].name)
         else:
@@ -193,6 +195,13 @@ def _in_order(events: Iterator[Event], name: str) -> Iterator[Event]:
             raise _OutOfOrder(f"{name}: row {event[2] & ROW_MASK}")
         last = event[0]
         yield event
+
+
+def _codec(cls: type[Prediction] | type[Label]) -> Codec:
+    """Events of one kind as the external sort spills them: each record as the tuple of its fields."""
+    fields = operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
+    return Codec(lambda block: [(t, k, s, fields(r)) for t, k, s, r in block],
+                 lambda block: [(t, k, s, cls(*f)) for t, k, s, f in block])
 
 
 def _timestamp(event: Event) -> float:
