@@ -8,7 +8,8 @@ The data is what a team backtests: three models over three days, 85% of predicti
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
 ``--repeat`` times: (1) ``json.loads`` of every line of both files; (2) ``mlmon replay`` of them
 with the default configuration (a revision per changed window per minute of event time); (3)
-``--final-only``.
+``--final-only``; (4) the floor that the default output sets: ``orjson`` (the fastest JSON
+encoder for Python) encoding and writing the metric records of (2) alone, already computed.
 Reports pairs per second and each one's ratio to the decode rate (pairs / seconds to decode the
 lines). ``--large N`` writes N shuffled records and replays them in a fresh process, reporting
 its peak RSS (VmHWM). Never part of the test command.
@@ -81,6 +82,24 @@ def decode_seconds(paths: tuple[Path, Path]) -> float:
     return time.perf_counter() - started
 
 
+def write_seconds(metrics: Path, out: Path) -> tuple[float, int]:
+    """Encode and write a replay's metric records again, decoded beforehand in slices (untimed):
+    what the output alone costs, however its records were computed."""
+    seconds, count = 0.0, 0
+    with metrics.open("rb") as lines, out.open("wb") as f:
+        while chunk := list(itertools.islice(lines, 20_000)):
+            records = [orjson.loads(line) for line in chunk]
+            started = time.perf_counter()
+            f.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+            seconds += time.perf_counter() - started
+            count += len(records)
+        started = time.perf_counter()
+        f.flush()
+        seconds += time.perf_counter() - started
+    out.unlink()
+    return seconds, count
+
+
 def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = False) -> tuple[float,
                                                                                                               int]:
     result = replay(paths[0], paths[1], config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl",
@@ -145,15 +164,18 @@ def main() -> None:
             p_path, l_path, labeled = write(folder, args.pairs)
             paths = (p_path, l_path)
             configs = {"replay": (Config(), False), "replay_final_only": (Config(), True)}  # default emit: 1m
-            runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}}
+            runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
                 for key, (config, final_only) in configs.items():
                     seconds, pairs = replay_seconds(paths, config, folder, final_only)
                     runs[key].append(pairs / seconds)
+                    if key == "replay":
+                        seconds, report["metric_records"] = write_seconds(folder / "m.jsonl", folder / "w.jsonl")
+                        runs["write_records_alone"].append(pairs / seconds)
             decode = statistics.median(runs["decode"])
             report["decode_pairs_per_s"] = {"median": round(decode), "runs": [round(r) for r in runs["decode"]]}
-            for key in configs:
+            for key in (*configs, "write_records_alone"):
                 median = statistics.median(runs[key])
                 report[f"{key}_pairs_per_s"] = {"median": round(median), "runs": [round(r) for r in runs[key]],
                                                 "ratio_to_decode": round(median / decode, 3)}
