@@ -12,7 +12,7 @@ import heapq
 import itertools
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from stream.config import Config
@@ -21,7 +21,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
-from stream.core.merge import assemble, record_figures
+from stream.core.merge import assemble, record_figures_many
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
@@ -381,23 +381,22 @@ class Engine:
         heap = self._final_heap
         if heap and heap[0][0] <= watermark:
             self._fold()
-            now = self._now() if emit else (0.0, "")
+            final: list[Window] = []
             while heap and heap[0][0] <= watermark:
                 window = heapq.heappop(heap)[2]
                 del window.series.windows[(window.spec, window.start)]
                 window.dirty = False
-                if emit:
-                    self._emit(window, True, now)
+                final.append(window)
+            if emit:
+                self._emit(final, True, self._now())
             horizon = watermark - self._stale_after_s
             self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
             self._numbered = {s.number: s for s in self._sets.values()}  # no pending prediction is older
         if math.isinf(watermark) and emit:
-            now = self._now()
-            for series in self._series.values():
-                for rolling in series.rolling:
-                    if rolling.pairs:
-                        rolling.dirty = False
-                        self._emit(rolling, True, now)
+            rolling = [r for series in self._series.values() for r in series.rolling if r.pairs]
+            for window in rolling:
+                window.dirty = False
+            self._emit(rolling, True, self._now())
 
     def resume(self, watermark: float) -> None:
         """After a rebuild fed with stored records (at no watermark): jump to the watermark that was
@@ -415,12 +414,11 @@ class Engine:
         if revise or self._buffered >= FOLD_PAIRS or any(m.regression for m in self.models.values()):
             self._fold()
         dirty, self._dirty_windows = self._dirty_windows, []
-        now = self._now() if revise and dirty else (0.0, "")
+        dirty = [window for window in dirty if window.dirty]
         for window in dirty:
-            if window.dirty:
-                window.dirty = False
-                if revise:
-                    self._emit(window, False, now)
+            window.dirty = False
+        if revise and dirty:
+            self._emit(dirty, False, self._now())
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""
@@ -433,18 +431,22 @@ class Engine:
         now = self.clock()
         return now, rfc3339(now)
 
-    def _emit(self, window: Window, final: bool, now: tuple[float, str]) -> None:
-        series, spec = window.series, window.spec
-        if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the record
-            self.metric_records.append(window.partial(final))
+    def _emit(self, windows: Sequence[Window], final: bool, now: tuple[float, str]) -> None:
+        """A record per window, in order; the figures of those whose pairs changed are computed
+        together (``merge.record_figures_many``)."""
+        if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the records
+            self.metric_records.extend(window.partial(final) for window in windows)
             return
-        if window.changed or window.figures is None:
-            window.figures = record_figures(series.model, window.state(), self.book)
-            window.changed = False
-        record = assemble(series.model, series.model_version, series.segment, spec.describe(window.start),
-                          window.predictions, window.figures, final, now[1])
-        self.metric_records.append(record)
-        self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now[0]))
+        stale = [window for window in windows if window.changed or window.figures is None]
+        for window, figures in zip(stale, record_figures_many([(w.series.model, w.state()) for w in stale], self.book),
+                                   strict=True):
+            window.figures, window.changed = figures, False
+        for window in windows:
+            series = window.series
+            record = assemble(series.model, series.model_version, series.segment, window.spec.describe(window.start),
+                              window.predictions, window.figures, final, now[1])  # type: ignore[arg-type]
+            self.metric_records.append(record)
+            self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now[0]))
 
     # ---------------------------------------------------------------- status
 

@@ -24,9 +24,10 @@ import numpy.typing as npt
 
 from stream.core.custom import MetricBook
 from stream.core.metrics import RegressionStats, ScoreSums, classification
-from stream.core.ranking import ScoreBins
+from stream.core.ranking import ScoreBins, figures_many
 
-__all__ = ["Figures", "WindowState", "assemble", "merge_states", "metric_record", "record_figures", "rolling_state"]
+__all__ = ["Figures", "WindowState", "assemble", "merge_states", "metric_record", "record_figures",
+           "record_figures_many", "rolling_state"]
 
 
 @dataclass
@@ -44,16 +45,17 @@ class WindowState:
     def n(self) -> int:
         return self.regression.n if self.regression is not None else int(self.counts.sum())
 
-    def figures(self, positive: str | None = None) -> dict[str, Any]:
+    def figures(self, positive: str | None = None, ranking: dict[str, Any] | None = None) -> dict[str, Any]:
         """classes, confusion_matrix and metrics of a metric record (``positive``: a binary
-        model's positive class, if configured)."""
+        model's positive class, if configured; ``ranking``: its bins' figures, if computed
+        already)."""
         if self.regression is not None:
             return {"metrics": self.regression.get()}
         metrics = classification(self.counts, self.classes)
         if metrics:
             metrics.update(self.scores.get())
             if self.bins is not None:
-                metrics.update(self.bins.get(self.classes, positive))
+                metrics.update(self.bins.get(self.classes, positive) if ranking is None else ranking)
         return {"classes": self.classes, "confusion_matrix": self.counts.tolist(), "metrics": metrics}
 
     def export(self) -> dict[str, Any]:
@@ -77,12 +79,26 @@ def record_figures(model: str, state: WindowState, book: MetricBook | None = Non
     """What a metric record computes from a window's pairs; ``book`` gives the model's positive
     class and custom metrics. Pairs unchanged, figures unchanged: a window whose newer record
     differs only in its predictions reuses them."""
-    n = state.n
-    figures = state.figures(book.of(model)[0] if book is not None else None)
-    if book is not None:
-        counts = None if state.regression is not None else state.counts
-        book.add_custom(model, counts, state.classes, figures["metrics"], n)
-    return ("regression" if state.regression is not None else "classification"), n, figures
+    return record_figures_many([(model, state)], book)[0]
+
+
+def record_figures_many(windows: list[tuple[str, WindowState]], book: MetricBook | None = None) -> list[Figures]:
+    """``record_figures`` of many windows (model, state), their ranking figures computed together
+    (``ranking.figures_many``)."""
+    positives = [book.of(model)[0] if book is not None else None for model, _ in windows]
+    scored = [(state.bins, state.classes, positive) for (_, state), positive in zip(windows, positives, strict=True)
+              if state.regression is None and state.bins is not None]
+    ranked = iter(figures_many(scored))
+    out: list[Figures] = []
+    for (model, state), positive in zip(windows, positives, strict=True):
+        n = state.n
+        figures = state.figures(positive, next(ranked) if state.regression is None and state.bins is not None
+                                else None)
+        if book is not None:
+            counts = None if state.regression is not None else state.counts
+            book.add_custom(model, counts, state.classes, figures["metrics"], n)
+        out.append(("regression" if state.regression is not None else "classification", n, figures))
+    return out
 
 
 def metric_record(

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from stream.core.metrics import UNIT, units, units_by_cell
 
-__all__ = ["BINS", "CALIBRATION_BINS", "EDGES", "ScoreBins", "default_positive", "sparse"]
+__all__ = ["BINS", "CALIBRATION_BINS", "EDGES", "ScoreBins", "default_positive", "figures_many", "sparse"]
 
 GRID = 1000
 BINS = GRID + 1  # {0}, then (k/1000, (k+1)/1000] for k < 1000
@@ -166,20 +166,41 @@ class ScoreBins:
         the names seen are two (``positive`` or ``default_positive``), one-vs-rest macro ones when
         more. A figure whose classes lack positives or negatives is left out, as scikit-learn
         refuses it (average precision counts 0 for a class without positives, as it does)."""
+        return figures_many([(self, classes, positive)])[0]
+
+    def _plan(self, classes: Sequence[str], positive: str | None) -> tuple[list[Hist], Sums | None] | None:
+        """The histograms ``get`` ranks: the positive class's, with its sums (binary), or every
+        class's (one-vs-rest, no sums); None when there are no figures."""
         names = sorted(set(classes) | set(self.names))
         if not self.names or len(names) < 2:
-            return {}
+            return None
         if len(names) == 2:
-            pos = positive if positive in names else default_positive(names)
-            sid = self.ids.get(pos)
-            if sid is None:
-                return {}
-            return _binary(self.hist[sid], self.sums[sid])
-        return _multiclass([self.hist[self.ids[name]] if name in self.ids else None for name in names])
+            sid = self.ids.get(positive if positive in names else default_positive(names))
+            return None if sid is None else ([self.hist[sid]], self.sums[sid])
+        if any(name not in self.ids for name in names):
+            return None
+        return [self.hist[self.ids[name]] for name in names], None
 
 
-def _binary(hist: Hist, sums: Sums) -> dict[str, Any]:
-    figures = _ranking(hist, calibrate=True)
+def figures_many(asked: Sequence[tuple[ScoreBins, Sequence[str], str | None]]) -> list[dict[str, Any]]:
+    """``ScoreBins.get`` of many windows (bins, classes, positive) at once: every histogram with
+    many used bins is summed in one numpy pass over all of them, where numpy's per-call cost would
+    otherwise be paid per window. A window's figures do not depend on which others came with it
+    (each row's sums are its own)."""
+    plans = [bins._plan(classes, positive) for bins, classes, positive in asked]
+    ranked = iter(_rank_all([hist for plan in plans if plan is not None for hist in plan[0]]))
+    out: list[dict[str, Any]] = []
+    for plan in plans:
+        if plan is None:
+            out.append({})
+        elif plan[1] is not None:
+            out.append(_binary(next(ranked), plan[1]))
+        else:
+            out.append(_multiclass([next(ranked) for _ in plan[0]]))
+    return out
+
+
+def _binary(figures: _Ranked, sums: Sums) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if figures.auc is not None:
         out["roc_auc"], out["roc_auc_error_bound"] = figures.auc
@@ -192,10 +213,7 @@ def _binary(hist: Hist, sums: Sums) -> dict[str, Any]:
     return out
 
 
-def _multiclass(hists: list[Hist | None]) -> dict[str, Any]:
-    if any(h is None for h in hists):
-        return {}
-    ranked = [_ranking(hist, calibrate=False) for hist in hists if hist is not None]
+def _multiclass(ranked: list[_Ranked]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     aucs = [r.auc for r in ranked]
     if all(a is not None for a in aucs):
@@ -215,22 +233,32 @@ class _Ranked:
     positives: list[int]
 
 
-def _ranking(hist: Hist, calibrate: bool) -> _Ranked:
-    """AUC, average precision and calibration counts over the bins that hold pairs.
+def _rank_all(hists: list[Hist]) -> list[_Ranked]:
+    """AUC, average precision and calibration counts of each histogram, over the bins that hold
+    pairs.
 
     AUC: pairs in different bins are ordered; a positive and a negative sharing a bin count 1/2,
     and the bound is that half of the shared pairs (each may be either way). Average precision:
     a bin's scores are taken as tied (scikit-learn's rule for ties); any order of its pairs puts
     each of its positives' precision between the bin's lowest and highest, which bounds the
-    error. Few used bins (most revisions) take one plain-Python pass, where numpy's per-call cost
-    would dominate; many take numpy's vectorised form of the same sums."""
-    used = np.flatnonzero(hist[0] + hist[1])
-    if len(used) > PYTHON_BINS:
-        return _ranking_numpy(hist, calibrate)
-    return _ranking_python(used.tolist(), hist[0, used].tolist(), hist[1, used].tolist(), calibrate)
+    error. A histogram with few used bins (most revisions) takes one plain-Python pass, where
+    numpy's per-call cost would dominate; the others take numpy's vectorised form of the same
+    sums, all in one pass."""
+    if not hists:
+        return []
+    stack = np.stack(hists)
+    used = stack.sum(axis=1) != 0
+    dense = np.flatnonzero(np.count_nonzero(used, axis=1) > PYTHON_BINS).tolist()
+    out: list[_Ranked | None] = [None] * len(hists)
+    if dense:
+        for i, ranked in zip(dense, _ranking_numpy(stack[dense]), strict=True):
+            out[i] = ranked
+    return [ranked if ranked is not None else _ranking_python(stack[i], used[i]) for i, ranked in enumerate(out)]
 
 
-def _ranking_python(bins: list[int], negatives: list[int], positives: list[int], calibrate: bool) -> _Ranked:
+def _ranking_python(hist: Hist, used: npt.NDArray[np.bool_]) -> _Ranked:
+    where = np.flatnonzero(used)
+    bins, negatives, positives = where.tolist(), hist[0, where].tolist(), hist[1, where].tolist()
     n_pos, n_neg = sum(positives), sum(negatives)
     auc_sum = shared = ap_sum = ap_bound = 0.0
     above_neg = tp = seen = 0
@@ -249,31 +277,31 @@ def _ranking_python(bins: list[int], negatives: list[int], positives: list[int],
         else:
             seen += n
         above_neg += n
-        if calibrate:
-            c = calibration_of[bins[i]]
-            count[c] += n + p
-            positive_count[c] += p
-    return _ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count if calibrate else [], positive_count)
+        c = calibration_of[bins[i]]
+        count[c] += n + p
+        positive_count[c] += p
+    return _ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count, positive_count)
 
 
-def _ranking_numpy(hist: Hist, calibrate: bool) -> _Ranked:
-    """The sums of ``_ranking_python`` over all bins at once (an unused bin adds 0), in integers
-    where they are counts; divisors are kept at least 1 where the term they divide is 0."""
-    top = hist[:, ::-1]  # highest scores first
-    neg, pos = top
-    neg_cum, tp = top.cumsum(axis=1)  # negatives and positives at or above each bin
-    n_neg, n_pos = int(neg_cum[-1]), int(tp[-1])
+def _ranking_numpy(hists: Hist) -> list[_Ranked]:
+    """The sums of ``_ranking_python`` for histograms stacked as (n, 2, BINS), over all bins at once
+    (an unused bin adds 0), in integers where they are counts; divisors are kept at least 1 where
+    the term they divide is 0. Each row is summed on its own, as it would be alone."""
+    top = hists[:, :, ::-1]  # highest scores first
+    neg, pos = top[:, 0], top[:, 1]
+    cum = top.cumsum(axis=2)
+    neg_cum, tp = cum[:, 0], cum[:, 1]  # negatives and positives at or above each bin
+    n_neg = neg_cum[:, -1:]
     seen = neg_cum + tp
     seen_1 = np.maximum(seen, 1)
-    ap_sum = float(pos @ (tp / seen_1))
-    ap_bound = float(pos @ (tp / np.maximum(seen - neg, 1) - (tp - pos + 1) / seen_1))
-    count = positive_count = []
-    if calibrate:
-        per_bin = hist[:, 1:].reshape(2, CALIBRATION_BINS, _PER_CALIBRATION_BIN).sum(axis=2)
-        per_bin[:, 0] += hist[:, 0]
-        count, positive_count = (per_bin[0] + per_bin[1]).tolist(), per_bin[1].tolist()
-    return _ranked(n_pos, n_neg, float(pos @ (n_neg - neg_cum)), float(pos @ neg), ap_sum, ap_bound, count,
-                   positive_count)
+    ap_sum = (pos * (tp / seen_1)).sum(axis=1)
+    ap_bound = (pos * (tp / np.maximum(seen - neg, 1) - (tp - pos + 1) / seen_1)).sum(axis=1)
+    auc_sum, shared = (pos * (n_neg - neg_cum)).sum(axis=1), (pos * neg).sum(axis=1)
+    per_bin = hists[:, :, 1:].reshape(len(hists), 2, CALIBRATION_BINS, _PER_CALIBRATION_BIN).sum(axis=3)
+    per_bin[:, :, 0] += hists[:, :, 0]
+    count, positive_count = (per_bin[:, 0] + per_bin[:, 1]).tolist(), per_bin[:, 1].tolist()
+    return [_ranked(*row) for row in zip(tp[:, -1].tolist(), n_neg[:, 0].tolist(), auc_sum.tolist(), shared.tolist(),
+                                         ap_sum.tolist(), ap_bound.tolist(), count, positive_count, strict=True)]
 
 
 def _ranked(n_pos: float, n_neg: float, auc_sum: float, shared: float, ap_sum: float, ap_bound: float,

@@ -74,6 +74,41 @@ def test_the_numpy_and_the_plain_python_sums_both_equal_sklearn(python_bins: int
         assert_binary_within_bounds(rows, binary(rows), exact=False)
 
 
+def _window_bins(rows: list[tuple[int, float]], names: list[str]) -> ScoreBins:
+    """A window's bins: labels by index into ``names``, the first class's score ``p``, the rest
+    sharing ``1 - p``."""
+    bins = ScoreBins()
+    for truth, p in rows:
+        rest = (1.0 - p) / (len(names) - 1)
+        bins.update(names[truth % len(names)], {name: p if i == 0 else rest for i, name in enumerate(names)})
+    return bins
+
+
+@pytest.mark.parametrize("python_bins", [0, ranking.PYTHON_BINS], ids=["all-numpy", "by-size"])
+@settings(max_examples=100, deadline=None)
+@given(windows=st.lists(st.tuples(st.sampled_from([["no", "yes"], ["a", "b", "c"]]),
+                                  st.lists(st.tuples(st.integers(0, 2), probability), max_size=400)),
+                        min_size=1, max_size=12),
+       order=st.randoms(use_true_random=False))
+def test_many_windows_ranked_together_get_each_one_alone_figures(python_bins: int,
+                                                                 windows: list[tuple[list[str], list[Any]]],
+                                                                 order: Any) -> None:
+    """A flush ranks its windows together (``figures_many``): whichever others come with it, sparse
+    or dense, binary or multiclass, each window's figures are the ones it gets alone, bit for bit."""
+    with mock.patch.object(ranking, "PYTHON_BINS", python_bins):
+        _check_ranked_together(windows, order)
+
+
+def _check_ranked_together(windows: list[tuple[list[str], list[Any]]], order: Any) -> None:
+    asked = [(_window_bins(rows, names), names, None) for names, rows in windows]
+    alone = [bins.get(names) for bins, names, _ in asked]
+    assert ranking.figures_many(asked) == alone
+    shuffled = list(range(len(asked)))
+    order.shuffle(shuffled)
+    together = ranking.figures_many([asked[i] for i in shuffled[: len(shuffled) // 2 + 1]])
+    assert together == [alone[i] for i in shuffled[: len(shuffled) // 2 + 1]]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), gridded), min_size=2, max_size=300).filter(
     lambda rows: len({r[0] for r in rows}) == 2))
