@@ -21,11 +21,11 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
-from stream.core.merge import assemble, record_figures_many
+from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
-from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet
+from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
@@ -437,10 +437,7 @@ class Engine:
         if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the records
             self.metric_records.extend(window.partial(final) for window in windows)
             return
-        stale = [window for window in windows if window.changed or window.figures is None]
-        for window, figures in zip(stale, record_figures_many([(w.series.model, w.state()) for w in stale], self.book),
-                                   strict=True):
-            window.figures, window.changed = figures, False
+        refresh_figures(windows, self.book)
         for window in windows:
             series = window.series
             record = assemble(series.model, series.model_version, series.segment, window.spec.describe(window.start),

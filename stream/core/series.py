@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from stream.core.confusion import ClassIndex, ConfusionMatrix, count_codes
+from stream.core.custom import MetricBook
 from stream.core.keys import segment_label
-from stream.core.merge import Figures, WindowState
+from stream.core.merge import Figures, WindowState, record_figures_many
 from stream.core.metrics import RegressionStats, ScoreSums, units_by_cell
 from stream.core.ranking import ScoreBins
 from stream.core.windows import WindowSpec
 
-__all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet"]
+__all__ = ["Model", "RollingWindow", "Series", "Terms", "Window", "WindowSet", "refresh_figures"]
 
 
 class Window:
@@ -49,6 +51,15 @@ class Window:
         series = self.series
         return {"model": series.model, "model_version": series.model_version, "segment": series.segment,
                 "window": self.spec.describe(self.start), "final": final, **self.state().export()}
+
+
+def refresh_figures(windows: Iterable[Window], book: MetricBook | None) -> None:
+    """Compute the figures of the windows whose pairs changed since their last record, all together
+    (``merge.record_figures_many``); the others keep theirs."""
+    stale = [window for window in windows if window.changed or window.figures is None]
+    for window, figures in zip(stale, record_figures_many([(w.series.model, w.state()) for w in stale], book),
+                               strict=True):
+        window.figures, window.changed = figures, False
 
 
 Terms = tuple[float, float, dict[str, float]] | None  # a scored pair's (log loss, Brier) terms and scores
