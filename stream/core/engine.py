@@ -51,7 +51,8 @@ class Engine:
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts)
         self.health = Health()
         self.watermark = -math.inf
-        self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else 0.0)
+        self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
+        self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else self._reached)
         self.models: dict[str, Model] = {}
         self.admission = Admission(Limits.of(config, ENGINE_GUARD if emit_partials else 1, 2 * SWEEP_EVERY_S))
         self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
@@ -253,11 +254,8 @@ class Engine:
                 self.health.folded_segments += 1
             parts.append((folded,))
         group = tuple(self._series_of(model, named, part) for part in parts)
-        windows = []
-        for series in group:
-            for spec in self.specs:
-                for start in spec.starts(ts):
-                    windows.append(self._window(series, spec, start, model))
+        windows = [self._window(series, spec, start, model) for series in group for spec in self.specs
+                   for start in spec.starts(ts)]
         number = next(self._set_numbers) & 0xFFFFFFFF
         wset = WindowSet(model, group, tuple(windows), number)
         self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
@@ -422,6 +420,7 @@ class Engine:
 
     def finish(self) -> None:
         """End of input: the watermark passes every window, so each one's last record is final."""
+        self._reached = self.watermark if math.isfinite(self.watermark) else self._reached
         self._fold()
         self._dirty_windows.clear()  # every window is about to be emitted as final anyway
         self.advance(math.inf)

@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
+from stream.core.rules import rfc3339
 
 TTL_S = 100
 WINDOW_S = 50
@@ -296,3 +297,21 @@ def test_a_revision_with_new_predictions_only_keeps_its_figures_and_a_new_pair_c
     paired = step(parse_label({"request_id": "r1", "timestamp": T0 + 120, "label": "b"}))
     assert paired["n"] == 2 and paired["metrics"]["accuracy"] == 0.5 and paired["metrics"]["log_loss"] != (
         first["metrics"]["log_loss"])
+
+
+def test_records_and_alerts_at_the_end_of_input_carry_the_last_event_time_reached() -> None:
+    """Replay's clock is event time; at the end of input the watermark passes every window, and
+    what it emits then is stamped with the last event time reached, not with the epoch."""
+    config = Config.from_mapping({"windows": ["tumbling 1h", "cumulative"], "rules": [
+        {"name": "Low", "metric": "accuracy", "window": "cumulative", "below": 0.5, "min_samples": 1}]})
+    engine = Engine(config)
+    for i in range(3):  # all within one emit interval: nothing is emitted before the end
+        engine.receive(parse_prediction({"request_id": f"r{i}", "model": "m", "timestamp": T0 + i, "prediction": "a"}))
+        engine.receive(parse_label({"request_id": f"r{i}", "timestamp": T0 + 10 + i, "label": "b"}))
+    last = engine.watermark
+    engine.finish()
+    stamp = rfc3339(last)
+    assert {r["emitted_at"] for r in engine.metric_records} == {stamp}
+    assert len(engine.metric_records) == 2 and all(r["final"] for r in engine.metric_records)
+    (alert,) = engine.alert_events
+    assert (alert["status"], alert["starts_at"]) == ("firing", stamp)
