@@ -220,9 +220,8 @@ def _event(
     if status == "resolved":
         summary = f"{rule.metric} of {where} recovered to {value:.4g}"
     description = rule.description or (
-        f"{rule.metric} = {value:.4g} over {n} labeled predictions in the window starting "
-        f"{rfc3339(record['window'].get('start', 0))}; threshold {direction} {rule.threshold:g}, "
-        f"clears at {rule.clear:g}."
+        f"{rule.metric} = {value:.4g} over {_span(record['window'], n)}; threshold {direction} "
+        f"{rule.threshold:g}, clears at {rule.clear:g}."
     )
     event: dict[str, Any] = {
         "alertname": rule.name,
@@ -240,3 +239,18 @@ def _event(
         event["ends_at"] = rfc3339(now)
     return event
 
+
+def _span(window: dict[str, Any], n: int) -> str:
+    """The pairs a figure is over, in words: a timed window by its start, a rolling window as the
+    last pairs, a cumulative one as every pair since its series began.
+
+    >>> _span({"kind": "rolling", "name": "rolling_500", "size_n": 500}, 500)
+    'the last 500 labeled predictions'
+    >>> _span({"kind": "cumulative", "name": "cumulative"}, 42)
+    '42 labeled predictions since the series began'
+    """
+    if "start" in window:
+        return f"{n} labeled predictions in the window starting {rfc3339(window['start'])}"
+    if window.get("kind") == "rolling":
+        return f"the last {n} labeled predictions"
+    return f"{n} labeled predictions since the series began"

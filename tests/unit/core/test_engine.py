@@ -315,3 +315,4 @@ def test_records_and_alerts_at_the_end_of_input_carry_the_last_event_time_reache
     assert len(engine.metric_records) == 2 and all(r["final"] for r in engine.metric_records)
     (alert,) = engine.alert_events
     assert (alert["status"], alert["starts_at"]) == ("firing", stamp)
+    assert "over 3 labeled predictions since the series began" in alert["annotations"]["description"]
