@@ -316,7 +316,7 @@ class Engine:
         health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
         terms: Terms = None
         if model.classes is None:
-            wset.targets.append((truth, guess))
+            wset.targets.update(truth, guess)  # type: ignore[union-attr]
         else:
             wset.codes.append((truth << CODE_BITS) | guess)
             if names is not None:
@@ -406,10 +406,10 @@ class Engine:
     def flush(self) -> None:
         """Emit one record per window that changed since the last flush. With ``revisions`` off and
         no rules to feed, each window's one record comes when it is final: pairs stay buffered in
-        their window sets (a classifier's figures do not depend on when they fold; a regression
-        model's running sums do, so those fold each time) until ``FOLD_PAIRS`` wait."""
+        their window sets (a window's figures do not depend on when its pairs fold: its sums are
+        exact) until ``FOLD_PAIRS`` wait."""
         revise = self.revisions or bool(self.rules.rules)
-        if revise or self._buffered >= FOLD_PAIRS or any(m.regression for m in self.models.values()):
+        if revise or self._buffered >= FOLD_PAIRS:
             self._fold()
         dirty, self._dirty_windows = self._dirty_windows, []
         dirty = [window for window in dirty if window.dirty]

@@ -67,7 +67,7 @@ class WindowState:
             "scored": self.scores.n,
             "log_loss_sum": self.scores.log_loss_sum,
             "brier_sum": self.scores.brier_sum,
-            "regression": None if r is None else [r.n, r.err_sum, r.abs_sum, r.sq_sum, r.mean_y, r.ss_y],
+            "regression": None if r is None else r.export(),
             **(self.bins.export() if self.bins is not None and self.bins.names else {}),
         }
 
@@ -147,7 +147,8 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
             counts[np.ix_(index, index)] += np.asarray(partial["cells"], dtype=np.int64)
         scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
         if partial["regression"] is not None:
-            regression = _merge_regression(regression or RegressionStats(), partial["regression"])
+            regression = regression or RegressionStats()
+            regression.add(RegressionStats.parse(partial["regression"]))
     return WindowState(predictions, classes, counts, scores, regression, None if regression else bins)
 
 
@@ -174,21 +175,3 @@ def rolling_state(partials: list[dict[str, Any]], size_n: int) -> WindowState:
             if scored and scored[0] is not None:
                 bins.update(truth, scored[0])
     return WindowState(0, classes, counts, scores, None, bins)
-
-
-def _merge_regression(into: RegressionStats, other: list[float]) -> RegressionStats:
-    """Chan et al.'s parallel update of the mean and sum of squares."""
-    n_b, err, abs_err, sq, mean_b, ss_b = other
-    n_b = int(n_b)
-    if n_b == 0:
-        return into
-    n_a = into.n
-    total = n_a + n_b
-    delta = mean_b - into.mean_y
-    into.mean_y += delta * n_b / total
-    into.ss_y += ss_b + delta * delta * n_a * n_b / total
-    into.n = total
-    into.err_sum += err
-    into.abs_sum += abs_err
-    into.sq_sum += sq
-    return into

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "UNIT", "RegressionStats", "ScoreSums", "classification", "units",
-           "units_by_cell", "wilson_interval"]
+__all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "UNIT", "RegressionStats", "ScoreSums", "classification", "exact",
+           "units", "units_by_cell", "wilson_interval"]
 
 EPS = float(np.finfo(np.float64).eps)
 ONE_MINUS_EPS = 1.0 - EPS
@@ -264,51 +264,130 @@ class ScoreSums:
 
 
 class RegressionStats:
-    """MAE, RMSE, R² and mean error (prediction - label), with Welford's update for stability.
+    """MAE, RMSE, R² and mean error (prediction - label) from exact sums.
 
-    No ``revert``: subtracting floats cannot give exact figures back, so rolling windows
-    rebuild these sums from the pairs they hold.
+    A finite double is a whole number of 2^-k for some k (at most 1074), so the sums of errors,
+    absolute errors and labels are kept as Python integers in 2^-k, and the sums of their squares
+    in 2^-2k, where k is the finest that the pairs so far need (``scale_bits``; the sums are
+    shifted when a finer one comes). Integers add and subtract exactly: the figures do not depend
+    on the order or batching of the pairs, partitions' partials merge exactly, a rolling window's
+    ``revert`` is exact, and each figure is the correctly rounded quotient of two integers (R²
+    before its ``1 -``, RMSE before its square root).
 
     >>> r = RegressionStats()
     >>> for label, pred in [(3.0, 2.5), (-0.5, 0.0), (2.0, 2.0), (7.0, 8.0)]:
     ...     r.update(label, pred)
     >>> {k: round(v, 4) for k, v in r.get().items()}
     {'mae': 0.5, 'rmse': 0.6124, 'r2': 0.9486, 'mean_error': 0.25}
+    >>> r.scale_bits, r.err_sum  # in halves: 0.25 * 4 pairs = 2 halves
+    (1, 2)
     """
 
-    __slots__ = ("abs_sum", "err_sum", "mean_y", "n", "sq_sum", "ss_y")
+    __slots__ = ("abs_sum", "err_sum", "n", "scale_bits", "sq_sum", "y_sq_sum", "y_sum")
 
     def __init__(self) -> None:
-        self.n = 0
-        self.err_sum = self.abs_sum = self.sq_sum = 0.0
-        self.mean_y = self.ss_y = 0.0
+        self.n = self.scale_bits = 0
+        self.err_sum = self.abs_sum = self.y_sum = 0  # in 2^-scale_bits
+        self.sq_sum = self.y_sq_sum = 0  # in 2^-(2 scale_bits)
 
-    def update(self, y_true: float, y_pred: float) -> None:
-        err = y_pred - y_true
-        self.n += 1
-        self.err_sum += err
-        self.abs_sum += abs(err)
-        self.sq_sum += err * err
-        delta = y_true - self.mean_y
-        self.mean_y += delta / self.n
-        self.ss_y += delta * (y_true - self.mean_y)
+    def update(self, y_true: float, y_pred: float, sign: int = 1) -> None:
+        y_num, y_den = y_true.as_integer_ratio()  # denominators are powers of two
+        p_num, p_den = y_pred.as_integer_ratio()
+        bits = max(y_den, p_den).bit_length() - 1
+        if bits > self.scale_bits:
+            self._rescale(bits)
+        bits = self.scale_bits + 1
+        y = y_num << (bits - y_den.bit_length())
+        err = (p_num << (bits - p_den.bit_length())) - y
+        self.n += sign
+        self.err_sum += sign * err
+        self.abs_sum += sign * abs(err)
+        self.sq_sum += sign * err * err
+        self.y_sum += sign * y
+        self.y_sq_sum += sign * y * y
+
+    def revert(self, y_true: float, y_pred: float) -> None:
+        self.update(y_true, y_pred, -1)
+
+    def add(self, other: RegressionStats) -> None:
+        if other.scale_bits > self.scale_bits:
+            self._rescale(other.scale_bits)
+        shift = self.scale_bits - other.scale_bits
+        self.n += other.n
+        self.err_sum += other.err_sum << shift
+        self.abs_sum += other.abs_sum << shift
+        self.y_sum += other.y_sum << shift
+        self.sq_sum += other.sq_sum << 2 * shift
+        self.y_sq_sum += other.y_sq_sum << 2 * shift
+
+    def _rescale(self, bits: int) -> None:
+        shift = bits - self.scale_bits
+        self.err_sum, self.abs_sum, self.y_sum = self.err_sum << shift, self.abs_sum << shift, self.y_sum << shift
+        self.sq_sum, self.y_sq_sum = self.sq_sum << 2 * shift, self.y_sq_sum << 2 * shift
+        self.scale_bits = bits
+
+    def export(self) -> list[Any]:
+        """[n, scale_bits, then each sum as decimal text]: JSON integers stop at 64 bits."""
+        sums = (self.err_sum, self.abs_sum, self.sq_sum, self.y_sum, self.y_sq_sum)
+        return [self.n, self.scale_bits, *(str(v) for v in sums)]
+
+    @classmethod
+    def parse(cls, exported: list[Any]) -> RegressionStats:
+        """What ``export`` wrote; or the float form of earlier versions, [n, error sum, absolute
+        error sum, squared error sum, label mean, label sum of squared deviations], converted
+        (exact for the error sums; the labels' from their rounded mean)."""
+        stats = cls()
+        if len(exported) == 7:
+            stats.n, stats.scale_bits = int(exported[0]), int(exported[1])
+            stats.err_sum, stats.abs_sum, stats.sq_sum, stats.y_sum, stats.y_sq_sum = (int(v) for v in exported[2:])
+            return stats
+        n, err, abs_err, sq, mean_y, ss_y = (float(v) for v in exported)
+        stats._rescale(_EXACT_BITS)
+        stats.n = int(n)
+        mean = exact(mean_y)
+        stats.err_sum, stats.abs_sum, stats.sq_sum = exact(err), exact(abs_err), exact(sq) << _EXACT_BITS
+        stats.y_sum, stats.y_sq_sum = mean * stats.n, (exact(ss_y) << _EXACT_BITS) + stats.n * mean * mean
+        return stats
 
     def get(self) -> dict[str, float]:
-        if self.n <= 0:
-            return {}
         n = self.n
+        if n <= 0:
+            return {}
+        ss_y_n = n * self.y_sq_sum - self.y_sum * self.y_sum  # n Σ(y - ȳ)², in 2^-(2 scale_bits)
         if self.sq_sum == 0:  # scikit-learn's force_finite: a perfect fit is 1, a constant target 0
             r2 = 1.0
-        elif self.ss_y == 0:
+        elif ss_y_n == 0:
             r2 = 0.0
         else:
-            r2 = 1.0 - self.sq_sum / self.ss_y
+            r2 = 1.0 - _quotient(n * self.sq_sum, ss_y_n)
+        bits = self.scale_bits
         return {
-            "mae": self.abs_sum / n,
-            "rmse": math.sqrt(max(self.sq_sum, 0.0) / n),
+            "mae": _quotient(self.abs_sum, n << bits),
+            "rmse": math.sqrt(_quotient(self.sq_sum, n << 2 * bits)),
             "r2": r2,
-            "mean_error": self.err_sum / n,
+            "mean_error": _quotient(self.err_sum, n << bits),
         }
+
+
+_EXACT_BITS = 1074  # every finite double is a whole number of 2^-1074
+
+
+def exact(x: float) -> int:
+    """A finite double as a whole number of 2^-1074.
+
+    >>> exact(0.5) == 1 << 1073, exact(-3.0) == -3 << 1074, exact(5e-324)
+    (True, True, 1)
+    """
+    numerator, denominator = x.as_integer_ratio()
+    return numerator << (_EXACT_BITS + 1 - denominator.bit_length())
+
+
+def _quotient(a: int, b: int) -> float:
+    """a / b correctly rounded; beyond the largest double, infinite (a record shows it as null)."""
+    try:
+        return a / b
+    except OverflowError:
+        return math.inf if (a > 0) == (b > 0) else -math.inf
 
 
 def wilson_interval(p: float, n: int, z: float) -> tuple[float, float]:

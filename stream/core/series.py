@@ -97,18 +97,12 @@ class RollingWindow(Window):
 
     def _add(self, truth: Any, guess: Any, terms: Terms, sign: int) -> None:
         if self.cm is None:
-            return  # float sums do not revert exactly: figures() rebuilds them from the pairs
+            self.regression.update(truth, guess, sign)  # type: ignore[union-attr]  # exact: reverts exactly
+            return
         self.cm.add(truth, guess, sign)
         if terms is not None:
             self.scores.merge(sign, sign * terms[0], sign * terms[1])
             self.bins.update(self.cm.index.names[truth], terms[2], sign)  # type: ignore[union-attr]
-
-    def state(self) -> WindowState:
-        if self.cm is None:
-            self.regression = RegressionStats()
-            for _, _, truth, guess, _ in sorted(self.pairs):
-                self.regression.update(truth, guess)
-        return super().state()
 
     def partial(self, final: bool) -> dict[str, Any]:
         return {**super().partial(final), "pairs": self.export_pairs()}
@@ -152,9 +146,8 @@ class WindowSet:
     """Every timed window that predictions of one group (model, version, segment values) and one
     time slot fall in. Pairs are buffered here once and folded into all its windows before any
     emission, so a pair costs the same however many windows and segments are configured. A
-    classifier's window figures do not depend on how its pairs were batched into folds (its counts
-    and sums add exactly), so a fold may come at any time; a regression model's (running float
-    sums) do."""
+    window's figures do not depend on how its pairs were batched into folds (its counts and sums
+    add exactly), so a fold may come at any time."""
 
     __slots__ = ("codes", "dirty", "group", "model", "number", "predictions", "score_keys", "score_values", "scored",
                  "targets", "terms", "windows")
@@ -165,7 +158,7 @@ class WindowSet:
         self.group = group
         self.windows = windows
         self.codes = array("q")
-        self.targets: list[tuple[float, float]] = []
+        self.targets = RegressionStats() if model.classes is None else None  # a regression model's pairs
         self.predictions = self.scored = 0
         self.terms = array("d")  # per scored pair: its log loss and Brier terms
         self.score_keys = array("q")  # per scored pair and score class: 2 * class + (label is that class)
@@ -211,11 +204,11 @@ class WindowSet:
                 window.scores.add_units(self.scored, log_loss_units, brier_units)
                 window.bins.add(names, counted)  # type: ignore[union-attr]
             self.score_keys, self.score_values, self.terms = array("q"), array("d"), array("d")
-        for truth, guess in self.targets:
+        if self.targets is not None and self.targets.n:
             for window in windows:
-                window.regression.update(truth, guess)  # type: ignore[union-attr]
+                window.regression.add(self.targets)  # type: ignore[union-attr]
                 window.changed = True
-        self.targets.clear()
+            self.targets = RegressionStats()
         self.predictions = self.scored = 0
         self.dirty = False
         return list(windows)

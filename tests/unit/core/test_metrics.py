@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,6 +151,53 @@ def test_regression_equal_sklearn(rows: list[tuple[float, float]]) -> None:
             warnings.simplefilter("ignore")
             expected = skm.r2_score(y_true, y_pred)
         assert got["r2"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+any_double = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def _stats(rows: list[tuple[float, float]]) -> RegressionStats:
+    stats = RegressionStats()
+    for truth, guess in rows:
+        stats.update(truth, guess)
+    return stats
+
+
+def _sums(stats: RegressionStats) -> tuple[int, ...]:
+    return stats.n, stats.err_sum, stats.abs_sum, stats.sq_sum, stats.y_sum, stats.y_sq_sum
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(any_double, any_double), min_size=1, max_size=60), st.integers(1, 4), st.randoms())
+def test_regression_figures_do_not_depend_on_order_batching_or_merging(
+        rows: list[tuple[float, float]], parts: int, rng: Any) -> None:
+    """Any doubles, from subnormals to the largest: the sums are exact, so shuffled, split into
+    partials that travel as text and merge, or partly reverted, they give the same figures."""
+    whole = _stats(rows)
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+    merged = RegressionStats()
+    for part in range(parts):
+        merged.add(RegressionStats.parse(orjson.loads(orjson.dumps(_stats(shuffled[part::parts]).export()))))
+    assert _sums(merged) == _sums(whole) and merged.get() == whole.get()
+    extra = _stats(rows + shuffled[: len(rows) // 2])
+    for truth, guess in shuffled[: len(rows) // 2]:
+        extra.revert(truth, guess)
+    assert _sums(extra) == _sums(whole)
+
+
+def test_regression_figures_beyond_the_largest_double_are_infinite_not_an_error() -> None:
+    got = _stats([(-1e308, 1e308), (1e308, -1e308)]).get()
+    assert got["mae"] == math.inf and got["rmse"] == math.inf and got["mean_error"] == 0.0
+
+
+def test_regression_partials_of_earlier_versions_still_merge() -> None:
+    """Their float form: [n, error sum, absolute error sum, squared error sum, label mean, label
+    sum of squared deviations]."""
+    rows = [(3.0, 2.5), (-0.5, 0.0), (2.0, 2.0), (7.0, 8.0)]
+    y = np.array([t for t, _ in rows])
+    old = [4, -0.5 + 0.5 + 0 + 1.0, 2.0, 0.25 + 0.25 + 1.0, float(y.mean()), float(((y - y.mean()) ** 2).sum())]
+    assert RegressionStats.parse(old).get() == pytest.approx(_stats(rows).get(), rel=1e-15)
 
 
 def test_wilson_interval_brackets_the_proportion() -> None:
