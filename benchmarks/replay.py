@@ -3,6 +3,7 @@ large unsorted input.
 
     python -m benchmarks.replay --pairs 300000 --repeat 3
     python -m benchmarks.replay --pairs 0 --large 50000000      # peak RSS of 50M unsorted records
+    python -m benchmarks.replay --pairs 100000 --regression --windows "tumbling 1h,tumbling 1d,cumulative,rolling 1000"
 
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
@@ -41,32 +42,38 @@ START = 1_767_225_600.0
 MODELS = ("fraud", "churn", "upsell")
 
 
-def records(pairs: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Three models over three days; 85% labeled; a third of the timestamps as RFC 3339."""
+def records(pairs: int, seed: int = 1, regression: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Three models over three days; 85% labeled; a third of the timestamps as RFC 3339.
+    ``regression``: the models predict a price instead of a class with scores."""
     rng = random.Random(seed)
     span_s = 3 * 86400
     predictions, labels = [], []
     for i in range(pairs):
         ts = START + span_s * i / pairs
         model = MODELS[i % 3]
-        truth = rng.random() < 0.3
-        guess = truth if rng.random() < 0.85 else not truth
+        truth: Any = rng.random() < 0.3
+        guess: Any = truth if rng.random() < 0.85 else not truth
         p = min(1.0, max(0.0, rng.gauss(0.7 if guess else 0.3, 0.15)))
+        if regression:
+            truth = rng.lognormvariate(3, 1)
+            guess = truth * rng.uniform(0.8, 1.2)
         stamp: Any = ts if i % 3 else datetime.fromtimestamp(ts, UTC).isoformat()
         predictions.append({"request_id": f"req-{i}", "model": model, "model_version": "v1", "timestamp": stamp,
-                            "prediction": "1" if guess else "0", "scores": {"1": p, "0": 1 - p},
-                            "segment": {"country": ("DE", "FR", "US")[i % 7 % 3]}})
+                            "prediction": guess if regression else "1" if guess else "0",
+                            "segment": {"country": ("DE", "FR", "US")[i % 7 % 3]},
+                            **({} if regression else {"scores": {"1": p, "0": 1 - p}})})
         if rng.random() < 0.85:
             label_ts = ts + rng.expovariate(1 / 7200)
             labels.append({"request_id": f"req-{i}", "timestamp": label_ts if i % 2 else
-                           datetime.fromtimestamp(label_ts, UTC).isoformat(), "label": "1" if truth else "0"})
+                           datetime.fromtimestamp(label_ts, UTC).isoformat(),
+                           "label": truth if regression else "1" if truth else "0"})
     rng.shuffle(predictions)
     rng.shuffle(labels)
     return predictions, labels
 
 
-def write(folder: Path, pairs: int) -> tuple[Path, Path, int]:
-    predictions, labels = records(pairs)
+def write(folder: Path, pairs: int, regression: bool = False) -> tuple[Path, Path, int]:
+    predictions, labels = records(pairs, regression=regression)
     paths = folder / "p.jsonl", folder / "l.jsonl"
     for path, rows in zip(paths, (predictions, labels), strict=True):
         path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
@@ -156,14 +163,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--large", type=int, default=0, help="also replay at least this many shuffled records "
                         "(predictions and labels): peak RSS")
+    parser.add_argument("--regression", action="store_true", help="regression models (a price) instead of "
+                        "classifiers with scores")
+    parser.add_argument("--windows", default="", help="windows instead of the default, comma-separated "
+                        "('tumbling 1h,cumulative,rolling 1000')")
     args = parser.parse_args()
     report: dict[str, Any] = {"pairs": args.pairs, "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         if args.pairs:
-            p_path, l_path, labeled = write(folder, args.pairs)
+            p_path, l_path, labeled = write(folder, args.pairs, args.regression)
             paths = (p_path, l_path)
-            configs = {"replay": (Config(), False), "replay_final_only": (Config(), True)}  # default emit: 1m
+            config = Config.from_mapping({**({"windows": args.windows.split(",")} if args.windows else {}),
+                                          **({"regression_models": ["*"]} if args.regression else {})})
+            configs = {"replay": (config, False), "replay_final_only": (config, True)}  # default emit: 1m
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
