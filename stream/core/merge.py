@@ -67,7 +67,8 @@ class WindowState:
             "scored": self.scores.n,
             "log_loss_sum": self.scores.log_loss_sum,
             "brier_sum": self.scores.brier_sum,
-            "regression": None if r is None else r.export(),
+            "regression": None if r is None else r.floats(),  # what earlier versions read
+            **({} if r is None else {"regression_exact": r.export()}),
             **(self.bins.export() if self.bins is not None and self.bins.names else {}),
         }
 
@@ -148,7 +149,7 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
         scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
         if partial["regression"] is not None:
             regression = regression or RegressionStats()
-            regression.add(RegressionStats.parse(partial["regression"]))
+            regression.add(RegressionStats.parse(partial.get("regression_exact") or partial["regression"]))
     return WindowState(predictions, classes, counts, scores, regression, None if regression else bins)
 
 

@@ -331,6 +331,17 @@ class RegressionStats:
         sums = (self.err_sum, self.abs_sum, self.sq_sum, self.y_sum, self.y_sq_sum)
         return [self.n, self.scale_bits, *(str(v) for v in sums)]
 
+    def floats(self) -> list[float]:
+        """The float form that earlier versions exported and read: [n, error sum, absolute error
+        sum, squared error sum, label mean, label sum of squared deviations]."""
+        n, bits = self.n, self.scale_bits
+        if n <= 0:
+            return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        ss_y_n = n * self.y_sq_sum - self.y_sum * self.y_sum
+        return [n, _quotient(self.err_sum, 1 << bits), _quotient(self.abs_sum, 1 << bits),
+                _quotient(self.sq_sum, 1 << 2 * bits), _quotient(self.y_sum, n << bits),
+                _quotient(ss_y_n, n << 2 * bits)]
+
     @classmethod
     def parse(cls, exported: list[Any]) -> RegressionStats:
         """What ``export`` wrote; or the float form of earlier versions, [n, error sum, absolute

@@ -84,6 +84,27 @@ def test_regression_partials_merge_exactly(rows: list[tuple[float, float]], part
         assert merged["r2"] == pytest.approx(skm.r2_score(y_true, y_pred), rel=1e-9, abs=1e-9)
 
 
+def test_partials_of_workers_of_two_versions_merge() -> None:
+    """During an upgrade a group holds both: an earlier version's partial has only the float form."""
+    import numpy as np
+
+    from stream.core.merge import WindowState
+    from stream.core.metrics import RegressionStats, ScoreSums
+
+    rows = [(3.0, 2.5), (-0.5, 0.0), (2.0, 2.0), (7.0, 8.0), (1.5, 1.0)]
+    exported = []
+    for part in range(2):
+        stats = RegressionStats()
+        for truth, guess in rows[part::2]:
+            stats.update(truth, guess)
+        exported.append(WindowState(0, [], np.zeros((0, 0), dtype=np.int64), ScoreSums(), stats).export())
+    del exported[1]["regression_exact"]
+    whole = RegressionStats()
+    for truth, guess in rows:
+        whole.update(truth, guess)
+    assert merge_states(exported).figures()["metrics"] == pytest.approx(whole.get(), rel=1e-12)
+
+
 def test_rolling_windows_of_partitions_merge_into_the_last_pairs_of_all() -> None:
     from stream.core.merge import rolling_state
 

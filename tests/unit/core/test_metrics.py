@@ -198,6 +198,7 @@ def test_regression_partials_of_earlier_versions_still_merge() -> None:
     y = np.array([t for t, _ in rows])
     old = [4, -0.5 + 0.5 + 0 + 1.0, 2.0, 0.25 + 0.25 + 1.0, float(y.mean()), float(((y - y.mean()) ** 2).sum())]
     assert RegressionStats.parse(old).get() == pytest.approx(_stats(rows).get(), rel=1e-15)
+    assert _stats(rows).floats() == pytest.approx(old, rel=1e-15)  # what an earlier version reads
 
 
 def test_wilson_interval_brackets_the_proportion() -> None:
