@@ -87,14 +87,12 @@ def record_figures_many(windows: list[tuple[str, WindowState]], book: MetricBook
     """``record_figures`` of many windows (model, state), their ranking figures computed together
     (``ranking.figures_many``)."""
     positives = [book.of(model)[0] if book is not None else None for model, _ in windows]
-    scored = [(state.bins, state.classes, positive) for (_, state), positive in zip(windows, positives, strict=True)
-              if state.regression is None and state.bins is not None]
-    ranked = iter(figures_many(scored))
+    ranked = iter(figures_many([(state.bins, state.classes, positive) for (_, state), positive
+                                in zip(windows, positives, strict=True) if state.bins is not None]))
     out: list[Figures] = []
     for (model, state), positive in zip(windows, positives, strict=True):
         n = state.n
-        figures = state.figures(positive, next(ranked) if state.regression is None and state.bins is not None
-                                else None)
+        figures = state.figures(positive, next(ranked) if state.bins is not None else None)
         if book is not None:
             counts = None if state.regression is not None else state.counts
             book.add_custom(model, counts, state.classes, figures["metrics"], n)
