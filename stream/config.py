@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from stream.core.custom import CustomMetric, parse_custom_metrics
+from stream.core.join import DUPLICATE_LABEL_RULES
 from stream.core.rules import Rule
 from stream.core.windows import WindowSpec, parse_duration_s
 from stream.errors import ConfigError
@@ -33,6 +34,7 @@ class Config:
     emit_interval_s: int = 60  # event time between metric revisions in replay
     flush_interval_ms: int = 250  # wall time between the worker's partials: bounds alert latency
     watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
+    duplicate_labels: str = "earliest"  # which of a request's labels counts: the earliest or the latest stamped
     regression_models: list[str] = field(default_factory=list)
     max_models: int = 100
     max_versions_per_model: int = 10
@@ -96,6 +98,9 @@ class Config:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(f"setting '{key}' must be a whole number, got {value!r}")
             setattr(config, name, value)
+        if config.duplicate_labels not in DUPLICATE_LABEL_RULES:
+            raise ConfigError(f"'duplicate_labels' is one of {', '.join(DUPLICATE_LABEL_RULES)}, "
+                              f"got {config.duplicate_labels!r}")
         if config.max_classes > MAX_CLASSES:
             raise ConfigError(f"'max_classes' is at most {MAX_CLASSES:,}, got {config.max_classes:,}")
         if "windows" in raw:

@@ -20,7 +20,7 @@ from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import DUPLICATE, LATE, PENDING, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.join import DUPLICATE, LATE, PENDING, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
@@ -36,6 +36,7 @@ FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits 
 # A Kafka worker's partition engine takes this many times the limits (a bound on its memory):
 # the worker applies the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
+_LABEL_RANK = {None: 0, "invalid": 1, "late": 2, "joined": 3}  # a label's best outcome over its pairs
 
 
 class Engine:
@@ -48,7 +49,8 @@ class Engine:
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
-        self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts)
+        self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
+                               duplicate_labels=config.duplicate_labels)
         self.health = Health()
         self.watermark = -math.inf
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
@@ -137,30 +139,60 @@ class Engine:
             wset.dirty = True
             self._dirty_sets.append(wset)
         if outcome is not PENDING:
-            self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
+            status = self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
+            self._settle(status, outcome is SHARED or outcome is SHARED_LATE)
         return True
 
     def label(self, label: Label, **where: Any) -> bool:
-        """Count one label; True unless it duplicates an earlier one. ``where`` (e.g. topic and
-        offset, or file and line) goes into its dead letter if a model it pairs with refuses it."""
+        """Count one label; True unless it duplicates another one that wins over it (see
+        ``duplicate_labels``). ``where`` (e.g. topic and offset, or file and line) goes into its
+        dead letter if a model it pairs with refuses it."""
         self.health.labels += 1
         pending = (label.timestamp, label.value, where) if where else (label.timestamp, label.value)
         outcome, matches, entry = self.join.add_label(label.request_id, pending)
         if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False
+        if outcome is REVISED:  # it wins over the label its request paired with: that one's pairs go
+            self.health.duplicate_labels += 1
+            old_label, old_matches, old_status = self.join.replaced  # type: ignore[misc]
+            self._unresolve_label(old_label, old_matches, old_status, label.request_id)
         if outcome is LATE and not matches:
             self.health.late_labels += 1  # its prediction expired already
         elif outcome is not PENDING:
-            self._resolve_label(entry, matches, label.request_id, **where)
+            self._settle(self._resolve_label(entry, matches, label.request_id, **where), False)
         return True
 
+    def _settle(self, status: str, shared: bool) -> None:
+        """Keep what a label that paired counted as; a label that pairs again with another model's
+        prediction (``shared``) counts as the best of its outcomes (joined, then late, then
+        invalid), whichever model's prediction came first."""
+        paired = self.join.take_paired()
+        if paired is None:
+            return
+        if not shared:
+            paired.status = status
+        elif _LABEL_RANK[status] > _LABEL_RANK[paired.status]:
+            self._count_label(paired.status, -1)
+            self._count_label(status, 1)
+            paired.status = status
+
+    def _count_label(self, status: str | None, sign: int) -> None:
+        health = self.health
+        if status == "joined":
+            health.joined_labels += sign
+        elif status == "late":
+            health.late_labels += sign
+        elif status == "invalid":
+            health.invalid_labels += sign
+
     def _resolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
-                       request_id: str, **where: Any) -> None:
+                       request_id: str, **where: Any) -> str:
         """Pair a label with the predictions it met: each counts, or expires when the label came
         after its TTL or cannot count for its model. The label itself is counted once: joined if
-        one pair counted, else late, else invalid (a dead letter with the reason); a label another
-        model's prediction met before (SHARED) was counted then."""
+        one pair counted, else late, else invalid (a dead letter with the reason), which it
+        returns; a label another model's prediction met before (SHARED) was counted then (see
+        ``_settle``)."""
         health = self.health
         counted = late = 0
         refused: tuple[str, PendingPrediction] | None = None
@@ -178,12 +210,21 @@ class Engine:
                 refused = (reason, prediction)
         if refused is not None:  # invalid for that model: its only outcome, unless it counts elsewhere
             self._refuse_label(label, *refused, request_id, counted=not (counted or late or shared), **where)
-        if shared:
-            return
-        if counted:
-            health.joined_labels += 1
-        elif late:
-            health.late_labels += 1
+        status = "joined" if counted else "late" if late else "invalid"
+        if not shared and status != "invalid":  # an invalid label was counted by its dead letter
+            self._count_label(status, 1)
+        return status
+
+    def _unresolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
+                         status: str | None, request_id: str) -> None:
+        """Undo what ``_resolve_label`` (and later predictions that shared the label) counted for a
+        label that another one won over: its pairs leave their windows, the predictions it expired
+        and the label's own count are taken back. A dead letter it caused stays sent."""
+        health = self.health
+        for outcome, prediction in matches:
+            if outcome is LATE or outcome is SHARED_LATE or not self._unpair(prediction, label, request_id):
+                health.expired_predictions -= 1
+        self._count_label(status, -1)
 
     def receive(self, record: Prediction | Label, **where: Any) -> None:
         """One record in arrival order: advance event time to it, then count it; ``where`` it came
@@ -335,6 +376,60 @@ class Engine:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
         return None
+
+    def _unpair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> bool:
+        """Take a pair that ``_pair`` counted out of its windows again; False if ``_pair`` refused
+        it (the label could not count for the prediction's model: the prediction expired)."""
+        ts, number, guess, names, probs = self._codec.unpack(prediction)
+        wset = self._numbered.get(number)
+        if wset is None:  # the model was forgotten: all its windows are final
+            return True
+        model = wset.model
+        classes = model.classes
+        if classes is None:
+            try:
+                truth: Any = target_number(label[1])
+            except InvalidRecord:
+                return False
+        else:
+            try:
+                name = label[1] if type(label[1]) is str else class_name(label[1])
+            except InvalidRecord:
+                return False
+            truth = classes.ids.get(name)
+            if truth is None:
+                truth = classes.ids.get(OTHER)  # folded when it paired (the limit was reached)
+                if truth is None:
+                    return False
+        health = self.health
+        health.pairs -= 1
+        lag = label[0] - ts
+        health.label_lag_sum_s -= lag
+        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] -= 1
+        scores = dict(zip(names, probs, strict=True)) if names is not None and classes is not None else None
+        dirty_windows = self._dirty_windows
+        for window in wset.windows:
+            if window.series.windows.get((window.spec, window.start)) is not window:
+                continue  # final already: its record went out
+            if classes is None:
+                window.regression.update(truth, guess, -1)  # type: ignore[union-attr]
+            else:
+                window.cm.add(truth, guess, -1)  # type: ignore[union-attr]
+                if scores is not None:
+                    window.scores.update(classes.names[truth], scores, -1)
+                    window.bins.update(classes.names[truth], scores, -1)  # type: ignore[union-attr]
+            window.changed = True
+            if not window.dirty:
+                window.dirty = True
+                dirty_windows.append(window)
+        if self.rolling_specs:
+            done_ts = ts if ts > label[0] else label[0]
+            for series in wset.group:
+                for rolling in series.rolling:
+                    if rolling.remove(done_ts, request_id) and not rolling.dirty:
+                        rolling.dirty = True
+                        dirty_windows.append(rolling)
+        return True
 
     def _fold(self) -> None:
         """Move every buffered pair into its windows, marking them for emission."""

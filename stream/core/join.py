@@ -2,9 +2,14 @@
 
 Rules: a label more than ``ttl_s`` after its prediction is *late* (not joined);
 a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no prediction by
-``ts + ttl_s`` is *orphaned*; the first label per id and each model's first prediction win, later ones
-are *duplicates*. Outcomes depend on timestamps only, never on when a sweep runs, so the
-replay engine and the Kafka worker count the same input the same way.
+``ts + ttl_s`` is *orphaned*; each model's first prediction wins, later ones are *duplicates*.
+Of several labels of one request, the rule ``duplicate_labels`` picks the winner from their
+timestamps and values alone, never from their arrival order: ``earliest`` (the default) or
+``latest`` timestamp, ties broken by the value (``label_rank``). A winner that arrives after its
+request paired with another label *revises* the pair (``Outcome.REVISED``: the caller undoes the
+old pair, ``replaced``, and counts the new one), until the watermark passes the pair's deadline
+(the later of its timestamps plus ``ttl_s``). Outcomes depend on timestamps only, never on when a
+sweep runs, so the replay engine and the Kafka worker count the same input the same way.
 
 Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` after their
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
@@ -22,6 +27,9 @@ True
 ('JOINED', (1.0, 'dog'), (5.0, 'cat'))
 >>> jb.add_label("r1", (6.0, "cat"))[0].name
 'DUPLICATE'
+>>> outcome, matches, label = jb.add_label("r1", (4.0, "dog"))  # earlier: it wins
+>>> outcome.name, matches, jb.replaced[0]
+('REVISED', [(<Outcome.JOINED: 'joined'>, (1.0, 'dog'))], (5.0, 'cat'))
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
-__all__ = ["Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id"]
+__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id", "label_rank"]
+
+DUPLICATE_LABEL_RULES = ("earliest", "latest")
 
 Key = str | int  # a request id, compacted (see compact_id)
 PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
@@ -47,11 +57,12 @@ class Outcome(Enum):
     LATE = "late"  # the label came after the TTL; its prediction is expired at once
     SHARED = "shared"  # joined with a label that joined another model's prediction before
     SHARED_LATE = "shared_late"  # the same, but the label came after this prediction's TTL
+    REVISED = "revised"  # a label that wins over the one its request paired with (see ``replaced``)
 
 
 # Module-level aliases: a global lookup is several times cheaper than Enum attribute access.
 PENDING, JOINED, DUPLICATE, LATE = Outcome.PENDING, Outcome.JOINED, Outcome.DUPLICATE, Outcome.LATE
-SHARED, SHARED_LATE = Outcome.SHARED, Outcome.SHARED_LATE
+SHARED, SHARED_LATE, REVISED = Outcome.SHARED, Outcome.SHARED_LATE, Outcome.REVISED
 
 # Tombstone states: what a resolved id's next record means.
 _JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
@@ -78,6 +89,31 @@ def compact_id(request_id: str) -> Key:
             if f"{number:032x}" == digits:  # lowercase hex digits only: one string per number
                 return number
     return request_id
+
+
+def label_rank(entry: Entry) -> tuple[float, str, str]:
+    """How labels of one request compare: by timestamp, ties by the value's type and ``repr`` (a
+    total order on the record's content, so the same labels give the same winner in any order).
+
+    >>> sorted([(2.0, "b"), (1.0, "z"), (2.0, "a"), (2.0, 1)], key=label_rank)
+    [(1.0, 'z'), (2.0, 1), (2.0, 'a'), (2.0, 'b')]
+    """
+    value = entry[1]
+    return entry[0], type(value).__name__, repr(value)
+
+
+class Paired:
+    """A label that paired, kept until its ``deadline`` so that a label which wins over it can
+    revise its pairs: ``matches`` are (outcome, prediction key, prediction entry); ``status`` is
+    what the caller counted the label as (see ``JoinBuffer.settle``)."""
+
+    __slots__ = ("deadline", "label", "matches", "status")
+
+    def __init__(self, label: Entry, deadline: float, matches: list[tuple[Outcome, PKey, Entry]]) -> None:
+        self.label = label
+        self.deadline = deadline
+        self.matches = matches
+        self.status: Any = None
 
 
 class _Buckets:
@@ -132,20 +168,26 @@ class JoinBuffer:
     Several models may predict for one request: each model's first prediction pairs with the
     request's first label. The engine numbers its models; model 0's state sits under the request's
     key alone, another model's under (key, model), and ``others`` lists those models per request,
-    so the common one-model case costs no more. A label that came before its request's first
-    prediction is kept (``kept``) until its TTL for other models' predictions; once a second model
-    is seen (``several``), so is every label that joined."""
+    so the common one-model case costs no more. A label that paired is kept (``paired``) until the
+    later of its and its predictions' timestamps plus the TTL, for other models' predictions and
+    for a label that wins over it."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
-                 prediction_ts: Callable[[Any], float] = itemgetter(0)) -> None:
+                 prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest") -> None:
+        if duplicate_labels not in DUPLICATE_LABEL_RULES:
+            raise ValueError(f"duplicate_labels is one of {', '.join(DUPLICATE_LABEL_RULES)}, not {duplicate_labels!r}")
         self.ttl_s = ttl_s
+        self.latest_wins = duplicate_labels == "latest"
         self.prediction_ts = prediction_ts
         self.ids: dict[PKey, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
         self.labels: dict[Key, Entry] = {}  # labels waiting for their prediction
-        self.kept: dict[Key, Entry] = {}  # labels that joined, for other models' predictions (see ``several``)
         self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
         self.several = False  # set by the engine once it sees a second model
         self.pending_predictions = 0
+        self.paired: dict[Key, Paired] = {}  # labels that paired, until their pairs can no longer change
+        self.replaced: tuple[Entry, list[tuple[Outcome, Entry]], Any] | None = None  # see ``add_label``
+        self._last: Paired | None = None  # the record ``settle`` completes
+        self._paired_due = _Buckets(bucket_s)
         self._prediction_due = _Buckets(bucket_s)
         self._label_due = _Buckets(bucket_s)
         self._tombstone_due = _Buckets(bucket_s)
@@ -159,23 +201,32 @@ class JoinBuffer:
         known = ids.get(pkey)
         if known is not None and known != _LABEL_ORPHANED:
             return Outcome.DUPLICATE, None, None  # pending, joined or expired already
-        label = shared = None
+        label = paired = None
         if self.labels:
             label = self.labels.pop(key, None)
-            if label is not None:  # a label before any prediction: kept for other models' (it is rare)
-                self.kept[key] = label  # its removal is scheduled with its TTL already
-        if label is None and self.kept:
-            label = shared = self.kept.get(key)
+        if label is None and self.paired:
+            paired = self.paired.get(key)
+            if paired is not None:
+                label = paired.label
         if model:
             self.others.setdefault(key, []).append(model)
         if label is not None:
             ids[pkey] = _JOINED  # its removal is scheduled when the label's bucket is swept
+            ts = self.prediction_ts(entry)
             if model:  # which sweeps the request's key: this one is swept with the predictions
-                self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
-            late = label[0] - self.prediction_ts(entry) > self.ttl_s
-            if shared is not None:
-                return (SHARED_LATE if late else SHARED), entry, label
-            return (LATE if late else JOINED), entry, label
+                self._prediction_due.add(ts + self.ttl_s, pkey)
+            late = label[0] - ts > self.ttl_s
+            if paired is not None:  # a label that paired with another model's prediction before
+                outcome = SHARED_LATE if late else SHARED
+                paired.matches.append((outcome, pkey, entry))
+                self._last = paired
+                if ts + self.ttl_s > paired.deadline:
+                    paired.deadline = ts + self.ttl_s
+                    self._paired_due.add(paired.deadline, key)
+                return outcome, entry, label
+            outcome = LATE if late else JOINED
+            self._record(key, label, [(outcome, pkey, entry)], ts)
+            return outcome, entry, label
         ids[pkey] = entry
         self.pending_predictions += 1
         self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
@@ -184,7 +235,9 @@ class JoinBuffer:
     def add_label(self, request_id: str, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
         """A label: (outcome, [(JOINED or LATE, prediction)] for each model's pending prediction
         of the request, it). The outcome is JOINED if one joined, LATE if it came after the TTL of
-        every prediction it met (or of one already expired), else PENDING or DUPLICATE."""
+        every prediction it met (or of one already expired), else PENDING or DUPLICATE; REVISED
+        when it wins over the label its request paired with: the matches are the same predictions
+        paired with it, and ``replaced`` holds (the old label, its matches, its status)."""
         key = compact_id(request_id)
         ids = self.ids
         if not self.several:  # one model: its prediction's slot alone (the common case, kept short)
@@ -192,9 +245,18 @@ class JoinBuffer:
             if known is not None and type(known) is not int:
                 ids[key] = _JOINED  # removal scheduled when the prediction's bucket is swept
                 self.pending_predictions -= 1
-                outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
+                ts = self.prediction_ts(known)
+                outcome = LATE if entry[0] - ts > self.ttl_s else JOINED
+                self._record(key, entry, [(outcome, key, known)], ts)
                 return outcome, [(outcome, known)], entry
-        if key in self.labels or key in self.kept:
+        paired = self.paired.get(key) if self.paired else None
+        if paired is not None:
+            return self._contest(key, paired, entry)
+        waiting = self.labels.get(key) if self.labels else None
+        if waiting is not None:
+            if self._wins(entry, waiting):  # the pending label is replaced; its deadline moves with it
+                self.labels[key] = entry
+                self._label_due.add(entry[0] + self.ttl_s, key)
             return Outcome.DUPLICATE, [], entry
         others = self.others.get(key)
         pkeys = [key, *((key, model) for model in others)] if others else (key,)
@@ -218,9 +280,9 @@ class JoinBuffer:
                 ids[pkey] = _JOINED  # removal scheduled when the prediction's bucket is swept
                 matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
             self.pending_predictions -= len(waiting)
-            if self.several:
-                self.kept[key] = entry
-                self._label_due.add(entry[0] + ttl, key)
+            self._record(key, entry, [(outcome, pkey, prediction)
+                                      for pkey, (outcome, prediction) in zip(waiting, matches, strict=True)],
+                         max(prediction_ts(m[1]) for m in matches))
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
         if expired:
             for pkey in pkeys:
@@ -230,6 +292,40 @@ class JoinBuffer:
         self.labels[key] = entry
         self._label_due.add(entry[0] + self.ttl_s, key)
         return Outcome.PENDING, [], entry
+
+    def take_paired(self) -> Paired | None:
+        """The record of the label that the last call paired, shared or revised, if any: the caller
+        keeps what it counted the label as in its ``status``."""
+        paired, self._last = self._last, None
+        return paired
+
+    def _wins(self, new: Entry, old: Entry) -> bool:
+        if self.latest_wins:
+            return label_rank(new) > label_rank(old)
+        return label_rank(new) < label_rank(old)
+
+    def _record(self, key: Key, label: Entry, matches: list[tuple[Outcome, PKey, Entry]], ts: float) -> None:
+        """Keep a label that paired (its value and time only) until its pairs can no longer change."""
+        deadline = (ts if ts > label[0] else label[0]) + self.ttl_s
+        self._last = self.paired[key] = Paired(label[:2] if len(label) > 2 else label, deadline, matches)
+        self._paired_due.add(deadline, key)
+
+    def _contest(self, key: Key, paired: Paired, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
+        """Another label of a request that paired: a duplicate, or the winner (REVISED)."""
+        if not self._wins(entry, paired.label):
+            return Outcome.DUPLICATE, [], entry
+        prediction_ts, ttl = self.prediction_ts, self.ttl_s
+        old = [(outcome, prediction) for outcome, _, prediction in paired.matches]
+        self.replaced = (paired.label, old, paired.status)
+        paired.matches = [(LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, pkey, prediction)
+                          for _, pkey, prediction in paired.matches]
+        paired.label = entry[:2] if len(entry) > 2 else entry
+        paired.status = None
+        self._last = paired
+        if entry[0] + ttl > paired.deadline:
+            paired.deadline = entry[0] + ttl
+            self._paired_due.add(paired.deadline, key)
+        return REVISED, [(outcome, prediction) for outcome, _, prediction in paired.matches], entry
 
     def pending(self) -> tuple[int, int]:
         """(predictions, labels) waiting for their other half."""
@@ -250,7 +346,7 @@ class JoinBuffer:
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
         self.pending_predictions -= len(expired)
         orphaned: list[Entry] = []
-        labels, kept = self.labels, self.kept
+        labels = self.labels
         for bucket_end, request_ids in self._label_due.due(watermark):
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
@@ -258,11 +354,13 @@ class JoinBuffer:
                     del labels[request_id]
                     orphaned.append(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
-                elif kept:
-                    entry = kept.get(request_id)
-                    if entry is not None and entry[0] + ttl < watermark:
-                        del kept[request_id]
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
+        paired = self.paired
+        for _, request_ids in self._paired_due.due(watermark):
+            for request_id in cast(list[Key], request_ids):
+                record = paired.get(request_id)
+                if record is not None and record.deadline < watermark:
+                    del paired[request_id]
         others = self.others
         for _, request_ids in self._tombstone_due.due(watermark):
             for request_id in request_ids:

@@ -95,6 +95,24 @@ class RollingWindow(Window):
             self._add(oldest[2], oldest[3], oldest[4], -1)
         return True
 
+    def remove(self, done_ts: float, request_id: str) -> bool:
+        """Take a pair out again (its label lost to another one); False if it is not kept. The
+        window then holds one pair fewer until the next pair comes: a pair that was pushed out to
+        make room for it does not come back."""
+        key = (done_ts, request_id)
+        if key not in self.keys:
+            return False
+        self.keys.discard(key)
+        for i, pair in enumerate(self.pairs):
+            if pair[:2] == key:
+                self.pairs[i] = self.pairs[-1]
+                self.pairs.pop()
+                heapq.heapify(self.pairs)
+                self.changed = True
+                self._add(pair[2], pair[3], pair[4], -1)
+                return True
+        return False  # pragma: no cover - keys and pairs hold the same pairs
+
     def _add(self, truth: Any, guess: Any, terms: Terms, sign: int) -> None:
         if self.cm is None:
             self.regression.update(truth, guess, sign)  # type: ignore[union-attr]  # exact: reverts exactly

@@ -49,13 +49,17 @@ def events(requests: list[dict[str, Any]]) -> list[tuple[float, int, int, dict[s
 
 
 def expected_pairs(requests: list[dict[str, Any]]) -> dict[int, list[tuple[str, str]]]:
-    """The contract, computed the obvious way: first prediction and first label win, TTL applies."""
+    """The contract, computed the obvious way: the first prediction and the earliest label win (ties
+    by the label's value), TTL applies."""
     by_window: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for r in requests:
         if r["label"] is None or r["delay"] > TTL_S:
             continue
+        won = r["label"]
+        if r["dup_label"] is not None and r["dup_label_delay"] == 0:
+            won = min(won, r["dup_label"])
         start = int((T0 + r["ts"]) // WINDOW_S) * WINDOW_S
-        by_window[start].append((r["label"], r["pred"]))
+        by_window[start].append((won, r["pred"]))
     return by_window
 
 

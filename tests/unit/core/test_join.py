@@ -133,7 +133,7 @@ def test_a_label_before_every_prediction_serves_each_model_and_goes_at_its_ttl()
     assert jb.add_prediction("r", (1.0, "a"), model=1)[0] is Outcome.JOINED
     assert jb.add_prediction("r", (2.0, "b"), model=0)[0] is Outcome.SHARED
     assert jb.pending() == (0, 0) and jb.expire(120.0) == ([], [])  # joined: not orphaned
-    assert jb.kept == {} and jb.add_prediction("r", (3.0, "c"), model=2)[0] is Outcome.PENDING
+    assert jb.paired == {} and jb.add_prediction("r", (3.0, "c"), model=2)[0] is Outcome.PENDING
     assert jb.add_prediction("r", (4.0, "d"), model=1)[0] is Outcome.DUPLICATE
 
 
@@ -152,14 +152,47 @@ def test_every_model_s_state_goes_with_the_request_s_tombstones() -> None:
     jb.add_label("r", (1.0, "l"))
     jb.add_prediction("s", (0.0, "b"), model=3)
     jb.expire(math.inf)
-    assert not jb.ids and not jb.others and not jb.kept and not jb.labels
+    assert not jb.ids and not jb.others and not jb.paired and not jb.labels
 
 
-def test_one_model_keeps_only_labels_that_came_before_their_prediction() -> None:
-    jb = JoinBuffer(ttl_s=100)
-    jb.add_label("r", (5.0, "l"))  # before its prediction: another model's may come too
+def test_a_label_that_paired_serves_a_model_met_later_until_its_deadline() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_label("r", (5.0, "l"))  # before its prediction
     jb.add_prediction("r", (1.0, "a"))
     jb.add_prediction("s", (1.0, "a"))
-    jb.add_label("s", (5.0, "l"))  # the common case: after it, nothing kept
-    assert jb.kept == {"r": (5.0, "l")} and jb.others == {} and set(jb.ids) == {"r", "s"}
+    jb.add_label("s", (5.0, "l"))  # after it
+    assert set(jb.paired) == {"r", "s"} and jb.others == {} and set(jb.ids) == {"r", "s"}
     assert jb.add_prediction("r", (2.0, "b"), model=1)[0] is Outcome.SHARED
+    assert jb.add_prediction("s", (2.0, "b"), model=1)[0] is Outcome.SHARED
+    jb.expire(130.0)  # past 5 + 100 and 2 + 100
+    assert jb.paired == {}
+
+
+def test_an_earlier_label_revises_the_pair_and_a_later_one_is_a_duplicate() -> None:
+    jb = JoinBuffer(ttl_s=100)
+    jb.add_prediction("r", (0.0, "p"))
+    jb.add_label("r", (20.0, "late"))
+    assert jb.add_label("r", (30.0, "later"))[0] is Outcome.DUPLICATE
+    assert jb.add_label("r", (10.0, "early")) == (Outcome.REVISED, [(Outcome.JOINED, (0.0, "p"))], (10.0, "early"))
+    assert jb.replaced == ((20.0, "late"), [(Outcome.JOINED, (0.0, "p"))], None)
+    assert jb.add_label("r", (10.0, "a tie")) == (Outcome.REVISED, [(Outcome.JOINED, (0.0, "p"))], (10.0, "a tie"))
+    assert jb.add_label("r", (10.0, "early"))[0] is Outcome.DUPLICATE  # "a tie" < "early"
+
+
+def test_latest_lets_the_latest_label_win_even_when_it_makes_the_pair_late() -> None:
+    jb = JoinBuffer(ttl_s=100, duplicate_labels="latest")
+    jb.add_prediction("r", (0.0, "p"))
+    jb.add_label("r", (20.0, "first"))
+    assert jb.add_label("r", (10.0, "older"))[0] is Outcome.DUPLICATE
+    assert jb.add_label("r", (150.0, "fix"))[1] == [(Outcome.LATE, (0.0, "p"))]
+
+
+def test_a_waiting_label_is_replaced_by_one_that_wins() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_label("r", (50.0, "second"))
+    assert jb.add_label("r", (40.0, "first"))[0] is Outcome.DUPLICATE
+    assert jb.add_prediction("r", (0.0, "p"))[2] == (40.0, "first")
+    jb.add_label("s", (50.0, "second"))
+    jb.add_label("s", (40.0, "first"))
+    assert jb.expire(155.0) == ([], [(40.0, "first")])  # orphaned at the winner's deadline, once
+    assert jb.expire(300.0) == ([], [])

@@ -1,0 +1,138 @@
+"""Figures are a function of the records, not of their arrival: a request's winning label is
+chosen by ``duplicate_labels`` from the labels alone, and a winner that arrives after another
+label paired revises the pair. Any arrival order within the watermark gives the same final records
+and health counts as time order, and they equal scikit-learn on the winning pairs."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from stream.config import Config
+from stream.core.engine import Engine
+from stream.core.join import label_rank
+from stream.core.records import parse_label, parse_prediction
+
+pytestmark = pytest.mark.unit
+
+TTL_S = 100
+WINDOW_S = 50
+T0 = 1_600_000_000.0
+
+label = st.fixed_dictionaries({"delay": st.integers(-20, 140), "value": st.sampled_from(["a", "b", "c"])})
+request = st.fixed_dictionaries({
+    "ts": st.integers(0, 300),
+    "models": st.sampled_from([("m",), ("n",), ("m", "n")]),
+    "pred": st.sampled_from(["a", "b"]),
+    "score": st.floats(0.0, 1.0),
+    "segment": st.sampled_from(["x", "y"]),
+    "labels": st.lists(label, max_size=3),
+})
+
+
+def records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(requests):
+        rid, ts = f"r{i}", T0 + r["ts"]
+        for model in r["models"]:
+            pred: dict[str, Any] = {"request_id": rid, "model": model, "timestamp": ts, "prediction": r["pred"],
+                                    "segment": {"region": r["segment"]}}
+            if model == "m":  # scored: histograms and exact score sums are revised too
+                pred["scores"] = {"a": r["score"], "b": 1.0 - r["score"]}
+            out.append(pred)
+        for lab in r["labels"]:
+            out.append({"request_id": rid, "timestamp": ts + lab["delay"], "label": lab["value"]})
+    return out
+
+
+def run(raw: list[dict[str, Any]], rule: str, batch_fold: bool = False) -> Engine:
+    config = Config.from_mapping({"join_ttl_s": TTL_S, "watermark_lag_s": 100_000, "duplicate_labels": rule,
+                                  "windows": [f"tumbling {WINDOW_S}s", "cumulative", "rolling 1000"]})
+    engine = Engine(config, revisions=False)
+    for i, obj in enumerate(raw):
+        record = parse_prediction(obj) if "prediction" in obj else parse_label(obj)
+        engine.receive(record)
+        if batch_fold and i % 7 == 0:
+            engine.flush()
+    engine.finish()
+    return engine
+
+
+def finals(engine: Engine) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {(r["model"], tuple(sorted(r["segment"].items())), r["window"]["name"], r["window"].get("start")): r
+            for r in engine.metric_records if r["final"]}
+
+
+def expected(requests: list[dict[str, Any]], rule: str) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """The contract the obvious way: each request's winning label by its rank, the TTL applied."""
+    pairs: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+    for r in requests:
+        if not r["labels"]:
+            continue
+        ts = T0 + r["ts"]
+        ranked = sorted(((ts + lab["delay"], lab["value"]) for lab in r["labels"]), key=label_rank)
+        won = ranked[0] if rule == "earliest" else ranked[-1]
+        if won[0] - ts > TTL_S:
+            continue
+        for model in r["models"]:
+            pairs[(model, int(ts // WINDOW_S) * WINDOW_S)].append((won[1], r["pred"]))
+    return pairs
+
+
+@pytest.mark.parametrize("rule", ["earliest", "latest"])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(request, min_size=1, max_size=25), seed=st.integers(0, 2**32 - 1))
+def test_any_arrival_order_gives_the_records_of_time_order(requests: list[dict[str, Any]], seed: int,
+                                                           rule: str) -> None:
+    raw = records(requests)
+    in_order = sorted(raw, key=lambda o: (o["timestamp"], "label" in o, label_rank((0, o.get("label")))))
+    shuffled = raw[:]
+    random.Random(seed).shuffle(shuffled)
+    reference, other = run(in_order, rule), run(shuffled, rule, batch_fold=True)
+    assert finals(other) == finals(reference)
+    assert other.health == reference.health
+    assert other.balance() == {"predictions": 0, "labels": 0}
+    for (model, start), pairs in expected(requests, rule).items():
+        tumbling = [r for k, r in finals(other).items() if k[0] == model and k[1] == () and k[3] == start]
+        assert len(tumbling) == 1
+        y_true, y_pred = zip(*pairs, strict=True)
+        figures = tumbling[0]["metrics"]
+        assert tumbling[0]["n"] == len(pairs)
+        assert figures["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+
+
+def test_an_earlier_label_that_arrives_later_revises_the_pair() -> None:
+    pred = {"request_id": "r", "model": "m", "timestamp": T0, "prediction": "a", "scores": {"a": 0.9, "b": 0.1}}
+    late, early = ({"request_id": "r", "timestamp": T0 + 30, "label": "b"},
+                   {"request_id": "r", "timestamp": T0 + 10, "label": "a"})
+    engine = run([pred, late, early], "earliest")
+    cumulative = [r for r in engine.metric_records if r["window"]["name"] == "cumulative" and not r["segment"]][-1]
+    assert cumulative["metrics"]["accuracy"] == 1.0 and cumulative["n"] == 1
+    assert engine.health.duplicate_labels == 1 and engine.health.pairs == 1 and engine.health.joined_labels == 1
+    assert engine.health.label_lag_sum_s == 10
+
+
+def test_latest_lets_a_correction_win_and_a_too_late_one_makes_the_pair_late() -> None:
+    pred = {"request_id": "r", "model": "m", "timestamp": T0, "prediction": "a"}
+    first, fix = ({"request_id": "r", "timestamp": T0 + 10, "label": "b"},
+                  {"request_id": "r", "timestamp": T0 + 50, "label": "a"})
+    for order in ([pred, first, fix], [pred, fix, first], [fix, first, pred]):
+        engine = run(order, "latest")
+        cumulative = [r for r in engine.metric_records if r["window"]["name"] == "cumulative" and not r["segment"]]
+        assert cumulative[-1]["metrics"]["accuracy"] == 1.0
+    too_late = {"request_id": "r", "timestamp": T0 + TTL_S + 1, "label": "a"}
+    engine = run([pred, first, too_late], "latest")
+    assert engine.health.pairs == 0 and engine.health.late_labels == 1 and engine.health.expired_predictions == 1
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+
+
+def test_the_setting_is_checked() -> None:
+    from stream.errors import ConfigError
+    with pytest.raises(ConfigError, match="duplicate_labels"):
+        Config.from_mapping({"duplicate_labels": "first"})
