@@ -140,7 +140,11 @@ class Engine:
             self._dirty_sets.append(wset)
         if outcome is not PENDING:
             status = self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
-            self._settle(status, outcome is SHARED or outcome is SHARED_LATE)
+            if outcome is SHARED or outcome is SHARED_LATE:  # the label counts as its best outcome
+                before = self._status(label, self.join.shared_with)  # type: ignore[arg-type]
+                if _LABEL_RANK[status] > _LABEL_RANK[before]:
+                    self._count_label(before, -1)
+                    self._count_label(status, 1)
         return True
 
     def label(self, label: Label, **where: Any) -> bool:
@@ -155,27 +159,23 @@ class Engine:
             return False
         if outcome is REVISED:  # it wins over the label its request paired with: that one's pairs go
             self.health.duplicate_labels += 1
-            old_label, old_matches, old_status = self.join.replaced  # type: ignore[misc]
-            self._unresolve_label(old_label, old_matches, old_status, label.request_id)
+            self._unresolve_label(*self.join.replaced, label.request_id)
         if outcome is LATE and not matches:
             self.health.late_labels += 1  # its prediction expired already
         elif outcome is not PENDING:
-            self._settle(self._resolve_label(entry, matches, label.request_id, **where), False)
+            self._resolve_label(entry, matches, label.request_id, **where)
         return True
 
-    def _settle(self, status: str, shared: bool) -> None:
-        """Keep what a label that paired counted as; a label that pairs again with another model's
-        prediction (``shared``) counts as the best of its outcomes (joined, then late, then
-        invalid), whichever model's prediction came first."""
-        paired = self.join.take_paired()
-        if paired is None:
-            return
-        if not shared:
-            paired.status = status
-        elif _LABEL_RANK[status] > _LABEL_RANK[paired.status]:
-            self._count_label(paired.status, -1)
-            self._count_label(status, 1)
-            paired.status = status
+    def _status(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]]) -> str:
+        """What a label counts as over its pairs: joined if one counts, else late, else invalid (a
+        label pairs with each model's prediction; whichever came first, it counts as the best)."""
+        best = "invalid"
+        for outcome, prediction in matches:
+            if outcome is LATE or outcome is SHARED_LATE:
+                best = "late"
+            elif self._truth(self._unpack(prediction)[1].model, label[1]) is not None:
+                return "joined"
+        return best
 
     def _count_label(self, status: str | None, sign: int) -> None:
         health = self.health
@@ -192,7 +192,7 @@ class Engine:
         after its TTL or cannot count for its model. The label itself is counted once: joined if
         one pair counted, else late, else invalid (a dead letter with the reason), which it
         returns; a label another model's prediction met before (SHARED) was counted then (see
-        ``_settle``)."""
+        ``prediction``)."""
         health = self.health
         counted = late = 0
         refused: tuple[str, PendingPrediction] | None = None
@@ -216,14 +216,14 @@ class Engine:
         return status
 
     def _unresolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
-                         status: str | None, request_id: str) -> None:
+                         request_id: str) -> None:
         """Undo what ``_resolve_label`` (and later predictions that shared the label) counted for a
         label that another one won over: its pairs leave their windows, the predictions it expired
         and the label's own count are taken back. A dead letter it caused stays sent."""
-        health = self.health
+        status = self._status(label, matches)
         for outcome, prediction in matches:
             if outcome is LATE or outcome is SHARED_LATE or not self._unpair(prediction, label, request_id):
-                health.expired_predictions -= 1
+                self.health.expired_predictions -= 1
         self._count_label(status, -1)
 
     def receive(self, record: Prediction | Label, **where: Any) -> None:
@@ -386,21 +386,9 @@ class Engine:
             return True
         model = wset.model
         classes = model.classes
-        if classes is None:
-            try:
-                truth: Any = target_number(label[1])
-            except InvalidRecord:
-                return False
-        else:
-            try:
-                name = label[1] if type(label[1]) is str else class_name(label[1])
-            except InvalidRecord:
-                return False
-            truth = classes.ids.get(name)
-            if truth is None:
-                truth = classes.ids.get(OTHER)  # folded when it paired (the limit was reached)
-                if truth is None:
-                    return False
+        truth = self._truth(model, label[1])
+        if truth is None:
+            return False
         health = self.health
         health.pairs -= 1
         lag = label[0] - ts
@@ -430,6 +418,20 @@ class Engine:
                         rolling.dirty = True
                         dirty_windows.append(rolling)
         return True
+
+    @staticmethod
+    def _truth(model: Model, value: Any) -> Any:
+        """A label's class id (or target) for a model it paired with, as ``_pair`` found it, without
+        registering anything; None if it could not count."""
+        classes = model.classes
+        try:
+            if classes is None:
+                return target_number(value)
+            name = value if type(value) is str else class_name(value)
+        except InvalidRecord:
+            return None
+        found = classes.ids.get(name)
+        return classes.ids.get(OTHER) if found is None else found  # not there: folded when it paired
 
     def _fold(self) -> None:
         """Move every buffered pair into its windows, marking them for emission."""

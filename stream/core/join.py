@@ -28,20 +28,21 @@ True
 >>> jb.add_label("r1", (6.0, "cat"))[0].name
 'DUPLICATE'
 >>> outcome, matches, label = jb.add_label("r1", (4.0, "dog"))  # earlier: it wins
->>> outcome.name, matches, jb.replaced[0]
-('REVISED', [(<Outcome.JOINED: 'joined'>, (1.0, 'dog'))], (5.0, 'cat'))
+>>> outcome.name, matches, jb.replaced
+('REVISED', [(<Outcome.JOINED: 'joined'>, (1.0, 'dog'))], ((5.0, 'cat'), [(<Outcome.JOINED: 'joined'>, (1.0, 'dog'))]))
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable
 from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
-__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id", "label_rank"]
+__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Joined", "Key", "Outcome", "PKey", "compact_id", "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
 
@@ -102,18 +103,26 @@ def label_rank(entry: Entry) -> tuple[float, str, str]:
     return entry[0], type(value).__name__, repr(value)
 
 
-class Paired:
-    """A label that paired, kept until its ``deadline`` so that a label which wins over it can
-    revise its pairs: ``matches`` are (outcome, prediction key, prediction entry); ``status`` is
-    what the caller counted the label as (see ``JoinBuffer.settle``)."""
+def _interned(value: Any) -> Any:
+    """Label values repeat (they are classes): one copy of each string kept."""
+    return sys.intern(value) if type(value) is str else value
 
-    __slots__ = ("deadline", "label", "matches", "status")
 
-    def __init__(self, label: Entry, deadline: float, matches: list[tuple[Outcome, PKey, Entry]]) -> None:
-        self.label = label
-        self.deadline = deadline
-        self.matches = matches
-        self.status: Any = None
+class Joined:
+    """A prediction that paired, in its slot of ``JoinBuffer.ids`` until the later of its and its
+    label's timestamps plus the TTL, with the label's time and value (not its provenance): a label
+    that wins over that one revises the pair, and another model's prediction pairs with it."""
+
+    __slots__ = ("label_ts", "label_value", "prediction")
+
+    def __init__(self, prediction: Entry, label: Entry) -> None:
+        self.prediction = prediction
+        self.label_ts: float = label[0]
+        self.label_value = _interned(label[1])
+
+    @property
+    def label(self) -> tuple[float, Any]:
+        return self.label_ts, self.label_value
 
 
 class _Buckets:
@@ -162,15 +171,15 @@ class _Buckets:
 
 
 class JoinBuffer:
-    """Pending predictions and the tombstones of resolved ids share one dict (``ids``): a join
-    or an expiry overwrites the slot the id already has, and a new prediction is one lookup.
+    """Pending predictions and the state of resolved ids share one dict (``ids``): a join or an
+    expiry overwrites the slot the id already has, and a new prediction is one lookup.
 
     Several models may predict for one request: each model's first prediction pairs with the
-    request's first label. The engine numbers its models; model 0's state sits under the request's
-    key alone, another model's under (key, model), and ``others`` lists those models per request,
-    so the common one-model case costs no more. A label that paired is kept (``paired``) until the
-    later of its and its predictions' timestamps plus the TTL, for other models' predictions and
-    for a label that wins over it."""
+    request's winning label. The engine numbers its models; model 0's state sits under the
+    request's key alone, another model's under (key, model), and ``others`` lists those models per
+    request, so the common one-model case costs no more. A prediction that paired keeps its label
+    in its slot (``Joined``) until the later of their timestamps plus the TTL, for other models'
+    predictions and for a label that wins over it; then the slot becomes a tombstone."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
                  prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest") -> None:
@@ -179,54 +188,51 @@ class JoinBuffer:
         self.ttl_s = ttl_s
         self.latest_wins = duplicate_labels == "latest"
         self.prediction_ts = prediction_ts
-        self.ids: dict[PKey, Entry | int] = {}  # a pending prediction's entry, or a resolved id's state
+        self.ids: dict[PKey, Entry | Joined | int] = {}  # a pending prediction, a pair, or a resolved id's state
         self.labels: dict[Key, Entry] = {}  # labels waiting for their prediction
         self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
         self.several = False  # set by the engine once it sees a second model
         self.pending_predictions = 0
-        self.paired: dict[Key, Paired] = {}  # labels that paired, until their pairs can no longer change
-        self.replaced: tuple[Entry, list[tuple[Outcome, Entry]], Any] | None = None  # see ``add_label``
-        self._last: Paired | None = None  # the record ``settle`` completes
-        self._paired_due = _Buckets(bucket_s)
+        # What the last call replaced (REVISED: the old label and its matches) or shared with
+        # (SHARED: the request's other matches); read by the caller right after the call.
+        self.replaced: tuple[Entry, list[tuple[Outcome, Entry]]] = ((0.0, None), [])
+        self.shared_with: list[tuple[Outcome, Entry]] = []
         self._prediction_due = _Buckets(bucket_s)
         self._label_due = _Buckets(bucket_s)
         self._tombstone_due = _Buckets(bucket_s)
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
-        """Model ``model``'s prediction: (outcome, it, the label it joined)."""
+        """Model ``model``'s prediction: (outcome, it, the label it joined). When it pairs with a
+        label that paired with another model's prediction before (SHARED), ``shared_with`` lists
+        those pairs."""
         key = compact_id(request_id)
         pkey = (key, model) if model else key
         ids = self.ids
         known = ids.get(pkey)
         if known is not None and known != _LABEL_ORPHANED:
             return Outcome.DUPLICATE, None, None  # pending, joined or expired already
-        label = paired = None
+        label = None
+        shared: list[tuple[Outcome, Entry]] = []
         if self.labels:
             label = self.labels.pop(key, None)
-        if label is None and self.paired:
-            paired = self.paired.get(key)
-            if paired is not None:
-                label = paired.label
+        if label is None and self.several:
+            joined = self._joined(key)
+            if joined:
+                label = joined[0].label
+                shared = [(LATE if j.label_ts - self.prediction_ts(j.prediction) > self.ttl_s else JOINED,
+                           j.prediction) for j in joined]
         if model:
             self.others.setdefault(key, []).append(model)
         if label is not None:
-            ids[pkey] = _JOINED  # its removal is scheduled when the label's bucket is swept
             ts = self.prediction_ts(entry)
-            if model:  # which sweeps the request's key: this one is swept with the predictions
-                self._prediction_due.add(ts + self.ttl_s, pkey)
+            ids[pkey] = Joined(entry, label)
+            self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
             late = label[0] - ts > self.ttl_s
-            if paired is not None:  # a label that paired with another model's prediction before
-                outcome = SHARED_LATE if late else SHARED
-                paired.matches.append((outcome, pkey, entry))
-                self._last = paired
-                if ts + self.ttl_s > paired.deadline:
-                    paired.deadline = ts + self.ttl_s
-                    self._paired_due.add(paired.deadline, key)
-                return outcome, entry, label
-            outcome = LATE if late else JOINED
-            self._record(key, label, [(outcome, pkey, entry)], ts)
-            return outcome, entry, label
+            if shared:
+                self.shared_with = shared
+                return (SHARED_LATE if late else SHARED), entry, label
+            return (LATE if late else JOINED), entry, label
         ids[pkey] = entry
         self.pending_predictions += 1
         self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
@@ -236,22 +242,21 @@ class JoinBuffer:
         """A label: (outcome, [(JOINED or LATE, prediction)] for each model's pending prediction
         of the request, it). The outcome is JOINED if one joined, LATE if it came after the TTL of
         every prediction it met (or of one already expired), else PENDING or DUPLICATE; REVISED
-        when it wins over the label its request paired with: the matches are the same predictions
-        paired with it, and ``replaced`` holds (the old label, its matches, its status)."""
+        when it wins over the label its request paired with: the matches are the predictions that
+        paired with that one, and ``replaced`` holds (that label, its matches)."""
         key = compact_id(request_id)
         ids = self.ids
         if not self.several:  # one model: its prediction's slot alone (the common case, kept short)
             known = ids.get(key)
-            if known is not None and type(known) is not int:
-                ids[key] = _JOINED  # removal scheduled when the prediction's bucket is swept
-                self.pending_predictions -= 1
-                ts = self.prediction_ts(known)
-                outcome = LATE if entry[0] - ts > self.ttl_s else JOINED
-                self._record(key, entry, [(outcome, key, known)], ts)
-                return outcome, [(outcome, known)], entry
-        paired = self.paired.get(key) if self.paired else None
-        if paired is not None:
-            return self._contest(key, paired, entry)
+            if known is not None:
+                kind = type(known)
+                if kind is Joined:
+                    return self._contest((key,), entry)
+                if kind is not int:
+                    ids[key] = Joined(known, entry)  # its deadline is the prediction's bucket, or later
+                    self.pending_predictions -= 1
+                    outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
+                    return outcome, [(outcome, known)], entry
         waiting = self.labels.get(key) if self.labels else None
         if waiting is not None:
             if self._wins(entry, waiting):  # the pending label is replaced; its deadline moves with it
@@ -260,29 +265,29 @@ class JoinBuffer:
             return Outcome.DUPLICATE, [], entry
         others = self.others.get(key)
         pkeys = [key, *((key, model) for model in others)] if others else (key,)
-        waiting = []
+        pending = []
         expired = False
         for pkey in pkeys:
             known = ids.get(pkey)
             if known is None:
                 continue
-            if type(known) is not int:
-                waiting.append(pkey)
+            kind = type(known)
+            if kind is Joined:
+                return self._contest(pkeys, entry)
+            if kind is not int:
+                pending.append(pkey)
             elif known == _PREDICTION_EXPIRED:
                 expired = True
             else:  # joined, or an earlier label was orphaned
                 return Outcome.DUPLICATE, [], entry
-        if waiting:
+        if pending:
             matches = []
             prediction_ts, ttl = self.prediction_ts, self.ttl_s
-            for pkey in waiting:
+            for pkey in pending:
                 prediction = ids[pkey]
-                ids[pkey] = _JOINED  # removal scheduled when the prediction's bucket is swept
+                ids[pkey] = Joined(prediction, entry)
                 matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
-            self.pending_predictions -= len(waiting)
-            self._record(key, entry, [(outcome, pkey, prediction)
-                                      for pkey, (outcome, prediction) in zip(waiting, matches, strict=True)],
-                         max(prediction_ts(m[1]) for m in matches))
+            self.pending_predictions -= len(pending)
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
         if expired:
             for pkey in pkeys:
@@ -293,57 +298,64 @@ class JoinBuffer:
         self._label_due.add(entry[0] + self.ttl_s, key)
         return Outcome.PENDING, [], entry
 
-    def take_paired(self) -> Paired | None:
-        """The record of the label that the last call paired, shared or revised, if any: the caller
-        keeps what it counted the label as in its ``status``."""
-        paired, self._last = self._last, None
-        return paired
-
     def _wins(self, new: Entry, old: Entry) -> bool:
         if self.latest_wins:
             return label_rank(new) > label_rank(old)
         return label_rank(new) < label_rank(old)
 
-    def _record(self, key: Key, label: Entry, matches: list[tuple[Outcome, PKey, Entry]], ts: float) -> None:
-        """Keep a label that paired (its value and time only) until its pairs can no longer change."""
-        deadline = (ts if ts > label[0] else label[0]) + self.ttl_s
-        self._last = self.paired[key] = Paired(label[:2] if len(label) > 2 else label, deadline, matches)
-        self._paired_due.add(deadline, key)
+    def _joined(self, key: Key) -> list[Joined]:
+        """The request's predictions that paired and can still be revised."""
+        others = self.others.get(key)
+        slots = (self.ids.get(pkey) for pkey in ([key, *((key, model) for model in others)] if others else (key,)))
+        return [slot for slot in slots if type(slot) is Joined]
 
-    def _contest(self, key: Key, paired: Paired, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
+    def _contest(self, pkeys: Any, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
         """Another label of a request that paired: a duplicate, or the winner (REVISED)."""
-        if not self._wins(entry, paired.label):
+        ids = self.ids
+        joined = [slot for slot in (ids.get(pkey) for pkey in pkeys) if type(slot) is Joined]
+        old = joined[0].label
+        if not self._wins(entry, old):
             return Outcome.DUPLICATE, [], entry
         prediction_ts, ttl = self.prediction_ts, self.ttl_s
-        old = [(outcome, prediction) for outcome, _, prediction in paired.matches]
-        self.replaced = (paired.label, old, paired.status)
-        paired.matches = [(LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, pkey, prediction)
-                          for _, pkey, prediction in paired.matches]
-        paired.label = entry[:2] if len(entry) > 2 else entry
-        paired.status = None
-        self._last = paired
-        if entry[0] + ttl > paired.deadline:
-            paired.deadline = entry[0] + ttl
-            self._paired_due.add(paired.deadline, key)
-        return REVISED, [(outcome, prediction) for outcome, _, prediction in paired.matches], entry
+        old_matches, matches = [], []
+        for slot in joined:
+            ts = prediction_ts(slot.prediction)
+            old_matches.append((LATE if old[0] - ts > ttl else JOINED, slot.prediction))
+            matches.append((LATE if entry[0] - ts > ttl else JOINED, slot.prediction))
+            slot.label_ts, slot.label_value = entry[0], _interned(entry[1])
+        self.replaced = (old, old_matches)
+        return REVISED, matches, entry
 
     def pending(self) -> tuple[int, int]:
         """(predictions, labels) waiting for their other half."""
         return self.pending_predictions, len(self.labels)
 
     def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
-        """Resolve what the watermark has passed: (expired predictions, orphaned labels)."""
+        """Resolve what the watermark has passed: (expired predictions, orphaned labels); a pair
+        whose deadline passed becomes a tombstone."""
         ttl = self.ttl_s
         ids = self.ids
         expired: list[Entry] = []
         prediction_ts = self.prediction_ts
+        later: list[tuple[float, PKey]] = []
         for bucket_end, request_ids in self._prediction_due.due(watermark):
             for request_id in request_ids:
                 entry = ids.get(request_id)
-                if entry is not None and type(entry) is not int and prediction_ts(entry) + ttl < watermark:
+                if entry is None or type(entry) is int:
+                    continue
+                if type(entry) is Joined:
+                    ts = prediction_ts(entry.prediction)
+                    deadline = (ts if ts > entry.label_ts else entry.label_ts) + ttl
+                    if deadline < watermark:
+                        ids[request_id] = _JOINED
+                    else:  # its label came later than the prediction, or was replaced by a later one
+                        later.append((deadline, request_id))
+                elif prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired.append(entry)
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
+        for deadline, request_id in later:
+            self._prediction_due.add(deadline, request_id)
         self.pending_predictions -= len(expired)
         orphaned: list[Entry] = []
         labels = self.labels
@@ -355,12 +367,6 @@ class JoinBuffer:
                     orphaned.append(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
             self._tombstone_due.add_many(bucket_end + ttl, request_ids)
-        paired = self.paired
-        for _, request_ids in self._paired_due.due(watermark):
-            for request_id in cast(list[Key], request_ids):
-                record = paired.get(request_id)
-                if record is not None and record.deadline < watermark:
-                    del paired[request_id]
         others = self.others
         for _, request_ids in self._tombstone_due.due(watermark):
             for request_id in request_ids:

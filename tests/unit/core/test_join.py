@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stream.core.join import JoinBuffer, Outcome
+from stream.core.join import JoinBuffer, Joined, Outcome
 
 
 def test_prediction_then_label_joins() -> None:
@@ -108,6 +108,11 @@ def test_uuid_ids_are_kept_as_numbers_and_stay_distinct_from_other_spellings() -
     assert jb.add_label(rid, (2.0, "l"))[0] is Outcome.DUPLICATE
 
 
+def joined(jb: JoinBuffer) -> set[object]:
+    """The ids whose pairs can still be revised."""
+    return {key for key, slot in jb.ids.items() if isinstance(slot, Joined)}
+
+
 def several(ttl_s: float = 100, bucket_s: float = 60.0) -> JoinBuffer:
     jb = JoinBuffer(ttl_s=ttl_s, bucket_s=bucket_s)
     jb.several = True  # as the engine sets it once it meets a second model
@@ -133,7 +138,7 @@ def test_a_label_before_every_prediction_serves_each_model_and_goes_at_its_ttl()
     assert jb.add_prediction("r", (1.0, "a"), model=1)[0] is Outcome.JOINED
     assert jb.add_prediction("r", (2.0, "b"), model=0)[0] is Outcome.SHARED
     assert jb.pending() == (0, 0) and jb.expire(120.0) == ([], [])  # joined: not orphaned
-    assert jb.paired == {} and jb.add_prediction("r", (3.0, "c"), model=2)[0] is Outcome.PENDING
+    assert not joined(jb) and jb.add_prediction("r", (3.0, "c"), model=2)[0] is Outcome.PENDING
     assert jb.add_prediction("r", (4.0, "d"), model=1)[0] is Outcome.DUPLICATE
 
 
@@ -152,7 +157,7 @@ def test_every_model_s_state_goes_with_the_request_s_tombstones() -> None:
     jb.add_label("r", (1.0, "l"))
     jb.add_prediction("s", (0.0, "b"), model=3)
     jb.expire(math.inf)
-    assert not jb.ids and not jb.others and not jb.paired and not jb.labels
+    assert not jb.ids and not jb.others and not jb.labels
 
 
 def test_a_label_that_paired_serves_a_model_met_later_until_its_deadline() -> None:
@@ -161,11 +166,12 @@ def test_a_label_that_paired_serves_a_model_met_later_until_its_deadline() -> No
     jb.add_prediction("r", (1.0, "a"))
     jb.add_prediction("s", (1.0, "a"))
     jb.add_label("s", (5.0, "l"))  # after it
-    assert set(jb.paired) == {"r", "s"} and jb.others == {} and set(jb.ids) == {"r", "s"}
+    assert joined(jb) == {"r", "s"} and jb.others == {} and set(jb.ids) == {"r", "s"}
+    jb.several = True  # as the engine sets it once it meets a second model
     assert jb.add_prediction("r", (2.0, "b"), model=1)[0] is Outcome.SHARED
     assert jb.add_prediction("s", (2.0, "b"), model=1)[0] is Outcome.SHARED
     jb.expire(130.0)  # past 5 + 100 and 2 + 100
-    assert jb.paired == {}
+    assert not joined(jb)
 
 
 def test_an_earlier_label_revises_the_pair_and_a_later_one_is_a_duplicate() -> None:
@@ -174,7 +180,7 @@ def test_an_earlier_label_revises_the_pair_and_a_later_one_is_a_duplicate() -> N
     jb.add_label("r", (20.0, "late"))
     assert jb.add_label("r", (30.0, "later"))[0] is Outcome.DUPLICATE
     assert jb.add_label("r", (10.0, "early")) == (Outcome.REVISED, [(Outcome.JOINED, (0.0, "p"))], (10.0, "early"))
-    assert jb.replaced == ((20.0, "late"), [(Outcome.JOINED, (0.0, "p"))], None)
+    assert jb.replaced == ((20.0, "late"), [(Outcome.JOINED, (0.0, "p"))])
     assert jb.add_label("r", (10.0, "a tie")) == (Outcome.REVISED, [(Outcome.JOINED, (0.0, "p"))], (10.0, "a tie"))
     assert jb.add_label("r", (10.0, "early"))[0] is Outcome.DUPLICATE  # "a tie" < "early"
 
