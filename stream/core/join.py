@@ -42,7 +42,8 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
-__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Joined", "Key", "Outcome", "PKey", "compact_id", "label_rank"]
+__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Joined", "Key", "Outcome", "PKey", "compact_id",
+           "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
 
