@@ -15,7 +15,7 @@ from typing import Any
 
 from stream.errors import ConfigError
 
-__all__ = ["KINDS", "WindowSpec", "format_duration", "parse_duration_s"]
+__all__ = ["KINDS", "WindowSpec", "counting_window", "format_duration", "parse_duration_s"]
 
 KINDS = ("tumbling", "hopping", "rolling", "cumulative")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -116,3 +116,20 @@ class WindowSpec:
         if hop_s > size_s or size_s % hop_s:
             raise ConfigError(f"hopping window: hop {hop_s}s must divide size {size_s}s")
         return cls("hopping", size_s=size_s, hop_s=hop_s)
+
+
+def counting_window(windows: list[WindowSpec]) -> WindowSpec | None:
+    """The configured window whose instances split the pairs, each pair in exactly one: the
+    smallest tumbling window, else the cumulative one; None when only hopping and rolling windows
+    are configured (a pair is in several hopping windows, and a rolling one lets pairs go). What
+    adds every pair once, such as Prometheus's confusion counters, follows its records.
+
+    >>> counting_window([WindowSpec("hopping", 3600, 600), WindowSpec("tumbling", 86400), WindowSpec("cumulative")])
+    WindowSpec(kind='tumbling', size_s=86400, hop_s=0, size_n=0)
+    >>> counting_window([WindowSpec("rolling", size_n=100)]) is None
+    True
+    """
+    tumbling = [w for w in windows if w.kind == "tumbling"]
+    if tumbling:
+        return min(tumbling, key=lambda w: w.size_s)
+    return next((w for w in windows if w.kind == "cumulative"), None)

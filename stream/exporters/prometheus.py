@@ -22,6 +22,7 @@ from stream.core.engine import Engine
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.keys import segment_label
 from stream.core.rules import Rule, RuleState
+from stream.core.windows import counting_window
 
 __all__ = [
     "OTHER_GAUGES",
@@ -53,7 +54,7 @@ class EngineCollector(Collector):
     """Metric families from metric records (fed by ``observe``) and, at scrape time, from the
     health, pending counts, watermark and rule states the sources return."""
 
-    def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str,
+    def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str | None,
                  lag: Callable[[], dict[tuple[str, int], int]] | None = None,
                  repartitioned: Callable[[], dict[str, int]] | None = None, custom: Sequence[str] = ()) -> None:
         self.health_source = health
@@ -65,6 +66,7 @@ class EngineCollector(Collector):
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # newest window per series
         self.cells: dict[tuple[str, str, str, str, str], int] = {}  # confusion counters, additive
+        self.revised: dict[tuple[str, str, str, str, str], int] = {}  # pairs that left a cell again
         self._seen_cells: dict[tuple[str, str, str, str, int], dict[tuple[str, str], int]] = {}
 
     def observe(self, records: list[dict[str, Any]]) -> None:
@@ -88,20 +90,26 @@ class EngineCollector(Collector):
         with self.lock:
             self.latest = {k: v for k, v in self.latest.items() if k[0] != model}
             self.cells = {k: v for k, v in self.cells.items() if k[0] != model}
+            self.revised = {k: v for k, v in self.revised.items() if k[0] != model}
             self._seen_cells = {k: v for k, v in self._seen_cells.items() if k[0] != model}
 
     def _count_cells(self, series: tuple[str, str, str, str], start: int, record: dict[str, Any]) -> None:
+        """A counter never goes down: a cell that shrank (a pair revised by a label that won over
+        its first one) counts the pairs that left it in ``revised``; pairs minus revised pairs is
+        the exact count."""
         key = (*series, start)
         seen = self._seen_cells.setdefault(key, {})
         classes = record["classes"]
-        for i, actual in enumerate(classes):
-            for j, predicted in enumerate(classes):
-                count = record["confusion_matrix"][i][j]
-                grown = count - seen.get((actual, predicted), 0)
-                if grown > 0:  # a counter never goes down
-                    cell = (*series[:3], actual, predicted)
-                    self.cells[cell] = self.cells.get(cell, 0) + grown
-                    seen[(actual, predicted)] = count
+        now = {(actual, predicted): record["confusion_matrix"][i][j] for i, actual in enumerate(classes)
+               for j, predicted in enumerate(classes)}
+        for pair in [*now, *(p for p in seen if p not in now)]:  # a record lists the classes it has pairs of
+            count = now.get(pair, 0)
+            grown = count - seen.get(pair, 0)
+            if grown:
+                cell = (*series[:3], *pair)
+                counters = self.cells if grown > 0 else self.revised
+                counters[cell] = counters.get(cell, 0) + abs(grown)
+                seen[pair] = count
         if record["final"]:
             del self._seen_cells[key]
 
@@ -179,9 +187,16 @@ class EngineCollector(Collector):
         cells = CounterMetricFamily(
             "mlmon_confusion_matrix_pairs", "joined pairs by actual and predicted class (sum over any range)",
             labels=["model", "model_version", "segment", "actual", "predicted", "correct"])
+        revised = CounterMetricFamily(
+            "mlmon_confusion_matrix_revised_pairs", "pairs that left a cell again when a label that wins over their "
+            "first one came (pairs minus revised pairs: the exact count)",
+            labels=["model", "model_version", "segment", "actual", "predicted", "correct"])
         for labels, count in self.cells.items():
-            cells.add_metric([*labels, "true" if labels[3] == labels[4] else "false"], count)
+            correct = "true" if labels[3] == labels[4] else "false"
+            cells.add_metric([*labels, correct], count)
+            revised.add_metric([*labels, correct], self.revised.get(labels, 0))  # the same series: PromQL subtracts
         yield cells
+        yield revised
 
     def _health(self) -> Iterator[Any]:
         h, (pending_predictions, pending_labels), watermark_s = self.health_source()
@@ -238,10 +253,11 @@ class EngineCollector(Collector):
 
 
 def for_engine(engine: Engine) -> EngineCollector:
-    """A collector over one engine (the demo and replay). Confusion counters follow the first
-    window spec, so every pair adds to them exactly once."""
+    """A collector over one engine (the demo and replay). Confusion counters follow the records of
+    ``counting_window``, so every pair adds to them exactly once."""
+    counted = counting_window(engine.config.windows)
     return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
-                           engine.rules.evaluated, engine.config.windows[0].name,
+                           engine.rules.evaluated, counted.name if counted else None,
                            custom=[m.name for m in engine.config.custom_metrics])
 
 

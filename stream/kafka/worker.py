@@ -23,6 +23,7 @@ from typing import Any
 import faust
 
 from stream.config import Config
+from stream.core.windows import counting_window
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
@@ -91,7 +92,9 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
     delivery = Delivery(config.alertmanager_url or None, config.webhook_url or None).start()
     join = Join(config, partition_counts)
     merge = Merge(config, on_alerts=delivery.submit)
-    collector = EngineCollector(join.totals, merge.rules.evaluated, config.windows[0].name, lambda: dict(join.lag),
+    counted = counting_window(config.windows)
+    collector = EngineCollector(join.totals, merge.rules.evaluated, counted.name if counted else None,
+                                lambda: dict(join.lag),
                                 lambda: {topic: join.forwarding.counts[source] for source, topic in (
                                     ("predictions", config.predictions_topic), ("labels", config.labels_topic))},
                                 custom=[m.name for m in config.custom_metrics])

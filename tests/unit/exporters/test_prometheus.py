@@ -95,3 +95,51 @@ def test_promtool_rule_unit_tests_pass() -> None:
     for args in (["check", "rules", "rules.yml"], ["test", "rules", "tests.yml"]):
         run = subprocess.run(["promtool", *args], cwd=ROOT / "prometheus", capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+HOPPING = {"kind": "hopping", "size": "2h", "hop": "15m"}
+
+
+@pytest.mark.parametrize("windows", [[HOPPING, "tumbling 1d"], ["rolling 2", "cumulative"], ["tumbling 1h", HOPPING]])
+def test_confusion_counters_count_each_pair_once_whatever_the_windows(windows: list[object]) -> None:
+    engine = Engine(Config.from_mapping({"windows": windows, "emit_interval": "1m", "join_ttl": "1h"}))
+    start = 1_767_225_600
+    for i in range(20):
+        ts = start + 600 * i
+        engine.receive(parse_prediction({"request_id": f"r{i}", "model": "m", "timestamp": ts, "prediction": "a"}))
+        engine.receive(parse_label({"request_id": f"r{i}", "timestamp": ts + 5, "label": "a" if i % 4 else "b"}))
+    engine.finish()
+    collector = for_engine(engine)
+    collector.observe(engine.metric_records)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    counters = {(s.name, s.labels["actual"], s.labels["predicted"]): s.value
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in family.samples if s.name == "mlmon_confusion_matrix_pairs_total" and not s.labels["segment"]}
+    assert counters == {("mlmon_confusion_matrix_pairs_total", "a", "a"): 15,
+                        ("mlmon_confusion_matrix_pairs_total", "b", "a"): 5}
+
+
+def test_a_revised_pair_is_counted_as_it_left_its_cell() -> None:
+    engine = Engine(Config.from_mapping({"windows": ["tumbling 1h"], "emit_interval": "1m"}))
+    collector = for_engine(engine)
+    ts = 1_767_225_600
+    for obj in ({"request_id": "r", "model": "m", "timestamp": ts, "prediction": "a"},
+                {"request_id": "r", "timestamp": ts + 120, "label": "b"},
+                {"request_id": "x", "model": "m", "timestamp": ts + 300, "prediction": "a"},  # a flush between
+                {"request_id": "r", "timestamp": ts + 60, "label": "a"}):  # earlier: wins, revises the pair
+        engine.receive(parse_prediction(obj) if "prediction" in obj else parse_label(obj))
+        collector.observe(engine.metric_records)
+        engine.metric_records.clear()
+    engine.finish()
+    collector.observe(engine.metric_records)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    counters = {(s.name, s.labels["actual"], s.labels["predicted"]): s.value
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in family.samples if s.name.startswith("mlmon_confusion_matrix") and s.name.endswith("_total")
+                and not s.labels["segment"]}
+    assert counters == {("mlmon_confusion_matrix_pairs_total", "a", "a"): 1,
+                        ("mlmon_confusion_matrix_pairs_total", "b", "a"): 1,
+                        ("mlmon_confusion_matrix_revised_pairs_total", "a", "a"): 0,
+                        ("mlmon_confusion_matrix_revised_pairs_total", "b", "a"): 1}
