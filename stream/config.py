@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,41 +13,26 @@ from typing import Any
 
 import yaml
 
-from stream.core.custom import CustomMetric, parse_custom_metrics
+from stream.core.custom import parse_custom_metrics
 from stream.core.join import DUPLICATE_LABEL_RULES
 from stream.core.rules import Rule
+from stream.core.settings import DEFAULT_WINDOWS, MAX_CLASSES, Settings
 from stream.core.windows import WindowSpec, parse_duration_s
 from stream.errors import ConfigError
 
 __all__ = ["DEFAULT_WINDOWS", "MAX_CLASSES", "Config", "bootstrap_servers", "parse_rules", "read_yaml"]
 
-MAX_CLASSES = 65_534  # class ids are stored in 16 bits (a pending prediction), with one more for "other"
-DEFAULT_WINDOWS = ("tumbling 1h", "tumbling 1d", "cumulative")
 STRUCTURED = ("rules", "windows", "regression_models", "positive_classes", "custom_metrics")  # not scalars
 
 
 @dataclass
-class Config:
-    join_ttl_s: int = 86400
-    windows: list[WindowSpec] = field(default_factory=lambda: [WindowSpec.parse(w) for w in DEFAULT_WINDOWS])
-    emit_interval_s: int = 60  # event time between metric revisions in replay
-    flush_interval_ms: int = 250  # wall time between the worker's partials: bounds alert latency
-    watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
-    duplicate_labels: str = "earliest"  # which of a request's labels counts: the earliest or the latest stamped
-    regression_models: list[str] = field(default_factory=list)
-    max_models: int = 100
-    max_versions_per_model: int = 10
-    max_classes: int = 100
-    max_segment_keys: int = 10  # per model
-    max_segment_values: int = 50  # per segment key
-    series_ttl_s: int = 7 * 86400  # a model, version or segment value unseen this long frees its slot
-    # (at least join_ttl + the longest window, so that all its windows are final: see core.admission)
+class Config(Settings):
+    """The core's settings (:class:`stream.core.settings.Settings`), the inputs', the worker's and Kafka's."""
+
     max_record_bytes: int = 64 * 1024
-    idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
-    rules: list[Rule] = field(default_factory=list)
-    positive_classes: dict[str, str] = field(default_factory=dict)  # model glob -> its positive class (binary)
-    custom_metrics: list[CustomMetric] = field(default_factory=list)
+    flush_interval_ms: int = 250  # wall time between the worker's partials: bounds alert latency
+    idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
     # Kafka (used by the worker only)
     broker: str = "127.0.0.1:9092"
     predictions_topic: str = "predictions"
@@ -118,10 +102,6 @@ class Config:
         config.positive_classes = {str(k): str(v) for k, v in positive.items()}
         config.custom_metrics = parse_custom_metrics(raw.get("custom_metrics", []))
         return config
-
-    def is_regression(self, model: str) -> bool:
-        """Whether ``model`` matches ``regression_models`` (globs): its targets are numbers."""
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.regression_models)
 
     def check_rules(self) -> None:
         names = {w.name for w in self.windows}

@@ -5,7 +5,7 @@
 >>> reporter.prediction("r-2", "1", scores={"1": 1.5})
 Traceback (most recent call last):
 ...
-stream.errors.InvalidRecord: prediction r-2: 'scores'['1'] must be a probability in [0, 1], got 1.5
+stream.core.errors.InvalidRecord: prediction r-2: 'scores'['1'] must be a probability in [0, 1], got 1.5
 >>> reporter.stats().accepted, reporter.stats().invalid
 (1, 1)
 >>> reporter.close(timeout_s=0).failed  # the broker never answered: what was waiting is reported

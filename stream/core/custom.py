@@ -21,7 +21,7 @@ and yields null.
 1020.0
 >>> CustomMetric.parse({"name": "bad", "expression": "tp['1'] / nope"}, 0)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-stream.errors.ConfigError: custom metric bad: cannot evaluate "tp['1'] / nope": NameNotDefined: 'nope' is not ...
+stream.core.errors.ConfigError: custom metric bad: cannot evaluate "tp['1'] / nope": NameNotDefined: 'nope' is not ...
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from simpleeval import InvalidExpression, SimpleEval
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 __all__ = ["ENTRY_POINT_GROUP", "CustomMetric", "MetricBook", "parse_custom_metrics"]
 

@@ -15,10 +15,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stream.config import Config
 from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
+from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import DUPLICATE, LATE, PENDING, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
@@ -26,22 +26,22 @@ from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, p
 from stream.core.records import Label, Prediction, class_name, target_number
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet, refresh_figures
+from stream.core.settings import Settings
 from stream.core.windows import WindowSpec
-from stream.errors import InvalidRecord
 
-__all__ = ["ENGINE_GUARD", "OTHER", "SWEEP_EVERY_S", "Engine"]
+__all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
-# A Kafka worker's partition engine takes this many times the limits (a bound on its memory):
-# the worker applies the limits themselves where every partition's figures meet (kafka.registry).
-ENGINE_GUARD = 4
 _LABEL_RANK = {None: 0, "invalid": 1, "late": 2, "joined": 3}  # a label's best outcome over its pairs
 
 
 class Engine:
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None, emit_partials: bool = False,
-                 revisions: bool = True) -> None:
+    def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
+                 revisions: bool = True, limits_factor: int = 1) -> None:
+        """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a
+        record, for another process to merge; ``limits_factor``: admit this many times the limits
+        (where the limits themselves are applied after a merge)."""
         self.config = config
         self.emit_partials = emit_partials
         self.revisions = revisions  # records of windows before they are final (upserts)
@@ -56,7 +56,7 @@ class Engine:
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
         self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else self._reached)
         self.models: dict[str, Model] = {}
-        self.admission = Admission(Limits.of(config, ENGINE_GUARD if emit_partials else 1, 2 * SWEEP_EVERY_S))
+        self.admission = Admission(Limits.of(config, limits_factor, 2 * SWEEP_EVERY_S))
         self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
         self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.metric_records: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from stream.errors import InvalidRecord
+from stream.core.errors import InvalidRecord
 
 __all__ = [
     "MAX_ID_CHARS",

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
 
+from stream.core.errors import ConfigError
 from stream.core.keys import fingerprint
 from stream.core.metrics import PROPORTIONS, wilson_interval
-from stream.errors import ConfigError
 
 __all__ = ["DEFAULT_RUNBOOK", "Rule", "RuleBook", "RuleState", "effective_n", "metric_value", "rfc3339"]
 

@@ -1,9 +1,10 @@
 """Rolling windows across a Kafka worker's rebuild: their pairs outlive the stored batches they
 came from (those are pruned once their timed windows are final), so the worker stores them whole.
 
->>> from stream.config import Config
 >>> from stream.core.records import parse_label, parse_prediction
->>> engine = Engine(Config.from_mapping({"windows": ["rolling 2"]}))
+>>> from stream.core.settings import Settings
+>>> from stream.core.windows import WindowSpec
+>>> engine = Engine(Settings(windows=[WindowSpec.parse("rolling 2")]))
 >>> for i in range(3):
 ...     ts = 1.7e9 + i
 ...     engine.receive(parse_prediction({"request_id": str(i), "model": "m", "timestamp": ts, "prediction": "a"}))
@@ -22,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from stream.core.engine import Engine
-from stream.errors import InvalidRecord
+from stream.core.errors import InvalidRecord
 
 __all__ = ["restore_rolling", "rolling_snapshot"]
 

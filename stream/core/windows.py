@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 __all__ = ["KINDS", "WindowSpec", "counting_window", "format_duration", "parse_duration_s"]
 

@@ -76,6 +76,9 @@ BATCH_ZLIB_LEVEL = 1
 SOURCES = ("predictions", "labels")
 MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
 PRUNE_SLACK_S = 120.0
+# A partition's engine takes this many times the limits (a bound on its memory): the worker applies
+# the limits themselves where every partition's figures meet (kafka.registry).
+ENGINE_GUARD = 4
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
@@ -120,7 +123,7 @@ class Join:
         self.intake = self._new_engine()  # counts and dead-letters records of inputs that are not co-partitioned
 
     def _new_engine(self) -> Engine:
-        return Engine(self.engine_config, clock=time.time, emit_partials=True)
+        return Engine(self.engine_config, clock=time.time, emit_partials=True, limits_factor=ENGINE_GUARD)
 
     def engine(self, partition: int) -> Engine:
         engine = self.engines.get(partition)

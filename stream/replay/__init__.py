@@ -128,8 +128,8 @@ class Collected:
 class _Inputs:
     """The inputs of one kind, read into events."""
 
-    def __init__(self, kind: int, found: list[Input]) -> None:
-        self.kind, self.source, self.found = kind, SOURCES[kind], found
+    def __init__(self, kind: int, found: list[Input], config: Config) -> None:
+        self.kind, self.source, self.found, self.config = kind, SOURCES[kind], found, config
 
     def where(self, sequence: int) -> dict[str, Any]:
         """Where an event's record came from, for its dead letter."""
@@ -145,7 +145,7 @@ class _Inputs:
     def parsed(self, index: int, engine: Engine, progress: Progress) -> Iterator[Event]:
         found, source, kind = self.found[index], self.source, self.kind
         parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
-        max_bytes = engine.config.max_record_bytes
+        max_bytes = self.config.max_record_bytes
         base = index << ROW_BITS
         read = progress.read if progress.bar is not None else None
         for number, raw, size in found.rows(source):
@@ -178,7 +178,7 @@ class _Inputs:
         else:
             ordered = heapq.merge(*(_in_order(self.parsed(i, engine, progress), self.found[i].name)
                                     for i in range(len(self.found))))
-        for event, reason in judge_in_time_order(ordered, _timestamp, engine.config.max_future_s):
+        for event, reason in judge_in_time_order(ordered, _timestamp, self.config.max_future_s):
             if reason is None:
                 yield event
             else:
@@ -237,8 +237,8 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
         quiet: bool = True, run_events: int = RUN_EVENTS) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs."""
-    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format)),
-             _Inputs(LABEL, inputs(labels, "labels", format))]
+    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
+             _Inputs(LABEL, inputs(labels, "labels", format), config)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
     for sort in (False, True):
         engine = Engine(config, clock, revisions=not final_only)
