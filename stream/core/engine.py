@@ -20,7 +20,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import DUPLICATE, LATE, PENDING, REVISED, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
@@ -50,7 +50,7 @@ class Engine:
         self.rules = RuleBook(config.rules)
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
-                               duplicate_labels=config.duplicate_labels)
+                               duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank)
         self.health = Health()
         self.watermark = -math.inf
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
@@ -101,8 +101,10 @@ class Engine:
 
     def prediction(self, pred: Prediction, raw: Any = None, **where: Any) -> bool:
         """Count one prediction; ``raw`` and ``where`` (e.g. topic, offset) go into its dead letter
-        if its model refuses it. True when it was taken in: the first of its request id, neither
-        refused nor too old (what the Kafka worker must store to rebuild this state)."""
+        if its model refuses it. True when it was taken in: neither a duplicate nor refused nor too
+        old (what the Kafka worker must store to rebuild this state). Of a model's predictions for a
+        request, the earliest stamped counts (ties by content), whatever the order they come in:
+        one that wins over another that paired revises the pair."""
         try:
             model = self.models.get(pred.model) or self._model(pred.model, pred.timestamp)
             if model is None:
@@ -130,14 +132,18 @@ class Engine:
         if wset is None:
             wset = self._window_set(model, pred.model_version, segment, slot, ts)
         entry = self._codec.pack(ts, wset.number, model.classes is None, value, pred.scores)
-        outcome, _, label = self.join.add_prediction(pred.request_id, entry, model.number)
+        outcome, other, label = self.join.add_prediction(pred.request_id, entry, model.number)
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
             return False
-        wset.predictions += 1
-        if not wset.dirty:
-            wset.dirty = True
-            self._dirty_sets.append(wset)
+        self._count_prediction(wset, 1)
+        if outcome is REPLACED:
+            self.health.duplicate_predictions += 1
+            self._count_prediction(self._numbered.get(self._codec.unpack(other)[1]), -1)  # type: ignore[arg-type]
+            return True
+        if outcome is REVISED:
+            self._revise_prediction(entry, label, pred.request_id)  # type: ignore[arg-type]
+            return True
         if outcome is not PENDING:
             status = self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
             if outcome is SHARED or outcome is SHARED_LATE:  # the label counts as its best outcome
@@ -146,6 +152,41 @@ class Engine:
                     self._count_label(before, -1)
                     self._count_label(status, 1)
         return True
+
+    def _count_prediction(self, wset: WindowSet | None, sign: int) -> None:
+        if wset is not None:
+            wset.predictions += sign
+            if not wset.dirty:
+                wset.dirty = True
+                self._dirty_sets.append(wset)
+
+    def _revise_prediction(self, entry: PendingPrediction, label: PendingLabel, request_id: str) -> None:
+        """A prediction that wins over its model's one that paired with ``label``: that pair goes,
+        this one counts, and the label counts as the best of its pairs."""
+        self.health.duplicate_predictions += 1
+        (_, [(old_outcome, old)]), others = self.join.replaced, self.join.shared_with
+        self._count_prediction(self._numbered.get(self._codec.unpack(old)[1]), -1)
+        before = self._status(label, [*others, (old_outcome, old)])
+        if old_outcome is LATE or not self._unpair(old, label, request_id):
+            self.health.expired_predictions -= 1
+        late = label[0] - pending_ts(entry) > self.config.join_ttl_s
+        status = self._resolve_label(label, [(SHARED_LATE if late else SHARED, entry)], request_id)
+        rest = self._status(label, others) if others else "invalid"
+        after = status if _LABEL_RANK[status] >= _LABEL_RANK[rest] else rest
+        if after != before:
+            self._count_label(before, -1)
+            self._count_label(after, 1)
+
+    def _prediction_rank(self, entry: PendingPrediction) -> tuple[Any, ...]:
+        """How a model's predictions for one request compare: by timestamp, ties by content (the
+        class or target, the scores, the version)."""
+        ts, number, guess, names, probs = self._codec.unpack(entry)
+        wset = self._numbered.get(number)
+        if wset is None:
+            return ts, "", (), probs, ""
+        classes = wset.model.classes
+        return (ts, str(guess) if classes is None else classes.names[guess], names or (), probs,
+                wset.group[0].model_version)
 
     def label(self, label: Label, **where: Any) -> bool:
         """Count one label; True unless it duplicates another one that wins over it (see

@@ -59,12 +59,13 @@ class Outcome(Enum):
     LATE = "late"  # the label came after the TTL; its prediction is expired at once
     SHARED = "shared"  # joined with a label that joined another model's prediction before
     SHARED_LATE = "shared_late"  # the same, but the label came after this prediction's TTL
-    REVISED = "revised"  # a label that wins over the one its request paired with (see ``replaced``)
+    REVISED = "revised"  # a label or prediction that wins over the one its request paired with (``replaced``)
+    REPLACED = "replaced"  # a prediction that wins over its model's pending one for the request
 
 
 # Module-level aliases: a global lookup is several times cheaper than Enum attribute access.
 PENDING, JOINED, DUPLICATE, LATE = Outcome.PENDING, Outcome.JOINED, Outcome.DUPLICATE, Outcome.LATE
-SHARED, SHARED_LATE, REVISED = Outcome.SHARED, Outcome.SHARED_LATE, Outcome.REVISED
+SHARED, SHARED_LATE, REVISED, REPLACED = Outcome.SHARED, Outcome.SHARED_LATE, Outcome.REVISED, Outcome.REPLACED
 
 # Tombstone states: what a resolved id's next record means.
 _JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
@@ -183,12 +184,14 @@ class JoinBuffer:
     predictions and for a label that wins over it; then the slot becomes a tombstone."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
-                 prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest") -> None:
+                 prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest",
+                 prediction_rank: Callable[[Any], Any] = lambda entry: entry) -> None:
         if duplicate_labels not in DUPLICATE_LABEL_RULES:
             raise ValueError(f"duplicate_labels is one of {', '.join(DUPLICATE_LABEL_RULES)}, not {duplicate_labels!r}")
         self.ttl_s = ttl_s
         self.latest_wins = duplicate_labels == "latest"
         self.prediction_ts = prediction_ts
+        self.prediction_rank = prediction_rank  # of a model's predictions for a request, the least wins
         self.ids: dict[PKey, Entry | Joined | int] = {}  # a pending prediction, a pair, or a resolved id's state
         self.labels: dict[Key, Entry] = {}  # labels waiting for their prediction
         self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
@@ -206,23 +209,40 @@ class JoinBuffer:
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
         """Model ``model``'s prediction: (outcome, it, the label it joined). When it pairs with a
         label that paired with another model's prediction before (SHARED), ``shared_with`` lists
-        those pairs."""
+        those pairs. Of a model's predictions for a request the one that ranks least
+        (``prediction_rank``: its timestamp first) wins, whatever the order they come in: one that
+        wins over a pending one is REPLACED (it, the one it replaced, None); over one that paired,
+        REVISED (it, the label; ``replaced`` holds the label and the old pair, ``shared_with`` the
+        request's other models' pairs)."""
         key = compact_id(request_id)
         pkey = (key, model) if model else key
         ids = self.ids
         known = ids.get(pkey)
         if known is not None and known != _LABEL_ORPHANED:
-            return Outcome.DUPLICATE, None, None  # pending, joined or expired already
+            kind = type(known)
+            if kind is int:
+                return Outcome.DUPLICATE, None, None  # expired, or its pair can no longer change
+            rank = self.prediction_rank
+            if kind is Joined:
+                joined = cast(Joined, known)
+                if rank(entry) >= rank(joined.prediction):
+                    return Outcome.DUPLICATE, None, None
+                return self._revise_prediction(key, pkey, joined, entry)
+            if rank(entry) >= rank(known):
+                return Outcome.DUPLICATE, None, None
+            ids[pkey] = entry
+            self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
+            return REPLACED, known, None
         label = None
         shared: list[tuple[Outcome, Entry]] = []
         if self.labels:
             label = self.labels.pop(key, None)
         if label is None and self.several:
-            joined = self._joined(key)
-            if joined:
-                label = joined[0].label
+            pairs = self._joined(key)
+            if pairs:
+                label = pairs[0].label
                 shared = [(LATE if j.label_ts - self.prediction_ts(j.prediction) > self.ttl_s else JOINED,
-                           j.prediction) for j in joined]
+                           j.prediction) for j in pairs]
         if model:
             self.others.setdefault(key, []).append(model)
         if label is not None:
@@ -298,6 +318,18 @@ class JoinBuffer:
         self.labels[key] = entry
         self._label_due.add(entry[0] + self.ttl_s, key)
         return Outcome.PENDING, [], entry
+
+    def _revise_prediction(self, key: Key, pkey: PKey, joined: Joined, entry: Entry
+                           ) -> tuple[Outcome, Entry | None, Entry | None]:
+        prediction_ts, ttl = self.prediction_ts, self.ttl_s
+        label, old = joined.label, joined.prediction
+        self.replaced = (label, [(LATE if label[0] - prediction_ts(old) > ttl else JOINED, old)])
+        self.shared_with = [(LATE if j.label_ts - prediction_ts(j.prediction) > ttl else JOINED, j.prediction)
+                            for j in self._joined(key) if j is not joined]
+        joined.prediction = entry
+        ts = prediction_ts(entry)
+        self._prediction_due.add((ts if ts > label[0] else label[0]) + ttl, pkey)
+        return REVISED, entry, label
 
     def _wins(self, new: Entry, old: Entry) -> bool:
         if self.latest_wins:

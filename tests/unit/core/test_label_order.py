@@ -1,7 +1,8 @@
 """Figures are a function of the records, not of their arrival: a request's winning label is
-chosen by ``duplicate_labels`` from the labels alone, and a winner that arrives after another
-label paired revises the pair. Any arrival order within the watermark gives the same final records
-and health counts as time order, and they equal scikit-learn on the winning pairs."""
+chosen by ``duplicate_labels`` from the labels alone, each model's winning prediction is its
+earliest (ties by content), and a winner that arrives after another record paired revises the
+pair. Any arrival order within the watermark gives the same final records and health counts as
+time order, and they equal scikit-learn on the winning pairs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ WINDOW_S = 50
 T0 = 1_600_000_000.0
 
 label = st.fixed_dictionaries({"delay": st.integers(-20, 140), "value": st.sampled_from(["a", "b", "c"])})
+again = st.fixed_dictionaries({"delay": st.integers(-30, 30), "pred": st.sampled_from(["a", "b"]),
+                               "score": st.sampled_from([0.25, 0.5])})
 request = st.fixed_dictionaries({
     "ts": st.integers(0, 300),
     "models": st.sampled_from([("m",), ("n",), ("m", "n")]),
@@ -33,7 +36,14 @@ request = st.fixed_dictionaries({
     "score": st.floats(0.0, 1.0),
     "segment": st.sampled_from(["x", "y"]),
     "labels": st.lists(label, max_size=3),
+    "again": st.lists(again, max_size=2),  # more predictions of the same request, by each model
 })
+
+
+def predictions(r: dict[str, Any], model: str) -> list[tuple[float, str, float]]:
+    """A request's predictions by one model: (timestamp, class, score)."""
+    first = (T0 + r["ts"], r["pred"], r["score"])
+    return [first, *((first[0] + a["delay"], a["pred"], a["score"]) for a in r["again"])]
 
 
 def records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,11 +51,12 @@ def records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, r in enumerate(requests):
         rid, ts = f"r{i}", T0 + r["ts"]
         for model in r["models"]:
-            pred: dict[str, Any] = {"request_id": rid, "model": model, "timestamp": ts, "prediction": r["pred"],
-                                    "segment": {"region": r["segment"]}}
-            if model == "m":  # scored: histograms and exact score sums are revised too
-                pred["scores"] = {"a": r["score"], "b": 1.0 - r["score"]}
-            out.append(pred)
+            for pts, value, score in predictions(r, model):
+                pred: dict[str, Any] = {"request_id": rid, "model": model, "timestamp": pts, "prediction": value,
+                                        "segment": {"region": r["segment"]}}
+                if model == "m":  # scored: histograms and exact score sums are revised too
+                    pred["scores"] = {"a": score, "b": 1.0 - score}
+                out.append(pred)
         for lab in r["labels"]:
             out.append({"request_id": rid, "timestamp": ts + lab["delay"], "label": lab["value"]})
     return out
@@ -78,10 +89,10 @@ def expected(requests: list[dict[str, Any]], rule: str) -> dict[tuple[str, int],
         ts = T0 + r["ts"]
         ranked = sorted(((ts + lab["delay"], lab["value"]) for lab in r["labels"]), key=label_rank)
         won = ranked[0] if rule == "earliest" else ranked[-1]
-        if won[0] - ts > TTL_S:
-            continue
         for model in r["models"]:
-            pairs[(model, int(ts // WINDOW_S) * WINDOW_S)].append((won[1], r["pred"]))
+            first = min(predictions(r, model), key=lambda p: (p[0], p[1], p[2] if model == "m" else 0))
+            if won[0] - first[0] <= TTL_S:
+                pairs[(model, int(first[0] // WINDOW_S) * WINDOW_S)].append((won[1], first[1]))
     return pairs
 
 
