@@ -96,9 +96,9 @@ class RollingWindow(Window):
         return True
 
     def remove(self, done_ts: float, request_id: str) -> bool:
-        """Take a pair out again (its label lost to another one); False if it is not kept. The
-        window then holds one pair fewer until the next pair comes: a pair that was pushed out to
-        make room for it does not come back."""
+        """Take a pair out again (a duplicate won over its label or prediction); False if it is not
+        kept. A pair that was pushed out to make room for it does not come back: the window holds
+        one pair fewer until the next one comes."""
         key = (done_ts, request_id)
         if key not in self.keys:
             return False
