@@ -214,7 +214,9 @@ class Engine:
         for outcome, prediction in matches:
             if outcome is LATE or outcome is SHARED_LATE:
                 best = "late"
-            elif self._truth(self._unpack(prediction)[1].model, label[1]) is not None:
+                continue
+            wset = self._numbered.get(self._codec.unpack(prediction)[1])
+            if wset is None or self._truth(wset.model, label[1]) is not None:  # gone: ``_pair`` counted it
                 return "joined"
         return best
 
@@ -379,7 +381,11 @@ class Engine:
     def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> str | None:
         """Count a pair; or, when the label cannot count for the prediction's model, expire the
         prediction and return why."""
-        ts, wset, guess, names, probs = self._unpack(prediction)
+        ts, number, guess, names, probs = self._codec.unpack(prediction)
+        wset = self._numbered.get(number)
+        if wset is None:  # a revision after its windows closed (and its window set went): the join's count only
+            self._count_pair(label[0] - ts, 1)
+            return None
         model = wset.model
         try:
             if model.classes is None:
@@ -391,11 +397,7 @@ class Engine:
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
             return str(exc)
-        health = self.health
-        health.pairs += 1
-        lag = label[0] - ts
-        health.label_lag_sum_s += lag
-        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
+        self._count_pair(label[0] - ts, 1)
         terms: Terms = None
         if model.classes is None:
             wset.targets.update(truth, guess)  # type: ignore[union-attr]
@@ -423,18 +425,15 @@ class Engine:
         it (the label could not count for the prediction's model: the prediction expired)."""
         ts, number, guess, names, probs = self._codec.unpack(prediction)
         wset = self._numbered.get(number)
-        if wset is None:  # the model was forgotten: all its windows are final
+        if wset is None:  # all its windows are final (as ``_pair`` found them, or since): the join's count only
+            self._count_pair(label[0] - ts, -1)
             return True
         model = wset.model
         classes = model.classes
         truth = self._truth(model, label[1])
         if truth is None:
             return False
-        health = self.health
-        health.pairs -= 1
-        lag = label[0] - ts
-        health.label_lag_sum_s -= lag
-        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] -= 1
+        self._count_pair(label[0] - ts, -1)
         scores = dict(zip(names, probs, strict=True)) if names is not None and classes is not None else None
         dirty_windows = self._dirty_windows
         for window in wset.windows:
@@ -459,6 +458,12 @@ class Engine:
                         rolling.dirty = True
                         dirty_windows.append(rolling)
         return True
+
+    def _count_pair(self, lag: float, sign: int) -> None:
+        health = self.health
+        health.pairs += sign
+        health.label_lag_sum_s += sign * lag
+        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += sign
 
     @staticmethod
     def _truth(model: Model, value: Any) -> Any:

@@ -147,3 +147,21 @@ def test_the_setting_is_checked() -> None:
     from stream.errors import ConfigError
     with pytest.raises(ConfigError, match="duplicate_labels"):
         Config.from_mapping({"duplicate_labels": "first"})
+
+
+def test_a_winner_that_comes_after_its_windows_closed_changes_the_join_s_counts_only() -> None:
+    """Beyond the guarantee (it arrives after the watermark passed its window's end plus the TTL),
+    but it must neither fail nor lose count: a label stamped after the TTL made the pair late, and
+    an earlier one comes once the prediction's windows are final and gone."""
+    config = Config.from_mapping({"join_ttl_s": TTL_S, "windows": [f"tumbling {WINDOW_S}s"], "watermark_lag_s": 60})
+    engine = Engine(config, revisions=False)
+    for obj in ({"request_id": "r", "model": "m", "timestamp": T0, "prediction": "a"},
+                {"request_id": "r", "timestamp": T0 + 150, "label": "a"},  # late: the pair is late
+                {"request_id": "x", "model": "m", "timestamp": T0 + 300, "prediction": "a"},  # windows of r close
+                {"request_id": "r", "timestamp": T0 + 20, "label": "b"}):  # earlier: wins
+        engine.receive(parse_prediction(obj) if "prediction" in obj else parse_label(obj))
+    engine.finish()
+    assert engine.health.pairs == 1 and engine.health.late_labels == 0 and engine.health.joined_labels == 1
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+    first = [r for r in engine.metric_records if r["window"]["start"] == T0 and not r["segment"]]
+    assert [r["n"] for r in first] == [0]  # its final record went out before
