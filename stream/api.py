@@ -110,7 +110,7 @@ class Monitor:
     def _bounded(self, config: Config) -> MonitorResult:
         """The source through the replay's data path, results kept in memory."""
         engine, sink, _, _ = run(self.source.get("predictions", []), self.source.get("labels", []), config, Collected,
-                                 format=self.source.get("format"))
+                                 format=self.source.get("format"), final_only=True)  # it keeps final records
         assert isinstance(sink, Collected)
         return MonitorResult(sink.metrics, sink.alerts, sink.dead_letters,
                              {**asdict(engine.health), "balance": engine.balance()})

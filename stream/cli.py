@@ -35,7 +35,7 @@ def _replay(args: argparse.Namespace) -> int:
     config = Config.load(args.config, args.rules)
     dead = args.dead_letters_out or default_dead_letters(args.metrics_out)
     result = replay(args.predictions, args.labels, config, args.metrics_out, args.alerts_out, dead,
-                    format=args.format, final_only=args.final_only, quiet=args.quiet)
+                    format=args.format, final_only=not args.revisions, quiet=args.quiet)
     summary = result.summary()
     summary["dead_letters_file"] = str(dead)
     sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--alerts-out", type=Path, required=True)
     rp.add_argument("--dead-letters-out", type=Path, help="default: dead-letters.jsonl beside --metrics-out when "
                     "that is a regular file, else in the working directory")
-    rp.add_argument("--final-only", action="store_true",
-                    help="one record per window, when it is final (default: every revision, then the final one)")
+    rp.add_argument("--revisions", action="store_true",
+                    help="every revision of a window as its pairs change (one per emit_interval of event time), "
+                    "then its final record (default: the final record alone; rules still judge every emit_interval)")
+    rp.add_argument("--final-only", action="store_true", help="the final record alone: the default")
     rp.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal after 2 s)")
     _config_args(rp)
     rp.set_defaults(run=_replay)

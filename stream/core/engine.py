@@ -48,6 +48,7 @@ class Engine:
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
+        self._ruled_windows = {rule.window for rule in config.rules}  # the windows rules read
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
                                duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank)
@@ -547,8 +548,10 @@ class Engine:
         self._sweep(watermark, emit=False)
 
     def flush(self) -> None:
-        """Emit one record per window that changed since the last flush. With ``revisions`` off and
-        no rules to feed, each window's one record comes when it is final: pairs stay buffered in
+        """Emit one record per window that changed since the last flush. With ``revisions`` off,
+        each window's one record comes when it is final, and a flush emits only the changed windows
+        that rules read (their records go to the rules, so alerts come when they would live, and an
+        adapter that writes final records only drops them): with no rules, pairs stay buffered in
         their window sets (a window's figures do not depend on when its pairs fold: its sums are
         exact) until ``FOLD_PAIRS`` wait."""
         revise = self.revisions or bool(self.rules.rules)
@@ -558,6 +561,9 @@ class Engine:
         dirty = [window for window in dirty if window.dirty]
         for window in dirty:
             window.dirty = False
+        if not self.revisions:
+            ruled = self._ruled_windows
+            dirty = [window for window in dirty if window.spec.name in ruled]
         if revise and dirty:
             self._emit(dirty, False, self._now())
 

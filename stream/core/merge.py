@@ -65,8 +65,9 @@ class WindowState:
             "classes": self.classes,
             "cells": self.counts.tolist(),
             "scored": self.scores.n,
-            "log_loss_sum": self.scores.log_loss_sum,
+            "log_loss_sum": self.scores.log_loss_sum,  # the float form earlier versions read
             "brier_sum": self.scores.brier_sum,
+            "score_units": [str(self.scores.log_loss_units), str(self.scores.brier_units)],  # exact (metrics.units)
             "regression": None if r is None else r.floats(),  # what earlier versions read
             **({} if r is None else {"regression_exact": r.export()}),
             **(self.bins.export() if self.bins is not None and self.bins.names else {}),
@@ -139,12 +140,17 @@ def merge_states(partials: list[dict[str, Any]]) -> WindowState:
     predictions = 0
     for partial in partials:
         if "score_classes" in partial:
-            bins.merge(partial["score_classes"], partial["score_hist"], partial["score_sums"])
+            bins.merge(partial["score_classes"], partial["score_hist"], partial["score_sums"],
+                       partial.get("score_sums_exact"))
         predictions += partial["predictions"]
         index = [position[c] for c in partial["classes"]]
         if index:
             counts[np.ix_(index, index)] += np.asarray(partial["cells"], dtype=np.int64)
-        scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
+        exact = partial.get("score_units")
+        if exact is not None:
+            scores.add_units(partial["scored"], int(exact[0]), int(exact[1]))
+        else:  # an earlier version's partial: its sums rounded to floats
+            scores.merge(partial["scored"], partial["log_loss_sum"], partial["brier_sum"])
         if partial["regression"] is not None:
             regression = regression or RegressionStats()
             regression.add(RegressionStats.parse(partial.get("regression_exact") or partial["regression"]))

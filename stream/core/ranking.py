@@ -136,11 +136,14 @@ class ScoreBins:
         self._add(names, hist_cells, np.ones(len(hist_cells), dtype=np.int64), sums_cells,
                   np.array(values, dtype=object))
 
-    def merge(self, names: Sequence[str], hist: list[list[Any]], sums: list[list[Any]]) -> None:
-        """Add another window's histograms as ``export`` gives them."""
+    def merge(self, names: Sequence[str], hist: list[list[Any]], sums: list[list[Any]],
+              exact: list[list[Any]] | None = None) -> None:
+        """Add another window's histograms as ``export`` gives them: the sums exact (``exact``, as
+        decimal text), else in the float form earlier versions sent (rounded)."""
         if names:
+            values = [int(v) for v in exact[1]] if exact is not None else [units(v) for v in sums[1]]
             self._add(names, np.asarray(hist[0], dtype=np.int64), np.asarray(hist[1], dtype=np.int64),
-                      np.asarray(sums[0], dtype=np.int64), np.array([units(v) for v in sums[1]], dtype=object))
+                      np.asarray((exact or sums)[0], dtype=np.int64), np.array(values, dtype=object))
 
     def _add(self, names: Sequence[str], hist_cells: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
              sums_cells: npt.NDArray[np.int64], sums: npt.NDArray[np.object_]) -> None:
@@ -159,7 +162,8 @@ class ScoreBins:
     def export(self) -> dict[str, Any]:
         where, values = sparse(self.sums)
         return {"score_classes": list(self.names), "score_hist": sparse(self.hist),
-                "score_sums": [where, [v / UNIT for v in values]]}  # floats: JSON integers stop at 64 bits
+                "score_sums": [where, [v / UNIT for v in values]],  # the float form earlier versions read
+                "score_sums_exact": [where, [str(v) for v in values]]}  # text: JSON integers stop at 64 bits
 
     def get(self, classes: Sequence[str], positive: str | None = None) -> dict[str, Any]:
         """The figures for a model whose labels and predictions were ``classes``: binary ones when

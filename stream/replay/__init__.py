@@ -6,7 +6,10 @@ memory. Both kinds are fed in timestamp order (labels at their own timestamps; a
 timestamps predictions first, then by file and row). Inputs already in order are merged as
 streams, so memory follows the join state, not the input; otherwise they are ordered by an
 external merge sort (``ordering``), with bounded memory. At the end the watermark passes every
-window, so each window's last record is written and marked final.
+window, so each window's last record is written and marked final. By default (``final_only``)
+that final record is a window's only one; rules still judge its revisions every
+``emit_interval`` of event time, so alerts carry the times they would have had live.
+``final_only=False`` writes every revision too.
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
 
 
 def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
-        clock: Callable[[], float] | None = None, format: str | None = None, final_only: bool = False,
+        clock: Callable[[], float] | None = None, format: str | None = None, final_only: bool = True,
         quiet: bool = True, run_events: int = RUN_EVENTS) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs."""
@@ -272,7 +275,7 @@ def replay(
     dead_letters_out: Path | None = None,
     clock: Callable[[], float] | None = None,
     format: str | None = None,
-    final_only: bool = False,
+    final_only: bool = True,
     quiet: bool = True,
     run_events: int = RUN_EVENTS,
 ) -> ReplayResult:

@@ -237,7 +237,7 @@ def test_several_models_scoring_one_request_each_pair_with_its_label(requests: l
     for i, r in enumerate(requests):
         rid, ts = f"r{i}", T0 + r["ts"]
         seen, paired = set(), False
-        for model, after, guess in sorted(r["models"], key=lambda m: m[1]):  # the first in event time wins
+        for model, after, guess in sorted(r["models"], key=lambda m: (m[1], m[2])):  # the earliest wins, ties by class
             pts = ts + after
             out.append((pts, 0, len(out), {"request_id": rid, "model": model, "timestamp": pts, "prediction": guess}))
             if model not in seen and r["label"] is not None and ts + r["delay"] - pts <= TTL_S:
