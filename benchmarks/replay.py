@@ -8,9 +8,10 @@ large unsorted input.
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
 ``--repeat`` times: (1) ``json.loads`` of every line of both files; (2) ``mlmon replay`` of them
-with the default configuration (a revision per changed window per minute of event time); (3)
-``--final-only``; (4) the floor that the default output sets: ``orjson`` (the fastest JSON
-encoder for Python) encoding and writing the metric records of (2) alone, already computed.
+with the default configuration and output (each window's final record); (3) ``--revisions`` (a
+revision per changed window per minute of event time); (4) the floor that the revisions' output
+sets: ``orjson`` (the fastest JSON encoder for Python) encoding and writing the metric records of
+(3) alone, already computed.
 Reports pairs per second and each one's ratio to the decode rate (pairs / seconds to decode the
 lines). ``--large N`` writes N shuffled records and replays them in a fresh process, reporting
 its peak RSS (VmHWM). Never part of the test command.
@@ -107,7 +108,7 @@ def write_seconds(metrics: Path, out: Path) -> tuple[float, int]:
     return seconds, count
 
 
-def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = False) -> tuple[float,
+def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = True) -> tuple[float,
                                                                                                               int]:
     result = replay(paths[0], paths[1], config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl",
                     final_only=final_only)
@@ -176,14 +177,14 @@ def main() -> None:
             paths = (p_path, l_path)
             config = Config.from_mapping({**({"windows": args.windows.split(",")} if args.windows else {}),
                                           **({"regression_models": ["*"]} if args.regression else {})})
-            configs = {"replay": (config, False), "replay_final_only": (config, True)}  # default emit: 1m
+            configs = {"replay": (config, True), "replay_revisions": (config, False)}  # default emit: 1m
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
                 for key, (config, final_only) in configs.items():
                     seconds, pairs = replay_seconds(paths, config, folder, final_only)
                     runs[key].append(pairs / seconds)
-                    if key == "replay":
+                    if key == "replay_revisions":
                         seconds, report["metric_records"] = write_seconds(folder / "m.jsonl", folder / "w.jsonl")
                         runs["write_records_alone"].append(pairs / seconds)
             decode = statistics.median(runs["decode"])

@@ -37,7 +37,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def run_replay(tmp_path: Path, predictions: list[Any], labels: list[Any]) -> dict[str, Path]:
+def run_replay(tmp_path: Path, predictions: list[Any], labels: list[Any], *flags: str) -> dict[str, Path]:
     paths = {
         "predictions": write_jsonl(tmp_path / "p.jsonl", predictions),
         "labels": write_jsonl(tmp_path / "l.jsonl", labels),
@@ -48,7 +48,7 @@ def run_replay(tmp_path: Path, predictions: list[Any], labels: list[Any]) -> dic
     code = main(["replay", "--predictions", str(paths["predictions"]), "--labels", str(paths["labels"]),
                  "--config", str(paths["config"]), "--rules", str(paths["rules"]),
                  "--metrics-out", str(paths["metrics"]), "--alerts-out", str(paths["alerts"]),
-                 "--dead-letters-out", str(paths["dead"])])
+                 "--dead-letters-out", str(paths["dead"]), *flags])
     assert code == 0
     return paths
 
@@ -86,6 +86,17 @@ def test_replay_is_exact_and_alerts_fire_and_resolve(tmp_path: Path, capsys: pyt
     alerts = read_jsonl(paths["alerts"])
     assert [a["status"] for a in alerts] == ["firing", "resolved"]
     assert alerts[0]["fingerprint"] == alerts[1]["fingerprint"]
+
+
+def test_the_default_output_is_the_final_records_of_revisions_with_the_same_alerts(tmp_path: Path) -> None:
+    predictions, labels = streams(SCENARIO)
+    default = run_replay(tmp_path, predictions, labels)
+    (tmp_path / "revisions").mkdir()
+    revisions = run_replay(tmp_path / "revisions", predictions, labels, "--revisions")
+    written, revised = read_jsonl(default["metrics"]), read_jsonl(revisions["metrics"])
+    assert all(r["final"] for r in written) and not all(r["final"] for r in revised)
+    assert written == [r for r in revised if r["final"]]
+    assert default["alerts"].read_bytes() == revisions["alerts"].read_bytes()  # the times they had live
 
 
 def test_unsorted_files_give_the_same_result(tmp_path: Path) -> None:
