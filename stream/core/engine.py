@@ -254,10 +254,15 @@ class Engine:
                 refused = (reason, prediction)
         if refused is not None:  # invalid for that model: its only outcome, unless it counts elsewhere
             self._refuse_label(label, *refused, request_id, counted=not (counted or late or shared), **where)
-        status = "joined" if counted else "late" if late else "invalid"
-        if not shared and status != "invalid":  # an invalid label was counted by its dead letter
-            self._count_label(status, 1)
-        return status
+        if counted:
+            if not shared:
+                health.joined_labels += 1
+            return "joined"
+        if late:
+            if not shared:
+                health.late_labels += 1
+            return "late"
+        return "invalid"  # counted by its dead letter
 
     def _unresolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
                          request_id: str) -> None:
@@ -384,8 +389,9 @@ class Engine:
         prediction and return why."""
         ts, number, guess, names, probs = self._codec.unpack(prediction)
         wset = self._numbered.get(number)
+        lag = label[0] - ts
         if wset is None:  # a revision after its windows closed (and its window set went): the join's count only
-            self._count_pair(label[0] - ts, 1)
+            self._count_pair(lag, 1)
             return None
         model = wset.model
         try:
@@ -398,7 +404,10 @@ class Engine:
         except InvalidRecord as exc:
             self.health.expired_predictions += 1  # its only label was unusable
             return str(exc)
-        self._count_pair(label[0] - ts, 1)
+        health = self.health  # as _count_pair, inline: the path of every pair
+        health.pairs += 1
+        health.label_lag_sum_s += lag
+        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
         terms: Terms = None
         if model.classes is None:
             wset.targets.update(truth, guess)  # type: ignore[union-attr]

@@ -105,22 +105,23 @@ def label_rank(entry: Entry) -> tuple[float, str, str]:
     return entry[0], type(value).__name__, repr(value)
 
 
-def _interned(value: Any) -> Any:
-    """Label values repeat (they are classes): one copy of each string kept."""
-    return sys.intern(value) if type(value) is str else value
-
-
 class Joined:
     """A prediction that paired, in its slot of ``JoinBuffer.ids`` until the later of its and its
     label's timestamps plus the TTL, with the label's time and value (not its provenance): a label
     that wins over that one revises the pair, and another model's prediction pairs with it."""
 
-    __slots__ = ("label_ts", "label_value", "prediction")
+    __slots__ = ("deadline", "label_ts", "label_value", "prediction")
 
-    def __init__(self, prediction: Entry, label: Entry) -> None:
+    def __init__(self, prediction: Entry, label: Entry, prediction_ts: float, ttl_s: float) -> None:
         self.prediction = prediction
-        self.label_ts: float = label[0]
-        self.label_value = _interned(label[1])
+        self.relabel(label, prediction_ts, ttl_s)
+
+    def relabel(self, label: Entry, prediction_ts: float, ttl_s: float) -> None:
+        """Its label (and, another prediction having won, ``prediction_ts``): the deadline moves."""
+        ts = self.label_ts = label[0]
+        value = label[1]
+        self.label_value = sys.intern(value) if type(value) is str else value  # classes repeat: one copy each
+        self.deadline: float = (prediction_ts if prediction_ts > ts else ts) + ttl_s
 
     @property
     def label(self) -> tuple[float, Any]:
@@ -247,8 +248,8 @@ class JoinBuffer:
             self.others.setdefault(key, []).append(model)
         if label is not None:
             ts = self.prediction_ts(entry)
-            ids[pkey] = Joined(entry, label)
-            self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
+            joined = ids[pkey] = Joined(entry, label, ts, self.ttl_s)
+            self._prediction_due.add(joined.deadline, pkey)
             late = label[0] - ts > self.ttl_s
             if shared:
                 self.shared_with = shared
@@ -274,9 +275,10 @@ class JoinBuffer:
                 if kind is Joined:
                     return self._contest((key,), entry)
                 if kind is not int:
-                    ids[key] = Joined(known, entry)  # its deadline is the prediction's bucket, or later
+                    ts = self.prediction_ts(known)
+                    ids[key] = Joined(known, entry, ts, self.ttl_s)  # swept with the prediction's bucket, or later
                     self.pending_predictions -= 1
-                    outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
+                    outcome = LATE if entry[0] - ts > self.ttl_s else JOINED
                     return outcome, [(outcome, known)], entry
         waiting = self.labels.get(key) if self.labels else None
         if waiting is not None:
@@ -306,8 +308,9 @@ class JoinBuffer:
             prediction_ts, ttl = self.prediction_ts, self.ttl_s
             for pkey in pending:
                 prediction = ids[pkey]
-                ids[pkey] = Joined(prediction, entry)
-                matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
+                ts = prediction_ts(prediction)
+                ids[pkey] = Joined(prediction, entry, ts, ttl)
+                matches.append((LATE if entry[0] - ts > ttl else JOINED, prediction))
             self.pending_predictions -= len(pending)
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
         if expired:
@@ -327,8 +330,8 @@ class JoinBuffer:
         self.shared_with = [(LATE if j.label_ts - prediction_ts(j.prediction) > ttl else JOINED, j.prediction)
                             for j in self._joined(key) if j is not joined]
         joined.prediction = entry
-        ts = prediction_ts(entry)
-        self._prediction_due.add((ts if ts > label[0] else label[0]) + ttl, pkey)
+        joined.relabel(label, prediction_ts(entry), ttl)
+        self._prediction_due.add(joined.deadline, pkey)
         return REVISED, entry, label
 
     def _wins(self, new: Entry, old: Entry) -> bool:
@@ -355,7 +358,7 @@ class JoinBuffer:
             ts = prediction_ts(slot.prediction)
             old_matches.append((LATE if old[0] - ts > ttl else JOINED, slot.prediction))
             matches.append((LATE if entry[0] - ts > ttl else JOINED, slot.prediction))
-            slot.label_ts, slot.label_value = entry[0], _interned(entry[1])
+            slot.relabel(entry, ts, ttl)
         self.replaced = (old, old_matches)
         return REVISED, matches, entry
 
@@ -377,12 +380,10 @@ class JoinBuffer:
                 if entry is None or type(entry) is int:
                     continue
                 if type(entry) is Joined:
-                    ts = prediction_ts(entry.prediction)
-                    deadline = (ts if ts > entry.label_ts else entry.label_ts) + ttl
-                    if deadline < watermark:
+                    if entry.deadline < watermark:
                         ids[request_id] = _JOINED
                     else:  # its label came later than the prediction, or was replaced by a later one
-                        later.append((deadline, request_id))
+                        later.append((entry.deadline, request_id))
                 elif prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired.append(entry)
