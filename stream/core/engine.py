@@ -24,6 +24,7 @@ from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction, class_name, target_number
+from stream.core.revisions import LABEL_RANK, Revisions
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.settings import Settings
@@ -33,10 +34,9 @@ __all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
-_LABEL_RANK = {None: 0, "invalid": 1, "late": 2, "joined": 3}  # a label's best outcome over its pairs
 
 
-class Engine:
+class Engine(Revisions):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
                  revisions: bool = True, limits_factor: int = 1) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a
@@ -149,45 +149,10 @@ class Engine:
             status = self._resolve_label(label, [(outcome, entry)], pred.request_id)  # type: ignore[arg-type]
             if outcome is SHARED or outcome is SHARED_LATE:  # the label counts as its best outcome
                 before = self._status(label, self.join.shared_with)  # type: ignore[arg-type]
-                if _LABEL_RANK[status] > _LABEL_RANK[before]:
+                if LABEL_RANK[status] > LABEL_RANK[before]:
                     self._count_label(before, -1)
                     self._count_label(status, 1)
         return True
-
-    def _count_prediction(self, wset: WindowSet | None, sign: int) -> None:
-        if wset is not None:
-            wset.predictions += sign
-            if not wset.dirty:
-                wset.dirty = True
-                self._dirty_sets.append(wset)
-
-    def _revise_prediction(self, entry: PendingPrediction, label: PendingLabel, request_id: str) -> None:
-        """A prediction that wins over its model's one that paired with ``label``: that pair goes,
-        this one counts, and the label counts as the best of its pairs."""
-        self.health.duplicate_predictions += 1
-        (_, [(old_outcome, old)]), others = self.join.replaced, self.join.shared_with
-        self._count_prediction(self._numbered.get(self._codec.unpack(old)[1]), -1)
-        before = self._status(label, [*others, (old_outcome, old)])
-        if old_outcome is LATE or not self._unpair(old, label, request_id):
-            self.health.expired_predictions -= 1
-        late = label[0] - pending_ts(entry) > self.config.join_ttl_s
-        status = self._resolve_label(label, [(SHARED_LATE if late else SHARED, entry)], request_id)
-        rest = self._status(label, others) if others else "invalid"
-        after = status if _LABEL_RANK[status] >= _LABEL_RANK[rest] else rest
-        if after != before:
-            self._count_label(before, -1)
-            self._count_label(after, 1)
-
-    def _prediction_rank(self, entry: PendingPrediction) -> tuple[Any, ...]:
-        """How a model's predictions for one request compare: by timestamp, ties by content (the
-        class or target, the scores, the version)."""
-        ts, number, guess, names, probs = self._codec.unpack(entry)
-        wset = self._numbered.get(number)
-        if wset is None:
-            return ts, "", (), probs, ""
-        classes = wset.model.classes
-        return (ts, str(guess) if classes is None else classes.names[guess], names or (), probs,
-                wset.group[0].model_version)
 
     def label(self, label: Label, **where: Any) -> bool:
         """Count one label; True unless it duplicates another one that wins over it (see
@@ -207,28 +172,6 @@ class Engine:
         elif outcome is not PENDING:
             self._resolve_label(entry, matches, label.request_id, **where)
         return True
-
-    def _status(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]]) -> str:
-        """What a label counts as over its pairs: joined if one counts, else late, else invalid (a
-        label pairs with each model's prediction; whichever came first, it counts as the best)."""
-        best = "invalid"
-        for outcome, prediction in matches:
-            if outcome is LATE or outcome is SHARED_LATE:
-                best = "late"
-                continue
-            wset = self._numbered.get(self._codec.unpack(prediction)[1])
-            if wset is None or self._truth(wset.model, label[1]) is not None:  # gone: ``_pair`` counted it
-                return "joined"
-        return best
-
-    def _count_label(self, status: str | None, sign: int) -> None:
-        health = self.health
-        if status == "joined":
-            health.joined_labels += sign
-        elif status == "late":
-            health.late_labels += sign
-        elif status == "invalid":
-            health.invalid_labels += sign
 
     def _resolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
                        request_id: str, **where: Any) -> str:
@@ -263,17 +206,6 @@ class Engine:
                 health.late_labels += 1
             return "late"
         return "invalid"  # counted by its dead letter
-
-    def _unresolve_label(self, label: PendingLabel, matches: list[tuple[Any, PendingPrediction]],
-                         request_id: str) -> None:
-        """Undo what ``_resolve_label`` (and later predictions that shared the label) counted for a
-        label that another one won over: its pairs leave their windows, the predictions it expired
-        and the label's own count are taken back. A dead letter it caused stays sent."""
-        status = self._status(label, matches)
-        for outcome, prediction in matches:
-            if outcome is LATE or outcome is SHARED_LATE or not self._unpair(prediction, label, request_id):
-                self.health.expired_predictions -= 1
-        self._count_label(status, -1)
 
     def receive(self, record: Prediction | Label, **where: Any) -> None:
         """One record in arrival order: advance event time to it, then count it; ``where`` it came
@@ -429,65 +361,6 @@ class Engine:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
         return None
-
-    def _unpair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> bool:
-        """Take a pair that ``_pair`` counted out of its windows again; False if ``_pair`` refused
-        it (the label could not count for the prediction's model: the prediction expired)."""
-        ts, number, guess, names, probs = self._codec.unpack(prediction)
-        wset = self._numbered.get(number)
-        if wset is None:  # all its windows are final (as ``_pair`` found them, or since): the join's count only
-            self._count_pair(label[0] - ts, -1)
-            return True
-        model = wset.model
-        classes = model.classes
-        truth = self._truth(model, label[1])
-        if truth is None:
-            return False
-        self._count_pair(label[0] - ts, -1)
-        scores = dict(zip(names, probs, strict=True)) if names is not None and classes is not None else None
-        dirty_windows = self._dirty_windows
-        for window in wset.windows:
-            if window.series.windows.get((window.spec, window.start)) is not window:
-                continue  # final already: its record went out
-            if classes is None:
-                window.regression.update(truth, guess, -1)  # type: ignore[union-attr]
-            else:
-                window.cm.add(truth, guess, -1)  # type: ignore[union-attr]
-                if scores is not None:
-                    window.scores.update(classes.names[truth], scores, -1)
-                    window.bins.update(classes.names[truth], scores, -1)  # type: ignore[union-attr]
-            window.changed = True
-            if not window.dirty:
-                window.dirty = True
-                dirty_windows.append(window)
-        if self.rolling_specs:
-            done_ts = ts if ts > label[0] else label[0]
-            for series in wset.group:
-                for rolling in series.rolling:
-                    if rolling.remove(done_ts, request_id) and not rolling.dirty:
-                        rolling.dirty = True
-                        dirty_windows.append(rolling)
-        return True
-
-    def _count_pair(self, lag: float, sign: int) -> None:
-        health = self.health
-        health.pairs += sign
-        health.label_lag_sum_s += sign * lag
-        health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += sign
-
-    @staticmethod
-    def _truth(model: Model, value: Any) -> Any:
-        """A label's class id (or target) for a model it paired with, as ``_pair`` found it, without
-        registering anything; None if it could not count."""
-        classes = model.classes
-        try:
-            if classes is None:
-                return target_number(value)
-            name = value if type(value) is str else class_name(value)
-        except InvalidRecord:
-            return None
-        found = classes.ids.get(name)
-        return classes.ids.get(OTHER) if found is None else found  # not there: folded when it paired
 
     def _fold(self) -> None:
         """Move every buffered pair into its windows, marking them for emission."""
