@@ -137,7 +137,10 @@ class Engine(Revisions):
         if outcome is DUPLICATE:
             self.health.duplicate_predictions += 1
             return False
-        self._count_prediction(wset, 1)
+        wset.predictions += 1
+        if not wset.dirty:
+            wset.dirty = True
+            self._dirty_sets.append(wset)
         if outcome is REPLACED:
             self.health.duplicate_predictions += 1
             self._count_prediction(self._numbered.get(self._codec.unpack(other)[1]), -1)  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
-__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Joined", "Key", "Outcome", "PKey", "compact_id",
+__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id",
            "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
@@ -105,27 +105,22 @@ def label_rank(entry: Entry) -> tuple[float, str, str]:
     return entry[0], type(value).__name__, repr(value)
 
 
-class Joined:
-    """A prediction that paired, in its slot of ``JoinBuffer.ids`` until the later of its and its
-    label's timestamps plus the TTL, with the label's time and value (not its provenance): a label
-    that wins over that one revises the pair, and another model's prediction pairs with it."""
+PAIRED = "\x00paired"  # the first item of a pair's slot (identity tells it from any entry)
+Pair = tuple[str, Entry, float, Any]  # (PAIRED, the prediction, the label's time, the label's value)
 
-    __slots__ = ("deadline", "label_ts", "label_value", "prediction")
 
-    def __init__(self, prediction: Entry, label: Entry, prediction_ts: float, ttl_s: float) -> None:
-        self.prediction = prediction
-        self.relabel(label, prediction_ts, ttl_s)
+def is_pair(slot: Any) -> bool:
+    """Whether an ``ids`` slot holds a pair: a prediction that paired, with its label's time and
+    value (not its provenance), kept until the later of their timestamps plus the TTL, so that a
+    label or prediction that wins over it revises it and another model's prediction pairs with its
+    label. A plain tuple of atomic items: the garbage collector stops tracking it (one per joined
+    request, for a TTL, would otherwise make every collection longer)."""
+    return type(slot) is tuple and slot[0] is PAIRED
 
-    def relabel(self, label: Entry, prediction_ts: float, ttl_s: float) -> None:
-        """Its label (and, another prediction having won, ``prediction_ts``): the deadline moves."""
-        ts = self.label_ts = label[0]
-        value = label[1]
-        self.label_value = sys.intern(value) if type(value) is str else value  # classes repeat: one copy each
-        self.deadline: float = (prediction_ts if prediction_ts > ts else ts) + ttl_s
 
-    @property
-    def label(self) -> tuple[float, Any]:
-        return self.label_ts, self.label_value
+def pair(prediction: Entry, label: Entry) -> Pair:
+    value = label[1]
+    return PAIRED, prediction, label[0], sys.intern(value) if type(value) is str else value  # classes repeat
 
 
 class _Buckets:
@@ -181,7 +176,7 @@ class JoinBuffer:
     request's winning label. The engine numbers its models; model 0's state sits under the
     request's key alone, another model's under (key, model), and ``others`` lists those models per
     request, so the common one-model case costs no more. A prediction that paired keeps its label
-    in its slot (``Joined``) until the later of their timestamps plus the TTL, for other models'
+    in its slot (``is_pair``) until the later of their timestamps plus the TTL, for other models'
     predictions and for a label that wins over it; then the slot becomes a tombstone."""
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
@@ -193,7 +188,7 @@ class JoinBuffer:
         self.latest_wins = duplicate_labels == "latest"
         self.prediction_ts = prediction_ts
         self.prediction_rank = prediction_rank  # of a model's predictions for a request, the least wins
-        self.ids: dict[PKey, Entry | Joined | int] = {}  # a pending prediction, a pair, or a resolved id's state
+        self.ids: dict[PKey, Any] = {}  # a pending prediction (an entry), a pair (``is_pair``), or an int state
         self.labels: dict[Key, Entry] = {}  # labels waiting for their prediction
         self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
         self.several = False  # set by the engine once it sees a second model
@@ -224,11 +219,10 @@ class JoinBuffer:
             if kind is int:
                 return Outcome.DUPLICATE, None, None  # expired, or its pair can no longer change
             rank = self.prediction_rank
-            if kind is Joined:
-                joined = cast(Joined, known)
-                if rank(entry) >= rank(joined.prediction):
+            if kind is tuple and known[0] is PAIRED:
+                if rank(entry) >= rank(known[1]):
                     return Outcome.DUPLICATE, None, None
-                return self._revise_prediction(key, pkey, joined, entry)
+                return self._revise_prediction(key, pkey, known, entry)
             if rank(entry) >= rank(known):
                 return Outcome.DUPLICATE, None, None
             ids[pkey] = entry
@@ -239,17 +233,17 @@ class JoinBuffer:
         if self.labels:
             label = self.labels.pop(key, None)
         if label is None and self.several:
-            pairs = self._joined(key)
+            pairs = self._pairs(key)
             if pairs:
-                label = pairs[0].label
-                shared = [(LATE if j.label_ts - self.prediction_ts(j.prediction) > self.ttl_s else JOINED,
-                           j.prediction) for j in pairs]
+                label = pairs[0][1][2:]
+                shared = [(LATE if slot[2] - self.prediction_ts(slot[1]) > self.ttl_s else JOINED, slot[1])
+                          for _, slot in pairs]
         if model:
             self.others.setdefault(key, []).append(model)
         if label is not None:
             ts = self.prediction_ts(entry)
-            joined = ids[pkey] = Joined(entry, label, ts, self.ttl_s)
-            self._prediction_due.add(joined.deadline, pkey)
+            ids[pkey] = pair(entry, label)
+            self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
             late = label[0] - ts > self.ttl_s
             if shared:
                 self.shared_with = shared
@@ -272,13 +266,12 @@ class JoinBuffer:
             known = ids.get(key)
             if known is not None:
                 kind = type(known)
-                if kind is Joined:
+                if kind is tuple and known[0] is PAIRED:
                     return self._contest((key,), entry)
                 if kind is not int:
-                    ts = self.prediction_ts(known)
-                    ids[key] = Joined(known, entry, ts, self.ttl_s)  # swept with the prediction's bucket, or later
+                    ids[key] = pair(known, entry)  # swept with the prediction's bucket, or later
                     self.pending_predictions -= 1
-                    outcome = LATE if entry[0] - ts > self.ttl_s else JOINED
+                    outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
                     return outcome, [(outcome, known)], entry
         waiting = self.labels.get(key) if self.labels else None
         if waiting is not None:
@@ -295,7 +288,7 @@ class JoinBuffer:
             if known is None:
                 continue
             kind = type(known)
-            if kind is Joined:
+            if kind is tuple and known[0] is PAIRED:
                 return self._contest(pkeys, entry)
             if kind is not int:
                 pending.append(pkey)
@@ -308,9 +301,8 @@ class JoinBuffer:
             prediction_ts, ttl = self.prediction_ts, self.ttl_s
             for pkey in pending:
                 prediction = ids[pkey]
-                ts = prediction_ts(prediction)
-                ids[pkey] = Joined(prediction, entry, ts, ttl)
-                matches.append((LATE if entry[0] - ts > ttl else JOINED, prediction))
+                ids[pkey] = pair(prediction, entry)
+                matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
             self.pending_predictions -= len(pending)
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
         if expired:
@@ -322,16 +314,16 @@ class JoinBuffer:
         self._label_due.add(entry[0] + self.ttl_s, key)
         return Outcome.PENDING, [], entry
 
-    def _revise_prediction(self, key: Key, pkey: PKey, joined: Joined, entry: Entry
+    def _revise_prediction(self, key: Key, pkey: PKey, slot: Pair, entry: Entry
                            ) -> tuple[Outcome, Entry | None, Entry | None]:
         prediction_ts, ttl = self.prediction_ts, self.ttl_s
-        label, old = joined.label, joined.prediction
+        label, old = slot[2:], slot[1]
         self.replaced = (label, [(LATE if label[0] - prediction_ts(old) > ttl else JOINED, old)])
-        self.shared_with = [(LATE if j.label_ts - prediction_ts(j.prediction) > ttl else JOINED, j.prediction)
-                            for j in self._joined(key) if j is not joined]
-        joined.prediction = entry
-        joined.relabel(label, prediction_ts(entry), ttl)
-        self._prediction_due.add(joined.deadline, pkey)
+        self.shared_with = [(LATE if other[2] - prediction_ts(other[1]) > ttl else JOINED, other[1])
+                            for other_key, other in self._pairs(key) if other_key != pkey]
+        self.ids[pkey] = (PAIRED, entry, *label)
+        ts = prediction_ts(entry)
+        self._prediction_due.add((ts if ts > label[0] else label[0]) + ttl, pkey)
         return REVISED, entry, label
 
     def _wins(self, new: Entry, old: Entry) -> bool:
@@ -339,26 +331,27 @@ class JoinBuffer:
             return label_rank(new) > label_rank(old)
         return label_rank(new) < label_rank(old)
 
-    def _joined(self, key: Key) -> list[Joined]:
-        """The request's predictions that paired and can still be revised."""
+    def _pairs(self, key: Key) -> list[tuple[PKey, Pair]]:
+        """The request's predictions that paired and can still be revised, with their keys."""
         others = self.others.get(key)
-        slots = (self.ids.get(pkey) for pkey in ([key, *((key, model) for model in others)] if others else (key,)))
-        return [slot for slot in slots if type(slot) is Joined]
+        ids = self.ids
+        pkeys = [key, *((key, model) for model in others)] if others else (key,)
+        return [(pkey, ids[pkey]) for pkey in pkeys if is_pair(ids.get(pkey))]
 
     def _contest(self, pkeys: Any, entry: Entry) -> tuple[Outcome, list[tuple[Outcome, Entry]], Entry]:
         """Another label of a request that paired: a duplicate, or the winner (REVISED)."""
         ids = self.ids
-        joined = [slot for slot in (ids.get(pkey) for pkey in pkeys) if type(slot) is Joined]
-        old = joined[0].label
+        joined = [(pkey, ids[pkey]) for pkey in pkeys if is_pair(ids.get(pkey))]
+        old = joined[0][1][2:]
         if not self._wins(entry, old):
             return Outcome.DUPLICATE, [], entry
         prediction_ts, ttl = self.prediction_ts, self.ttl_s
         old_matches, matches = [], []
-        for slot in joined:
-            ts = prediction_ts(slot.prediction)
-            old_matches.append((LATE if old[0] - ts > ttl else JOINED, slot.prediction))
-            matches.append((LATE if entry[0] - ts > ttl else JOINED, slot.prediction))
-            slot.relabel(entry, ts, ttl)
+        for pkey, slot in joined:
+            ts = prediction_ts(slot[1])
+            old_matches.append((LATE if old[0] - ts > ttl else JOINED, slot[1]))
+            matches.append((LATE if entry[0] - ts > ttl else JOINED, slot[1]))
+            ids[pkey] = pair(slot[1], entry)  # a later deadline: its sweep puts it off (``expire``)
         self.replaced = (old, old_matches)
         return REVISED, matches, entry
 
@@ -379,11 +372,13 @@ class JoinBuffer:
                 entry = ids.get(request_id)
                 if entry is None or type(entry) is int:
                     continue
-                if type(entry) is Joined:
-                    if entry.deadline < watermark:
+                if type(entry) is tuple and entry[0] is PAIRED:
+                    ts = prediction_ts(entry[1])
+                    deadline = (ts if ts > entry[2] else entry[2]) + ttl
+                    if deadline < watermark:
                         ids[request_id] = _JOINED
                     else:  # its label came later than the prediction, or was replaced by a later one
-                        later.append((entry.deadline, request_id))
+                        later.append((deadline, request_id))
                 elif prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired.append(entry)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stream.core.join import JoinBuffer, Joined, Outcome
+from stream.core.join import JoinBuffer, Outcome, is_pair
 
 
 def test_prediction_then_label_joins() -> None:
@@ -110,7 +110,7 @@ def test_uuid_ids_are_kept_as_numbers_and_stay_distinct_from_other_spellings() -
 
 def joined(jb: JoinBuffer) -> set[object]:
     """The ids whose pairs can still be revised."""
-    return {key for key, slot in jb.ids.items() if isinstance(slot, Joined)}
+    return {key for key, slot in jb.ids.items() if is_pair(slot)}
 
 
 def several(ttl_s: float = 100, bucket_s: float = 60.0) -> JoinBuffer:
