@@ -2,13 +2,13 @@
 
 Rules: a label more than ``ttl_s`` after its prediction is *late* (not joined);
 a prediction with no label by ``ts + ttl_s`` is *expired*; a label with no prediction by
-``ts + ttl_s`` is *orphaned*; each model's first prediction wins, later ones are *duplicates*.
-Of several labels of one request, the rule ``duplicate_labels`` picks the winner from their
-timestamps and values alone, never from their arrival order: ``earliest`` (the default) or
-``latest`` timestamp, ties broken by the value (``label_rank``). A winner that arrives after its
-request paired with another label *revises* the pair (``Outcome.REVISED``: the caller undoes the
-old pair, ``replaced``, and counts the new one), until the watermark passes the pair's deadline
-(the later of its timestamps plus ``ttl_s``). Outcomes depend on timestamps only, never on when a
+``ts + ttl_s`` is *orphaned*. Of a model's predictions for a request the one that ranks least
+(``prediction_rank``: the earliest) wins, and of a request's labels the rule ``duplicate_labels``
+picks the winner from their timestamps and values alone (``earliest``, the default, or ``latest``
+timestamp, ties broken by the value: ``label_rank``), never from their arrival order; the others
+are *duplicates*. A winner that arrives after its request paired with another record *revises*
+the pair (``Outcome.REVISED``: the caller undoes the old pair, ``replaced``, and counts the new
+one), until the watermark passes the pair's deadline (the later of its timestamps plus ``ttl_s``). Outcomes depend on timestamps only, never on when a
 sweep runs, so the replay engine and the Kafka worker count the same input the same way.
 
 Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` after their
@@ -17,7 +17,8 @@ slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
 Entries are opaque to the buffer, except for their event time: by default an entry is a tuple
 whose first item is its timestamp; ``prediction_ts`` reads it from another form of prediction
-entry (the engine packs its pending predictions into bytes). Any entry but an ``int``.
+entry (the engine packs its pending predictions into bytes). Any entry but an ``int`` or a tuple
+that starts with ``PAIRED``.
 
 >>> jb = JoinBuffer(ttl_s=100)
 >>> jb.add_label("r1", (5.0, "cat"))[0] is Outcome.PENDING
