@@ -8,8 +8,9 @@ picks the winner from their timestamps and values alone (``earliest``, the defau
 timestamp, ties broken by the value: ``label_rank``), never from their arrival order; the others
 are *duplicates*. A winner that arrives after its request paired with another record *revises*
 the pair (``Outcome.REVISED``: the caller undoes the old pair, ``replaced``, and counts the new
-one), until the watermark passes the pair's deadline (the later of its timestamps plus ``ttl_s``). Outcomes depend on timestamps only, never on when a
-sweep runs, so the replay engine and the Kafka worker count the same input the same way.
+one), until the watermark passes the pair's deadline (the later of its timestamps plus ``ttl_s``).
+Outcomes depend on timestamps only, never on when a sweep runs, so the replay engine and the Kafka
+worker count the same input the same way.
 
 Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` after their
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
