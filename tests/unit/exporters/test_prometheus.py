@@ -18,7 +18,7 @@ from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.demo import DEMO_SETTINGS, demo_scenario
-from stream.exporters.prometheus import RATIO_METRICS, for_engine
+from stream.exporters.prometheus import RATIO_METRICS, EngineCollector, for_engine
 from stream.simulate import arrivals
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -100,6 +100,15 @@ def test_promtool_rule_unit_tests_pass() -> None:
 HOPPING = {"kind": "hopping", "size": "2h", "hop": "15m"}
 
 
+def overall_cells(collector: EngineCollector, *names: str) -> dict[tuple[str, str, str], float]:
+    """The series without a segment of the counters ``names``, by (name, actual, predicted)."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return {(s.name, s.labels["actual"], s.labels["predicted"]): s.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples if s.name in names and not s.labels["segment"]}
+
+
 @pytest.mark.parametrize("windows", [[HOPPING, "tumbling 1d"], ["rolling 2", "cumulative"], ["tumbling 1h", HOPPING]])
 def test_confusion_counters_count_each_pair_once_whatever_the_windows(windows: list[object]) -> None:
     engine = Engine(Config.from_mapping({"windows": windows, "emit_interval": "1m", "join_ttl": "1h"}))
@@ -111,11 +120,7 @@ def test_confusion_counters_count_each_pair_once_whatever_the_windows(windows: l
     engine.finish()
     collector = for_engine(engine)
     collector.observe(engine.metric_records)
-    registry = CollectorRegistry()
-    registry.register(collector)
-    counters = {(s.name, s.labels["actual"], s.labels["predicted"]): s.value
-                for family in text_string_to_metric_families(generate_latest(registry).decode())
-                for s in family.samples if s.name == "mlmon_confusion_matrix_pairs_total" and not s.labels["segment"]}
+    counters = overall_cells(collector, "mlmon_confusion_matrix_pairs_total")
     assert counters == {("mlmon_confusion_matrix_pairs_total", "a", "a"): 15,
                         ("mlmon_confusion_matrix_pairs_total", "b", "a"): 5}
 
@@ -133,12 +138,8 @@ def test_a_revised_pair_is_counted_as_it_left_its_cell() -> None:
         engine.metric_records.clear()
     engine.finish()
     collector.observe(engine.metric_records)
-    registry = CollectorRegistry()
-    registry.register(collector)
-    counters = {(s.name, s.labels["actual"], s.labels["predicted"]): s.value
-                for family in text_string_to_metric_families(generate_latest(registry).decode())
-                for s in family.samples if s.name.startswith("mlmon_confusion_matrix") and s.name.endswith("_total")
-                and not s.labels["segment"]}
+    counters = overall_cells(collector, "mlmon_confusion_matrix_pairs_total",
+                             "mlmon_confusion_matrix_revised_pairs_total")
     assert counters == {("mlmon_confusion_matrix_pairs_total", "a", "a"): 1,
                         ("mlmon_confusion_matrix_pairs_total", "b", "a"): 1,
                         ("mlmon_confusion_matrix_revised_pairs_total", "a", "a"): 0,
