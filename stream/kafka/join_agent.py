@@ -33,8 +33,9 @@ from stream.config import Config
 from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
-from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
+from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
 from stream.core.snapshot import restore_rolling, rolling_snapshot
+from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
@@ -248,13 +249,16 @@ class Join:
         """The record, or None once it is dead-lettered on ``engine`` with its reason."""
         obj: Any = None
         try:
-            obj = decode(raw, self.config.max_record_bytes)
-            record = parse_prediction(obj) if source == "predictions" else parse_label(obj)
+            if source == "predictions":
+                record: Prediction | Label = prediction_from_json(raw, self.config.max_record_bytes)
+                obj = orjson.Fragment(raw)  # what its dead letter holds, should its model refuse it
+            else:
+                record = label_from_json(raw, self.config.max_record_bytes)
             if clock and record.timestamp > self.future_limit and self._from_the_future(record.timestamp):
                 raise InvalidRecord(future_reason(record.timestamp, time.time(), self.config.max_future_s,
                                                   "the worker's clock") or "")
         except InvalidRecord as exc:
-            rid = obj.get("request_id") if isinstance(obj, dict) else None
+            rid = _request_id(raw)
             where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
             engine.dead_letter(source, raw_text(raw), str(exc), topic=topic, partition=partition, offset=offset,
                                **where)
@@ -435,3 +439,12 @@ class Join:
                       balance=total.balance(*pending), partitions=sorted(self.engines),
                       app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())
         return health
+
+
+def _request_id(raw: bytes) -> Any:
+    """A refused record's request id, when it has one, for its dead letter."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj.get("request_id") if isinstance(obj, dict) else None

@@ -69,6 +69,13 @@ FETCH_MAX_WAIT_MS = 100  # see ``tune_fetches``
 # faust then refuses every write to that table (``patches.table_writable``) until the next refresh:
 # the worker would hold its partials for minutes. A short age bounds that wait.
 METADATA_MAX_AGE_MS = 5_000
+# The producer's batch cap. aiokafka sends one request at a time to a broker, with at most one batch
+# per partition, and a record that does not fit the partition's open batch waits for it to be sent.
+# With faust's 16 KiB, each stored batch of records (about 64 KiB compressed) went out alone, a round
+# trip each, and a commit (which flushes the producer first) took 11-16 s under load, beyond the
+# group's session timeout: a rebalance then waited on it. With 1 MB (the request cap) the same run's
+# longest commit took 4.6-6.3 s.
+PRODUCER_MAX_BATCH_BYTES = 1_000_000
 # Per partition store. faust's defaults (3 x 64 MiB write buffers, a 2 GiB block cache) would keep
 # every stored record in memory too; each batch is written once and read once, at a rebuild, so
 # small buffers cost nothing (4 MiB write buffers had cost 67 bytes per pending prediction over 8
@@ -116,6 +123,7 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         producer_acks=-1,
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         broker_commit_every=10_000,  # offsets move when batches are saved (each flush), not per message
         broker_commit_interval=1.0,
         table_standby_replicas=0,

@@ -30,7 +30,8 @@ import orjson
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
-from stream.core.records import Label, Prediction, decode, parse_label, parse_prediction, raw_text
+from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
+from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
@@ -148,6 +149,8 @@ class _Inputs:
     def parsed(self, index: int, engine: Engine, progress: Progress) -> Iterator[Event]:
         found, source, kind = self.found[index], self.source, self.kind
         parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
+        from_json: Callable[[bytes, int], Prediction | Label] = (
+            prediction_from_json if kind == PREDICTION else label_from_json)
         max_bytes = self.config.max_record_bytes
         base = index << ROW_BITS
         read = progress.read if progress.bar is not None else None
@@ -156,14 +159,13 @@ class _Inputs:
                 read(size)
             try:
                 if type(raw) is bytes:
-                    obj = decode(raw, max_bytes)
+                    record = from_json(raw, max_bytes)
                 elif isinstance(raw, Exception):
                     raise InvalidRecord(str(raw))
                 elif not isinstance(raw, dict):
                     raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
                 else:
-                    obj = raw
-                record = parse(obj)
+                    record = parse(raw)
             except InvalidRecord as exc:
                 text = raw if isinstance(raw, dict) else raw_text(raw if isinstance(raw, bytes) else repr(raw))
                 engine.dead_letter(source, text, str(exc), **self.where(base | number))
