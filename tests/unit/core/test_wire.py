@@ -87,6 +87,7 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
 @example({"request_id": "r", "model": "m", "model_version": None, "timestamp": 1.6e9, "prediction": 1})
 def test_the_bytes_path_equals_the_dict_path(obj: dict[str, Any]) -> None:
     same(json.dumps(obj).encode())  # the standard library writes integers of any size
+    same(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(errors="surrogatepass"))
 
 
 @pytest.mark.parametrize("raw", [
