@@ -74,8 +74,18 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
 
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stacks(self) -> str:
+        """The log's end after the worker wrote where it is: its asyncio tasks (SIGUSR1) and every
+        thread (SIGQUIT), for a test that gives up waiting on it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            self.proc.send_signal(signal.SIGQUIT)
+            time.sleep(1.0)
+        return self.tail(60_000)
 
 
 def rebuilt_by(worker: Worker) -> set[str]:
@@ -126,7 +136,7 @@ def final_records(config: Config, wanted: set[tuple[str, int]], timeout_s: float
             if record["final"] and record["model"] == (model or record["model"]) != "tick" and not record["segment"]:
                 finals[(record["window"]["name"], record["window"]["start"])] = record
         assert worker.proc is None or worker.proc.poll() is None, worker.tail()
-    assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.tail()}"
+    assert wanted <= set(finals), f"missing final windows {wanted - set(finals)}\n{worker.stacks()}"
     return finals
 
 

@@ -17,7 +17,9 @@ So any number of workers in one consumer group give the same figures as one.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 from typing import Any
 
 import faust
@@ -175,6 +177,10 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
 
 def run_worker(config: Config, loglevel: str = "info") -> int:
     map_large_blocks_apart()
+    # A worker that stops making progress can say where it is, and carries on: `kill -QUIT <pid>`
+    # writes every thread's Python stack to the log even when the event loop is blocked (and
+    # `kill -USR1 <pid>`, handled by mode on the loop, the stacks of its asyncio tasks too).
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     faust_credentials(config)  # refuse unsupported security settings before touching Kafka
     counts = ensure_topics(config)
     app = build_app(config, {"predictions": counts[config.predictions_topic], "labels": counts[config.labels_topic]})
