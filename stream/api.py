@@ -42,6 +42,24 @@ class MonitorResult:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     health: dict[str, Any] = field(default_factory=dict)
 
+    def report(self, path: str | Path, metrics: tuple[str, ...] | None = None, title: str = "mlmon report") -> Path:
+        """Write the HTML report of these results (as ``mlmon report`` makes it) to ``path``."""
+        from stream.report import write_report
+
+        return write_report(Path(path), self._inputs(), metrics, title)
+
+    def _repr_html_(self) -> str:
+        """The report, shown inline by Jupyter."""
+        from stream.report import build_html
+
+        return build_html(self._inputs())
+
+    def _inputs(self) -> Any:
+        from stream.report import Inputs
+
+        return Inputs(metrics=list(self.metrics), alerts=list(self.alerts), health=self.health,
+                      dead_letters=len(self.dead_letters))
+
 
 class Monitor:
     """``Monitor(config={...})``: ``setup()`` validates and prepares, ``execute()`` runs.

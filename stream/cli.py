@@ -38,6 +38,12 @@ def _replay(args: argparse.Namespace) -> int:
                     format=args.format, final_only=not args.revisions, quiet=args.quiet)
     summary = result.summary()
     summary["dead_letters_file"] = str(dead)
+    if args.report_out:
+        from stream.report import read_files, write_report
+
+        inputs = read_files([args.metrics_out], [args.alerts_out])
+        inputs.health, inputs.dead_letters = summary["health"], summary["dead_letters"]
+        summary["report_file"] = str(write_report(args.report_out, inputs, title="mlmon backtest"))
     sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -132,6 +138,30 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(_kafka_config(args), loglevel=args.loglevel)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from stream.report import read_files, read_topics, write_report
+
+    if args.broker or args.config:
+        if args.records or args.alerts:
+            raise MlmonError("give either files (--records, --alerts) or a broker (--broker/--config), not both")
+        inputs = read_topics(_kafka_config(args))
+    elif not args.records:
+        raise MlmonError("nothing to report: give --records (metric records, JSONL or Parquet) or --broker")
+    else:
+        inputs = read_files(args.records, args.alerts or [], args.health, args.dead_letters)
+    for problem in inputs.problems:
+        print(f"mlmon report: skipped {problem}", file=sys.stderr)
+    if inputs.skipped > len(inputs.problems):
+        print(f"mlmon report: skipped {inputs.skipped - len(inputs.problems)} more", file=sys.stderr)
+    if not inputs.metrics:
+        raise MlmonError("no metric records to report on")
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+    path = write_report(args.out, inputs, metrics, title=args.title)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(inputs.metrics)} metric records, "
+          f"{len(inputs.alerts)} alert events")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -157,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "then its final record (default: the final record alone; rules still judge every emit_interval)")
     rp.add_argument("--final-only", action="store_true", help="the final record alone: the default")
     rp.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal after 2 s)")
+    rp.add_argument("--report-out", type=Path, help="also write the HTML report of the backtest here "
+                    "(as `mlmon report` makes from the outputs)")
     _config_args(rp)
     rp.set_defaults(run=_replay)
 
@@ -187,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         tail_parser.add_argument("--follow", action="store_true", help="keep waiting for new records")
         tail_parser.set_defaults(run=_tail)
 
+    rep = commands.add_parser("report", help="one HTML page (opens offline) of metric records and alert events: "
+                              "from replay's files, or the worker's topics with --broker")
+    rep.add_argument("--records", type=Path, nargs="+", help="metric records: JSONL or Parquet files")
+    rep.add_argument("--alerts", type=Path, nargs="+", help="alert events: JSONL files")
+    rep.add_argument("--health", type=Path, help="the summary `mlmon replay` printed (JSON): the join's health")
+    rep.add_argument("--dead-letters", type=Path, help="dead letters (JSONL): counted in the summary")
+    rep.add_argument("--metrics", help="the figures to plot over time, comma-separated (default: accuracy,f1_macro,"
+                     "roc_auc; mae,rmse,r2 for regression models)")
+    rep.add_argument("--title", default="mlmon report")
+    rep.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    _kafka_args(rep)
+    rep.set_defaults(run=_report)
+
     demo = commands.add_parser("demo", help="a simulated NBA model degrading and recovering, no broker needed")
     demo.add_argument("--pairs", type=int, default=20_000)
     demo.add_argument("--duration", type=float, default=20.0, help="seconds the demo runs")
@@ -195,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--alertmanager-url", help="also send alerts to this Alertmanager (v2 API)")
     demo.add_argument("--webhook-url", help="also POST every alert event here as JSON")
     demo.add_argument("--broker", help="run the demo over this Kafka broker (a worker process and a producer)")
+    demo.add_argument("--report-out", type=Path, help="where to write the HTML report at the end "
+                      "(default: report.html in a new temporary folder)")
     _config_args(demo)
     demo.set_defaults(run=_demo)
     return parser

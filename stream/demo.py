@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from stream.config import Config
@@ -17,9 +21,11 @@ from stream.core.keys import segment_label
 from stream.core.records import parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
+from stream.report import Inputs, read_topics, write_report
 from stream.simulate import Scenario, arrivals
 
-__all__ = ["BROKER_RULES", "DEMO_SETTINGS", "REPLAY_SHARE", "LiveView", "demo_scenario", "run_broker_demo", "run_demo"]
+__all__ = ["BROKER_RULES", "DEMO_SETTINGS", "REPLAY_SHARE", "LiveView", "accuracy_chart", "demo_scenario",
+           "run_broker_demo", "run_demo"]
 
 REPLAY_SHARE = 0.8  # of --duration spent replaying; the rest keeps the final state on /metrics
 
@@ -85,6 +91,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"mlmon demo: {n_predictions} predictions, {len(events) - n_predictions} labels, replayed at {speed:.0f}x "
           f"over {args.duration:.0f} s")
     view = LiveView(collector)
+    report_path = _report_path(args)
+    if not view.tty:
+        print(f"mlmon demo: the HTML report will be written to {report_path} at the end", flush=True)
     for ts, kind, raw in events:
         wait = (ts - first_ts) / speed - (time.monotonic() - started)
         if wait > 0:
@@ -98,6 +107,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
+    write_report(report_path, Inputs(metrics=view.records, alerts=view.alerts, health=asdict(engine.health)),
+                 title="mlmon demo: a simulated NBA game-outcome model")
+    print(f"mlmon demo: report written to {report_path}", flush=True)
     # The final figures stay on /metrics until --duration is over, and for its last fifth at least
     # (on a busy machine the replay can overrun its share: scrapers still see the final state).
     time.sleep(max(args.duration * (1 - REPLAY_SHARE), args.duration - (time.monotonic() - started)))
@@ -112,12 +124,16 @@ class LiveView:
     def __init__(self, collector: EngineCollector) -> None:
         self.collector = collector
         self.tty = sys.stdout.isatty()
+        self.records: list[dict[str, Any]] = []  # every record and alert event, for the report
+        self.alerts: list[dict[str, Any]] = []
         self.latest: dict[tuple[str, str], dict[str, Any]] = {}
         self.drawn = 0  # lines of the table currently on screen
         self.last_draw = 0.0
 
     def update(self, engine: Engine, final: bool = False) -> None:
         self.collector.observe(engine.metric_records)
+        self.records += engine.metric_records
+        self.alerts += engine.alert_events
         for record in engine.metric_records:
             if record["n"] and record["window"]["kind"] in ("rolling", "cumulative"):
                 segment = segment_label(record["segment"]) or "all games"
@@ -149,11 +165,46 @@ class LiveView:
         lines = [f"{'final' if final else 'live'}  event time {clock}  alerts: {', '.join(firing) or 'none firing'}"]
         for (_, segment), record in sorted(self.latest.items()):
             lines.append(f"  {segment:<12} " + _line(record))
+        if self.tty:
+            lines = [*accuracy_chart(self.records, self.alerts), *lines]
         if self.tty or final:
             print("\n".join(lines), flush=True)
             self.drawn = len(lines) if self.tty and not final else 0
         else:
             print(lines[0] + "\n" + "\n".join(lines[1:]), flush=True)
+
+
+def accuracy_chart(records: list[dict[str, Any]], alerts: list[dict[str, Any]], width: int = 100) -> list[str]:
+    """Accuracy over event time of the smallest tumbling window, overall, with each alert's firing
+    marked: the terminal's lines (plotext)."""
+    import plotext as plt
+
+    latest: dict[int, float] = {}
+    size = min((r["window"]["size_s"] for r in records if r["window"]["kind"] == "tumbling"), default=None)
+    for record in records:
+        accuracy = record["metrics"].get("accuracy")
+        if record["window"].get("size_s") == size and not record["segment"] and accuracy is not None:
+            latest[record["window"]["start"]] = accuracy
+    if size is None or len(latest) < 2:
+        return []
+    first = min(latest)
+    plt.clear_figure()
+    plt.plotsize(width, 14)
+    plt.theme("clear")
+    plt.plot([(t - first) / 3600 for t in sorted(latest)], [latest[t] for t in sorted(latest)], marker="braille")
+    for event in alerts:
+        if event["status"] == "firing":
+            at = datetime.fromisoformat(event["starts_at"].replace("Z", "+00:00")).timestamp()
+            plt.vline((at - first) / 3600, "red")
+    plt.ylim(0.4, 1.0)
+    plt.title(f"accuracy per {size // 60}-minute window over event time (hours); red: an alert fired")
+    return str(plt.build()).splitlines()
+
+
+def _report_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "report_out", None):
+        return Path(args.report_out)
+    return Path(tempfile.mkdtemp(prefix="mlmon-demo-")) / "report.html"
 
 
 BROKER_RULES = """
@@ -172,11 +223,8 @@ rules:
 def run_broker_demo(args: argparse.Namespace) -> int:
     """The same simulated model over Kafka: a worker process, this process producing and tailing."""
     import subprocess
-    import sys
-    import tempfile
     import threading
     import uuid
-    from pathlib import Path
 
     from stream.kafka.admin import ensure_topics
     from stream.kafka.produce import produce, scenario_records
@@ -222,4 +270,7 @@ def run_broker_demo(args: argparse.Namespace) -> int:
     stop.set()
     worker.terminate()
     worker.wait(timeout=60)
+    report_path = _report_path(args)
+    write_report(report_path, read_topics(config), title="mlmon demo over Kafka: a simulated NBA game-outcome model")
+    print(f"mlmon demo: report written to {report_path}", flush=True)
     return 0 if report.failed == 0 else 1
