@@ -52,7 +52,10 @@ _CATCH = """
 var mlmonErrors = [];
 window.addEventListener("error", function (e) { mlmonErrors.push(String(e.message)); });
 (function (log) {
-  console.error = function () { mlmonErrors.push(Array.prototype.join.call(arguments, " ")); log.apply(console, arguments); };
+  console.error = function () {
+    mlmonErrors.push(Array.prototype.join.call(arguments, " "));
+    log.apply(console, arguments);
+  };
 })(console.error);
 """
 

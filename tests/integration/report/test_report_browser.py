@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from browser import ARTIFACTS, render
+
 from stream.cli import main
 from stream.simulate import Scenario, streams
 
