@@ -125,3 +125,21 @@ def test_a_monitor_result_writes_its_report_and_shows_inline(tmp_path: Path) -> 
     assert result._repr_html_() == page.replace("mlmon report", "mlmon report")  # the same page
     empty = build_html(Inputs())
     assert 'id="summary"' in empty
+
+
+def test_mlmon_report_names_what_it_skipped_and_refuses_nothing_to_report(
+        tmp_path: Path, capsys: Any) -> None:
+    from stream.cli import main
+
+    result = replayed(tmp_path, pairs=1500)
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(orjson.dumps(r).decode() + "\n" for r in result.metrics) + '{"truncated": \n')
+    out = tmp_path / "r.html"
+    assert main(["report", "--records", str(path), "--out", str(out), "--metrics", "accuracy,log_loss"]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {path}:{len(result.metrics) + 1}: not a JSON line" in captured.err
+    assert f"wrote {out}" in captured.out and "log_loss" in out.read_text()
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["report", "--records", str(tmp_path / "empty.jsonl"), "--out", str(out)]) == 2
+    assert "no metric records to report on" in capsys.readouterr().err
+    assert main(["report", "--out", str(out)]) == 2
