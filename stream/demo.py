@@ -261,8 +261,9 @@ def run_broker_demo(args: argparse.Namespace) -> int:
     scenario = demo_scenario(args.pairs)
     records = list(scenario_records(scenario))
     end_ts = records[-1][0] + 100_000  # far-future records on every partition close the last windows
-    records += [(end_ts, kind, {"request_id": f"end-{i}", "model": CLOSING_MODEL, "timestamp": end_ts, "prediction": "x"}
-                 if kind == 0 else {"request_id": f"end-{i}", "timestamp": end_ts, "label": "x"})
+    records += [(end_ts, kind, {"request_id": f"end-{i}", "model": CLOSING_MODEL, "timestamp": end_ts,
+                                "prediction": "x"} if kind == 0 else
+                 {"request_id": f"end-{i}", "timestamp": end_ts, "label": "x"})
                 for i in range(64) for kind in (0, 1)]
     started = time.monotonic()
     report = produce(config, records, rate_per_s=args.pairs / max(args.duration * REPLAY_SHARE, 0.1))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from browser import render
+
 from kafka_broker import Broker, free_port
 
 
