@@ -21,12 +21,16 @@ DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro", "roc_auc"), "regre
 MAX_PANELS = 8  # segment columns per model version: the overall series, then the segments with most pairs
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 ALERT_COLOR = "rgba(214, 39, 40, 0.18)"
+# Points of a line drawn as markers too, up to this many: a month of hourly windows in each of 32
+# small multiples would be 24,000 SVG markers a version, which took a browser seconds to draw.
+MARKERS_UP_TO = 200
 
 Episode = dict[str, Any]  # {"name", "segment", "start", "end", "firing", "text"}
 
 
 def when(value: float | str) -> str:
-    """An epoch second or an RFC 3339 time as plotly.js reads dates (UTC, no offset)."""
+    """An epoch second or an RFC 3339 time as plotly.js reads dates (UTC, no offset); the series
+    give their times as epoch milliseconds, shorter in the page."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -121,13 +125,13 @@ def series_figure(records: list[dict[str, Any]], metrics: tuple[str, ...], episo
                 values = [_number(rec["label_coverage"] if metric == "label_coverage" else rec["metrics"].get(metric))
                           for _, rec in points]
                 data.append({
-                    "type": "scatter", "mode": "lines+markers", "name": name, "legendgroup": name,
-                    "showlegend": c == 0 and r == 0, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
-                    "x": [when(start) for start, _ in points], "y": values,
-                    "customdata": [[rec["n"], when(rec["window"]["end"])] for _, rec in points],
+                    "type": "scatter", "mode": "lines+markers" if len(points) <= MARKERS_UP_TO else "lines",
+                    "name": name, "legendgroup": name, "showlegend": c == 0 and r == 0,
+                    "xaxis": f"x{axis}", "yaxis": f"y{axis}", "x": [start * 1000 for start, _ in points],
+                    "y": values, "customdata": [rec["n"] for _, rec in points],
                     "line": {"color": COLORS[w % len(COLORS)], "width": 1.5}, "marker": {"size": 4},
-                    "hovertemplate": f"{name} %{{x}} to %{{customdata[1]}}<br>{metric} %{{y:.4f}}"
-                                     "<br>n=%{customdata[0]}<extra></extra>",
+                    "hovertemplate": f"{name} from %{{x|%Y-%m-%d %H:%M}}<br>{metric} %{{y:.4f}}"
+                                     "<br>n=%{customdata}<extra></extra>",
                 })
             for episode in episodes:
                 if episode["segment"] and episode["segment"] != segment:

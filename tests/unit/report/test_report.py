@@ -11,7 +11,7 @@ import orjson
 from stream import Monitor
 from stream.core.keys import segment_label
 from stream.report import Inputs, build_html, read_files
-from stream.report.charts import alert_episodes, confusion_figure, series_figure, timed_finals, when
+from stream.report.charts import alert_episodes, confusion_figure, series_figure, timed_finals
 from stream.simulate import Scenario, streams
 
 
@@ -55,7 +55,7 @@ def test_every_plotted_point_is_its_record_s_figure_and_no_window_is_dropped(tmp
         for (name, segment, start), record in finals.items():
             for metric in rows:
                 value = record["label_coverage"] if metric == "label_coverage" else record["metrics"].get(metric)
-                expected[(name, segment, when(start), metric)] = value
+                expected[(name, segment, start * 1000, metric)] = value  # epoch milliseconds
         assert plotted == expected  # the same windows, the same values, unrounded
         assert {segment_label(r["segment"]) for r in records} == set(panels)
 
@@ -143,3 +143,13 @@ def test_mlmon_report_names_what_it_skipped_and_refuses_nothing_to_report(
     assert main(["report", "--records", str(tmp_path / "empty.jsonl"), "--out", str(out)]) == 2
     assert "no metric records to report on" in capsys.readouterr().err
     assert main(["report", "--out", str(out)]) == 2
+
+
+def test_a_window_is_plotted_by_its_final_record_else_its_latest_revision() -> None:
+    def record(start: int, accuracy: float, final: bool) -> dict[str, Any]:
+        return {"segment": {}, "window": {"name": "tumbling_1h", "start": start, "end": start + 3600}, "n": 1,
+                "metrics": {"accuracy": accuracy}, "final": final}
+
+    chosen = timed_finals([record(0, 0.1, False), record(0, 0.5, True), record(0, 0.9, False),
+                           record(3600, 0.2, False), record(3600, 0.3, False)])
+    assert {k[2]: r["metrics"]["accuracy"] for k, r in chosen.items()} == {0: 0.5, 3600: 0.3}
