@@ -160,7 +160,7 @@ def confusion_figure(record: dict[str, Any]) -> dict[str, Any] | None:
     axes = {"xaxis": {"domain": [0, 0.46], "title": {"text": "predicted"}, "type": "category"},
             "yaxis": {"title": {"text": "true"}, "autorange": "reversed", "type": "category"},
             "xaxis2": {"domain": [0.54, 1], "anchor": "y2", "title": {"text": "predicted"}, "type": "category"},
-            "yaxis2": {"anchor": "x2", "autorange": "reversed", "type": "category"}}
+            "yaxis2": {"anchor": "x2", "autorange": "reversed", "type": "category", "showticklabels": False}}
     window = record["window"]
     title = f"confusion matrix, {window['name']}" + (f" from {when(window['start'])}" if "start" in window else "")
     return {"data": [{**common, "z": matrix, "text": [[str(c) for c in row] for row in matrix]},

@@ -64,7 +64,7 @@ def test_a_replay_s_report_draws_every_chart_offline(tmp_path: Path, capsys: pyt
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing to fetch
     assert report.stat().st_size < 10_000_000
 
-    shown = render(report, "replay-report.png")
+    shown = render(report, "replay-report.png", height=1750)  # the summary and the first model (README)
     assert shown.errors == []
     # two models: each a chart over time; the classification model its confusion matrix and calibration
     assert shown.charts == 4 and shown.svgs >= 4
