@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from datetime import UTC, datetime
+from html import escape  # plotly.js reads a subset of HTML in text: names from inputs are escaped
 from typing import Any
 
 from stream.core.keys import segment_label
@@ -74,8 +75,8 @@ def alert_episodes(alerts: list[dict[str, Any]], model: str, version: str, end: 
             annotations = event.get("annotations", {})
             open_[key] = {"name": event["alertname"], "segment": labels.get("segment", ""),
                           "start": when(event["starts_at"]), "end": end, "firing": True,
-                          "text": f"{event['alertname']}: {annotations.get('summary', '')}<br>"
-                                  f"{annotations.get('description', '')}"}
+                          "text": f"{escape(event['alertname'])}: {escape(annotations.get('summary', ''))}<br>"
+                                  f"{escape(annotations.get('description', ''))}"}
         elif event["status"] == "resolved" and key in open_:
             episode = open_.pop(key)
             episode.update(end=when(event.get("ends_at") or event["starts_at"]), firing=False)
@@ -117,7 +118,7 @@ def series_figure(records: list[dict[str, Any]], metrics: tuple[str, ...], episo
                           "title": {"text": metric if c == 0 else ""}, "rangemode": "tozero" if metric in (
                               "mae", "rmse", "label_coverage") else "normal"}
             if r == 0:
-                layout["annotations"].append({"text": f"<b>{segment or 'all'}</b>", "showarrow": False,
+                layout["annotations"].append({"text": f"<b>{escape(segment or 'all')}</b>", "showarrow": False,
                                               "xref": f"x{axis} domain", "yref": f"y{axis} domain", "x": 0.5,
                                               "y": 1.12, "xanchor": "center"})
             for w, name in enumerate(window_names):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def test_every_plotted_point_is_its_record_s_figure_and_no_window_is_dropped(tmp
             axis = int(trace["xaxis"][1:] or 1) - 1
             row, column = divmod(axis, len(panels))
             layout_title = figure["layout"]["annotations"][column]["text"]
-            segment = layout_title.removeprefix("<b>").removesuffix("</b>")
+            segment = html.unescape(layout_title.removeprefix("<b>").removesuffix("</b>"))
             for x, y in zip(trace["x"], trace["y"], strict=True):
                 plotted[(trace["name"], "" if segment == "all" else segment, x, rows[row])] = y
         expected = {}
@@ -153,3 +154,14 @@ def test_a_window_is_plotted_by_its_final_record_else_its_latest_revision() -> N
     chosen = timed_finals([record(0, 0.1, False), record(0, 0.5, True), record(0, 0.9, False),
                            record(3600, 0.2, False), record(3600, 0.3, False)])
     assert {k[2]: r["metrics"]["accuracy"] for k, r in chosen.items()} == {0: 0.5, 3600: 0.3}
+
+
+def test_names_from_inputs_are_text_never_markup() -> None:
+    hostile = '<img src=x onerror="alert(1)"></script>'
+    record = {"model": hostile, "model_version": hostile, "segment": {"k": hostile}, "task": "classification",
+              "window": {"kind": "tumbling", "name": "tumbling_1h", "start": 0, "end": 3600, "size_s": 3600},
+              "n": 1, "predictions": 1, "label_coverage": 1.0, "metrics": {"accuracy": 1.0}, "final": True}
+    alert = {"alertname": "A", "status": "firing", "labels": {"model": hostile, "model_version": hostile},
+             "starts_at": "1970-01-01T00:00:00Z", "annotations": {"summary": hostile, "description": hostile}}
+    page = build_html(Inputs(metrics=[record, {**record, "segment": {}}], alerts=[alert]))
+    assert "<img" not in page and page.count("</script>") == page.count("<script")
