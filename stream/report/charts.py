@@ -102,10 +102,13 @@ def series_figure(records: list[dict[str, Any]], metrics: tuple[str, ...], episo
     window_names = sorted({name for name, _, _ in finals}, key=lambda n: min(
         r["window"].get("size_s", 0) for (w, _, _), r in finals.items() if w == n))
     rows = [*metrics, "label_coverage"]
+    segments = len(pairs) - ("" in pairs)
+    shown = f"overall and {len(panels) - 1} of {segments} segment values, those with most pairs" if (
+        segments > len(panels) - 1) else ""
     data: list[dict[str, Any]] = []
     layout: dict[str, Any] = {"height": 170 * len(rows) + 80, "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
                               "hovermode": "closest", "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"},
-                              "shapes": [], "annotations": []}
+                              "shapes": [], "annotations": [], "title": {"text": shown, "font": {"size": 12}}}
     gap_x, gap_y = 0.02, 0.04
     for c, segment in enumerate(panels):
         for r, metric in enumerate(rows):
