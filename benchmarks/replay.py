@@ -43,9 +43,11 @@ START = 1_767_225_600.0
 MODELS = ("fraud", "churn", "upsell")
 
 
-def records(pairs: int, seed: int = 1, regression: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def records(pairs: int, seed: int = 1, regression: bool = False, shuffle: bool = True
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Three models over three days; 85% labeled; a third of the timestamps as RFC 3339.
-    ``regression``: the models predict a price instead of a class with scores."""
+    ``regression``: the models predict a price instead of a class with scores; ``shuffle``: both
+    files out of order (else in time order)."""
     rng = random.Random(seed)
     span_s = 3 * 86400
     predictions, labels = [], []
@@ -68,13 +70,17 @@ def records(pairs: int, seed: int = 1, regression: bool = False) -> tuple[list[d
             labels.append({"request_id": f"req-{i}", "timestamp": label_ts if i % 2 else
                            datetime.fromtimestamp(label_ts, UTC).isoformat(),
                            "label": truth if regression else "1" if truth else "0"})
-    rng.shuffle(predictions)
-    rng.shuffle(labels)
+    if shuffle:
+        rng.shuffle(predictions)
+        rng.shuffle(labels)
+    else:
+        labels.sort(key=lambda r: r["timestamp"] if type(r["timestamp"]) is float else
+                    datetime.fromisoformat(r["timestamp"]).timestamp())
     return predictions, labels
 
 
-def write(folder: Path, pairs: int, regression: bool = False) -> tuple[Path, Path, int]:
-    predictions, labels = records(pairs, regression=regression)
+def write(folder: Path, pairs: int, regression: bool = False, shuffle: bool = True) -> tuple[Path, Path, int]:
+    predictions, labels = records(pairs, regression=regression, shuffle=shuffle)
     paths = folder / "p.jsonl", folder / "l.jsonl"
     for path, rows in zip(paths, (predictions, labels), strict=True):
         path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
@@ -108,10 +114,10 @@ def write_seconds(metrics: Path, out: Path) -> tuple[float, int]:
     return seconds, count
 
 
-def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = True) -> tuple[float,
-                                                                                                              int]:
+def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = True,
+                   processes: int | None = None) -> tuple[float, int]:
     result = replay(paths[0], paths[1], config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl",
-                    final_only=final_only)
+                    final_only=final_only, processes=processes)
     return result.seconds, result.engine.health.pairs
 
 
@@ -166,6 +172,8 @@ def main() -> None:
                         "(predictions and labels): peak RSS")
     parser.add_argument("--regression", action="store_true", help="regression models (a price) instead of "
                         "classifiers with scores")
+    parser.add_argument("--in-order", action="store_true", help="both files in time order (else shuffled): "
+                        "replay by default (inputs read by a second process) and in one process")
     parser.add_argument("--windows", default="", help="windows instead of the default, comma-separated "
                         "('tumbling 1h,cumulative,rolling 1000')")
     args = parser.parse_args()
@@ -173,16 +181,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         if args.pairs:
-            p_path, l_path, labeled = write(folder, args.pairs, args.regression)
+            p_path, l_path, labeled = write(folder, args.pairs, args.regression, shuffle=not args.in_order)
             paths = (p_path, l_path)
             config = Config.from_mapping({**({"windows": args.windows.split(",")} if args.windows else {}),
                                           **({"regression_models": ["*"]} if args.regression else {})})
-            configs = {"replay": (config, True), "replay_revisions": (config, False)}  # default emit: 1m
+            configs: dict[str, tuple[Config, bool, int | None]] = {  # default emit: 1m
+                "replay": (config, True, None), "replay_revisions": (config, False, None),
+                **({"replay_one_process": (config, True, 1)} if args.in_order else {})}
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
-                for key, (config, final_only) in configs.items():
-                    seconds, pairs = replay_seconds(paths, config, folder, final_only)
+                for key, (config, final_only, processes) in configs.items():
+                    seconds, pairs = replay_seconds(paths, config, folder, final_only, processes)
                     runs[key].append(pairs / seconds)
                     if key == "replay_revisions":
                         seconds, report["metric_records"] = write_seconds(folder / "m.jsonl", folder / "w.jsonl")

@@ -35,7 +35,7 @@ def _replay(args: argparse.Namespace) -> int:
     config = Config.load(args.config, args.rules)
     dead = args.dead_letters_out or default_dead_letters(args.metrics_out)
     result = replay(args.predictions, args.labels, config, args.metrics_out, args.alerts_out, dead,
-                    format=args.format, final_only=not args.revisions, quiet=args.quiet)
+                    format=args.format, final_only=not args.revisions, quiet=args.quiet, processes=args.processes)
     summary = result.summary()
     summary["dead_letters_file"] = str(dead)
     if args.report_out:
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "then its final record (default: the final record alone; rules still judge every emit_interval)")
     rp.add_argument("--final-only", action="store_true", help="the final record alone: the default")
     rp.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal after 2 s)")
+    rp.add_argument("--processes", type=int, choices=[1, 2], help="2: files in time order are read by a second "
+                    "process while the engine works (default for 16 MiB of input or more, on two cores or more)")
     rp.add_argument("--report-out", type=Path, help="also write the HTML report of the backtest here "
                     "(as `mlmon report` makes from the outputs)")
     _config_args(rp)

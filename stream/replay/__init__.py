@@ -19,6 +19,7 @@ import heapq
 import itertools
 import math
 import operator
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,22 @@ class _Inputs:
                 continue
             yield record.timestamp, kind, base | number, record
 
+    def starts_in_order(self, rows: int = 1000) -> bool:
+        """Whether the first ``rows`` valid records of each input are in time order (a shuffled
+        input is not, at once)."""
+        from_json = prediction_from_json if self.kind == PREDICTION else label_from_json
+        for found in self.found:
+            last = -math.inf
+            for _, raw, _size in itertools.islice(found.rows(self.source), rows):
+                try:
+                    ts = from_json(raw, self.config.max_record_bytes).timestamp if type(raw) is bytes else last
+                except InvalidRecord:
+                    continue
+                if ts < last:
+                    return False
+                last = ts
+        return True
+
     def events(self, engine: Engine, progress: Progress, sort: bool, run_events: int) -> Iterator[Event]:
         """This kind's events in timestamp order, without those stamped alone far in the future."""
         if sort:
@@ -239,22 +256,35 @@ def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
 
 def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
         clock: Callable[[], float] | None = None, format: str | None = None, final_only: bool = True,
-        quiet: bool = True, run_events: int = RUN_EVENTS) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
+        quiet: bool = True, run_events: int = RUN_EVENTS, processes: int | None = None,
+        ) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
-    makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs."""
+    makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs.
+    ``processes``: 2 reads files in time order in a child process (``pipeline``), 1 does not; by
+    default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or more are."""
+    from stream.replay.pipeline import MIN_BYTES, child_events
+
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
              _Inputs(LABEL, inputs(labels, "labels", format), config)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
+    if processes is None:
+        processes = 2 if total >= MIN_BYTES and (os.cpu_count() or 1) >= 2 else 1
+    if processes > 1 and not all(kind.starts_in_order() for kind in kinds):
+        processes = 1  # it will be sorted: no child (see ``pipeline``)
     for sort in (False, True):
         engine = Engine(config, clock, revisions=not final_only)
         sink = open_sink()
         progress = Progress(total, quiet)
         try:
-            streams = [kind.events(engine, progress, sort, run_events) for kind in kinds]
             files = None if _in_memory(kinds) else [[(f.name, f.format == "jsonl") for f in kind.found]
                                                       for kind in kinds]
+            if processes > 1 and files is not None and not sort:
+                events: Iterator[Event] = child_events(predictions, labels, config, engine, progress, format,
+                                                       run_events)
+            else:
+                events = heapq.merge(*(kind.events(engine, progress, sort, run_events) for kind in kinds))
             try:
-                feed(engine, heapq.merge(*streams), sink, files, progress)
+                feed(engine, events, sink, files, progress)
             except _OutOfOrder:
                 continue
         finally:
@@ -280,6 +310,7 @@ def replay(
     final_only: bool = True,
     quiet: bool = True,
     run_events: int = RUN_EVENTS,
+    processes: int | None = None,
 ) -> ReplayResult:
     """Replay into files: metric records (JSONL, or Parquet by the ``.parquet`` extension), alert
     events and dead letters (JSONL)."""
@@ -291,7 +322,7 @@ def replay(
                     dead_letters_out.open("wb") if dead_letters_out else None, final_only)
 
     engine, sink, sort, kinds = run(predictions, labels, config, open_sink, clock, format, final_only, quiet,
-                                    run_events)
+                                    run_events, processes)
     assert isinstance(sink, Sink)
     metrics, alerts, dead = sink.counts
     return ReplayResult(engine, metrics, alerts, dead, time.perf_counter() - started, sort,
