@@ -108,7 +108,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
-    write_report(report_path, Inputs(metrics=view.records, alerts=view.alerts, health=asdict(engine.health)),
+    write_report(report_path, Inputs(metrics=view.records, alerts=view.alerts, health=asdict(engine.health),
+                                     dead_letters=len(engine.dead_letters)),
                  title="mlmon demo: a simulated NBA game-outcome model")
     print(f"mlmon demo: report written to {report_path}", flush=True)
     # The final figures stay on /metrics until --duration is over, and for its last fifth at least
