@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from stream.report.charts import (
-    DEFAULT_METRICS,
     alert_episodes,
     confusion_figure,
+    default_metrics,
     latest_final,
     reliability_figure,
     series_figure,
@@ -96,7 +96,7 @@ def build_html(inputs: Inputs, metrics: tuple[str, ...] | None = None, title: st
         latest = latest_final(records)
         episodes = alert_episodes(inputs.alerts, model, version, end or "")
         firing = sorted({e["name"] for e in episodes if e["firing"]})
-        chosen = metrics or DEFAULT_METRICS.get(task, DEFAULT_METRICS["classification"])
+        chosen = metrics or default_metrics(task, records)
         summary.append(_summary_row(model, version, task, latest, chosen, firing, len(episodes)))
         parts = [f'<h2 id="model-{index}">{_e(model)} {_e(version)} <small>({_e(task)})</small></h2>']
         series = series_figure(records, tuple(chosen), episodes)

@@ -15,10 +15,11 @@ from typing import Any
 
 from stream.core.keys import segment_label
 
-__all__ = ["DEFAULT_METRICS", "Episode", "alert_episodes", "confusion_figure", "latest_final", "reliability_figure",
-           "series_figure", "timed_finals", "when"]
+__all__ = ["DEFAULT_METRICS", "Episode", "alert_episodes", "confusion_figure", "default_metrics", "latest_final",
+           "reliability_figure", "series_figure", "timed_finals", "when"]
 
 DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro", "roc_auc"), "regression": ("mae", "rmse", "r2")}
+MULTICLASS_AUC = "roc_auc_ovr_macro"  # what a model of more than two classes has instead of roc_auc
 MAX_PANELS = 8  # segment columns per model version: the overall series, then the segments with most pairs
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 ALERT_COLOR = "rgba(214, 39, 40, 0.18)"
@@ -82,6 +83,16 @@ def alert_episodes(alerts: list[dict[str, Any]], model: str, version: str, end: 
             episode.update(end=when(event.get("ends_at") or event["starts_at"]), firing=False)
             done.append(episode)
     return done + list(open_.values())
+
+
+def default_metrics(task: str, records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The figures a model's page plots when none are chosen: ``DEFAULT_METRICS`` of its task, a
+    multiclass model's one-vs-rest AUC for its ROC AUC, and none that its records never carry (no
+    scores, no AUC)."""
+    carried = {name for record in records for name in record["metrics"]}
+    chosen = [MULTICLASS_AUC if m == "roc_auc" and MULTICLASS_AUC in carried else m
+              for m in DEFAULT_METRICS.get(task, DEFAULT_METRICS["classification"])]
+    return tuple(m for m in chosen if m in carried)
 
 
 def _number(value: Any) -> float | None:

@@ -165,3 +165,17 @@ def test_names_from_inputs_are_text_never_markup() -> None:
              "starts_at": "1970-01-01T00:00:00Z", "annotations": {"summary": hostile, "description": hostile}}
     page = build_html(Inputs(metrics=[record, {**record, "segment": {}}], alerts=[alert]))
     assert "<img" not in page and page.count("</script>") == page.count("<script")
+
+
+def test_a_page_plots_by_default_the_figures_its_records_carry() -> None:
+    from stream.report.charts import default_metrics
+
+    def records(*names: str) -> list[dict[str, Any]]:
+        return [{"metrics": dict.fromkeys(names, 0.5)}]
+
+    assert default_metrics("classification", records("accuracy", "f1_macro", "roc_auc")) == (
+        "accuracy", "f1_macro", "roc_auc")
+    assert default_metrics("classification", records("accuracy", "f1_macro", "roc_auc_ovr_macro")) == (
+        "accuracy", "f1_macro", "roc_auc_ovr_macro")  # more than two classes
+    assert default_metrics("classification", records("accuracy", "f1_macro")) == ("accuracy", "f1_macro")  # no scores
+    assert default_metrics("regression", records("mae", "rmse", "r2")) == ("mae", "rmse", "r2")
