@@ -20,7 +20,7 @@ ARTIFACTS = Path(os.environ.get("MLMON_TEST_ARTIFACTS", Path(__file__).resolve()
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=10000",
-         "--hide-scrollbars"]
+         "--hide-scrollbars", "--disable-dev-shm-usage"]  # a container's /dev/shm is often 64 MB
 
 
 @dataclass
