@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from stream.core.records import parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
 from stream.report import Inputs, read_topics, write_report
+from stream.report.charts import epoch_s
 from stream.simulate import Scenario, arrivals
 
 __all__ = ["BROKER_RULES", "DEMO_SETTINGS", "REPLAY_SHARE", "LiveView", "accuracy_chart", "demo_scenario",
@@ -196,8 +196,7 @@ def accuracy_chart(records: list[dict[str, Any]], alerts: list[dict[str, Any]], 
     plt.plot([(t - first) / 3600 for t in sorted(latest)], [latest[t] for t in sorted(latest)], marker="braille")
     for event in alerts:
         if event["status"] == "firing":
-            at = datetime.fromisoformat(event["starts_at"].replace("Z", "+00:00")).timestamp()
-            plt.vline((at - first) / 3600, "red")
+            plt.vline((epoch_s(event["starts_at"]) - first) / 3600, "red")
     plt.ylim(0.4, 1.0)
     plt.title(f"accuracy per {size // 60}-minute window over event time (hours); red: an alert fired")
     return str(plt.build()).splitlines()

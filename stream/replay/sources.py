@@ -26,7 +26,7 @@ import orjson
 from stream.core.records import raw_text
 from stream.errors import ConfigError
 
-__all__ = ["FORMATS", "Input", "inputs"]
+__all__ = ["FORMATS", "Input", "inputs", "jsonl_lines"]
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -60,7 +60,7 @@ class Input:
             for number, row in enumerate(self.rows_in_memory, 1):
                 yield number, row, 100
         elif self.format == "jsonl":
-            yield from _jsonl(self.path)  # type: ignore[arg-type]
+            yield from jsonl_lines(self.path)  # type: ignore[arg-type]
         else:
             yield from _columnar(self.path, self.format, source)  # type: ignore[arg-type]
 
@@ -111,7 +111,8 @@ def _in_memory(spec: Any) -> list[Any]:
     return list(spec)
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, bytes, int]]:
+def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """(line number from 1, line, its bytes) of a JSONL file's lines that are not blank."""
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():

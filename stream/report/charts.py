@@ -15,8 +15,8 @@ from typing import Any
 
 from stream.core.keys import segment_label
 
-__all__ = ["DEFAULT_METRICS", "Episode", "alert_episodes", "confusion_figure", "default_metrics", "latest_final",
-           "reliability_figure", "series_figure", "timed_finals", "when"]
+__all__ = ["DEFAULT_METRICS", "Episode", "alert_episodes", "confusion_figure", "default_metrics", "epoch_s",
+           "latest_final", "reliability_figure", "series_figure", "timed_finals", "when"]
 
 DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro", "roc_auc"), "regression": ("mae", "rmse", "r2")}
 MULTICLASS_AUC = "roc_auc_ovr_macro"  # what a model of more than two classes has instead of roc_auc
@@ -30,12 +30,15 @@ MARKERS_UP_TO = 200
 Episode = dict[str, Any]  # {"name", "segment", "start", "end", "firing", "text"}
 
 
+def epoch_s(value: float | str) -> float:
+    """An epoch second, or an RFC 3339 time as mlmon writes it (alert events), as an epoch second."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if isinstance(value, str) else value
+
+
 def when(value: float | str) -> str:
     """An epoch second or an RFC 3339 time as plotly.js reads dates (UTC, no offset); the series
     give their times as epoch milliseconds, shorter in the page."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch_s(value), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def timed_finals(records: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:

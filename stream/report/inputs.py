@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from stream.replay.sources import jsonl_lines
+
 __all__ = ["Inputs", "read_files", "read_topics"]
 
 METRIC_FIELDS = ("model", "model_version", "segment", "window", "task", "n", "metrics", "final")
@@ -92,14 +94,11 @@ def _rows(path: Path, out: Inputs) -> Iterator[tuple[str, Any]]:
     if path.suffix.lower() in (".parquet", ".pq"):  # as replay names them (``stream.replay.output``)
         yield from _parquet_rows(path, out)
         return
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                out.problem(f"{path}:{number}: not a JSON line ({exc})")
+    for number, line, _ in jsonl_lines(path):  # numbered as replay numbers its inputs' lines
+        try:
+            yield f"{path}:{number}", orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            out.problem(f"{path}:{number}: not a JSON line ({exc})")
 
 
 def _parquet_rows(path: Path, out: Inputs) -> Iterator[tuple[str, Any]]:
