@@ -20,6 +20,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.ingest import Ingest
 from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -36,7 +37,7 @@ SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket 
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 
 
-class Engine(Revisions):
+class Engine(Revisions, Ingest):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
                  revisions: bool = True, limits_factor: int = 1) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a

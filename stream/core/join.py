@@ -316,6 +316,43 @@ class JoinBuffer:
         self._label_due.add(entry[0] + self.ttl_s, key)
         return Outcome.PENDING, [], entry
 
+    def insert_prediction(self, key: Key, model: int, entry: Entry, ts: float) -> bool:
+        """The common case of ``add_prediction`` for a batch: the request has no state yet (no
+        prediction of any model, no label): ``entry`` waits, and True. False, with nothing changed,
+        when ``add_prediction`` must judge it."""
+        pkey = (key, model) if model else key
+        ids = self.ids
+        if pkey in ids or (self.labels and key in self.labels):
+            return False
+        if self.several:
+            if key in self.others or (model and key in ids):
+                return False
+            if model:
+                self.others[key] = [model]
+        ids[pkey] = entry
+        self.pending_predictions += 1
+        self._prediction_due.add(ts + self.ttl_s, pkey)
+        return True
+
+    def pair_pending(self, key: Key, entry: Entry) -> Entry | None:
+        """The common case of ``add_label`` for a batch: the request's one prediction waits for it;
+        they pair, and the prediction is returned (JOINED or LATE by their timestamps, as
+        ``add_label`` judges). None, with nothing changed, when ``add_label`` must judge it."""
+        ids = self.ids
+        pkey: PKey = key
+        if self.several:
+            models = self.others.get(key)
+            if models is not None:
+                if len(models) != 1 or key in ids:
+                    return None
+                pkey = (key, models[0])
+        known = ids.get(pkey)
+        if known is None or type(known) is int or (type(known) is tuple and known[0] is PAIRED):
+            return None
+        ids[pkey] = pair(known, entry)
+        self.pending_predictions -= 1
+        return known
+
     def _revise_prediction(self, key: Key, pkey: PKey, slot: Pair, entry: Entry
                            ) -> tuple[Outcome, Entry | None, Entry | None]:
         prediction_ts, ttl = self.prediction_ts, self.ttl_s

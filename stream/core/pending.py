@@ -14,11 +14,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import numpy as np
 import orjson
 
 from stream.core.records import Scores
 
-__all__ = ["MAX_LAYOUTS", "PendingCodec", "PendingLabel", "PendingPrediction", "pending_ts"]
+__all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "REGRESSION", "PendingCodec", "PendingLabel",
+           "PendingPrediction", "pending_ts"]
 
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
 # with scores, where a tuple of its fields took 250): its timestamp, the number of its
@@ -77,6 +79,23 @@ class PendingCodec:
     def _pack_inline(ts: float, number: int, value: Any, names: tuple[Any, ...], probs: tuple[Any, ...]) -> bytes:
         return (_INLINE.pack(ts, number, value, INLINE_SCORES, len(probs)) + struct.pack(f"<{len(probs)}d", *probs)
                 + orjson.dumps(names))
+
+    def layout(self, number: int) -> tuple[str, ...]:
+        """The score names of a layout number (the byte ``unpack_many`` gives)."""
+        return self._layout_names[number]
+
+    @staticmethod
+    def unpack_many(entries: list[PendingPrediction]) -> np.ndarray | None:
+        """Entries of one length as one structured array (fields ``ts``, ``number``, ``guess``,
+        ``layout``, then ``p`` of shape (n, doubles)); None if their lengths differ."""
+        size = len(entries[0])
+        if any(len(entry) != size for entry in entries):
+            return None
+        doubles = (size - _HEAD.size) >> 3
+        fields: list[tuple[Any, ...]] = [("ts", "<f8"), ("number", "<u4"), ("guess", "<u2"), ("layout", "u1")]
+        if doubles:
+            fields.append(("p", "<f8", (doubles,)))
+        return np.frombuffer(b"".join(entries), dtype=np.dtype(fields))
 
     def unpack(self, entry: PendingPrediction) -> tuple[float, int, Any, tuple[Any, ...] | None, tuple[float, ...]]:
         """(timestamp, window-set number, guess, score names or None, probabilities)."""

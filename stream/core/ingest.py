@@ -1,0 +1,232 @@
+"""Records in batches: ``Engine.receive_many`` gives the outcome of ``receive`` on each record in
+turn (the same records, health counts, dead letters and alerts, in the same order), at less cost
+a record. The join's common cases (a prediction for a request with no state yet; a label for a
+request whose one prediction waits) are decided in one loop without the per-record layers, and
+the pairs they form are counted together: class ids, lag buckets, pair codes and score terms as
+array operations, per window set. Anything else goes through ``prediction`` or ``label``, after
+the pairs counted so far, so that every count is made in the order ``receive`` makes it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from math import log
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.core.confusion import CODE_BITS
+from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.join import JOINED, JoinBuffer, compact_id
+from stream.core.metrics import EPS, ONE_MINUS_EPS
+from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingPrediction, pending_ts
+from stream.core.records import Label, Prediction
+from stream.core.series import Model, Window, WindowSet
+
+__all__ = ["BULK_PAIRS", "Ingest"]
+
+BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
+_NUMBER = struct.Struct("<I").unpack_from  # a pending prediction's window-set number, at byte 8
+_LAG_EDGES = np.array(LAG_BUCKETS_S)
+# A pair to count: the prediction, the label's value and time, the request id, the prediction's
+# window set (None: all its windows are final) and the label's class id for its model.
+Deferred = tuple[PendingPrediction, str, float, str, WindowSet | None, int]
+
+
+class Ingest:
+    """``receive_many``; the engine holds the state (see :class:`stream.core.engine.Engine`)."""
+
+    models: dict[str, Model]
+    health: Health
+    join: JoinBuffer
+    rolling_specs: list[Any]
+    watermark: float
+    _lag_s: float
+    _stale_after_s: float
+    _slot_s: float
+    _next_sweep: float
+    _next_emit: float
+    _sets: dict[tuple[str, str, Any, int], WindowSet]
+    _numbered: dict[int, WindowSet]
+    _codec: PendingCodec
+    _dirty_sets: list[WindowSet]
+    _dirty_windows: list[Window]
+    _buffered: int
+    observe: Callable[[float], None]
+    prediction: Callable[..., bool]
+    label: Callable[..., bool]
+    _resolve_label: Callable[..., str]
+    _pair: Callable[..., str | None]
+
+    def receive_many(self, records: Sequence[Prediction | Label],
+                     where: Callable[[int], dict[str, Any]] | None = None) -> None:
+        """``receive(records[i], **where(i))`` for each record in turn; ``where`` is asked only
+        for the records that may need it (a dead letter, a label that waits)."""
+        lag, stale_after, slot_s = self._lag_s, self._stale_after_s, self._slot_s
+        models, sets, numbered = self.models, self._sets, self._numbered
+        join, health = self.join, self.health
+        insert, pair_pending, pack = join.insert_prediction, join.pair_pending, self._codec.pack
+        ttl = join.ttl_s
+        deferred: list[Deferred] = []
+        defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
+        dirty_sets = self._dirty_sets
+        wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
+        for i, record in enumerate(records):
+            ts = record.timestamp
+            if ts - lag > wm or ts >= next_emit:
+                if ts - lag >= next_sweep or ts >= next_emit:
+                    self._count_deferred(deferred)
+                    self.observe(ts)
+                    wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
+                    sets, numbered, dirty_sets = self._sets, self._numbered, self._dirty_sets  # replaced there
+                else:
+                    wm = self.watermark = ts - lag
+            if type(record) is Prediction:
+                model = models.get(record.model)
+                if model is not None and model.classes is not None and ts + stale_after > wm:
+                    guess = model.classes.ids.get(record.value) if type(record.value) is str else None
+                    wset = sets.get((model.name, record.model_version, record.segment, int(ts // slot_s)))
+                    if guess is not None and wset is not None:
+                        entry = pack(ts, wset.number, False, guess, record.scores)
+                        if insert(compact_id(record.request_id), model.number, entry, ts):
+                            health.predictions += 1
+                            wset.predictions += 1
+                            if not wset.dirty:
+                                wset.dirty = True
+                                dirty_sets.append(wset)
+                            continue
+                self._count_deferred(deferred)
+                self.prediction(record, **(where(i) if where is not None else {}))
+                continue
+            value = record.value
+            if type(value) is str:
+                known = pair_pending(compact_id(record.request_id), (ts, value))
+                if known is not None:
+                    health.labels += 1
+                    if ts - pending_ts(known) > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
+                        health.expired_predictions += 1
+                        health.late_labels += 1
+                        continue
+                    wset = numbered.get(_NUMBER(known, 8)[0])
+                    classes = None if wset is None else wset.model.classes
+                    truth = 0 if wset is None else None if classes is None else classes.ids.get(value)
+                    if truth is not None and defer:
+                        health.joined_labels += 1
+                        deferred.append((known, value, ts, record.request_id, wset, truth))
+                        if wset is not None and not wset.dirty:  # in the order ``_pair`` marks them
+                            wset.dirty = True
+                            dirty_sets.append(wset)
+                        continue
+                    self._count_deferred(deferred)
+                    self._resolve_label((ts, value), [(JOINED, known)], record.request_id,
+                                        **(where(i) if where is not None else {}))
+                    continue
+            self._count_deferred(deferred)
+            self.label(record, **(where(i) if where is not None else {}))
+        self._count_deferred(deferred)
+
+    def _count_deferred(self, deferred: list[Deferred]) -> None:
+        """Count the pairs the loop formed, as ``_pair`` would one by one, and empty the list."""
+        if not deferred:
+            return
+        if len(deferred) < BULK_PAIRS:
+            for known, value, ts, request_id, _, _ in deferred:
+                self._pair(known, (ts, value), request_id)
+            deferred.clear()
+            return
+        self._count_bulk(deferred)
+        deferred.clear()
+
+    def _count_bulk(self, deferred: list[Deferred]) -> None:
+        """``_pair`` for many pairs at once, to the same counts and sums."""
+        health = self.health
+        table = self._codec.unpack_many([item[0] for item in deferred])
+        if table is None:  # entries of several sizes (score layouts): one by one
+            for known, value, ts, request_id, _, _ in deferred:
+                self._pair(known, (ts, value), request_id)
+            return
+        lags = np.array([item[2] for item in deferred]) - table["ts"]
+        total = health.label_lag_sum_s
+        for lag in lags.tolist():  # in order, as ``_pair`` adds them: the sum is a float
+            total += lag
+        health.label_lag_sum_s = total
+        counts = health.label_lag_buckets
+        for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags, side="left"),
+                                                   minlength=len(LAG_BUCKETS_S)).tolist()):
+            counts[bucket] += count
+        health.pairs += len(deferred)
+        self._register_score_names(deferred, table)
+        by_set: dict[int, list[int]] = {}
+        for i, item in enumerate(deferred):
+            if item[4] is not None:  # else all its windows are final: the join's count only
+                rows = by_set.get(id(item[4]))
+                if rows is None:
+                    by_set[id(item[4])] = [i]
+                else:
+                    rows.append(i)
+        for rows in by_set.values():
+            wset = deferred[rows[0]][4]
+            assert wset is not None
+            part = table[rows]
+            truths = np.array([deferred[i][5] for i in rows], dtype=np.int64)
+            wset.codes.frombytes(((truths << CODE_BITS) | part["guess"].astype(np.int64)).tobytes())
+            layouts = part["layout"]
+            for layout in np.unique(layouts).tolist():
+                if layout == NO_SCORES:
+                    continue
+                chosen = layouts == layout
+                if layout >= MAX_LAYOUTS:  # not a layout of scores: none here (see ``Ingest``)
+                    raise AssertionError(f"pending layout {layout} among classification pairs")
+                self._add_scores(wset, self._codec.layout(layout), truths[chosen], part["p"][chosen])
+            self._buffered += len(rows)
+            if not wset.dirty:
+                wset.dirty = True
+                self._dirty_sets.append(wset)
+
+    def _register_score_names(self, deferred: list[Deferred], table: np.ndarray) -> None:
+        """Number the score names new to a model in the order ``_pair`` would meet them."""
+        layouts = table["layout"]
+        scored = np.flatnonzero(layouts < MAX_LAYOUTS)
+        if not len(scored):
+            return
+        _, first = np.unique(table["number"][scored].astype(np.int64) << 8 | layouts[scored], return_index=True)
+        for i in np.sort(scored[first]).tolist():
+            wset = deferred[i][4]
+            if wset is not None:
+                index = wset.model.score_classes
+                for name in self._codec.layout(int(layouts[i])):
+                    index.id(name)
+
+    @staticmethod
+    def _add_scores(wset: WindowSet, names: tuple[str, ...], truths: npt.NDArray[np.int64],
+                    probs: npt.NDArray[np.float64]) -> None:
+        """``wset.add_scores`` for pairs whose scores share ``names`` (``probs``: a row each) and
+        whose labels are the class ids ``truths``: the same terms, bit for bit (numpy's IEEE
+        arithmetic, the logarithm from ``math`` as there), and the same histogram keys."""
+        classes = wset.model.classes
+        assert classes is not None
+        index = wset.model.score_classes
+        brier = np.zeros(len(truths))
+        p_true = np.zeros(len(truths))
+        found = np.zeros(len(truths), dtype=bool)
+        keys = np.empty(probs.shape, dtype=np.int64)
+        for k, name in enumerate(names):
+            cid = classes.ids.get(name)
+            is_true = truths == (-1 if cid is None else cid)
+            p = probs[:, k]
+            p_true = np.where(is_true, p, p_true)
+            found |= is_true
+            q = p - is_true
+            brier = brier + q * q
+            keys[:, k] = 2 * index.id(name) + is_true
+        brier = np.where(found, brier, brier + 1.0)
+        if len(names) == 2:
+            brier = brier / 2
+        clipped = np.clip(np.where(found, p_true, 0.0), EPS, ONE_MINUS_EPS)
+        log_loss = np.array([-log(x) for x in clipped.tolist()])
+        wset.scored += len(truths)
+        wset.terms.frombytes(np.column_stack((log_loss, brier)).tobytes())
+        wset.score_keys.frombytes(keys.tobytes())
+        wset.score_values.frombytes(np.ascontiguousarray(probs).tobytes())

@@ -1,0 +1,177 @@
+"""``Engine.receive_many`` (records in batches) against ``receive`` one record at a time, the
+reference: on generated streams (several models on a request, scores and none, multiclass and
+regression, segments, duplicates and corrections in any order, early, late and too-late labels,
+stale predictions, labels a model cannot take, limits reached, rules, every window kind) and any
+batch sizes from 1 up, the same metric records (revisions too), alert events, dead letters,
+health counts and pending state, in the same order."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream.config import Config
+from stream.core import ingest
+from stream.core.engine import Engine
+from stream.core.ingest import BULK_PAIRS
+from stream.core.records import Label, Prediction, parse_label, parse_prediction
+from stream.core.windows import WindowSpec
+from stream.errors import InvalidRecord
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_600_000_000.0
+MODELS = ("m", "n", "k", "r")  # binary with scores, binary, multiclass with scores, regression
+
+label = st.fixed_dictionaries({"delay": st.integers(-30, 260),
+                               "value": st.sampled_from(["a", "b", "c", "d", 1, 2.5, True])})
+request = st.fixed_dictionaries({
+    "ts": st.integers(0, 400),
+    "models": st.sampled_from([("m",), ("n",), ("k",), ("r",), ("m", "n"), ("m", "k", "r")]),
+    "pred": st.sampled_from(["a", "b", "c"]),
+    "score": st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]),
+    "segment": st.sampled_from(["x", "y", None]),
+    "version": st.sampled_from(["v1", "v1", "v2"]),
+    "labels": st.lists(label, max_size=3),
+    "again": st.lists(st.integers(-40, 40), max_size=2),  # the same model's prediction again, this much later
+})
+setting = st.fixed_dictionaries({
+    "join_ttl_s": st.sampled_from([60, 100]),
+    "watermark_lag_s": st.sampled_from([1, 20, 100_000]),
+    "emit_interval_s": st.sampled_from([10, 60]),
+    "duplicate_labels": st.sampled_from(["earliest", "latest"]),
+    "windows": st.sampled_from([["tumbling 50s", "cumulative"],
+                                [{"kind": "hopping", "size": "100s", "hop": "50s"}, "rolling 4"],
+                                ["tumbling 1h", "tumbling 1d", "cumulative"]]),
+    "max_classes": st.sampled_from([3, 100]),
+    "max_models": st.sampled_from([2, 100]),
+})
+
+
+def records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(requests):
+        rid, ts = f"r{i}", T0 + r["ts"]
+        for model in r["models"]:
+            for delay in (0, *r["again"]):
+                pred: dict[str, Any] = {"request_id": rid, "model": model, "model_version": r["version"],
+                                        "timestamp": ts + delay, "prediction": r["pred"]}
+                if r["segment"]:
+                    pred["segment"] = {"region": r["segment"]}
+                if model == "m":
+                    pred["scores"] = {"a": r["score"], "b": 1.0 - r["score"]}
+                elif model == "k":
+                    pred["scores"] = {"a": r["score"], "b": (1.0 - r["score"]) / 2, "c": (1.0 - r["score"]) / 2}
+                elif model == "r":
+                    pred["prediction"] = r["ts"] % 7 + delay / 10
+                out.append(pred)
+        for lab in r["labels"]:
+            out.append({"request_id": rid, "timestamp": ts + lab["delay"], "label": lab["value"]})
+    return out
+
+
+def parsed(raw: list[dict[str, Any]]) -> list[Prediction | Label]:
+    out: list[Prediction | Label] = []
+    for obj in raw:
+        with contextlib.suppress(InvalidRecord):  # else the adapter's dead letter, not the engine's
+            out.append(parse_prediction(obj) if "prediction" in obj else parse_label(obj))
+    return out
+
+
+def configured(options: dict[str, Any]) -> Config:
+    first, last = (WindowSpec.parse(options["windows"][i]).name for i in (0, -1))
+    return Config.from_mapping({**options, "regression_models": ["r"], "rules": [
+        {"name": "Low", "metric": "accuracy", "window": first, "below": 0.6, "min_samples": 1},
+        {"name": "Wrong", "metric": "mae", "window": last, "above": 2, "models": ["r"]}]})
+
+
+def outcome(engine: Engine) -> dict[str, Any]:
+    return {"records": engine.metric_records, "alerts": engine.alert_events, "dead": engine.dead_letters,
+            "health": engine.health, "pending": engine.pending(), "watermark": engine.watermark}
+
+
+def one_by_one(config: Config, events: list[Prediction | Label], revisions: bool) -> dict[str, Any]:
+    engine = Engine(config, revisions=revisions)
+    for i, record in enumerate(events):
+        engine.receive(record, line=i)
+    engine.finish()
+    return outcome(engine)
+
+
+def in_batches(config: Config, events: list[Prediction | Label], revisions: bool,
+               sizes: list[int]) -> dict[str, Any]:
+    engine = Engine(config, revisions=revisions)
+    start, turn = 0, 0
+    while start < len(events):
+        size = sizes[turn % len(sizes)]
+        engine.receive_many(events[start:start + size], lambda i, at=start: {"line": at + i})
+        start, turn = start + size, turn + 1
+    engine.finish()
+    return outcome(engine)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(request, min_size=1, max_size=60), options=setting, seed=st.integers(0, 2**32 - 1),
+       order=st.sampled_from(["time", "shuffled", "nearly"]), revisions=st.booleans(),
+       sizes=st.lists(st.integers(1, 3 * BULK_PAIRS), min_size=1, max_size=4),
+       bulk=st.sampled_from([1, 3, BULK_PAIRS]))
+def test_batches_give_what_one_record_at_a_time_gives(requests: list[dict[str, Any]], options: dict[str, Any],
+                                                      seed: int, order: str, revisions: bool,
+                                                      sizes: list[int], bulk: int) -> None:
+    """``bulk``: pairs from which they are counted as arrays (``BULK_PAIRS``), low so that
+    short streams take that path too."""
+    config = configured(options)
+    events = parsed(records(requests))
+    rng = random.Random(seed)
+    if order == "time":
+        events.sort(key=lambda r: r.timestamp)
+    elif order == "shuffled":
+        rng.shuffle(events)
+    else:  # in time order but for a few seconds' jitter
+        events.sort(key=lambda r: r.timestamp + rng.uniform(0, 30))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "BULK_PAIRS", bulk)
+        assert in_batches(config, events, revisions, sizes) == one_by_one(config, events, revisions)
+
+
+def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures() -> None:
+    """A long stream in time order, batches far above ``BULK_PAIRS``: the array path, scored
+    (binary and multiclass) and not, equal to one record at a time."""
+    rng = random.Random(7)
+    requests = [{"ts": i // 3, "models": rng.choice([("m",), ("n",), ("k",), ("m", "k")]),
+                 "pred": rng.choice("abc"), "score": rng.choice([0.1, 0.3, 0.8]), "segment": rng.choice("xy"),
+                 "version": "v1", "labels": [{"delay": rng.randrange(1, 90), "value": rng.choice("abc")}],
+                 "again": []} for i in range(3000)]
+    options = {"join_ttl_s": 100, "watermark_lag_s": 1, "emit_interval_s": 60, "duplicate_labels": "earliest",
+               "windows": ["tumbling 50s", "cumulative"], "max_classes": 100, "max_models": 100}
+    config = configured(options)
+    events = sorted(parsed(records(requests)), key=lambda r: r.timestamp)
+    reference = one_by_one(config, events, revisions=False)
+    assert reference["health"].pairs > 2000
+    assert in_batches(config, events, False, [4096]) == reference
+
+
+def test_windows_are_emitted_in_the_order_their_pairs_and_predictions_came() -> None:
+    """A pair counted later, with others, still marks its windows changed where it came: between
+    two predictions of other segments, its segment's records come between theirs."""
+    config = configured({"join_ttl_s": 100, "watermark_lag_s": 1, "emit_interval_s": 60,
+                         "duplicate_labels": "earliest", "windows": ["tumbling 1h"], "max_classes": 100,
+                         "max_models": 100})
+    raw = [{"request_id": f"p{i}", "model": "n", "timestamp": T0 + i, "prediction": "a",
+            "segment": {"region": region}} for i, region in enumerate("xyz")]
+    raw += [{"request_id": "p1", "timestamp": T0 + 61, "label": "a"},  # segment y's pair
+            {"request_id": "q", "model": "n", "timestamp": T0 + 62, "prediction": "a", "segment": {"region": "z"}},
+            {"request_id": "p0", "timestamp": T0 + 63, "label": "b"},
+            {"request_id": "later", "model": "m", "timestamp": T0 + 125, "prediction": "a"}]  # a flush
+    events = parsed(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "BULK_PAIRS", 1)
+        batched = in_batches(config, events, True, [len(events)])
+    reference = one_by_one(config, events, True)
+    assert [r["segment"] for r in batched["records"]] == [r["segment"] for r in reference["records"]]
+    assert batched == reference
