@@ -20,7 +20,7 @@ from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.ingest import Ingest
+from stream.core.ingest import FOLD_PAIRS, Ingest
 from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
@@ -34,7 +34,6 @@ from stream.core.windows import WindowSpec
 __all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
-FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 
 
 class Engine(Revisions, Ingest):

@@ -23,10 +23,12 @@ from stream.core.join import JOINED, JoinBuffer, compact_id
 from stream.core.metrics import EPS, ONE_MINUS_EPS
 from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction
+from stream.core.rules import RuleBook
 from stream.core.series import Model, Window, WindowSet
 
 __all__ = ["BULK_PAIRS", "Ingest"]
 
+FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
 _NUMBER = struct.Struct("<I").unpack_from  # a pending prediction's window-set number, at byte 8
 _LAG_EDGES = np.array(LAG_BUCKETS_S)
@@ -42,7 +44,10 @@ class Ingest:
     health: Health
     join: JoinBuffer
     rolling_specs: list[Any]
+    revisions: bool
+    rules: RuleBook
     watermark: float
+    _final_heap: list[tuple[float, int, Window]]
     _lag_s: float
     _stale_after_s: float
     _slot_s: float
@@ -77,7 +82,8 @@ class Ingest:
             ts = record.timestamp
             if ts - lag > wm or ts >= next_emit:
                 if ts - lag >= next_sweep or ts >= next_emit:
-                    self._count_deferred(deferred)
+                    if deferred and self._folds(ts):
+                        self._count_deferred(deferred)
                     self.observe(ts)
                     wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
                     sets, numbered, dirty_sets = self._sets, self._numbered, self._dirty_sets  # replaced there
@@ -126,6 +132,15 @@ class Ingest:
             self._count_deferred(deferred)
             self.label(record, **(where(i) if where is not None else {}))
         self._count_deferred(deferred)
+
+    def _folds(self, ts: float) -> bool:
+        """Whether ``observe(ts)`` reads the windows' counts: it closes a window, or its flush
+        folds (see ``Engine.flush``). Else the pairs formed so far may wait to be counted."""
+        watermark = ts - self._lag_s
+        heap = self._final_heap
+        if watermark > self.watermark and watermark >= self._next_sweep and heap and heap[0][0] <= watermark:
+            return True
+        return ts >= self._next_emit and (self.revisions or bool(self.rules.rules) or self._buffered >= FOLD_PAIRS)
 
     def _count_deferred(self, deferred: list[Deferred]) -> None:
         """Count the pairs the loop formed, as ``_pair`` would one by one, and empty the list."""

@@ -46,7 +46,7 @@ SOURCES = ("predictions", "labels")
 ROW_BITS = 32  # an event's sequence number: (input index << ROW_BITS) | row number
 ROW_MASK = (1 << ROW_BITS) - 1
 Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, sequence number, record)
-STATUS_EVERY = 4096  # events between progress refreshes
+FEED_EVENTS = 4096  # events the engine takes at a time (and between progress refreshes)
 
 
 class _OutOfOrder(Exception):
@@ -232,23 +232,28 @@ def _timestamp(event: Event) -> float:
 
 def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
          files: list[list[tuple[str, bool]]] | None = None, progress: Progress | None = None) -> None:
-    """Every event through the engine in the order given, then the end of input; the outboxes are
-    drained into ``sink`` as they fill. ``files[kind][input]`` (its name, and whether it counts
-    lines rather than rows) says where a record the engine refuses came from."""
-    receive = engine.receive
-    records, dead = engine.metric_records, engine.dead_letters  # alerts only follow records
-    for count, (_, kind, sequence, record) in enumerate(events):
+    """Every event through the engine in the order given (``FEED_EVENTS`` at a time: see
+    ``Engine.receive_many``), then the end of input; the outboxes are drained into ``sink`` after
+    each batch. ``files[kind][input]`` (its name, and whether it counts lines rather than rows)
+    says where a record the engine refuses came from."""
+    iterator = iter(events)
+    while True:
+        batch = list(itertools.islice(iterator, FEED_EVENTS))
+        if not batch:
+            break
+        records = [event[3] for event in batch]
         if files is None:
-            receive(record)
+            engine.receive_many(records)
         else:
-            name, lines = files[kind][sequence >> ROW_BITS]
-            if lines:
-                receive(record, file=name, line=sequence & ROW_MASK)
-            else:
-                receive(record, file=name, row=sequence & ROW_MASK)
-        if records or dead:
+            def where(i: int, batch: list[Event] = batch) -> dict[str, Any]:
+                _, kind, sequence, _ = batch[i]
+                name, lines = files[kind][sequence >> ROW_BITS]
+                return {"file": name, "line" if lines else "row": sequence & ROW_MASK}
+
+            engine.receive_many(records, where)
+        if engine.metric_records or engine.dead_letters:  # alerts only follow records
             sink.drain(engine)
-        if progress is not None and not count % STATUS_EVERY:
+        if progress is not None:
             progress.status(engine.health.pairs, engine.watermark)
     engine.finish()
     sink.drain(engine)
