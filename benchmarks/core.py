@@ -3,7 +3,8 @@
     python -m benchmarks.core --pairs 1000000 [--repeat 3] [--replay]
 
 Measures, on one core: (1) the engine alone on parsed records, with scores (two classes) and
-without, in turns, and what scores cost a pair (log loss, Brier, and the histograms of ROC AUC,
+without, in batches (``receive_many``), and with scores one by one (``receive``), against
+``orjson.loads`` decoding the same records as JSON lines, in turns; what scores cost a pair (log loss, Brier, and the histograms of ROC AUC,
 average precision and calibration); (2) with --replay, `mlmon replay` from JSONL files (decode +
 validation + engine), with scores; and the memory held per pending prediction.
 Prints a JSON report; medians over --repeat runs.
@@ -46,19 +47,22 @@ def raw_events(pairs: int, label_delay_mean_s: float = 300.0,
     ))
 
 
-def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: Config, chunk: int = 10_000) -> float:
+def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: Config, chunk: int = 10_000,
+               batched: bool = True) -> float:
     """Pairs per second of the engine alone. Records are parsed chunk by chunk, untimed, just
-    before the engine sees them, as a streaming adapter hands over freshly decoded records."""
+    before the engine sees them, as a streaming adapter hands over freshly decoded records: a
+    chunk at a time (``receive_many``), or, ``batched`` off, one by one (``receive``)."""
     engine = Engine(config)
-    receive = engine.receive
     gc.collect()
     elapsed = 0.0
     for offset in range(0, len(events), chunk):
-        batch = [(ts, kind, parse_prediction(raw) if kind == 0 else parse_label(raw))
-                 for ts, kind, _, raw in events[offset:offset + chunk]]
+        batch = [parse_prediction(raw) if kind == 0 else parse_label(raw) for _, kind, _, raw in events[offset:offset + chunk]]
         started = time.perf_counter()
-        for _, _, record in batch:
-            receive(record)
+        if batched:
+            engine.receive_many(batch)
+        else:
+            for record in batch:
+                engine.receive(record)
         engine.metric_records.clear()
         elapsed += time.perf_counter() - started
     started = time.perf_counter()
@@ -66,6 +70,17 @@ def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: 
     elapsed += time.perf_counter() - started
     assert engine.balance() == {"predictions": 0, "labels": 0}
     return engine.health.pairs / elapsed
+
+
+def decode_run(events: list[tuple[float, int, int, dict[str, object]]]) -> float:
+    """Pairs per second of ``orjson.loads`` alone on the same records as JSON lines."""
+    lines = [orjson.dumps(raw) for _, _, _, raw in events]
+    pairs = sum(kind for _, kind, _, _ in events)  # one label a pair
+    loads = orjson.loads
+    started = time.perf_counter()
+    for line in lines:
+        loads(line)
+    return pairs / (time.perf_counter() - started)
 
 
 def bytes_per_pending(n: int, config: Config) -> float:
@@ -116,12 +131,19 @@ def main() -> None:
     unscored = raw_events(args.pairs, args.label_delay_mean_s, with_scores=False)
     gc.collect()
     gc.freeze()
-    runs, runs_unscored = [], []
-    for _ in range(args.repeat):  # in turns, so that the machine's drift reaches both alike
+    runs, runs_unscored, runs_one, decodes = [], [], [], []
+    for _ in range(args.repeat):  # in turns, so that the machine's drift reaches all alike
         runs.append(engine_run(events, config))
         runs_unscored.append(engine_run(unscored, config))
+        runs_one.append(engine_run(events, config, batched=False))
+        decodes.append(decode_run(events))
     del events, unscored
-    report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs]}
+    decode = statistics.median(decodes)
+    report["orjson_decode_pairs_per_s"] = {"median": round(decode), "runs": [round(r) for r in decodes]}
+    report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs],
+                                    "ratio_to_decode": round(statistics.median(runs) / decode, 3)}
+    report["engine_one_by_one_pairs_per_s"] = {"median": round(statistics.median(runs_one)),
+                                               "runs": [round(r) for r in runs_one]}
     report["engine_unscored_pairs_per_s"] = {"median": round(statistics.median(runs_unscored)),
                                              "runs": [round(r) for r in runs_unscored]}
     # What scores cost a pair: log loss, Brier, and the score histograms (AUC, AP, calibration)

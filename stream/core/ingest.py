@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import JOINED, JoinBuffer, compact_id
+from stream.core.join import JOINED, JoinBuffer, compact_ids
 from stream.core.metrics import EPS, ONE_MINUS_EPS
 from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction
@@ -78,6 +78,7 @@ class Ingest:
         defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
         dirty_sets = self._dirty_sets
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
+        keys = compact_ids([record.request_id for record in records])
         for i, record in enumerate(records):
             ts = record.timestamp
             if ts - lag > wm or ts >= next_emit:
@@ -96,7 +97,7 @@ class Ingest:
                     wset = sets.get((model.name, record.model_version, record.segment, int(ts // slot_s)))
                     if guess is not None and wset is not None:
                         entry = pack(ts, wset.number, False, guess, record.scores)
-                        if insert(compact_id(record.request_id), model.number, entry, ts):
+                        if insert(keys[i], model.number, entry, ts):
                             health.predictions += 1
                             wset.predictions += 1
                             if not wset.dirty:
@@ -108,7 +109,7 @@ class Ingest:
                 continue
             value = record.value
             if type(value) is str:
-                known = pair_pending(compact_id(record.request_id), (ts, value))
+                known = pair_pending(keys[i], (ts, value))
                 if known is not None:
                     health.labels += 1
                     if ts - pending_ts(known) > ttl:  # late: the prediction expires, as ``_resolve_label`` counts

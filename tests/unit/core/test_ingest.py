@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import uuid
 from typing import Any
 
 import pytest
@@ -53,10 +54,11 @@ setting = st.fixed_dictionaries({
 })
 
 
-def records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def records(requests: list[dict[str, Any]], uuids: bool = False) -> list[dict[str, Any]]:
+    """``uuids``: request ids are canonical UUIDs (compacted to numbers), else short strings."""
     out: list[dict[str, Any]] = []
     for i, r in enumerate(requests):
-        rid, ts = f"r{i}", T0 + r["ts"]
+        rid, ts = str(uuid.UUID(int=i * 7919)) if uuids else f"r{i}", T0 + r["ts"]
         for model in r["models"]:
             for delay in (0, *r["again"]):
                 pred: dict[str, Any] = {"request_id": rid, "model": model, "model_version": r["version"],
@@ -119,14 +121,14 @@ def in_batches(config: Config, events: list[Prediction | Label], revisions: bool
 @given(requests=st.lists(request, min_size=1, max_size=60), options=setting, seed=st.integers(0, 2**32 - 1),
        order=st.sampled_from(["time", "shuffled", "nearly"]), revisions=st.booleans(),
        sizes=st.lists(st.integers(1, 3 * BULK_PAIRS), min_size=1, max_size=4),
-       bulk=st.sampled_from([1, 3, BULK_PAIRS]))
+       bulk=st.sampled_from([1, 3, BULK_PAIRS]), uuids=st.booleans())
 def test_batches_give_what_one_record_at_a_time_gives(requests: list[dict[str, Any]], options: dict[str, Any],
                                                       seed: int, order: str, revisions: bool,
-                                                      sizes: list[int], bulk: int) -> None:
+                                                      sizes: list[int], bulk: int, uuids: bool) -> None:
     """``bulk``: pairs from which they are counted as arrays (``BULK_PAIRS``), low so that
     short streams take that path too."""
     config = configured(options)
-    events = parsed(records(requests))
+    events = parsed(records(requests, uuids))
     rng = random.Random(seed)
     if order == "time":
         events.sort(key=lambda r: r.timestamp)
@@ -150,7 +152,7 @@ def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures() -> None:
     options = {"join_ttl_s": 100, "watermark_lag_s": 1, "emit_interval_s": 60, "duplicate_labels": "earliest",
                "windows": ["tumbling 50s", "cumulative"], "max_classes": 100, "max_models": 100}
     config = configured(options)
-    events = sorted(parsed(records(requests)), key=lambda r: r.timestamp)
+    events = sorted(parsed(records(requests, uuids=True)), key=lambda r: r.timestamp)
     reference = one_by_one(config, events, revisions=False)
     assert reference["health"].pairs > 2000
     assert in_batches(config, events, False, [4096]) == reference

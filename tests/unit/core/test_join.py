@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import uuid
 
-from stream.core.join import JoinBuffer, Outcome, is_pair
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.core.join import JoinBuffer, Outcome, compact_id, compact_ids, is_pair
 
 
 def test_prediction_then_label_joins() -> None:
@@ -202,3 +206,18 @@ def test_a_waiting_label_is_replaced_by_one_that_wins() -> None:
     jb.add_label("s", (40.0, "first"))
     assert jb.expire(155.0) == ([], [(40.0, "first")])  # orphaned at the winner's deadline, once
     assert jb.expire(300.0) == ([], [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(numbers=st.lists(st.integers(0, 2**128 - 1), min_size=16, max_size=40),
+       edits=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 35), st.sampled_from("0aFg-_ é")), max_size=6),
+       upper=st.booleans())
+def test_compact_ids_equal_compact_id_of_each(numbers: list[int], edits: list[tuple[int, int, str]],
+                                              upper: bool) -> None:
+    ids = [str(uuid.UUID(int=n)) for n in numbers]
+    for row, at, char in edits:
+        if row < len(ids):
+            ids[row] = ids[row][:at] + char + ids[row][at + 1:]
+    if upper and ids:
+        ids[0] = ids[0].upper()
+    assert compact_ids(ids) == [compact_id(r) for r in ids]
