@@ -9,6 +9,7 @@ the pairs counted so far, so that every count is made in the order ``receive`` m
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from math import log
@@ -69,6 +70,21 @@ class Ingest:
                      where: Callable[[int], dict[str, Any]] | None = None) -> None:
         """``receive(records[i], **where(i))`` for each record in turn; ``where`` is asked only
         for the records that may need it (a dead letter, a label that waits)."""
+        self._ingest(records, where, True, None, None)
+
+    def take_many(self, records: Sequence[Prediction | Label], where: Callable[[int], dict[str, Any]] | None = None,
+                  on_error: Callable[[int, Exception], None] | None = None) -> list[bool]:
+        """``prediction`` or ``label`` of each record in turn, without moving event time (an
+        adapter that keeps its own watermark calls ``observe``): whether each was taken in.
+        ``where(i)`` holds what those take besides the record (a prediction's ``raw``, where it
+        came from). A record whose handling raises is not taken, and ``on_error(i, exc)`` hears
+        of it (without, it propagates); the others go on."""
+        taken: list[bool] = []
+        self._ingest(records, where, False, taken, on_error)
+        return taken
+
+    def _ingest(self, records: Sequence[Prediction | Label], where: Callable[[int], dict[str, Any]] | None,
+                observe: bool, taken: list[bool] | None, on_error: Callable[[int, Exception], None] | None) -> None:
         lag, stale_after, slot_s = self._lag_s, self._stale_after_s, self._slot_s
         models, sets, numbered = self.models, self._sets, self._numbered
         join, health = self.join, self.health
@@ -78,7 +94,10 @@ class Ingest:
         defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
         dirty_sets = self._dirty_sets
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
+        if not observe:
+            lag = next_emit = math.inf  # never reached: event time stays where the adapter puts it
         keys = compact_ids([record.request_id for record in records])
+        took = taken.append if taken is not None else None
         for i, record in enumerate(records):
             ts = record.timestamp
             if ts - lag > wm or ts >= next_emit:
@@ -103,36 +122,57 @@ class Ingest:
                             if not wset.dirty:
                                 wset.dirty = True
                                 dirty_sets.append(wset)
+                            if took is not None:
+                                took(True)
                             continue
-                self._count_deferred(deferred)
-                self.prediction(record, **(where(i) if where is not None else {}))
-                continue
-            value = record.value
-            if type(value) is str:
-                known = pair_pending(keys[i], (ts, value))
-                if known is not None:
-                    health.labels += 1
-                    if ts - pending_ts(known) > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
-                        health.expired_predictions += 1
-                        health.late_labels += 1
+            else:
+                value = record.value
+                if type(value) is str:
+                    known = pair_pending(keys[i], (ts, value))
+                    if known is not None:
+                        health.labels += 1
+                        if took is not None:
+                            took(True)
+                        if ts - pending_ts(known) > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
+                            health.expired_predictions += 1
+                            health.late_labels += 1
+                            continue
+                        wset = numbered.get(_NUMBER(known, 8)[0])
+                        classes = None if wset is None else wset.model.classes
+                        truth = 0 if wset is None else None if classes is None else classes.ids.get(value)
+                        if truth is not None and defer:
+                            health.joined_labels += 1
+                            deferred.append((known, value, ts, record.request_id, wset, truth))
+                            if wset is not None and not wset.dirty:  # in the order ``_pair`` marks them
+                                wset.dirty = True
+                                dirty_sets.append(wset)
+                            continue
+                        self._count_deferred(deferred)
+                        self._general(i, record, where, on_error, known)
                         continue
-                    wset = numbered.get(_NUMBER(known, 8)[0])
-                    classes = None if wset is None else wset.model.classes
-                    truth = 0 if wset is None else None if classes is None else classes.ids.get(value)
-                    if truth is not None and defer:
-                        health.joined_labels += 1
-                        deferred.append((known, value, ts, record.request_id, wset, truth))
-                        if wset is not None and not wset.dirty:  # in the order ``_pair`` marks them
-                            wset.dirty = True
-                            dirty_sets.append(wset)
-                        continue
-                    self._count_deferred(deferred)
-                    self._resolve_label((ts, value), [(JOINED, known)], record.request_id,
-                                        **(where(i) if where is not None else {}))
-                    continue
             self._count_deferred(deferred)
-            self.label(record, **(where(i) if where is not None else {}))
+            outcome = self._general(i, record, where, on_error, None)
+            if took is not None:
+                took(outcome)
         self._count_deferred(deferred)
+
+    def _general(self, i: int, record: Prediction | Label, where: Callable[[int], dict[str, Any]] | None,
+                 on_error: Callable[[int, Exception], None] | None, paired: PendingPrediction | None) -> bool:
+        """A record the loop does not decide, through the per-record path (``paired``: a label
+        the join just paired with that prediction, to count as ``_resolve_label`` does)."""
+        try:
+            extra = where(i) if where is not None else {}
+            if paired is not None:
+                self._resolve_label((record.timestamp, record.value), [(JOINED, paired)], record.request_id, **extra)
+                return True
+            if type(record) is Prediction:
+                return self.prediction(record, **extra)
+            return self.label(record, **extra)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(i, exc)
+            return False
 
     def _folds(self, ts: float) -> bool:
         """Whether ``observe(ts)`` reads the windows' counts: it closes a window, or its flush

@@ -60,6 +60,7 @@ __all__ = [
     "WATERMARK_KEY",
     "Join",
     "Output",
+    "Queue",
     "Unsaved",
 ]
 
@@ -81,6 +82,17 @@ PRUNE_SLACK_S = 120.0
 # the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+
+@dataclass
+class Queue:
+    """Records of one partition waiting for its engine (``Join.settle``): each with its raw JSON
+    and what its engine call takes besides (a prediction's dead-letter form, where it came from)."""
+
+    records: list[Prediction | Label] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    where: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass
@@ -114,6 +126,7 @@ class Join:
         self.times = EventTimes([source_name(s, p) for s, n in inputs.items() for p in range(n)], own)
         self.saved_marks: dict[str, float] = {}  # "predictions/3" -> event time, as the table has it
         self.unsaved: dict[int, Unsaved] = {}
+        self.queued: dict[int, Queue] = {}  # records for the engines, fed at once (see ``settle``)
         self.offsets: dict[tuple[str, int], int] = {}  # last offset handled per input topic-partition
         self.lag: dict[tuple[str, int], int] = {}  # records behind the high-water mark (set by the worker)
         self.prune_due: dict[int, list[tuple[str, int]]] = defaultdict(list)
@@ -142,6 +155,7 @@ class Join:
         saved yet is dropped: its messages were not committed, so Kafka delivers them again.
         One partition at a time, so only one partition's records are ever decoded at once."""
         self.times.clear()
+        self.queued.clear()  # as the unsaved ones: their messages were not committed
         self.saved_marks = {}
         batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         snapshots: dict[int, list[list[Any]]] = {}
@@ -166,11 +180,7 @@ class Join:
             rows.sort(key=lambda r: (r[0], r[1]))
             engine = self.engine(partition)
             restore_rolling(engine, snapshots.get(partition, []))  # pairs of pruned batches
-            for _, kind, record in rows:
-                if kind == 0:
-                    engine.prediction(record)  # type: ignore[arg-type]
-                else:
-                    engine.label(record)  # type: ignore[arg-type]
+            engine.take_many([record for _, _, record in rows])
             del rows
             watermark = self.watermark(partition)
             if math.isfinite(watermark):
@@ -266,21 +276,43 @@ class Join:
         return record, obj
 
     def _take(self, at: int, source: str, record: Prediction | Label, obj: Any, raw: bytes, **where: Any) -> None:
-        """Feed partition ``at``'s engine; what it took in is kept for the next save."""
-        engine = self.engine(at)
-        unsaved = self.unsaved.get(at) or self._unsaved(at)
-        if source == "predictions":
-            taken = engine.prediction(record, raw=obj, **where)  # type: ignore[arg-type]
-            if taken:
-                unsaved.predictions.append(raw)
-        else:
-            taken = engine.label(record, **where)  # type: ignore[arg-type]
-            if taken:
-                unsaved.labels.append(raw)
-        if taken:
-            unsaved.size += len(raw)
-            if record.timestamp > unsaved.last_ts:
-                unsaved.last_ts = record.timestamp
+        """Queue a record for partition ``at``'s engine (see ``settle``)."""
+        queue = self.queued.get(at)
+        if queue is None:
+            queue = self.queued[at] = Queue()
+        queue.records.append(record)
+        queue.raws.append(raw)
+        queue.where.append({"raw": obj, **where} if source == "predictions" else where)
+        queue.size += len(raw)
+
+    def settle(self, partition: int | None = None) -> None:
+        """Feed the queued records to their partition's engine (``partition``, else every one), a
+        batch at a time (``Engine.take_many``); what it took in is kept for the next save. A
+        record whose handling fails is logged and dead-lettered, and the others go on."""
+        for at in [partition] if partition is not None else list(self.queued):
+            queue = self.queued.pop(at, None)
+            if queue is None:
+                continue
+            engine = self.engine(at)
+            where = queue.where
+
+            def failed(i: int, exc: Exception, engine: Engine = engine, where: list[dict[str, Any]] = where,
+                       queue: Queue = queue) -> None:
+                at_ = where[i]
+                log.error("failed on %s[%s]@%s", at_.get("topic"), at_.get("partition"), at_.get("offset"),
+                          exc_info=exc)
+                source = "predictions" if type(queue.records[i]) is Prediction else "labels"
+                engine.dead_letter(source, raw_text(queue.raws[i]), "internal error (see worker log)",
+                                   **{k: v for k, v in at_.items() if k != "raw"})
+
+            taken = engine.take_many(queue.records, where.__getitem__, failed)
+            unsaved = self.unsaved.get(at) or self._unsaved(at)
+            for record, raw, took in zip(queue.records, queue.raws, taken, strict=True):
+                if took:
+                    (unsaved.predictions if type(record) is Prediction else unsaved.labels).append(raw)
+                    unsaved.size += len(raw)
+                    if record.timestamp > unsaved.last_ts:
+                        unsaved.last_ts = record.timestamp
 
     def _unsaved(self, partition: int) -> Unsaved:
         unsaved = self.unsaved.get(partition)
@@ -320,6 +352,7 @@ class Join:
         """Write what the partition took in since the last save as one batch, and its watermarks;
         return the [topic, first, last] offsets of the messages handled meanwhile, now safe to commit.
         (Inside faust this must run in that partition's event context: see ``in_partition``.)"""
+        self.settle(partition)
         unsaved = self.unsaved.pop(partition, None) or Unsaved()
         if unsaved.predictions or unsaved.labels:
             key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
@@ -338,8 +371,9 @@ class Join:
         return unsaved.offsets
 
     def unsaved_bytes(self, partition: int) -> int:
-        unsaved = self.unsaved.get(partition)
-        return 0 if unsaved is None else unsaved.size
+        """What the next save would write at most: taken in, or queued (not all may be taken)."""
+        unsaved, queue = self.unsaved.get(partition), self.queued.get(partition)
+        return (0 if unsaved is None else unsaved.size) + (0 if queue is None else queue.size)
 
     def prune(self, table: Any, partition: int) -> int:
         """Forget batches of this partition whose windows are all final (changelog deletes). Rolling
@@ -356,6 +390,7 @@ class Join:
             if keep:
                 self.prune_due[bucket].extend(keep)
         if gone and any(not w.timed for w in self.engine_config.windows):
+            self.settle(partition)
             snapshot = rolling_snapshot(self.engine(partition))
             table[f"{ROLLING_KEY}{partition}"] = zlib.compress(orjson.dumps(snapshot), BATCH_ZLIB_LEVEL)
         for key in gone:
@@ -365,6 +400,7 @@ class Join:
     def outputs(self) -> list[Output]:
         """(topic, key, value): partials keyed by model, and dead letters, since the last call."""
         config = self.config
+        self.settle()
         out = self.intake_outputs()
         for partition, engine in self.engines.items():
             for partial in engine.metric_records:
@@ -393,6 +429,7 @@ class Join:
             offsets[name] = self.offsets.get((topic, partition))
             lag[name] = self.lag.get((topic, partition), 0)
         self.times.refresh_idle(offsets, lag, now, self.config.idle_timeout_s)
+        self.settle()  # the records read before the watermark moves are counted before it
         for partition, low in self.times.advance(partitions).items():
             self.engine(partition).observe(low)
 
@@ -417,6 +454,7 @@ class Join:
 
     def totals(self) -> tuple[Health, tuple[int, int], float]:
         """Health and pending counts summed over this process's partitions, and the lowest watermark."""
+        self.settle()
         total = Health()
         pending = [0, 0]
         for engine in [*self.engines.values(), self.intake]:

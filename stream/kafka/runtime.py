@@ -31,6 +31,7 @@ __all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
 log = logging.getLogger("mlmon.worker")
 DEAD_LETTERS_AT_ONCE = 1000  # a partition's dead letters held at most until the next flush
+SETTLE_EVERY = 1024  # messages of a fetched list whose records a partition's engine takes at once
 Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic, key, value, partition
 
 
@@ -120,23 +121,29 @@ class Runtime:
             saved = []
             if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
                 with in_partition(config.repartition_topic, partition):
-                    saved = join.save(self.batches, partition)
+                    saved = join.save(self.batches, partition)  # (its queued records first: ``settle``)
                 if join.forwards:
                     await self.forward()  # before the saved messages count: some were forwarded
-            engine = join.engines[partition]
-            # Closed windows' partials go out at once (alert latency); dead letters wait for the flush
-            # timer, a batch at a time, unless many are waiting or their offsets are about to count.
-            dead = len(engine.dead_letters)
-            if engine.metric_records or dead >= DEAD_LETTERS_AT_ONCE or (dead and saved):
-                async with self.sending:
-                    await self.publish(join.outputs())
+            elif n % SETTLE_EVERY == 0 or n == len(messages):
+                join.settle(partition)  # the engine takes its records a batch at a time
+            await self.publish_due(join.engines[partition], saved)
             self.mark_handled(partition, saved)
             if n % 256 == 0:
                 if join.forwards:  # (waits for the sending lock, which a flush may hold)
                     await self.forward()
                 await asyncio.sleep(0)  # let timers run within a long batch
+        if own and partition in join.queued:  # the last messages were skipped (a rebalance came)
+            join.settle(partition)
         if join.forwards or join.passed:
             await self.forward()
+
+    async def publish_due(self, engine: Any, saved: list[list[Any]]) -> None:
+        """Closed windows' partials go out at once (alert latency); dead letters wait for the flush
+        timer, a batch at a time, unless many are waiting or their offsets are about to count."""
+        dead = len(engine.dead_letters)
+        if engine.metric_records or dead >= DEAD_LETTERS_AT_ONCE or (dead and saved):
+            async with self.sending:
+                await self.publish(self.join.outputs())
 
     def handle_one(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         try:

@@ -8,6 +8,7 @@ health counts and pending state, in the same order."""
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import uuid
 from typing import Any
@@ -177,3 +178,58 @@ def test_windows_are_emitted_in_the_order_their_pairs_and_predictions_came() -> 
     reference = one_by_one(config, events, True)
     assert [r["segment"] for r in batched["records"]] == [r["segment"] for r in reference["records"]]
     assert batched == reference
+
+
+def taking(config: Config, events: list[Prediction | Label], sizes: list[int], batched: bool) -> dict[str, Any]:
+    """As the Kafka worker feeds its engines: records taken in (``take_many``, or ``prediction``
+    and ``label`` one by one) between watermark moves of its own, and what each took in."""
+    engine = Engine(config, revisions=True, emit_partials=True)
+    taken: list[bool] = []
+    start, turn, latest = 0, 0, -math.inf
+    while start < len(events):
+        batch = events[start:start + sizes[turn % len(sizes)]]
+        if batched:
+            taken += engine.take_many(batch, lambda i, at=start: {"offset": at + i})
+        else:
+            for i, record in enumerate(batch, start):
+                taken.append(engine.prediction(record, offset=i) if type(record) is Prediction
+                             else engine.label(record, offset=i))  # type: ignore[arg-type]
+        latest = max([latest, *(r.timestamp for r in batch)])
+        engine.observe(latest - 15)
+        start, turn = start + len(batch), turn + 1
+    engine.finish()
+    return {**outcome(engine), "taken": taken}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(request, min_size=1, max_size=60), options=setting, seed=st.integers(0, 2**32 - 1),
+       sizes=st.lists(st.integers(1, 3 * BULK_PAIRS), min_size=1, max_size=4),
+       bulk=st.sampled_from([1, 3, BULK_PAIRS]), uuids=st.booleans())
+def test_taken_in_batches_as_one_by_one(requests: list[dict[str, Any]], options: dict[str, Any], seed: int,
+                                        sizes: list[int], bulk: int, uuids: bool) -> None:
+    """The worker's way (``take_many``): the same partials, dead letters, health and pending
+    state as ``prediction`` and ``label`` one by one, and the same records taken in (stored)."""
+    config = configured(options)
+    events = parsed(records(requests, uuids))
+    random.Random(seed).shuffle(events)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "BULK_PAIRS", bulk)
+        assert taking(config, events, sizes, True) == taking(config, events, sizes, False)
+
+
+def test_a_record_that_fails_is_not_taken_and_the_others_go_on() -> None:
+    config = configured({"join_ttl_s": 100, "watermark_lag_s": 1, "emit_interval_s": 60,
+                         "duplicate_labels": "earliest", "windows": ["tumbling 1h"], "max_classes": 100,
+                         "max_models": 100})
+    events = parsed([{"request_id": f"p{i}", "model": model, "timestamp": T0 + i, "prediction": "a"}
+                     for i, model in enumerate("nmn")])  # the second goes the per-record way
+    engine = Engine(config)
+    failed: list[int] = []
+
+    def where(i: int) -> dict[str, Any]:
+        if i == 1:
+            raise RuntimeError("a bug")
+        return {}
+
+    assert engine.take_many(events, where, lambda i, exc: failed.append(i)) == [True, False, True]
+    assert failed == [1] and engine.pending() == (2, 0)

@@ -40,6 +40,7 @@ def test_no_limit_when_max_future_is_zero() -> None:
     join.stale = False
     join.handle(config.predictions_topic, 0, 0, orjson.dumps(
         {"request_id": "r", "model": "m", "timestamp": time.time() + 10 * 86400, "prediction": "a"}))
+    join.settle()
     assert join.engines[0].dead_letters == [] and join.engines[0].health.predictions == 1
 
 
@@ -92,6 +93,7 @@ def test_a_record_on_another_partition_is_forwarded_to_its_own_and_counted_there
     assert join.unsaved[0].offsets == [[config.predictions_topic, 7, 7]]  # handled with partition 0's batch
     join.handle(config.repartition_topic, 1, 0, join.forwards.pop()[2])
     join.handle(config.labels_topic, 1, 0, orjson.dumps({"request_id": rid, "timestamp": start, "label": "a"}))
+    join.settle()
     assert join.engines[1].health.pairs == 1 and join.forwards == []
     table: dict[str, Any] = {}
     join.save(table, 1)

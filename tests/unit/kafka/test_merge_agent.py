@@ -24,6 +24,7 @@ def partials_of(config: Config, partition: int, pairs: int) -> list[dict[str, An
             {"request_id": rid, "model": "m", "timestamp": START + i, "prediction": "a"}))
         join.handle(config.labels_topic, 0, 2 * i + 1, orjson.dumps(
             {"request_id": rid, "timestamp": START + i, "label": "a"}))
+    join.settle()  # the engine takes the queued records
     join.engines[0].flush()
     return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
 
@@ -92,6 +93,7 @@ def partials_over(config: Config, partition: int, pairs: int, step_s: float) -> 
             {"request_id": rid, "model": "m", "timestamp": ts, "prediction": "a"}))
         join.handle(config.labels_topic, 0, 2 * i + 1, orjson.dumps(
             {"request_id": rid, "timestamp": ts, "label": "a" if i % 3 else "b"}))
+    join.settle()  # the engine takes the queued records
     join.engines[0].flush()
     return [orjson.loads(v)["partial"] for t, _, v in join.outputs() if t == config.partials_topic]
 
