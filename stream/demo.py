@@ -17,7 +17,7 @@ from typing import Any
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.keys import segment_label
-from stream.core.records import parse_label, parse_prediction
+from stream.core.records import Label, Prediction, parse_label, parse_prediction
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, for_engine, serve
 from stream.report import Inputs, read_topics, write_report
@@ -95,11 +95,18 @@ def run_demo(args: argparse.Namespace) -> int:
     report_path = _report_path(args)
     if not view.tty:
         print(f"mlmon demo: the HTML report will be written to {report_path} at the end", flush=True)
-    for ts, kind, raw in events:
-        wait = (ts - first_ts) / speed - (time.monotonic() - started)
+    at = 0
+    while at < len(events):  # the records whose time has come, a batch at a time
+        wait = (events[at][0] - first_ts) / speed - (time.monotonic() - started)
         if wait > 0:
             time.sleep(wait)
-        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
+        due = first_ts + (time.monotonic() - started) * speed
+        batch: list[Prediction | Label] = []
+        while at < len(events) and (not batch or events[at][0] <= due):
+            _, kind, raw = events[at]
+            batch.append(parse_prediction(raw) if kind == 0 else parse_label(raw))
+            at += 1
+        engine.receive_many(batch)
         delivery.submit(engine.alert_events)
         view.update(engine)
     engine.finish()
