@@ -22,7 +22,7 @@ from stream.core.confusion import CODE_BITS
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import JOINED, JoinBuffer, compact_ids
 from stream.core.metrics import EPS, ONE_MINUS_EPS
-from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingPrediction, pending_ts
+from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
 from stream.core.series import Model, Window, WindowSet
@@ -88,7 +88,8 @@ class Ingest:
         lag, stale_after, slot_s = self._lag_s, self._stale_after_s, self._slot_s
         models, sets, numbered = self.models, self._sets, self._numbered
         join, health = self.join, self.health
-        insert, pair_pending, pack = join.insert_prediction, join.pair_pending, self._codec.pack
+        insert, pair_pending, pair_waiting = join.insert_prediction, join.pair_pending, join.pair_waiting
+        pack = self._codec.pack
         ttl = join.ttl_s
         deferred: list[Deferred] = []
         defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
@@ -116,7 +117,9 @@ class Ingest:
                     wset = sets.get((model.name, record.model_version, record.segment, int(ts // slot_s)))
                     if guess is not None and wset is not None:
                         entry = pack(ts, wset.number, False, guess, record.scores)
-                        if insert(keys[i], model.number, entry, ts):
+                        waiting = None
+                        if insert(keys[i], model.number, entry, ts) or (
+                                waiting := pair_waiting(keys[i], model.number, entry, ts)) is not None:
                             health.predictions += 1
                             wset.predictions += 1
                             if not wset.dirty:
@@ -124,6 +127,20 @@ class Ingest:
                                 dirty_sets.append(wset)
                             if took is not None:
                                 took(True)
+                            if waiting is None:
+                                continue
+                            lts, value = waiting[0], waiting[1]
+                            if lts - ts > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
+                                health.expired_predictions += 1
+                                health.late_labels += 1
+                                continue
+                            truth = model.classes.ids.get(value) if type(value) is str else None
+                            if truth is not None and defer:
+                                health.joined_labels += 1
+                                deferred.append((entry, value, lts, record.request_id, wset, truth))
+                                continue
+                            self._count_deferred(deferred)
+                            self._general(i, record, where, on_error, (waiting, entry, False))
                             continue
             else:
                 value = record.value
@@ -148,7 +165,7 @@ class Ingest:
                                 dirty_sets.append(wset)
                             continue
                         self._count_deferred(deferred)
-                        self._general(i, record, where, on_error, known)
+                        self._general(i, record, where, on_error, ((ts, value), known, True))
                         continue
             self._count_deferred(deferred)
             outcome = self._general(i, record, where, on_error, None)
@@ -157,13 +174,16 @@ class Ingest:
         self._count_deferred(deferred)
 
     def _general(self, i: int, record: Prediction | Label, where: Callable[[int], dict[str, Any]] | None,
-                 on_error: Callable[[int, Exception], None] | None, paired: PendingPrediction | None) -> bool:
-        """A record the loop does not decide, through the per-record path (``paired``: a label
-        the join just paired with that prediction, to count as ``_resolve_label`` does)."""
+                 on_error: Callable[[int, Exception], None] | None,
+                 paired: tuple[PendingLabel, PendingPrediction, bool] | None) -> bool:
+        """A record the loop does not decide, through the per-record path; ``paired``: the label
+        and prediction the join just paired, to count as ``_resolve_label`` does (with where the
+        record came from, when it is the label)."""
         try:
             extra = where(i) if where is not None else {}
             if paired is not None:
-                self._resolve_label((record.timestamp, record.value), [(JOINED, paired)], record.request_id, **extra)
+                label, prediction, here = paired
+                self._resolve_label(label, [(JOINED, prediction)], record.request_id, **(extra if here else {}))
                 return True
             if type(record) is Prediction:
                 return self.prediction(record, **extra)

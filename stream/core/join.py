@@ -365,6 +365,24 @@ class JoinBuffer:
         self._prediction_due.add(ts + self.ttl_s, pkey)
         return True
 
+    def pair_waiting(self, key: Key, model: int, entry: Entry, ts: float) -> Entry | None:
+        """The other common case of ``add_prediction`` for a batch: the request's label waits, and
+        no prediction of any model came: they pair, and the label is returned (JOINED or LATE by
+        their timestamps). None, with nothing changed, when ``add_prediction`` must judge it."""
+        pkey = (key, model) if model else key
+        ids = self.ids
+        if not self.labels or pkey in ids or key not in self.labels:
+            return None
+        if self.several:
+            if key in self.others or (model and key in ids):
+                return None
+            if model:
+                self.others[key] = [model]
+        label = self.labels.pop(key)
+        ids[pkey] = pair(entry, label)
+        self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
+        return label
+
     def pair_pending(self, key: Key, entry: Entry) -> Entry | None:
         """The common case of ``add_label`` for a batch: the request's one prediction waits for it;
         they pair, and the prediction is returned (JOINED or LATE by their timestamps, as

@@ -233,3 +233,26 @@ def test_a_record_that_fails_is_not_taken_and_the_others_go_on() -> None:
 
     assert engine.take_many(events, where, lambda i, exc: failed.append(i)) == [True, False, True]
     assert failed == [1] and engine.pending() == (2, 0)
+
+
+def test_predictions_that_find_their_label_waiting_join_or_come_too_late() -> None:
+    """Labels first, then their predictions (as a worker reads two topics): each prediction pairs
+    with its waiting label, joined, or late when the label is stamped more than the TTL after it
+    (by 1 s, and by 0: joined); the same counts as one record at a time."""
+    config = configured({"join_ttl_s": 60, "watermark_lag_s": 100_000, "emit_interval_s": 60,
+                         "duplicate_labels": "earliest", "windows": ["tumbling 1h"], "max_classes": 100,
+                         "max_models": 100})
+    delays = [5, 60, 61, 30, 90, 59]
+    raw: list[dict[str, Any]] = [{"request_id": "first", "model": "m", "timestamp": T0, "prediction": "a",
+                                  "scores": {"a": 0.5, "b": 0.5}}]
+    raw += [{"request_id": f"r{i}", "timestamp": T0 + 100 + delay, "label": "ab"[i % 2]}
+            for i, delay in enumerate(delays)]
+    raw += [{"request_id": f"r{i}", "model": "m", "timestamp": T0 + 100, "prediction": "a",
+             "scores": {"a": 0.25, "b": 0.75}} for i in range(len(delays))]
+    events = parsed(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "BULK_PAIRS", 1)
+        batched = in_batches(config, events, False, [len(events)])
+    reference = one_by_one(config, events, False)
+    assert (reference["health"].late_labels, reference["health"].pairs) == (2, 4)
+    assert batched == reference
