@@ -62,6 +62,8 @@ class _Label(msgspec.Struct):
     label: Outcome
 
 
+SEGMENTS_KEPT = 4096  # distinct segments whose checked, sorted form is kept (a bound, whatever the input)
+_SEGMENTS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 _PREDICTIONS = msgspec.json.Decoder(_Prediction)
 _LABELS = msgspec.json.Decoder(_Label)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
@@ -147,10 +149,18 @@ def _scores(value: dict[str, float] | None) -> tuple[str | float, ...] | None:
 
 
 def _segment(value: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Checked and sorted, once per distinct segment (``SEGMENTS_KEPT`` of them are kept)."""
+    items = tuple(value.items())
+    known = _SEGMENTS.get(items)
+    if known is not None:
+        return known
     if len(value) > MAX_SEGMENT_KEYS:
         raise _Refused
-    for key, val in value.items():
+    for key, val in items:
         if (not key or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS or not key.isprintable()
                 or key.isspace() or not val.isprintable() or val.isspace()):
             raise _Refused
-    return tuple(sorted(value.items()))
+    segment = tuple(sorted(items))
+    if len(_SEGMENTS) < SEGMENTS_KEPT:
+        _SEGMENTS[items] = segment
+    return segment
