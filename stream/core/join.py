@@ -353,13 +353,8 @@ class JoinBuffer:
         when ``add_prediction`` must judge it."""
         pkey = (key, model) if model else key
         ids = self.ids
-        if pkey in ids or (self.labels and key in self.labels):
+        if pkey in ids or (self.labels and key in self.labels) or (self.several and not self._first_model(key, model)):
             return False
-        if self.several:
-            if key in self.others or (model and key in ids):
-                return False
-            if model:
-                self.others[key] = [model]
         ids[pkey] = entry
         self.pending_predictions += 1
         self._prediction_due.add(ts + self.ttl_s, pkey)
@@ -371,17 +366,22 @@ class JoinBuffer:
         their timestamps). None, with nothing changed, when ``add_prediction`` must judge it."""
         pkey = (key, model) if model else key
         ids = self.ids
-        if not self.labels or pkey in ids or key not in self.labels:
+        if not self.labels or pkey in ids or key not in self.labels or (
+                self.several and not self._first_model(key, model)):
             return None
-        if self.several:
-            if key in self.others or (model and key in ids):
-                return None
-            if model:
-                self.others[key] = [model]
         label = self.labels.pop(key)
         ids[pkey] = pair(entry, label)
         self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
         return label
+
+    def _first_model(self, key: Key, model: int) -> bool:
+        """(With several models.) Whether no model has state under the request; if so, ``model``
+        is noted as having some now (``others``), as ``add_prediction`` notes it."""
+        if key in self.others or (model and key in self.ids):
+            return False
+        if model:
+            self.others[key] = [model]
+        return True
 
     def pair_pending(self, key: Key, entry: Entry) -> Entry | None:
         """The common case of ``add_label`` for a batch: the request's one prediction waits for it;
