@@ -282,7 +282,8 @@ class Engine(Revisions, Ingest):
         windows = [self._window(series, spec, start, model) for series in group for spec in self.specs
                    for start in spec.starts(ts)]
         number = next(self._set_numbers) & 0xFFFFFFFF
-        wset = WindowSet(model, group, tuple(windows), number)
+        ends = [end for spec in self.specs for start in spec.starts(ts) if (end := spec.end(start)) is not None]
+        wset = WindowSet(model, group, tuple(windows), number, min(ends, default=math.inf) + self._stale_after_s)
         self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
         return wset
 
@@ -365,10 +366,16 @@ class Engine(Revisions, Ingest):
                         self._dirty_windows.append(rolling)
         return None
 
-    def _fold(self) -> None:
-        """Move every buffered pair into its windows, marking them for emission."""
+    def _fold(self, closing: float = math.inf) -> None:
+        """Move the buffered pairs into their windows, marking them for emission: every window
+        set's, or with ``closing`` those of the sets a window of which may close at that watermark
+        (the others wait: their windows' figures do not depend on when their pairs fold)."""
         dirty_sets, self._dirty_sets = self._dirty_sets, []
-        self._buffered = 0
+        if math.isinf(closing):
+            self._buffered = 0
+        else:
+            self._dirty_sets = [wset for wset in dirty_sets if wset.final_from > closing]
+            dirty_sets = [wset for wset in dirty_sets if wset.final_from <= closing]
         dirty_windows = self._dirty_windows
         for wset in dirty_sets:
             for window in wset.fold():
@@ -407,7 +414,7 @@ class Engine(Revisions, Ingest):
         self.health.orphaned_labels += len(orphaned)
         heap = self._final_heap
         if heap and heap[0][0] <= watermark:
-            self._fold()
+            self._fold(watermark)
             final: list[Window] = []
             while heap and heap[0][0] <= watermark:
                 window = heapq.heappop(heap)[2]

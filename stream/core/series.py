@@ -167,11 +167,13 @@ class WindowSet:
     window's figures do not depend on how its pairs were batched into folds (its counts and sums
     add exactly), so a fold may come at any time."""
 
-    __slots__ = ("codes", "dirty", "group", "model", "number", "predictions", "score_keys", "score_values", "scored",
-                 "targets", "terms", "windows")
+    __slots__ = ("codes", "dirty", "final_from", "group", "model", "number", "predictions", "score_keys",
+                 "score_values", "scored", "targets", "terms", "windows")
 
-    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int) -> None:
+    def __init__(self, model: Model, group: tuple[Series, ...], windows: tuple[Window, ...], number: int,
+                 final_from: float = float("inf")) -> None:
         self.number = number  # what a pending prediction stores to find it again
+        self.final_from = final_from  # the watermark from which one of its windows may be final
         self.model = model
         self.group = group
         self.windows = windows
