@@ -1,9 +1,10 @@
 """The monitoring engine: join, window, count, emit metric records and alert events.
 
-Adapters (the replay engine, the faust worker) feed it validated records and watermarks and
-drain its outboxes (``metric_records``, ``alert_events``, ``dead_letters``); the engine never
-does I/O. Time is event time: ``advance(watermark)`` expires join state and finalizes windows,
-``flush()`` emits one record per window that changed since the last flush.
+Adapters (the replay engine, the faust worker) feed it validated records in batches
+(``receive_many``, ``take_many``: :mod:`stream.core.ingest`) and watermarks, and drain its outboxes
+(``metric_records``, ``alert_events``, ``dead_letters``); the engine never does I/O. Time is event
+time: ``advance(watermark)`` expires join state and finalizes windows, ``flush()`` emits one record
+per window that changed since the last flush.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ class Engine(Revisions, Ingest):
 
     def receive(self, record: Prediction | Label, **where: Any) -> None:
         """One record in arrival order: advance event time to it, then count it; ``where`` it came
-        from goes into its dead letter, if any."""
+        from goes into its dead letter, if any. The per-record path that ``receive_many`` is
+        tested against (``tests/unit/core/test_ingest.py``)."""
         ts = record.timestamp
         if ts - self._lag_s > self.watermark or ts >= self._next_emit:
             self.observe(ts)
