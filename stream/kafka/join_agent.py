@@ -305,7 +305,12 @@ class Join:
                 engine.dead_letter(source, raw_text(queue.raws[i]), "internal error (see worker log)",
                                    **{k: v for k, v in at_.items() if k != "raw"})
 
-            taken = engine.take_many(queue.records, where.__getitem__, failed)
+            try:
+                taken = engine.take_many(queue.records, where.__getitem__, failed)
+            except Exception as exc:  # a bug beyond one record's handling: every record of the batch says so
+                for i in range(len(queue.records)):
+                    failed(i, exc)
+                continue
             unsaved = self.unsaved.get(at) or self._unsaved(at)
             for record, raw, took in zip(queue.records, queue.raws, taken, strict=True):
                 if took:

@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from one_worker import OneWorker
 from stream.config import Config
+from stream.core.engine import Engine
 from stream.kafka.join_agent import Join
 from stream.kafka.routing import partition_of
 
@@ -164,3 +166,38 @@ def test_rolling_windows_survive_a_rebuild_after_their_batches_were_pruned() -> 
     rebuilt = Join(config)
     rebuilt.rebuild(table)
     assert rolling_pairs(rebuilt) == before
+
+
+def test_a_record_whose_handling_fails_is_dead_lettered_and_the_others_are_taken_and_saved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m"]})
+    join = Join(config)
+    join.stale = False
+    start = 1_767_225_600.0
+    real = Engine.prediction
+
+    def prediction(self: Engine, record: Any, **where: Any) -> bool:
+        if record.request_id == "bad":
+            raise RuntimeError("a bug")
+        return real(self, record, **where)
+
+    monkeypatch.setattr(Engine, "prediction", prediction)
+    for offset, rid in enumerate(["a", "bad", "c"]):  # the first and the bad one go the per-record way
+        join.handle(config.predictions_topic, 0, offset, orjson.dumps(
+            {"request_id": rid, "model": "m" if rid != "bad" else "other", "timestamp": start, "prediction": "x"}))
+    table: dict[str, Any] = {}
+    assert join.save(table, 0) == [[config.predictions_topic, 0, 2]]
+    (dead,) = join.engines[0].dead_letters
+    assert dead["reason"] == "internal error (see worker log)" and dead["offset"] == 1 and "raw" in dead
+    rebuilt = Join(config)
+    rebuilt.rebuild(table)
+    assert rebuilt.engines[0].pending() == (2, 0)  # a and c were stored
+
+    def broken(self: Engine, *args: Any, **kwargs: Any) -> list[bool]:
+        raise RuntimeError("a bug in the batch path")
+
+    monkeypatch.setattr(Engine, "take_many", broken)
+    join.handle(config.predictions_topic, 0, 3, orjson.dumps(
+        {"request_id": "d", "model": "m", "timestamp": start, "prediction": "x"}))
+    join.settle()
+    assert [d["offset"] for d in join.engines[0].dead_letters] == [1, 3]
