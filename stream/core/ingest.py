@@ -1,10 +1,12 @@
-"""Records in batches: ``Engine.receive_many`` gives the outcome of ``receive`` on each record in
-turn (the same records, health counts, dead letters and alerts, in the same order), at less cost
-a record. The join's common cases (a prediction for a request with no state yet; a label for a
-request whose one prediction waits) are decided in one loop without the per-record layers, and
-the pairs they form are counted together: class ids, lag buckets, pair codes and score terms as
-array operations, per window set. Anything else goes through ``prediction`` or ``label``, after
-the pairs counted so far, so that every count is made in the order ``receive`` makes it.
+"""Records in batches: ``Engine.receive_many`` (replay, the demo) gives the outcome of
+``receive`` on each record in turn, and ``Engine.take_many`` (the Kafka worker) that of
+``prediction`` and ``label``: the same records, health counts, dead letters and alerts, in the
+same order, at less cost a record. The join's common cases (a prediction for a request with no
+state yet, or whose label waits; a label for a request whose one prediction waits) are decided in
+one loop without the per-record layers, and the pairs they form are counted together: lag buckets,
+pair codes and score terms as array operations, per window set. Anything else goes through
+``prediction`` or ``label``, after the pairs formed so far are counted, so that every count is
+made in the order the per-record path makes it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
 from stream.core.series import Model, Window, WindowSet
 
-__all__ = ["BULK_PAIRS", "Ingest"]
+__all__ = ["BULK_PAIRS", "FOLD_PAIRS", "Ingest"]
 
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
@@ -39,7 +41,8 @@ Deferred = tuple[PendingPrediction, str, float, str, WindowSet | None, int]
 
 
 class Ingest:
-    """``receive_many``; the engine holds the state (see :class:`stream.core.engine.Engine`)."""
+    """``receive_many`` and ``take_many``; the engine holds the state (see
+    :class:`stream.core.engine.Engine`)."""
 
     models: dict[str, Model]
     health: Health
