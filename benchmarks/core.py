@@ -4,9 +4,10 @@
 
 Measures, on one core: (1) the engine alone on parsed records, with scores (two classes) and
 without, in batches (``receive_many``), and with scores one by one (``receive``), against
-``orjson.loads`` decoding the same records as JSON lines, in turns; what scores cost a pair (log loss, Brier, and the histograms of ROC AUC,
-average precision and calibration); (2) with --replay, `mlmon replay` from JSONL files (decode +
-validation + engine), with scores; and the memory held per pending prediction.
+``orjson.loads`` decoding the same records as JSON lines, in turns; what scores cost a pair (log
+loss, Brier, and the histograms of ROC AUC, average precision and calibration); (2) with
+--replay, `mlmon replay` from JSONL files (decode + validation + engine), with scores; and the
+memory held per pending prediction.
 Prints a JSON report; medians over --repeat runs.
 """
 
@@ -56,7 +57,8 @@ def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: 
     gc.collect()
     elapsed = 0.0
     for offset in range(0, len(events), chunk):
-        batch = [parse_prediction(raw) if kind == 0 else parse_label(raw) for _, kind, _, raw in events[offset:offset + chunk]]
+        batch = [parse_prediction(raw) if kind == 0 else parse_label(raw)
+                 for _, kind, _, raw in events[offset:offset + chunk]]
         started = time.perf_counter()
         if batched:
             engine.receive_many(batch)
