@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
 from stream.core.health import LAG_BUCKETS_S, Health
-from stream.core.join import JOINED, JoinBuffer, compact_ids
+from stream.core.ids import compact_ids
+from stream.core.join import JOINED, JoinBuffer
 from stream.core.metrics import EPS, ONE_MINUS_EPS
 from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import Label, Prediction

@@ -44,14 +44,12 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
-import numpy as np
+from stream.core.ids import Key, compact_id
 
-__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "compact_id", "compact_ids",
-           "label_rank"]
+__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
 
-Key = str | int  # a request id, compacted (see compact_id)
 PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
 Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 
@@ -74,57 +72,6 @@ SHARED, SHARED_LATE, REVISED, REPLACED = Outcome.SHARED, Outcome.SHARED_LATE, Ou
 # Tombstone states: what a resolved id's next record means.
 _JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
 _NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
-
-
-def compact_id(request_id: str) -> Key:
-    """A canonical UUID (lowercase, 8-4-4-4-12) as its 128-bit number, any other id as it is: half
-    the memory per pending id (48 bytes, not 96), and one-to-one (an int never equals a
-    str).
-
-    >>> compact_id("6fa03847-181e-4a78-8a0f-3ba8dc11b05d")
-    148376216477092837008177150713331298397
-    >>> compact_id("6FA03847-181E-4A78-8A0F-3BA8DC11B05D"), compact_id("req-1")
-    ('6FA03847-181E-4A78-8A0F-3BA8DC11B05D', 'req-1')
-    """
-    if len(request_id) == 36 and request_id[8] == request_id[13] == request_id[18] == request_id[23] == "-":
-        digits = request_id.replace("-", "")
-        if len(digits) == 32:
-            try:
-                number = int(digits, 16)
-            except ValueError:
-                return request_id
-            if f"{number:032x}" == digits:  # lowercase hex digits only: one string per number
-                return number
-    return request_id
-
-
-_HEX = np.full(256, 255, dtype=np.uint8)  # a byte's hex digit (lowercase only), else 255
-_HEX[48:58] = np.arange(10)
-_HEX[97:103] = np.arange(10, 16)
-_DASHES = [8, 13, 18, 23]
-_DIGITS = [i for i in range(36) if i not in _DASHES]
-
-
-def compact_ids(request_ids: list[str]) -> list[Key]:
-    """``compact_id`` of each, canonical UUIDs recognised and converted as arrays (about half the
-    cost of one call each).
-
-    >>> compact_ids(["6fa03847-181e-4a78-8a0f-3ba8dc11b05d", "6FA03847-181E-4A78-8A0F-3BA8DC11B05D"] * 8)[:2]
-    [148376216477092837008177150713331298397, '6FA03847-181E-4A78-8A0F-3BA8DC11B05D']
-    """
-    n = len(request_ids)
-    if n < 16 or set(map(len, request_ids)) != {36}:
-        return [compact_id(r) for r in request_ids]
-    text = "".join(request_ids).encode()
-    if len(text) != 36 * n:  # not ASCII
-        return [compact_id(r) for r in request_ids]
-    chars = np.frombuffer(text, dtype=np.uint8).reshape(n, 36)
-    digits = _HEX[chars[:, _DIGITS]]
-    canonical = ((chars[:, _DASHES] == 45).all(axis=1) & (digits != 255).all(axis=1)).tolist()
-    octets = np.ascontiguousarray((digits[:, 0::2] << 4) | digits[:, 1::2])
-    halves = octets.view(">u8").tolist()  # each id's two big-endian 64-bit halves
-    return [(h << 64) | lo if ok else compact_id(r)
-            for (h, lo), ok, r in zip(halves, canonical, request_ids, strict=True)]
 
 
 def label_rank(entry: Entry) -> tuple[float, str, str]:

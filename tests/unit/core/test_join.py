@@ -8,7 +8,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.core.join import JoinBuffer, Outcome, compact_id, compact_ids, is_pair
+from stream.core.ids import compact_id, compact_ids
+from stream.core.join import JoinBuffer, Outcome, is_pair
 
 
 def test_prediction_then_label_joins() -> None:
