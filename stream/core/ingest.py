@@ -25,7 +25,15 @@ from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ids import compact_ids
 from stream.core.join import JOINED, JoinBuffer
 from stream.core.metrics import EPS, ONE_MINUS_EPS
-from stream.core.pending import MAX_LAYOUTS, NO_SCORES, PendingCodec, PendingLabel, PendingPrediction, pending_ts
+from stream.core.pending import (
+    INLINE_SCORES,
+    MAX_LAYOUTS,
+    NO_SCORES,
+    PendingCodec,
+    PendingLabel,
+    PendingPrediction,
+    pending_ts,
+)
 from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
 from stream.core.series import Model, Window, WindowSet
@@ -223,7 +231,7 @@ class Ingest:
         """``_pair`` for many pairs at once, to the same counts and sums."""
         health = self.health
         table = self._codec.unpack_many([item[0] for item in deferred])
-        if table is None:  # entries of several sizes (score layouts): one by one
+        if table is None or (table["layout"] == INLINE_SCORES).any():  # several sizes or names inline: one by one
             for known, value, ts, request_id, _, _ in deferred:
                 self._pair(known, (ts, value), request_id)
             return
@@ -257,8 +265,6 @@ class Ingest:
                 if layout == NO_SCORES:
                     continue
                 chosen = layouts == layout
-                if layout >= MAX_LAYOUTS:  # not a layout of scores: none here (see ``Ingest``)
-                    raise AssertionError(f"pending layout {layout} among classification pairs")
                 self._add_scores(wset, self._codec.layout(layout), truths[chosen], part["p"][chosen])
             self._buffered += len(rows)
             if not wset.dirty:

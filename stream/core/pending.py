@@ -87,10 +87,11 @@ class PendingCodec:
     @staticmethod
     def unpack_many(entries: list[PendingPrediction]) -> np.ndarray | None:
         """Entries of one length as one structured array (fields ``ts``, ``number``, ``guess``,
-        ``layout``, then ``p`` of shape (n, doubles)); None if their lengths differ."""
+        ``layout``, then ``p`` of shape (n, doubles)); None if their lengths differ or are not
+        a head and doubles."""
         size = len(entries[0])
-        if any(len(entry) != size for entry in entries):
-            return None
+        if (size - _HEAD.size) % 8 or any(len(entry) != size for entry in entries):
+            return None  # (names inline have other sizes, or the layout byte says INLINE_SCORES)
         doubles = (size - _HEAD.size) >> 3
         fields: list[tuple[Any, ...]] = [("ts", "<f8"), ("number", "<u4"), ("guess", "<u2"), ("layout", "u1")]
         if doubles:

@@ -21,6 +21,7 @@ from stream.config import Config
 from stream.core import ingest
 from stream.core.engine import Engine
 from stream.core.ingest import BULK_PAIRS
+from stream.core.pending import MAX_LAYOUTS
 from stream.core.records import Label, Prediction, parse_label, parse_prediction
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
@@ -255,4 +256,25 @@ def test_predictions_that_find_their_label_waiting_join_or_come_too_late() -> No
         batched = in_batches(config, events, False, [len(events)])
     reference = one_by_one(config, events, False)
     assert (reference["health"].late_labels, reference["health"].pairs) == (2, 4)
+    assert batched == reference
+
+
+@pytest.mark.parametrize("width", [2, 4])  # names inline make entries of a head and doubles' size, or not
+def test_scores_whose_class_names_come_inline_are_counted_one_by_one(width: int) -> None:
+    """Past ``MAX_LAYOUTS`` sets of score names a pending prediction carries its names inline;
+    pairs of such predictions, of one size, are counted as the per-record path counts them."""
+    config = configured({"join_ttl_s": 1000, "watermark_lag_s": 100_000, "emit_interval_s": 60,
+                         "duplicate_labels": "earliest", "windows": ["tumbling 1h"], "max_classes": 100,
+                         "max_models": 100})
+    n = MAX_LAYOUTS + 40
+    raw: list[dict[str, Any]] = [{"request_id": f"r{i}", "model": "m", "timestamp": T0, "prediction": "a",
+                                  "scores": {f"{chr(97 + i // 26)}{chr(97 + i % 26)}".ljust(width, "_"): 0.5}}
+                                 for i in range(n)]
+    raw += [{"request_id": f"r{i}", "timestamp": T0 + 10, "label": "a"} for i in range(n)]
+    events = parsed(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "BULK_PAIRS", 1)
+        batched = in_batches(config, events, False, [n + MAX_LAYOUTS, 40])  # the last batch: names inline only
+    reference = one_by_one(config, events, False)
+    assert reference["health"].pairs == n
     assert batched == reference
