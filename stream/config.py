@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from stream.core.custom import parse_custom_metrics
+from stream.core.detectors import DetectorRule
 from stream.core.join import DUPLICATE_LABEL_RULES
 from stream.core.rules import Rule
 from stream.core.settings import DEFAULT_WINDOWS, MAX_CLASSES, Settings
@@ -94,7 +95,7 @@ class Config(Settings):
         if len({w.name for w in config.windows}) != len(config.windows):
             raise ConfigError("'windows' lists the same window twice")
         config.regression_models = [str(m) for m in raw.get("regression_models", [])]
-        config.rules = parse_rules(raw.get("rules", []))
+        config.rules, config.detectors = parse_rules(raw.get("rules", []))
         config.check_rules()
         positive = raw.get("positive_classes", {})
         if not isinstance(positive, dict):
@@ -118,7 +119,7 @@ class Config(Settings):
                 raw[f.name] = env
         config = cls.from_mapping(raw)
         if rules_path:
-            config.rules = parse_rules(read_yaml(rules_path).get("rules", []))
+            config.rules, config.detectors = parse_rules(read_yaml(rules_path).get("rules", []))
             config.check_rules()
         return config
 
@@ -149,10 +150,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def parse_rules(raw: Any) -> list[Rule]:
+def parse_rules(raw: Any) -> tuple[list[Rule], list[DetectorRule]]:
+    """A rules list: threshold rules, and rules with a ``detector`` (see core.detectors)."""
     if not isinstance(raw, list):
         raise ConfigError("'rules' must be a list")
-    rules = [Rule.parse(r) for r in raw]
-    if len({r.name for r in rules}) != len(rules):
+    rules = [Rule.parse(r) for r in raw if not (isinstance(r, dict) and "detector" in r)]
+    detectors = [DetectorRule.parse(r) for r in raw if isinstance(r, dict) and "detector" in r]
+    if len({r.name for r in rules} | {d.name for d in detectors}) != len(raw):
         raise ConfigError("two rules share a name")
-    return rules
+    return rules, detectors

@@ -19,6 +19,7 @@ from typing import Any
 from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
+from stream.core.detectors import DetectorBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ingest import FOLD_PAIRS, Ingest
@@ -49,6 +50,7 @@ class Engine(Revisions, Ingest):
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
+        self.detectors = DetectorBook(config.detectors)
         self._ruled_windows = {rule.window for rule in config.rules}  # the windows rules read
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
@@ -300,6 +302,9 @@ class Engine(Revisions, Ingest):
         if series is None:
             series = self._series[(model.name, version, segment)] = Series(model.name, version, dict(segment))
             series.rolling = [RollingWindow(series, spec, model.classes) for spec in self.rolling_specs]
+            if self.detectors.rules:
+                series.detectors = self.detectors.watch(model.name, version, series.segment, series.segment_key,
+                                                        model.classes is None)
         return series
 
     def _window(self, series: Series, spec: WindowSpec, start: int, model: Model) -> Window:
@@ -359,13 +364,16 @@ class Engine(Revisions, Ingest):
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
-        if self.rolling_specs:
+        if self.rolling_specs or self.detectors.rules:
             done_ts = ts if ts > label[0] else label[0]  # completion order: the later of the two
             for series in wset.group:
                 for rolling in series.rolling:
                     if rolling.push(done_ts, request_id, truth, guess, terms) and not rolling.dirty:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
+                if series.detectors:
+                    self.detectors.push(done_ts, request_id, series.detectors, truth, guess,
+                                        None if model.classes is None else model.classes.names)
         return None
 
     def _fold(self, closing: float = math.inf) -> None:
@@ -389,11 +397,7 @@ class Engine(Revisions, Ingest):
 
     def observe(self, ts: float) -> None:
         """Event time moved to ``ts``: advance the watermark and flush on each emit interval."""
-        watermark = ts - self._lag_s
-        if watermark > self.watermark:
-            self.watermark = watermark
-            if watermark >= self._next_sweep:
-                self._sweep(watermark)
+        self.advance(ts - self._lag_s)
         if ts >= self._next_emit:
             if self._next_emit != -math.inf:
                 self.flush()
@@ -406,6 +410,8 @@ class Engine(Revisions, Ingest):
             self.watermark = watermark
             if watermark >= self._next_sweep:
                 self._sweep(watermark)
+                if self.detectors.rules:  # the pairs completed before it are judged (see core.detectors)
+                    self.alert_events += self.detectors.advance(watermark, self._now()[0])
 
     def _sweep(self, watermark: float, emit: bool = True) -> None:
         """Expire join state and close the windows the watermark passed, each with its final

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
+from stream.core.detectors import DetectorBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ids import compact_ids
 from stream.core.join import JOINED, JoinBuffer
@@ -59,6 +60,7 @@ class Ingest:
     rolling_specs: list[Any]
     revisions: bool
     rules: RuleBook
+    detectors: DetectorBook
     watermark: float
     _final_heap: list[tuple[float, int, Window]]
     _lag_s: float
@@ -104,7 +106,7 @@ class Ingest:
         pack = self._codec.pack
         ttl = join.ttl_s
         deferred: list[Deferred] = []
-        defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
+        defer = not self.rolling_specs and not self.detectors.rules  # these take pairs one by one (``_pair``)
         dirty_sets = self._dirty_sets
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
         if not observe:

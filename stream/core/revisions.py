@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stream.core.admission import OTHER
+from stream.core.detectors import DetectorBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import LATE, SHARED, SHARED_LATE, JoinBuffer
@@ -30,6 +31,7 @@ class Revisions:
     health: Health
     join: JoinBuffer
     rolling_specs: list[Any]
+    detectors: DetectorBook
     _codec: PendingCodec
     _numbered: dict[int, WindowSet]
     _dirty_sets: list[WindowSet]
@@ -134,13 +136,15 @@ class Revisions:
             if not window.dirty:
                 window.dirty = True
                 dirty_windows.append(window)
-        if self.rolling_specs:
+        if self.rolling_specs or self.detectors.rules:
             done_ts = ts if ts > label[0] else label[0]
             for series in wset.group:
                 for rolling in series.rolling:
                     if rolling.remove(done_ts, request_id) and not rolling.dirty:
                         rolling.dirty = True
                         dirty_windows.append(rolling)
+                if series.detectors:
+                    self.detectors.remove(done_ts, request_id, series.detectors)
         return True
 
     def _count_pair(self, lag: float, sign: int) -> None:

@@ -140,7 +140,7 @@ class RollingWindow(Window):
 class Series:
     """One (model, version, segment): its live windows and its rolling windows."""
 
-    __slots__ = ("model", "model_version", "rolling", "segment", "segment_key", "windows")
+    __slots__ = ("detectors", "model", "model_version", "rolling", "segment", "segment_key", "windows")
 
     def __init__(self, model: str, version: str, segment: dict[str, str]) -> None:
         self.model = model
@@ -149,6 +149,7 @@ class Series:
         self.segment_key = segment_label(segment)
         self.windows: dict[tuple[WindowSpec, int], Window] = {}
         self.rolling: list[RollingWindow] = []
+        self.detectors: list[tuple[Any, int]] = []  # its detector rules (see core.detectors.DetectorBook.watch)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from stream.core.custom import CustomMetric
+from stream.core.detectors import DetectorRule
 from stream.core.rules import Rule
 from stream.core.windows import WindowSpec
 
@@ -37,6 +38,7 @@ class Settings:
     series_ttl_s: int = 7 * 86400  # a model, version or segment value unseen this long frees its slot
     # (at least join_ttl + the longest window, so that all its windows are final: see core.admission)
     rules: list[Rule] = field(default_factory=list)
+    detectors: list[DetectorRule] = field(default_factory=list)  # rules with a detector (no threshold)
     positive_classes: dict[str, str] = field(default_factory=dict)  # model glob -> its positive class (binary)
     custom_metrics: list[CustomMetric] = field(default_factory=list)
 

@@ -53,6 +53,7 @@ setting = st.fixed_dictionaries({
                                 ["tumbling 1h", "tumbling 1d", "cumulative"]]),
     "max_classes": st.sampled_from([3, 100]),
     "max_models": st.sampled_from([2, 100]),
+    "detect": st.booleans(),  # detector rules too (see core.detectors), quick to fire on a short stream
 })
 
 
@@ -88,10 +89,17 @@ def parsed(raw: list[dict[str, Any]]) -> list[Prediction | Label]:
 
 
 def configured(options: dict[str, Any]) -> Config:
+    options = dict(options)
+    detect = options.pop("detect", False)
     first, last = (WindowSpec.parse(options["windows"][i]).name for i in (0, -1))
+    detectors = [{"name": f"Drop{i}", "metric": metric, "detector": "cusum", "drop": 0.3, "baseline_pairs": 2,
+                  "false_alarm_pairs": 10, "segments": ["*"], **({"baseline": 0.9} if given else {})}
+                 for i, (metric, given) in enumerate((("accuracy", True), ("recall.a", True),
+                                                      ("precision.b", False), ("within.1", True)))]
     return Config.from_mapping({**options, "regression_models": ["r"], "rules": [
         {"name": "Low", "metric": "accuracy", "window": first, "below": 0.6, "min_samples": 1},
-        {"name": "Wrong", "metric": "mae", "window": last, "above": 2, "models": ["r"]}]})
+        {"name": "Wrong", "metric": "mae", "window": last, "above": 2, "models": ["r"]},
+        *(detectors if detect else [])]})
 
 
 def outcome(engine: Engine) -> dict[str, Any]:
