@@ -162,6 +162,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_check(args: argparse.Namespace) -> int:
+    from stream.report.rules_check import check_rules, format_check
+
+    found = check_rules(args.predictions, args.labels, Config.load(args.config, args.rules), args.format)
+    if args.json:
+        sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_check(found))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -233,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     _kafka_args(rep)
     rep.set_defaults(run=_report)
+
+    rules = commands.add_parser("rules", help="alert rules").add_subparsers(dest="action", required=True)
+    check = rules.add_parser("check", help="run a rules file over history: the alerts each rule would have "
+                             "raised per series, and each detector's baseline, expected delay and promise")
+    check.add_argument("--predictions", required=True, help="a file, a directory or a glob")
+    check.add_argument("--labels", required=True, help="a file, a directory or a glob")
+    check.add_argument("--rules", type=Path, required=True, help="YAML file with a top-level 'rules' list")
+    check.add_argument("--config", type=Path, help="YAML settings (windows, join_ttl, ...)")
+    check.add_argument("--format", choices=["jsonl", "csv", "parquet"],
+                       help="the inputs' format (default: by extension)")
+    check.add_argument("--json", action="store_true", help="the findings as JSON rather than a table")
+    check.set_defaults(run=_rules_check)
 
     demo = commands.add_parser("demo", help="a simulated NBA model degrading and recovering, no broker needed")
     demo.add_argument("--pairs", type=int, default=20_000)

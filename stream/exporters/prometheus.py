@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.core.detectors import Cusum, DetectorRule
 from stream.core.engine import Engine
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.keys import segment_label
@@ -47,7 +48,7 @@ SERIES_LABELS = ["model", "model_version", "segment", "window"]
 
 
 HealthSource = Callable[[], tuple[Health, tuple[int, int], float]]  # (health, pending, watermark)
-RuleSource = Callable[[], list[tuple[Rule, RuleState]]]
+RuleSource = Callable[[], Sequence[tuple[Rule, RuleState] | tuple[DetectorRule, Cusum]]]  # threshold and detector rules
 
 
 class EngineCollector(Collector):
@@ -257,7 +258,8 @@ def for_engine(engine: Engine) -> EngineCollector:
     ``counting_window``, so every pair adds to them exactly once."""
     counted = counting_window(engine.config.windows)
     return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
-                           engine.rules.evaluated, counted.name if counted else None,
+                           lambda: [*engine.rules.evaluated(), *engine.detectors.evaluated()],
+                           counted.name if counted else None,
                            custom=[m.name for m in engine.config.custom_metrics])
 
 
