@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stream.core.errors import ConfigError
@@ -48,7 +48,7 @@ from stream.core.keys import fingerprint
 from stream.core.metrics import wilson_interval
 from stream.core.rules import DEFAULT_RUNBOOK, _globs, _number, rfc3339
 
-__all__ = ["METRICS", "Cusum", "Design", "DetectorBook", "DetectorRule", "bernoulli_kl", "delay_limit_pairs",
+__all__ = ["METRICS", "Cusum", "Design", "DetectorRule", "alert_event", "bernoulli_kl", "delay_limit_pairs",
            "design", "expected_delay_pairs"]
 
 METRICS = ("accuracy", "recall.<class>", "precision.<class>", "within.<tolerance>")
@@ -271,94 +271,7 @@ class Cusum:
         return Design(self.p0, self.p0_design, self.p1, self.miss_step, self.hit_step, self.h)
 
 
-Pair = tuple[float, str, int, bool]  # completion time, request id, detector's number, miss
-
-
-@dataclass
-class DetectorBook:
-    """Every detector rule's state per series: pairs in, alert events out. Pairs wait until the
-    watermark passes their completion time, then are judged in completion order."""
-
-    rules: list[DetectorRule]
-    states: dict[tuple[str, tuple[str, str, str]], Cusum] = field(default_factory=dict)
-    _numbered: list[tuple[DetectorRule, Cusum]] = field(default_factory=list)
-    _waiting: list[Pair] = field(default_factory=list)
-    late_pairs: int = 0  # pairs that completed behind pairs already judged (they arrived after the watermark)
-    _judged_to: float = -math.inf
-
-    def watch(self, model: str, version: str, segment: dict[str, str], segment_key: str,
-              regression: bool) -> list[tuple[DetectorRule, int]]:
-        """The detectors of a new series (rule, number): what ``push`` is given for its pairs."""
-        watchers = []
-        for rule in self.rules:
-            if rule.selects(model, segment_key) and (rule.kind == "within") == regression:
-                key = (rule.name, (model, version, segment_key))
-                state = self.states.get(key)
-                if state is None:
-                    labels = {"alertname": rule.name, "model": model, "model_version": version,
-                              "metric": rule.metric, "window": "pairs", "severity": rule.severity,
-                              "rule": rule.name, **{f"segment_{k}": v for k, v in segment.items()}}
-                    state = self.states[key] = Cusum(labels)
-                self._numbered.append((rule, state))
-                watchers.append((rule, len(self._numbered) - 1))
-        return watchers
-
-    def push(self, done_ts: float, request_id: str, watchers: list[tuple[DetectorRule, int]], truth: Any,
-             guess: Any, names: list[str] | None) -> None:
-        """A pair of a series (its ``watchers``): classes as ids into ``names``, or regression numbers."""
-        if done_ts < self._judged_to:
-            self.late_pairs += 1
-        waiting = self._waiting
-        for rule, number in watchers:
-            kind = rule.kind
-            if kind == "accuracy":
-                miss = truth != guess
-            elif kind == "within":
-                miss = not abs(guess - truth) <= float(rule.argument)
-            else:
-                assert names is not None
-                on, other = (truth, guess) if kind == "recall" else (guess, truth)
-                if names[on] != rule.argument:
-                    continue  # not a pair this proportion counts
-                miss = names[other] != rule.argument
-            waiting.append((done_ts, request_id, number, miss))
-
-    def remove(self, done_ts: float, request_id: str, watchers: list[tuple[DetectorRule, int]]) -> None:
-        """A pair taken back (revised) before it was judged; one judged already stays judged."""
-        numbers = {number for _, number in watchers}
-        self._waiting = [p for p in self._waiting
-                         if not (p[0] == done_ts and p[1] == request_id and p[2] in numbers)]
-
-    def advance(self, watermark: float, now: float) -> list[dict[str, Any]]:
-        """Judge the pairs that completed before ``watermark``, in completion order; their alerts."""
-        waiting = self._waiting
-        if not waiting:
-            self._judged_to = max(self._judged_to, watermark)
-            return []
-        ready = [p for p in waiting if p[0] < watermark]
-        if len(ready) < len(waiting):
-            self._waiting = [p for p in waiting if p[0] >= watermark]
-        else:
-            self._waiting = []
-        self._judged_to = max(self._judged_to, watermark)
-        ready.sort()
-        events = []
-        numbered = self._numbered
-        for _, _, number, miss in ready:
-            rule, state = numbered[number]
-            status = state.step(rule, miss)
-            if status is not None:
-                if status == "firing":
-                    state.starts_at = now
-                events.append(_event(rule, state, status, now))
-        return events
-
-    def evaluated(self) -> list[tuple[DetectorRule, Cusum]]:
-        by_name = {rule.name: rule for rule in self.rules}
-        return [(by_name[name], state) for (name, _), state in self.states.items() if name in by_name]
-
-
-def _event(rule: DetectorRule, state: Cusum, status: str, now: float) -> dict[str, Any]:
+def alert_event(rule: DetectorRule, state: Cusum, status: str, now: float) -> dict[str, Any]:
     """An alert event, as threshold rules make them, with what the detector found."""
     labels = state.labels
     d = state.current()

@@ -19,7 +19,7 @@ from typing import Any
 from stream.core.admission import OTHER, Admission, Limits, Refusals
 from stream.core.confusion import CODE_BITS, ClassIndex
 from stream.core.custom import MetricBook
-from stream.core.detectors import DetectorBook
+from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ingest import FOLD_PAIRS, Ingest
@@ -50,7 +50,7 @@ class Engine(Revisions, Ingest):
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
         self.rules = RuleBook(config.rules)
-        self.detectors = DetectorBook(config.detectors)
+        self.detectors = DetectorBook(config.detectors, collect=emit_partials)
         self._ruled_windows = {rule.window for rule in config.rules}  # the windows rules read
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
@@ -410,7 +410,7 @@ class Engine(Revisions, Ingest):
             self.watermark = watermark
             if watermark >= self._next_sweep:
                 self._sweep(watermark)
-                if self.detectors.rules:  # the pairs completed before it are judged (see core.detectors)
+                if self.detectors.rules:  # the pairs completed before it are judged (see core.detector_book)
                     self.alert_events += self.detectors.advance(watermark, self._now()[0])
 
     def _sweep(self, watermark: float, emit: bool = True) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
-from stream.core.detectors import DetectorBook
+from stream.core.detector_book import DetectorBook
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ids import compact_ids
 from stream.core.join import JOINED, JoinBuffer

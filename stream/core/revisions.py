@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stream.core.admission import OTHER
-from stream.core.detectors import DetectorBook
+from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import LATE, SHARED, SHARED_LATE, JoinBuffer
@@ -144,7 +144,7 @@ class Revisions:
                         rolling.dirty = True
                         dirty_windows.append(rolling)
                 if series.detectors:
-                    self.detectors.remove(done_ts, request_id, series.detectors)
+                    self.detectors.remove(request_id, series.detectors)
         return True
 
     def _count_pair(self, lag: float, sign: int) -> None:

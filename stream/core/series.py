@@ -149,7 +149,7 @@ class Series:
         self.segment_key = segment_label(segment)
         self.windows: dict[tuple[WindowSpec, int], Window] = {}
         self.rolling: list[RollingWindow] = []
-        self.detectors: list[tuple[Any, int]] = []  # its detector rules (see core.detectors.DetectorBook.watch)
+        self.detectors: list[tuple[Any, int]] = []  # its detector rules (see core.detector_book.DetectorBook.watch)
 
 
 @dataclass
