@@ -27,7 +27,9 @@ from typing import Any
 from stream.core.detectors import Cusum, DetectorRule, alert_event
 from stream.core.keys import segment_label
 
-__all__ = ["DetectorBook", "Watched"]
+__all__ = ["PAIRS_PER_MESSAGE", "DetectorBook", "Watched"]
+
+PAIRS_PER_MESSAGE = 4096  # pairs and retractions in one message to the merger (a Kafka message stays small)
 
 SeriesKey = tuple[str, str, str, str]  # rule, model, version, segment key
 
@@ -53,7 +55,7 @@ class DetectorBook:
         self.watched: list[Watched] = []
         self.numbers: dict[SeriesKey, int] = {}
         self.waiting: dict[tuple[int, str], tuple[float, bool]] = {}  # (detector, request id) -> (done_ts, miss)
-        self.retracted: list[tuple[int, str]] = []  # pairs taken back after ``take`` sent them
+        self.retracted: list[tuple[int, str, float]] = []  # pairs taken back after ``take`` sent them
         self.judged_to = -math.inf
         self.late_pairs = 0
 
@@ -95,11 +97,11 @@ class DetectorBook:
                 miss = names[other] != rule.argument
             waiting[(number, request_id)] = (done_ts, miss)
 
-    def remove(self, request_id: str, watchers: list[tuple[DetectorRule, int]]) -> None:
+    def remove(self, done_ts: float, request_id: str, watchers: list[tuple[DetectorRule, int]]) -> None:
         """A pair taken back (revised) before it was judged; one judged already stays judged."""
         for _, number in watchers:
             if self.waiting.pop((number, request_id), None) is None and self.collect:
-                self.retracted.append((number, request_id))
+                self.retracted.append((number, request_id, done_ts))
 
     def advance(self, watermark: float, now: float) -> list[dict[str, Any]]:
         """Judge the pairs that completed before ``watermark``, in completion order; their alerts."""
@@ -131,62 +133,64 @@ class DetectorBook:
 
     # ------------------------------------------------------- the worker's exchange
 
-    def take(self) -> dict[str, dict[str, Any]]:
-        """What a collecting book sends its models' mergers since the last call, per model:
-        ``{"retract": [[rule, version, segment, [request id...]]...], "pairs": [[rule, version,
-        segment, [[done_ts, request id, miss]...]]...]}`` (retractions first)."""
-        out: dict[str, dict[str, Any]] = {}
-        for kind, items in (("retract", [(n, rid, None) for n, rid in self.retracted]),
-                            ("pairs", [(n, rid, pair) for (n, rid), pair in self.waiting.items()])):
-            grouped: dict[int, list[Any]] = {}
-            for number, rid, pair in items:
-                grouped.setdefault(number, []).append(rid if pair is None else [pair[0], rid, pair[1]])
-            for number, entries in grouped.items():
-                w = self.watched[number]
-                out.setdefault(w.model, {"retract": [], "pairs": []})[kind].append(
-                    [w.rule.name, w.version, w.segment, entries])
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        """What a collecting book sends its models' mergers since the last call: (model, message),
+        each message at most ``PAIRS_PER_MESSAGE`` entries, ``{"series": [[rule, version,
+        segment]...], "retract": [[series, request id, done_ts]...], "pairs": [[series, request
+        id, done_ts, miss]...]}`` (its retractions come before its pairs, as they were made)."""
+        entries: dict[str, list[tuple[int, list[Any]]]] = {}
+        for number, rid, done_ts in self.retracted:
+            entries.setdefault(self.watched[number].model, []).append((number, [rid, done_ts]))
+        for (number, rid), (done_ts, miss) in self.waiting.items():
+            entries.setdefault(self.watched[number].model, []).append((number, [rid, done_ts, miss]))
         self.retracted = []
         self.waiting = {}
+        out = []
+        for model, items in entries.items():
+            for start in range(0, len(items), PAIRS_PER_MESSAGE):
+                local: dict[int, int] = {}
+                message: dict[str, Any] = {"series": [], "retract": [], "pairs": []}
+                for number, entry in items[start:start + PAIRS_PER_MESSAGE]:
+                    if number not in local:
+                        local[number] = len(local)
+                        w = self.watched[number]
+                        message["series"].append([w.rule.name, w.version, w.segment])
+                    message["retract" if len(entry) == 2 else "pairs"].append([local[number], *entry])
+                out.append((model, message))
         return out
 
-    def accept(self, model: str, message: dict[str, Any]) -> None:
-        """A message ``take`` made on a join partition: its retractions, then its pairs."""
-        for name, version, segment, request_ids in message.get("retract", ()):
-            rule = self.by_name.get(name)
-            if rule is not None:
-                number = self._number(rule, model, version, segment, segment_label(segment))
-                for rid in request_ids:
-                    self.waiting.pop((number, rid), None)
-        for name, version, segment, pairs in message.get("pairs", ()):
-            rule = self.by_name.get(name)
-            if rule is None:
-                continue  # a rule since removed
-            number = self._number(rule, model, version, segment, segment_label(segment))
-            for done_ts, rid, miss in pairs:
-                if done_ts < self.judged_to:
-                    self.late_pairs += 1  # judged past it already (or sent again after a restart)
-                else:
-                    self.waiting[(number, rid)] = (done_ts, bool(miss))
+    def accept(self, model: str, message: dict[str, Any], restoring: bool = False) -> float:
+        """A message ``take`` made on a join partition: its retractions, then its pairs; returns
+        the latest completion time in it (it matters until the watermark passes that)."""
+        numbers = [None if (rule := self.by_name.get(name)) is None  # a rule since removed
+                   else self._number(rule, model, version, segment, segment_label(segment))
+                   for name, version, segment in message["series"]]
+        until = -math.inf
+        for i, rid, done_ts in message["retract"]:
+            until = max(until, done_ts)
+            if numbers[i] is not None:
+                self.waiting.pop((numbers[i], rid), None)
+        for i, rid, done_ts, miss in message["pairs"]:
+            until = max(until, done_ts)
+            if numbers[i] is None:
+                continue
+            if done_ts < self.judged_to:
+                self.late_pairs += not restoring  # came after its point was judged
+            else:
+                self.waiting[(numbers[i], rid)] = (done_ts, bool(miss))
+        return until
 
     def export(self, model: str) -> dict[str, Any]:
-        """A model's detectors and waiting pairs, as JSON (the merger's table)."""
-        local = {n: i for i, n in enumerate(n for n, w in enumerate(self.watched) if w.model == model)}
+        """A model's detectors, as JSON (the merger's table; its waiting pairs are stored as they came)."""
         return {"judged_to": self.judged_to if math.isfinite(self.judged_to) else None,
-                "detectors": [[self.watched[n].rule.name, self.watched[n].version, self.watched[n].segment,
-                               asdict(self.watched[n].state)] for n in local],
-                "waiting": [[local[number], rid, done_ts, miss] for (number, rid), (done_ts, miss)
-                            in self.waiting.items() if number in local]}
+                "detectors": [[w.rule.name, w.version, w.segment, asdict(w.state)]
+                              for w in self.watched if w.model == model]}
 
     def restore(self, model: str, saved: dict[str, Any]) -> None:
-        """What ``export`` gave, back (a merger's rebuild)."""
-        numbers: dict[int, int] = {}
-        for i, (name, version, segment, state) in enumerate(saved["detectors"]):
+        """What ``export`` gave, back (a merger's rebuild; then ``accept`` the stored messages again)."""
+        for name, version, segment, state in saved["detectors"]:
             rule = self.by_name.get(name)
             if rule is not None:
-                numbers[i] = self._number(rule, model, version, segment, segment_label(segment))
-                self.watched[numbers[i]].state = Cusum(**state)
-        for i, rid, done_ts, miss in saved["waiting"]:
-            if i in numbers:
-                self.waiting[(numbers[i], rid)] = (done_ts, miss)
+                self.watched[self._number(rule, model, version, segment, segment_label(segment))].state = Cusum(**state)
         if saved["judged_to"] is not None:
             self.judged_to = max(self.judged_to, saved["judged_to"])

@@ -144,7 +144,7 @@ class Revisions:
                         rolling.dirty = True
                         dirty_windows.append(rolling)
                 if series.detectors:
-                    self.detectors.remove(request_id, series.detectors)
+                    self.detectors.remove(done_ts, request_id, series.detectors)
         return True
 
     def _count_pair(self, lag: float, sign: int) -> None:

@@ -413,6 +413,10 @@ class Join:
                 out.append((config.partials_topic, partial["model"].encode(), orjson.dumps(value)))
             for dead in engine.dead_letters:
                 out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
+            if engine.detectors.rules:  # the pairs of detector rules, for their model's merger
+                for model, pairs in engine.detectors.take():
+                    value = {"partition": partition, "model": model, "pairs": pairs}
+                    out.append((config.partials_topic, model.encode(), orjson.dumps(value)))
             engine.metric_records.clear()
             engine.dead_letters.clear()
         return out

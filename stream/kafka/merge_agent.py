@@ -3,7 +3,8 @@
 It consumes the partials, partitioned by model: it keeps the latest partial per (window, input
 partition) in a table, sums them at each heartbeat into one metric record per changed window,
 evaluates the alert rules, and marks a window final once every input partition's watermark has
-passed it. Absolute partials make replays and duplicates harmless.
+passed it. Absolute partials make replays and duplicates harmless. Detector rules get the pairs
+themselves (see core.detector_book), judged at the watermark every input partition has passed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import orjson
 from stream.config import Config
 from stream.core.admission import Refusals
 from stream.core.custom import MetricBook
+from stream.core.detector_book import DetectorBook
+from stream.core.detectors import Cusum, DetectorRule
 from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
@@ -30,11 +33,12 @@ from stream.kafka.cumulative import cumulative_base, engine_windows
 from stream.kafka.join_agent import Output
 from stream.kafka.registry import Registry
 
-__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
+__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
 
 log = logging.getLogger("mlmon.worker")
 
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
+DETECTORS_KEY = "\x00detectors/"  # + model: its detectors' states (DetectorBook.export); + model/offset: pairs
 CUMULATIVE_KEY = "\x00cumulative/"  # + a cumulative window's key: the base windows folded in so far
 CUMULATIVE = WindowSpec("cumulative")
 
@@ -69,6 +73,9 @@ class Merge:
         self.refused_partials = 0  # partials of models beyond max_models, not published
         self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.rules = RuleBook(config.rules)
+        self.detectors: dict[int, DetectorBook] = defaultdict(lambda: DetectorBook(config.detectors))  # per merger
+        # partition: its models' detectors (their pairs are judged at the watermark its heartbeats bring)
+        self.stored_pairs: dict[int, list[tuple[float, str]]] = defaultdict(list)  # (latest done_ts, table key)
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.specs = {w.name: w for w in engine_windows(config.windows)}
         self.base = cumulative_base(config.windows)  # the tumbling spec cumulative windows are summed from
@@ -87,9 +94,17 @@ class Merge:
         self.changed.clear()
         self.members.clear()
         self.rules.states.clear()
+        self.detectors.clear()
+        self.stored_pairs.clear()
         self.registry.rebuild(table)
+        pairs = []
         for key, entry in table.items():
-            if key.startswith(RULES_KEY):
+            if key.startswith(DETECTORS_KEY):
+                if "/" in key[len(DETECTORS_KEY):]:
+                    pairs.append((key, entry))
+                else:
+                    self.detectors[int(entry["here"])].restore(key[len(DETECTORS_KEY):], entry)
+            elif key.startswith(RULES_KEY):
                 for item in entry:
                     self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
             elif not key.startswith("\x00") and not entry.get("_final"):
@@ -100,6 +115,10 @@ class Merge:
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
                 if self._in_base(partial):
                     self.members[here][cumulative_key(partial)].add(key)
+        for key, entry in sorted(pairs):  # in the order they came (the offsets are zero-padded)
+            here = int(entry["here"])
+            model = key[len(DETECTORS_KEY):].rsplit("/", 1)[0]
+            self.stored_pairs[here].append((self.detectors[here].accept(model, entry["pairs"], restoring=True), key))
         self.stale = False
 
     def _final_at(self, partial: dict[str, Any]) -> float:
@@ -114,6 +133,8 @@ class Merge:
             body = orjson.loads(value or b"{}")
             if "partial" in body:
                 return self.on_partial(table, here, int(body["partition"]), body["partial"])
+            if "pairs" in body:
+                return self.on_pairs(table, here, offset, str(body["model"]), body["pairs"])
             if "ask" in body:
                 self.registry.on_ask(table, str(body["ask"]), int(body["home"]), float(body["ts"]))
                 return []
@@ -158,6 +179,35 @@ class Merge:
         if self._in_base(partial):
             self.members[here][cumulative_key(partial)].add(key)
         return []
+
+    def on_pairs(self, table: Any, here: int, offset: int, model: str, message: dict[str, Any]) -> list[Output]:
+        """Pairs (and retractions) of a model's detector rules from one input partition: they wait,
+        stored as they came, for the watermark of every input partition to pass them."""
+        until = self.detectors[here].accept(model, message)
+        key = f"{DETECTORS_KEY}{model}/{offset:020d}"
+        table[key] = {"here": here, "pairs": message}
+        self.stored_pairs[here].append((until, key))
+        return []
+
+    def _judge(self, table: Any, here: int, watermark: float) -> list[Output]:
+        """The detectors of this merger partition's models judge the pairs before ``watermark``."""
+        book = self.detectors.get(here)
+        if book is None or not (book.waiting or self.stored_pairs[here]):
+            return []
+        models = {book.watched[number].model for number, _ in book.waiting}
+        events = book.advance(watermark, time.time())
+        for model in sorted(models):
+            table[f"{DETECTORS_KEY}{model}"] = {"here": here, **book.export(model)}
+        stored = self.stored_pairs[here]  # messages whose pairs are all judged now (after the state that counts them)
+        for _, key in [item for item in stored if item[0] < watermark]:
+            del table[key]
+        stored[:] = [item for item in stored if item[0] >= watermark]
+        if events and self.on_alerts is not None:
+            self.on_alerts(events)
+        return [(self.config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
+
+    def detector_states(self) -> list[tuple[DetectorRule, Cusum]]:
+        return [item for book in list(self.detectors.values()) for item in book.evaluated()]
 
     def event_time(self, here: int) -> float:
         """How far the furthest input partition has gone, as merger partition ``here`` heard."""
@@ -216,6 +266,7 @@ class Merge:
             self.changed[here] |= held  # published once their model is admitted (see registry)
         if marks and all(p in known or idle_here.get(p) for p in partitions):
             low = min(marks)
+            out += self._judge(table, here, low - self.config.watermark_lag_s)  # as the engines' watermark
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
                 entry = table.get(key)

@@ -26,7 +26,6 @@ import faust
 
 from stream.config import Config
 from stream.core.windows import counting_window
-from stream.errors import ConfigError
 from stream.exporters.alerts import Delivery
 from stream.exporters.prometheus import EngineCollector, serve
 from stream.kafka.admin import ensure_topics, faust_credentials
@@ -103,7 +102,8 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
     join = Join(config, partition_counts)
     merge = Merge(config, on_alerts=delivery.submit)
     counted = counting_window(config.windows)
-    collector = EngineCollector(join.totals, merge.rules.evaluated, counted.name if counted else None,
+    collector = EngineCollector(join.totals, lambda: [*merge.rules.evaluated(), *merge.detector_states()],
+                                counted.name if counted else None,
                                 lambda: dict(join.lag),
                                 lambda: {topic: join.forwarding.counts[source] for source, topic in (
                                     ("predictions", config.predictions_topic), ("labels", config.labels_topic))},
@@ -177,10 +177,6 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
 
 
 def run_worker(config: Config, loglevel: str = "info") -> int:
-    if config.detectors:  # each partition sees a share of a series' pairs: judged there, they would be wrong
-        raise ConfigError(f"rule {config.detectors[0].name}: rules with a detector run in `mlmon replay`, "
-                          "`mlmon rules check`, the demo and the Python API; the Kafka worker does not run them "
-                          "yet (give it threshold rules: below/above)")
     map_large_blocks_apart()
     # A worker that stops making progress can say where it is, and carries on: `kill -QUIT <pid>`
     # writes every thread's Python stack to the log even when the event loop is blocked (and
