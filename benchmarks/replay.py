@@ -4,6 +4,7 @@ large unsorted input.
     python -m benchmarks.replay --pairs 300000 --repeat 3
     python -m benchmarks.replay --pairs 0 --large 50000000      # peak RSS of 50M unsorted records
     python -m benchmarks.replay --pairs 100000 --regression --windows "tumbling 1h,tumbling 1d,cumulative,rolling 1000"
+    python -m benchmarks.replay --pairs 300000 --repeat 3 --detector   # one CUSUM rule over every series
 
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
@@ -13,13 +14,16 @@ revision per changed window per minute of event time); (4) the floor that the re
 sets: ``orjson`` (the fastest JSON encoder for Python) encoding and writing the metric records of
 (3) alone, already computed.
 Reports pairs per second and each one's ratio to the decode rate (pairs / seconds to decode the
-lines). ``--large N`` writes N shuffled records and replays them in a fresh process, reporting
-its peak RSS (VmHWM). Never part of the test command.
+lines). ``--detector`` adds (5) replay with one CUSUM rule over every series (each model overall and
+per segment value), reported beside (2) as ``detector_ratio``. ``--large N`` writes N shuffled
+records and replays them in a fresh process, reporting its peak RSS (VmHWM). Never part of the test
+command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -37,6 +41,7 @@ from typing import Any
 import orjson
 
 from stream.config import Config
+from stream.core.detectors import DetectorRule
 from stream.replay import replay
 
 START = 1_767_225_600.0
@@ -114,6 +119,14 @@ def write_seconds(metrics: Path, out: Path) -> tuple[float, int]:
     return seconds, count
 
 
+def with_detector(config: Config) -> Config:
+    """The config with one CUSUM rule on accuracy (or a band for regression) over every series."""
+    metric = "within.10" if config.regression_models else "accuracy"
+    rule = DetectorRule.parse({"name": "AccuracyDrop", "metric": metric, "detector": "cusum", "drop": 0.05,
+                               "models": ["*"], "segments": ["*"]})
+    return dataclasses.replace(config, detectors=[rule])
+
+
 def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final_only: bool = True,
                    processes: int | None = None) -> tuple[float, int]:
     result = replay(paths[0], paths[1], config, folder / "m.jsonl", folder / "a.jsonl", folder / "d.jsonl",
@@ -174,6 +187,8 @@ def main() -> None:
                         "classifiers with scores")
     parser.add_argument("--in-order", action="store_true", help="both files in time order (else shuffled): "
                         "replay by default (inputs read by a second process) and in one process")
+    parser.add_argument("--detector", action="store_true", help="also replay with one CUSUM detector rule over "
+                        "every series: its ratio to replay without rules")
     parser.add_argument("--windows", default="", help="windows instead of the default, comma-separated "
                         "('tumbling 1h,cumulative,rolling 1000')")
     args = parser.parse_args()
@@ -187,7 +202,8 @@ def main() -> None:
                                           **({"regression_models": ["*"]} if args.regression else {})})
             configs: dict[str, tuple[Config, bool, int | None]] = {  # default emit: 1m
                 "replay": (config, True, None), "replay_revisions": (config, False, None),
-                **({"replay_one_process": (config, True, 1)} if args.in_order else {})}
+                **({"replay_one_process": (config, True, 1)} if args.in_order else {}),
+                **({"replay_detector": (with_detector(config), True, None)} if args.detector else {})}
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
@@ -203,6 +219,9 @@ def main() -> None:
                 median = statistics.median(runs[key])
                 report[f"{key}_pairs_per_s"] = {"median": round(median), "runs": [round(r) for r in runs[key]],
                                                 "ratio_to_decode": round(median / decode, 3)}
+        if args.detector:
+            report["detector_ratio"] = round(report["replay_detector_pairs_per_s"]["median"]
+                                             / report["replay_pairs_per_s"]["median"], 3)
         if args.large:
             report["large"] = large(args.large, folder)
     print(json.dumps(report, indent=2))
