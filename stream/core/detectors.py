@@ -293,7 +293,10 @@ def alert_event(rule: DetectorRule, state: Cusum, status: str, now: float) -> di
         "alertname": rule.name,
         "status": status,
         "labels": dict(labels),
-        "annotations": {"summary": summary, "description": description, "runbook_url": rule.runbook_url},
+        "annotations": {"summary": summary, "description": description, "runbook_url": rule.runbook_url,
+                        "baseline": f"{baseline:.4f}", "estimate": f"{state.estimate:.4f}",
+                        "change_pairs": str(state.episode_pairs),
+                        "false_alarm_pairs": f"{rule.false_alarm_pairs:.0f}"},  # Alertmanager carries these
         "value": state.estimate,
         "threshold": baseline - rule.drop,
         "n": state.episode_pairs,

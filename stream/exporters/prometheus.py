@@ -244,13 +244,24 @@ class EngineCollector(Collector):
         yield watermark
 
     def _alerts(self) -> Iterator[Any]:
+        series = ["alertname", "model", "model_version", "segment"]
         firing = GaugeMetricFamily("mlmon_alert_firing", "1 while an mlmon rule fires for a series, else 0",
-                                   labels=["alertname", "model", "model_version", "window", "severity"])
+                                   labels=[*series, "window", "severity"])
+        baseline = GaugeMetricFamily("mlmon_detector_baseline_ratio", "the in-control proportion a detector rule's "
+                                     "CUSUM judges against (learned or given)", labels=series)
+        evidence = GaugeMetricFamily("mlmon_detector_evidence_ratio", "a detector's CUSUM statistic over its "
+                                     "threshold: it fires (or, firing, resolves) at 1", labels=series)
         for rule, state in self.rule_source():
             labels = state.labels
-            firing.add_metric([rule.name, labels["model"], labels["model_version"], labels["window"], rule.severity],
-                              1.0 if state.firing else 0.0)
+            segment = segment_label({k[len("segment_"):]: v for k, v in labels.items() if k.startswith("segment_")})
+            values = [rule.name, labels["model"], labels["model_version"], segment]
+            firing.add_metric([*values, labels["window"], rule.severity], 1.0 if state.firing else 0.0)
+            if isinstance(state, Cusum) and (design := state.current()) is not None:
+                baseline.add_metric(values, 1.0 - design.p0)
+                evidence.add_metric(values, state.statistic / design.h)
         yield firing
+        yield baseline
+        yield evidence
 
 
 def for_engine(engine: Engine) -> EngineCollector:

@@ -172,3 +172,27 @@ def test_replay_detects_a_fall_in_one_segment_only_whatever_the_order_of_the_rec
     for rows in shuffled:
         random.Random(9).shuffle(rows)
     assert alerts(*shuffled) == events
+
+
+def test_prometheus_and_alertmanager_carry_what_was_detected() -> None:
+    from stream.core.engine import Engine
+    from stream.core.records import parse_label, parse_prediction
+    from stream.exporters.alerts import to_alertmanager
+    from stream.exporters.prometheus import for_engine
+
+    predictions, labels = stream(5, 40_000, 30_000, 40_000)
+    config = Config.from_mapping({"windows": ["cumulative"], "rules": [{**RULE, "segments": ["country=*"]}]})
+    engine = Engine(config, revisions=False)
+    rows = [parse_prediction(p) for p in predictions] + [parse_label(x) for x in labels]
+    engine.receive_many(sorted(rows, key=lambda r: r.timestamp))
+    engine.finish()
+    firing = next(e for e in engine.alert_events if e["status"] == "firing")
+    annotations = to_alertmanager(firing)["annotations"]
+    assert float(annotations["baseline"]) == pytest.approx(firing["detector"]["baseline"], abs=1e-4)
+    assert int(annotations["change_pairs"]) == firing["detector"]["change_pairs"] > 0
+    families = {f.name: f for f in for_engine(engine).collect()}
+    on = {(s.labels["segment"], s.value) for s in families["mlmon_alert_firing"].samples}
+    assert on == {("country=DE", 1.0), ("country=US", 0.0)}
+    baselines = {s.labels["segment"]: s.value for s in families["mlmon_detector_baseline_ratio"].samples}
+    assert baselines.keys() == {"country=DE", "country=US"} and all(abs(b - 0.9) < 0.01 for b in baselines.values())
+    assert all(0 <= s.value < 1 for s in families["mlmon_detector_evidence_ratio"].samples)
