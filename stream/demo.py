@@ -45,6 +45,12 @@ DEMO_SETTINGS: dict[str, Any] = {
         "confidence": 0.95,
         "severity": "warning",
         "summary": "accuracy of the last 500 labeled games fell below 75%",
+    }, {  # no threshold: a fall of 0.1 from the accuracy it learns, at most one false alarm per million games
+        "name": "AccuracyDrop",
+        "metric": "accuracy",
+        "detector": "cusum",
+        "drop": 0.1,
+        "baseline_pairs": 1000,
     }],
     "positive_classes": {"*": "home_win"},
     # Youden's J of home wins: how far the model beats a coin that says "home win" at any rate
@@ -170,7 +176,8 @@ class LiveView:
             return
         self._erase()
         clock = time.strftime("%Y-%m-%d %H:%M", time.gmtime(engine.watermark)) if 0 < engine.watermark < 1e11 else "end"
-        firing = [rule.name for rule, state in engine.rules.evaluated() if state.firing]
+        firing = [rule.name for rule, state in [*engine.rules.evaluated(), *engine.detectors.evaluated()]
+                  if state.firing]
         lines = [f"{'final' if final else 'live'}  event time {clock}  alerts: {', '.join(firing) or 'none firing'}"]
         for (_, segment), record in sorted(self.latest.items()):
             lines.append(f"  {segment:<12} " + _line(record))

@@ -123,6 +123,7 @@ def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
     engine.dead_letter("labels", "{oops", "not valid JSON", file="x.jsonl", line=3)
     engine.finish()
     assert engine.alert_events, "the demo scenario should fire at least once"
+    assert any("detector" in event for event in engine.alert_events), "its detector rule too"
     for name, items in (("metric_record.json", engine.metric_records), ("alert_event.json", engine.alert_events),
                         ("dead_letter.json", engine.dead_letters)):
         check = validator(name)
