@@ -182,7 +182,10 @@ class Merge:
 
     def on_pairs(self, table: Any, here: int, offset: int, model: str, message: dict[str, Any]) -> list[Output]:
         """Pairs (and retractions) of a model's detector rules from one input partition: they wait,
-        stored as they came, for the watermark of every input partition to pass them."""
+        stored as they came, for the watermark of every input partition to pass them. Nothing of a
+        model the registry refused (see registry)."""
+        if self.registry.decided.get(model) is False:
+            return []
         until = self.detectors[here].accept(model, message)
         key = f"{DETECTORS_KEY}{model}/{offset:020d}"
         table[key] = {"here": here, "pairs": message}
