@@ -176,8 +176,8 @@ class LiveView:
             return
         self._erase()
         clock = time.strftime("%Y-%m-%d %H:%M", time.gmtime(engine.watermark)) if 0 < engine.watermark < 1e11 else "end"
-        firing = [rule.name for rule, state in [*engine.rules.evaluated(), *engine.detectors.evaluated()]
-                  if state.firing]
+        firing = ([rule.name for rule, state in engine.rules.evaluated() if state.firing]
+                  + [rule.name for rule, cusum in engine.detectors.evaluated() if cusum.firing])
         lines = [f"{'final' if final else 'live'}  event time {clock}  alerts: {', '.join(firing) or 'none firing'}"]
         for (_, segment), record in sorted(self.latest.items()):
             lines.append(f"  {segment:<12} " + _line(record))

@@ -106,7 +106,7 @@ class Ingest:
         pack = self._codec.pack
         ttl = join.ttl_s
         deferred: list[Deferred] = []
-        defer = not self.rolling_specs and not self.detectors.rules  # these take pairs one by one (``_pair``)
+        defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
         dirty_sets = self._dirty_sets
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
         if not observe:
@@ -213,7 +213,8 @@ class Ingest:
         folds (see ``Engine.flush``). Else the pairs formed so far may wait to be counted."""
         watermark = ts - self._lag_s
         heap = self._final_heap
-        if watermark > self.watermark and watermark >= self._next_sweep and heap and heap[0][0] <= watermark:
+        if watermark > self.watermark and watermark >= self._next_sweep and (
+                (heap and heap[0][0] <= watermark) or self.detectors.rules):  # or detectors judge (see advance)
             return True
         return ts >= self._next_emit and (self.revisions or bool(self.rules.rules) or self._buffered >= FOLD_PAIRS)
 
@@ -248,6 +249,8 @@ class Ingest:
             counts[bucket] += count
         health.pairs += len(deferred)
         self._register_score_names(deferred, table)
+        if self.detectors.rules:
+            self._push_detected(deferred, table)
         by_set: dict[int, list[int]] = {}
         for i, item in enumerate(deferred):
             if item[4] is not None:  # else all its windows are final: the join's count only
@@ -272,6 +275,17 @@ class Ingest:
             if not wset.dirty:
                 wset.dirty = True
                 self._dirty_sets.append(wset)
+
+    def _push_detected(self, deferred: list[Deferred], table: np.ndarray) -> None:
+        """The pairs to the detectors of their series, as ``_pair`` gives them."""
+        push = self.detectors.push
+        for i, (guess, pts) in enumerate(zip(table["guess"].tolist(), table["ts"].tolist(), strict=True)):
+            _, _, lts, request_id, wset, truth = deferred[i]
+            if wset is not None:
+                for series in wset.group:
+                    if series.detectors:
+                        push(pts if pts > lts else lts, request_id, series.detectors, truth, guess,
+                             wset.model.classes.names)  # type: ignore[union-attr]
 
     def _register_score_names(self, deferred: list[Deferred], table: np.ndarray) -> None:
         """Number the score names new to a model in the order ``_pair`` would meet them."""

@@ -103,8 +103,11 @@ def configured(options: dict[str, Any]) -> Config:
 
 
 def outcome(engine: Engine) -> dict[str, Any]:
+    detectors = sorted((w.rule.name, w.model, w.version, sorted(w.segment.items()), repr(w.state))
+                       for w in engine.detectors.watched)  # every judged pair moves a detector's state
     return {"records": engine.metric_records, "alerts": engine.alert_events, "dead": engine.dead_letters,
-            "health": engine.health, "pending": engine.pending(), "watermark": engine.watermark}
+            "health": engine.health, "pending": engine.pending(), "watermark": engine.watermark,
+            "detectors": detectors, "late_pairs": engine.detectors.late_pairs}
 
 
 def one_by_one(config: Config, events: list[Prediction | Label], revisions: bool) -> dict[str, Any]:
@@ -151,20 +154,46 @@ def test_batches_give_what_one_record_at_a_time_gives(requests: list[dict[str, A
         assert in_batches(config, events, revisions, sizes) == one_by_one(config, events, revisions)
 
 
-def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures() -> None:
+@pytest.mark.parametrize("detect", [False, True])
+def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures(detect: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A long stream in time order, batches far above ``BULK_PAIRS``: the array path, scored
-    (binary and multiclass) and not, equal to one record at a time."""
+    (binary and multiclass) and not, equal to one record at a time; with detector rules, which
+    get the pairs counted as arrays too."""
     rng = random.Random(7)
-    requests = [{"ts": i // 3, "models": rng.choice([("m",), ("n",), ("k",), ("m", "k")]),
-                 "pred": rng.choice("abc"), "score": rng.choice([0.1, 0.3, 0.8]), "segment": rng.choice("xy"),
-                 "version": "v1", "labels": [{"delay": rng.randrange(1, 90), "value": rng.choice("abc")}],
+    requests = [{"ts": i // 3, "models": rng.choice([("m",), ("n",), ("k",), ("m", "k")]) if i % 150 == 0 else ("m",),
+                 "pred": rng.choice("ab"), "score": rng.choice([0.1, 0.3, 0.8]), "segment": rng.choice("xy"),
+                 "version": "v1", "labels": [{"delay": rng.randrange(1, 90), "value": rng.choice("ab")}],
                  "again": []} for i in range(3000)]
+    bulk: list[int] = []  # pairs counted as arrays (entries of one size: one model's, mostly)
+    register = ingest.Ingest._register_score_names
+    monkeypatch.setattr(ingest.Ingest, "_register_score_names", lambda self, deferred, table: (
+        bulk.append(len(deferred)), register(self, deferred, table))[1])
     options = {"join_ttl_s": 100, "watermark_lag_s": 1, "emit_interval_s": 60, "duplicate_labels": "earliest",
-               "windows": ["tumbling 50s", "cumulative"], "max_classes": 100, "max_models": 100}
+               "windows": ["tumbling 50s", "cumulative"], "max_classes": 100, "max_models": 100, "detect": detect}
     config = configured(options)
     events = sorted(parsed(records(requests, uuids=True)), key=lambda r: r.timestamp)
     reference = one_by_one(config, events, revisions=False)
     assert reference["health"].pairs > 2000
+    assert sum("detector" in alert for alert in reference["alerts"]) >= (4 if detect else 0)
+    assert in_batches(config, events, False, [4096]) == reference
+    assert sum(bulk) > reference["health"].pairs / 6, bulk  # many pairs counted as arrays
+
+
+def test_detectors_judge_pairs_counted_as_arrays_before_the_watermark_passes_them() -> None:
+    """With detector rules alone (no threshold rule folds pairs at each emission) and a cumulative
+    window (none closes), pairs wait to be counted as arrays: they reach the detectors before the
+    sweep that judges their minute, not after it (they would be late, and left out)."""
+    rng = random.Random(3)
+    requests = [{"ts": i // 3, "models": ("m",), "pred": rng.choice("ab"), "score": 0.5, "segment": None,
+                 "version": "v1", "labels": [{"delay": rng.randrange(1, 30), "value": rng.choice("ab")}],
+                 "again": []} for i in range(3000)]
+    rule = {"name": "Drop", "metric": "accuracy", "detector": "cusum", "drop": 0.1, "baseline_pairs": 100}
+    config = Config.from_mapping({"join_ttl_s": 100, "watermark_lag_s": 1, "windows": ["cumulative"],
+                                  "rules": [rule]})
+    events = sorted(parsed(records(requests, uuids=True)), key=lambda r: r.timestamp)
+    reference = one_by_one(config, events, revisions=False)
+    assert reference["late_pairs"] == 0 and "baseline_n=0" not in reference["detectors"][0][-1]
     assert in_batches(config, events, False, [4096]) == reference
 
 
