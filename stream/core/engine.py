@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stream.core.admission import OTHER, Admission, Limits, Refusals
-from stream.core.confusion import CODE_BITS, ClassIndex
+from stream.core.confusion import CODE_BITS
 from stream.core.custom import MetricBook
 from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
@@ -26,19 +26,19 @@ from stream.core.ingest import FOLD_PAIRS, Ingest
 from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
-from stream.core.records import Label, Prediction, class_name, target_number
+from stream.core.placement import Placement
+from stream.core.records import Label, Prediction, target_number
 from stream.core.revisions import LABEL_RANK, Revisions
 from stream.core.rules import RuleBook, rfc3339
-from stream.core.series import Model, RollingWindow, Series, Terms, Window, WindowSet, refresh_figures
+from stream.core.series import Model, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.settings import Settings
-from stream.core.windows import WindowSpec
 
 __all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
 SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 
 
-class Engine(Revisions, Ingest):
+class Engine(Revisions, Ingest, Placement):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
                  revisions: bool = True, limits_factor: int = 1) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a
@@ -225,97 +225,6 @@ class Engine(Revisions, Ingest):
         else:
             self.label(record, **where)  # type: ignore[arg-type]
 
-    # --------------------------------------------------------------- routing
-
-    def _model(self, name: str, ts: float) -> Model | None:
-        """The model, admitted now if there is room (see core.admission); a refused one raises
-        with the reason once an hour of event time, else gives None."""
-        model = self.models.get(name)
-        if model is None:
-            admission = self.admission
-            if not admission.model(name, ts):
-                self.health.refused_models += 1
-                if not self._refusals.due(name, ts):
-                    return None
-                raise InvalidRecord(
-                    f"model '{name[:64]}' refused: already monitoring {admission.limits.max_models} models, none "
-                    f"idle for series_ttl (raise max_models); its other records within the next hour are "
-                    "refused without a dead letter (counted in refused_models)")
-            for gone in admission.drain_evicted():
-                self._forget(gone)
-            regression = self.config.is_regression(name)
-            model = self.models[name] = Model(name, regression, None if regression else ClassIndex(),
-                                              number=next(self._model_numbers))
-            self.join.several = self.join.several or model.number > 0
-        return model
-
-    def _forget(self, name: str) -> None:
-        """A model idle for ``series_ttl``: its windows are final, none of its predictions pend."""
-        self.models.pop(name, None)
-        self._series = {k: s for k, s in self._series.items() if k[0] != name}
-        self._sets = {k: s for k, s in self._sets.items() if k[0] != name}
-        self._numbered = {s.number: s for s in self._sets.values()}
-
-    def _class_id(self, model: Model, value: Any) -> int:
-        classes = model.classes
-        assert classes is not None
-        name = class_name(value)
-        found = classes.ids.get(name)
-        if found is not None:
-            return found
-        if len(classes) >= self.config.max_classes:
-            self.health.folded_classes += 1
-            name = OTHER
-        return classes.id(name)
-
-    def _window_set(
-        self, model: Model, version: str, segment: tuple[tuple[str, str], ...], slot: int, ts: float
-    ) -> WindowSet:
-        admission = self.admission
-        admission.model(model.name, ts)  # seen now: its slot is kept
-        named = admission.version(model.name, version, ts)
-        if named is OTHER:
-            self.health.folded_versions += 1
-        parts: list[tuple[tuple[str, str], ...]] = [()]
-        for key, value in segment:
-            folded = admission.segment(model.name, key, value, ts)
-            if folded[1] is OTHER:
-                self.health.folded_segments += 1
-            parts.append((folded,))
-        group = tuple(self._series_of(model, named, part) for part in parts)
-        windows = [self._window(series, spec, start, model) for series in group for spec in self.specs
-                   for start in spec.starts(ts)]
-        number = next(self._set_numbers) & 0xFFFFFFFF
-        ends = [end for spec in self.specs for start in spec.starts(ts) if (end := spec.end(start)) is not None]
-        wset = WindowSet(model, group, tuple(windows), number, min(ends, default=math.inf) + self._stale_after_s)
-        self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
-        return wset
-
-    def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
-                                                          tuple[float, ...]]:
-        """(timestamp, window set, guess, score names or None, probabilities)."""
-        ts, number, guess, names, probs = self._codec.unpack(entry)
-        return ts, self._numbered[number], guess, names, probs
-
-    def _series_of(self, model: Model, version: str, segment: tuple[tuple[str, str], ...]) -> Series:
-        series = self._series.get((model.name, version, segment))
-        if series is None:
-            series = self._series[(model.name, version, segment)] = Series(model.name, version, dict(segment))
-            series.rolling = [RollingWindow(series, spec, model.classes) for spec in self.rolling_specs]
-            if self.detectors.rules:
-                series.detectors = self.detectors.watch(model.name, version, series.segment, series.segment_key,
-                                                        model.classes is None)
-        return series
-
-    def _window(self, series: Series, spec: WindowSpec, start: int, model: Model) -> Window:
-        window = series.windows.get((spec, start))
-        if window is None:
-            window = series.windows[(spec, start)] = Window(series, spec, start, model.classes)
-            end = spec.end(start)
-            final_at = math.inf if end is None else end + self._stale_after_s
-            heapq.heappush(self._final_heap, (final_at, next(self._seq), window))
-        return window
-
     # --------------------------------------------------------------- counting
 
     def _refuse_label(self, label: PendingLabel, reason: str, prediction: PendingPrediction, request_id: str,
@@ -327,9 +236,10 @@ class Engine(Revisions, Ingest):
         self._refuse("labels", {"request_id": request_id, "label": label[1], "timestamp": label[0]}, reason,
                      counted=counted, model=self._unpack(prediction)[1].model.name, request_id=request_id, **where)
 
-    def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str) -> str | None:
+    def _pair(self, prediction: PendingPrediction, label: PendingLabel, request_id: str,
+              detected: bool = False) -> str | None:
         """Count a pair; or, when the label cannot count for the prediction's model, expire the
-        prediction and return why."""
+        prediction and return why. ``detected``: its detectors have it already (see ``Ingest``)."""
         ts, number, guess, names, probs = self._codec.unpack(prediction)
         wset = self._numbered.get(number)
         lag = label[0] - ts
@@ -364,14 +274,14 @@ class Engine(Revisions, Ingest):
         if not wset.dirty:
             wset.dirty = True
             self._dirty_sets.append(wset)
-        if self.rolling_specs or self.detectors.rules:
+        if self.rolling_specs or (self.detectors.rules and not detected):
             done_ts = ts if ts > label[0] else label[0]  # completion order: the later of the two
             for series in wset.group:
                 for rolling in series.rolling:
                     if rolling.push(done_ts, request_id, truth, guess, terms) and not rolling.dirty:
                         rolling.dirty = True
                         self._dirty_windows.append(rolling)
-                if series.detectors:
+                if series.detectors and not detected:
                     self.detectors.push(done_ts, request_id, series.detectors, truth, guess,
                                         None if model.classes is None else model.classes.names)
         return None

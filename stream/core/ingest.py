@@ -44,6 +44,7 @@ __all__ = ["BULK_PAIRS", "FOLD_PAIRS", "Ingest"]
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
 _NUMBER = struct.Struct("<I").unpack_from  # a pending prediction's window-set number, at byte 8
+_GUESS = struct.Struct("<H").unpack_from  # its class id, at byte 12
 _LAG_EDGES = np.array(LAG_BUCKETS_S)
 # A pair to count: the prediction, the label's value and time, the request id, the prediction's
 # window set (None: all its windows are final) and the label's class id for its model.
@@ -107,6 +108,7 @@ class Ingest:
         ttl = join.ttl_s
         deferred: list[Deferred] = []
         defer = not self.rolling_specs  # a rolling window takes its pairs one by one (``_pair``)
+        detect = bool(self.detectors.rules)
         dirty_sets = self._dirty_sets
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
         if not observe:
@@ -152,6 +154,8 @@ class Ingest:
                             if truth is not None and defer:
                                 health.joined_labels += 1
                                 deferred.append((entry, value, lts, record.request_id, wset, truth))
+                                if detect:  # its detectors have it now (``_pair`` is told so)
+                                    self._detect(ts, lts, record.request_id, wset, truth, guess)
                                 continue
                             self._count_deferred(deferred)
                             self._general(i, record, where, on_error, (waiting, entry, False))
@@ -174,6 +178,9 @@ class Ingest:
                         if truth is not None and defer:
                             health.joined_labels += 1
                             deferred.append((known, value, ts, record.request_id, wset, truth))
+                            if detect and wset is not None:
+                                self._detect(pending_ts(known), ts, record.request_id, wset, truth,
+                                             _GUESS(known, 12)[0])
                             if wset is not None and not wset.dirty:  # in the order ``_pair`` marks them
                                 wset.dirty = True
                                 dirty_sets.append(wset)
@@ -213,8 +220,7 @@ class Ingest:
         folds (see ``Engine.flush``). Else the pairs formed so far may wait to be counted."""
         watermark = ts - self._lag_s
         heap = self._final_heap
-        if watermark > self.watermark and watermark >= self._next_sweep and (
-                (heap and heap[0][0] <= watermark) or self.detectors.rules):  # or detectors judge (see advance)
+        if watermark > self.watermark and watermark >= self._next_sweep and heap and heap[0][0] <= watermark:
             return True
         return ts >= self._next_emit and (self.revisions or bool(self.rules.rules) or self._buffered >= FOLD_PAIRS)
 
@@ -224,7 +230,7 @@ class Ingest:
             return
         if len(deferred) < BULK_PAIRS:
             for known, value, ts, request_id, _, _ in deferred:
-                self._pair(known, (ts, value), request_id)
+                self._pair(known, (ts, value), request_id, detected=True)
             deferred.clear()
             return
         self._count_bulk(deferred)
@@ -236,7 +242,7 @@ class Ingest:
         table = self._codec.unpack_many([item[0] for item in deferred])
         if table is None or (table["layout"] == INLINE_SCORES).any():  # several sizes or names inline: one by one
             for known, value, ts, request_id, _, _ in deferred:
-                self._pair(known, (ts, value), request_id)
+                self._pair(known, (ts, value), request_id, detected=True)
             return
         lags = np.array([item[2] for item in deferred]) - table["ts"]
         total = health.label_lag_sum_s
@@ -249,8 +255,6 @@ class Ingest:
             counts[bucket] += count
         health.pairs += len(deferred)
         self._register_score_names(deferred, table)
-        if self.detectors.rules:
-            self._push_detected(deferred, table)
         by_set: dict[int, list[int]] = {}
         for i, item in enumerate(deferred):
             if item[4] is not None:  # else all its windows are final: the join's count only
@@ -276,16 +280,13 @@ class Ingest:
                 wset.dirty = True
                 self._dirty_sets.append(wset)
 
-    def _push_detected(self, deferred: list[Deferred], table: np.ndarray) -> None:
-        """The pairs to the detectors of their series, as ``_pair`` gives them."""
-        push = self.detectors.push
-        for i, (guess, pts) in enumerate(zip(table["guess"].tolist(), table["ts"].tolist(), strict=True)):
-            _, _, lts, request_id, wset, truth = deferred[i]
-            if wset is not None:
-                for series in wset.group:
-                    if series.detectors:
-                        push(pts if pts > lts else lts, request_id, series.detectors, truth, guess,
-                             wset.model.classes.names)  # type: ignore[union-attr]
+    def _detect(self, pred_ts: float, label_ts: float, request_id: str, wset: WindowSet, truth: int,
+                guess: int) -> None:
+        """A pair the loop formed, to its series' detectors when it forms, as ``_pair`` gives it."""
+        for series in wset.group:
+            if series.detectors:
+                self.detectors.push(pred_ts if pred_ts > label_ts else label_ts, request_id, series.detectors,
+                                    truth, guess, wset.model.classes.names)  # type: ignore[union-attr]
 
     def _register_score_names(self, deferred: list[Deferred], table: np.ndarray) -> None:
         """Number the score names new to a model in the order ``_pair`` would meet them."""

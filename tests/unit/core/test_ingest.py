@@ -182,11 +182,12 @@ def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures(detect: bo
 
 def test_detectors_judge_pairs_counted_as_arrays_before_the_watermark_passes_them() -> None:
     """With detector rules alone (no threshold rule folds pairs at each emission) and a cumulative
-    window (none closes), pairs wait to be counted as arrays: they reach the detectors before the
-    sweep that judges their minute, not after it (they would be late, and left out)."""
+    window (none closes), pairs wait to be counted as arrays: they reach the detectors when they
+    form, before the sweep that judges their minute (after it they would be late, and left out);
+    labels before their predictions and after them."""
     rng = random.Random(3)
     requests = [{"ts": i // 3, "models": ("m",), "pred": rng.choice("ab"), "score": 0.5, "segment": None,
-                 "version": "v1", "labels": [{"delay": rng.randrange(1, 30), "value": rng.choice("ab")}],
+                 "version": "v1", "labels": [{"delay": rng.randrange(-30, 30), "value": rng.choice("ab")}],
                  "again": []} for i in range(3000)]
     rule = {"name": "Drop", "metric": "accuracy", "detector": "cusum", "drop": 0.1, "baseline_pairs": 100}
     config = Config.from_mapping({"join_ttl_s": 100, "watermark_lag_s": 1, "windows": ["cumulative"],
