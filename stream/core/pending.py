@@ -19,7 +19,7 @@ import orjson
 
 from stream.core.records import Scores
 
-__all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "REGRESSION", "PendingCodec", "PendingLabel",
+__all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "PendingCodec", "PendingLabel",
            "PendingPrediction", "pending_ts"]
 
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier

@@ -16,6 +16,7 @@ of its changed windows ("partials", keyed by model), then the worker its partiti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -294,19 +295,9 @@ class Join:
             if queue is None:
                 continue
             engine = self.engine(at)
-            where = queue.where
-
-            def failed(i: int, exc: Exception, engine: Engine = engine, where: list[dict[str, Any]] = where,
-                       queue: Queue = queue) -> None:
-                at_ = where[i]
-                log.error("failed on %s[%s]@%s", at_.get("topic"), at_.get("partition"), at_.get("offset"),
-                          exc_info=exc)
-                source = "predictions" if type(queue.records[i]) is Prediction else "labels"
-                engine.dead_letter(source, raw_text(queue.raws[i]), "internal error (see worker log)",
-                                   **{k: v for k, v in at_.items() if k != "raw"})
-
+            failed = functools.partial(self._failed, engine, queue)
             try:
-                taken = engine.take_many(queue.records, where.__getitem__, failed)
+                taken = engine.take_many(queue.records, queue.where.__getitem__, failed)
             except Exception as exc:  # a bug beyond one record's handling: every record of the batch says so
                 for i in range(len(queue.records)):
                     failed(i, exc)
@@ -318,6 +309,15 @@ class Join:
                     unsaved.size += len(raw)
                     if record.timestamp > unsaved.last_ts:
                         unsaved.last_ts = record.timestamp
+
+    @staticmethod
+    def _failed(engine: Engine, queue: Queue, i: int, exc: Exception) -> None:
+        """A queued record whose handling raised: logged, and dead-lettered with where it came from."""
+        at = queue.where[i]
+        log.error("failed on %s[%s]@%s", at.get("topic"), at.get("partition"), at.get("offset"), exc_info=exc)
+        source = "predictions" if type(queue.records[i]) is Prediction else "labels"
+        engine.dead_letter(source, raw_text(queue.raws[i]), "internal error (see worker log)",
+                           **{k: v for k, v in at.items() if k != "raw"})
 
     def _unsaved(self, partition: int) -> Unsaved:
         unsaved = self.unsaved.get(partition)

@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kafka_broker import Broker
 from stream.config import Config
 from stream.kafka.produce import Outgoing, produce, scenario_records
@@ -81,25 +83,16 @@ def worker_alerts(config: Config, path: Path, rules: Path, tmp_path: Path, s: Sc
         worker.stop()
 
 
-def test_worker_raises_what_replay_raises(kafka: Broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("seed", "kills"), [(12, 0), (13, 3)])
+def test_worker_raises_what_replay_raises_through_kills(kafka: Broker, tmp_path: Path, seed: int, kills: int) -> None:
+    """Each detector fires once and resolves once, as in replay; killed three times while the
+    traffic flows, the worker neither repeats nor forgets an alert."""
     config, path = setup(kafka, tmp_path)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     config = Config.load(path, rules)
-    s = scenario(seed=12)
+    s = scenario(seed)
     outgoing = records(s)
     expected = by_detector(replayed(config, outgoing))
     assert len(expected) == 3 and all([e[0] for e in v] == ["firing", "resolved"] for v in expected.values())
-    assert by_detector(worker_alerts(config, path, rules, tmp_path, s, outgoing, kills=0)) == expected
-
-
-def test_through_kills_no_alert_is_repeated_or_forgotten(kafka: Broker, tmp_path: Path) -> None:
-    config, path = setup(kafka, tmp_path)
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    config = Config.load(path, rules)
-    s = scenario(seed=13)
-    outgoing = records(s)
-    expected = by_detector(replayed(config, outgoing))
-    assert len(expected) == 3
-    assert by_detector(worker_alerts(config, path, rules, tmp_path, s, outgoing, kills=3)) == expected
+    assert by_detector(worker_alerts(config, path, rules, tmp_path, s, outgoing, kills)) == expected
