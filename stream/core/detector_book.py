@@ -88,7 +88,7 @@ class DetectorBook:
             if kind == "accuracy":
                 miss = truth != guess
             elif kind == "within":
-                miss = not abs(guess - truth) <= float(rule.argument)
+                miss = not abs(guess - truth) <= rule.tolerance
             else:
                 assert names is not None
                 on, other = (truth, guess) if kind == "recall" else (guess, truth)

@@ -46,7 +46,7 @@ from typing import Any
 from stream.core.errors import ConfigError
 from stream.core.keys import fingerprint
 from stream.core.metrics import wilson_interval
-from stream.core.rules import DEFAULT_RUNBOOK, _globs, _number, rfc3339
+from stream.core.rules import DEFAULT_RUNBOOK, parse_globs, parse_number, rfc3339
 
 __all__ = ["METRICS", "Cusum", "Design", "DetectorRule", "alert_event", "bernoulli_kl", "delay_limit_pairs",
            "design", "expected_delay_pairs"]
@@ -129,6 +129,7 @@ class DetectorRule:
     summary: str = ""
     description: str = ""
     detector: str = "cusum"
+    tolerance: float = math.nan  # within.<x>: x
 
     def selects(self, model: str, segment_key: str) -> bool:
         return (any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -148,7 +149,7 @@ class DetectorRule:
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"rule name {name!r} must be a CamelCase identifier, e.g. AccuracyDrop")
         where = f"rule {name}"
-        known = {f for f in cls.__dataclass_fields__} | {"name"}
+        known = set(cls.__dataclass_fields__) - {"tolerance"}  # within.<x> gives that
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for a detector rule "
@@ -162,28 +163,30 @@ class DetectorRule:
                               f"got {metric!r}")
         if kind == "within" and not _is_number(argument):
             raise ConfigError(f"{where}: within.<tolerance> takes a number, e.g. within.5.0; got {metric!r}")
-        drop = _number(raw.get("drop"), f"{where}: drop")
+        drop = parse_number(raw.get("drop"), f"{where}: drop")
         if not 0 < drop < 1:
             raise ConfigError(f"{where}: drop is a fall in the proportion, between 0 and 1 (e.g. 0.05)")
-        false_alarm_pairs = _number(raw.get("false_alarm_pairs", 1_000_000), f"{where}: false_alarm_pairs")
+        false_alarm_pairs = parse_number(raw.get("false_alarm_pairs", 1_000_000), f"{where}: false_alarm_pairs")
         if false_alarm_pairs < 10:
             raise ConfigError(f"{where}: false_alarm_pairs must be at least 10")
         baseline_pairs = raw.get("baseline_pairs", 2000)
         if isinstance(baseline_pairs, bool) or not isinstance(baseline_pairs, int) or baseline_pairs < 1:
             raise ConfigError(f"{where}: baseline_pairs must be a whole number >= 1, got {baseline_pairs!r}")
         baseline = raw.get("baseline")
-        if baseline is not None and not (0 < _number(baseline, f"{where}: baseline") <= 1):
+        if baseline is not None and not (0 < parse_number(baseline, f"{where}: baseline") <= 1):
             raise ConfigError(f"{where}: baseline is the proportion in control, in (0, 1]")
         shift = raw.get("max_baseline_shift")
-        if shift is not None and not (0 <= _number(shift, f"{where}: max_baseline_shift") < 1):
+        if shift is not None and not (0 <= parse_number(shift, f"{where}: max_baseline_shift") < 1):
             raise ConfigError(f"{where}: max_baseline_shift is a proportion in [0, 1)")
         return cls(name=name, metric=metric, drop=drop, false_alarm_pairs=false_alarm_pairs,  # type: ignore[arg-type]
                    baseline_pairs=baseline_pairs, baseline=None if baseline is None else float(baseline),
                    max_baseline_shift=None if shift is None else float(shift),
-                   models=_globs(raw.get("models", ["*"]), where), segments=_globs(raw.get("segments", [""]), where),
+                   models=parse_globs(raw.get("models", ["*"]), where),
+                   segments=parse_globs(raw.get("segments", [""]), where),
                    severity=str(raw.get("severity", "warning")),
                    runbook_url=str(raw.get("runbook_url", DEFAULT_RUNBOOK)),
-                   summary=str(raw.get("summary", "")), description=str(raw.get("description", "")))
+                   summary=str(raw.get("summary", "")), description=str(raw.get("description", "")),
+                   tolerance=float(argument) if kind == "within" else math.nan)
 
 
 def _is_number(text: str) -> bool:

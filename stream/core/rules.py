@@ -20,7 +20,8 @@ from stream.core.errors import ConfigError
 from stream.core.keys import fingerprint
 from stream.core.metrics import PROPORTIONS, wilson_interval
 
-__all__ = ["DEFAULT_RUNBOOK", "Rule", "RuleBook", "RuleState", "effective_n", "metric_value", "rfc3339"]
+__all__ = ["DEFAULT_RUNBOOK", "Rule", "RuleBook", "RuleState", "effective_n", "metric_value", "parse_globs",
+           "parse_number", "rfc3339"]
 
 DEFAULT_RUNBOOK = "https://github.com/mlmon/mlmon/blob/main/docs/runbook.md"
 
@@ -76,8 +77,8 @@ class Rule:
         comparison = "below" if "below" in raw else "above" if "above" in raw else None
         if comparison is None:
             raise ConfigError(f"{where}: give 'below: X' or 'above: X'")
-        threshold = _number(raw[comparison], f"{where}: {comparison}")
-        clear = _number(raw.get("clear", threshold), f"{where}: clear")
+        threshold = parse_number(raw[comparison], f"{where}: {comparison}")
+        clear = parse_number(raw.get("clear", threshold), f"{where}: clear")
         if (comparison == "below" and clear < threshold) or (comparison == "above" and clear > threshold):
             raise ConfigError(f"{where}: 'clear' must be on the healthy side of the threshold")
         confidence = raw.get("confidence")
@@ -89,8 +90,8 @@ class Rule:
         return cls(
             name=name, metric=metric, window=window, comparison=comparison,
             threshold=threshold, clear=clear,
-            models=_globs(raw.get("models", ["*"]), where),
-            segments=_globs(raw.get("segments", [""]), where),
+            models=parse_globs(raw.get("models", ["*"]), where),
+            segments=parse_globs(raw.get("segments", [""]), where),
             min_samples=_count(raw.get("min_samples", 1), f"{where}: min_samples"),
             for_evaluations=_count(raw.get("for", 1), f"{where}: for"),
             confidence=confidence,
@@ -101,7 +102,7 @@ class Rule:
         )
 
 
-def _number(value: Any, where: str) -> float:
+def parse_number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where} must be a number, got {value!r}")
     return float(value)
@@ -113,7 +114,7 @@ def _count(value: Any, where: str) -> int:
     return value
 
 
-def _globs(value: Any, where: str) -> tuple[str, ...]:
+def parse_globs(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

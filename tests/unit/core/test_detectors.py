@@ -108,6 +108,7 @@ def test_fixed_baseline_and_bounded_shift() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"window": "tumbling_1h"}, "unknown key"),
+    ({"tolerance": 3}, "unknown key"),
     ({"metric": "f1_macro"}, "per-pair proportion"),
     ({"metric": "recall"}, "per-pair proportion"),
     ({"metric": "within.abc"}, "takes a number"),
