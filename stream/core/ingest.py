@@ -239,8 +239,9 @@ class Ingest:
     def _count_bulk(self, deferred: list[Deferred]) -> None:
         """``_pair`` for many pairs at once, to the same counts and sums."""
         health = self.health
-        table = self._codec.unpack_many([item[0] for item in deferred])
-        if table is None or (table["layout"] == INLINE_SCORES).any():  # several sizes or names inline: one by one
+        entries = [item[0] for item in deferred]
+        table = self._codec.unpack_heads(entries)
+        if (table["layout"] == INLINE_SCORES).any():  # score names inline (rare): one by one
             for known, value, ts, request_id, _, _ in deferred:
                 self._pair(known, (ts, value), request_id, detected=True)
             return
@@ -274,7 +275,9 @@ class Ingest:
                 if layout == NO_SCORES:
                     continue
                 chosen = layouts == layout
-                self._add_scores(wset, self._codec.layout(layout), truths[chosen], part["p"][chosen])
+                names = self._codec.layout(layout)
+                scored = [entries[rows[j]] for j in np.flatnonzero(chosen).tolist()]
+                self._add_scores(wset, names, truths[chosen], self._codec.probabilities(scored, len(names)))
             self._buffered += len(rows)
             if not wset.dirty:
                 wset.dirty = True

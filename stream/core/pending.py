@@ -31,6 +31,7 @@ __all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "PendingCodec", "Pending
 PendingPrediction = bytes
 PendingLabel = tuple[Any, ...]  # (timestamp, label), and where it came from when the adapter said
 _HEAD = struct.Struct("<dIHB")  # timestamp, window-set number, class id, layout
+_HEAD_DTYPE = np.dtype([("ts", "<f8"), ("number", "<u4"), ("guess", "<u2"), ("layout", "u1")])  # the same
 _INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
 NO_SCORES, INLINE_SCORES, REGRESSION = 255, 254, 253
 MAX_LAYOUTS = 253
@@ -81,22 +82,22 @@ class PendingCodec:
                 + orjson.dumps(names))
 
     def layout(self, number: int) -> tuple[str, ...]:
-        """The score names of a layout number (the byte ``unpack_many`` gives)."""
+        """The score names of a layout number (the byte ``unpack_heads`` gives)."""
         return self._layout_names[number]
 
     @staticmethod
-    def unpack_many(entries: list[PendingPrediction]) -> np.ndarray | None:
-        """Entries of one length as one structured array (fields ``ts``, ``number``, ``guess``,
-        ``layout``, then ``p`` of shape (n, doubles)); None if their lengths differ or are not
-        a head and doubles."""
-        size = len(entries[0])
-        if (size - _HEAD.size) % 8 or any(len(entry) != size for entry in entries):
-            return None  # (names inline have other sizes, or the layout byte says INLINE_SCORES)
-        doubles = (size - _HEAD.size) >> 3
-        fields: list[tuple[Any, ...]] = [("ts", "<f8"), ("number", "<u4"), ("guess", "<u2"), ("layout", "u1")]
-        if doubles:
-            fields.append(("p", "<f8", (doubles,)))
-        return np.frombuffer(b"".join(entries), dtype=np.dtype(fields))
+    def unpack_heads(entries: list[PendingPrediction]) -> np.ndarray:
+        """The heads of entries of any sizes as one structured array (fields ``ts``, ``number``,
+        ``guess``, ``layout``)."""
+        size = _HEAD.size
+        return np.frombuffer(b"".join([entry[:size] for entry in entries]), dtype=_HEAD_DTYPE)
+
+    @staticmethod
+    def probabilities(entries: list[PendingPrediction], width: int) -> np.ndarray:
+        """The probabilities of entries of ``width`` scores each whose names a layout gives (none
+        inline), a row each."""
+        size = _HEAD.size
+        return np.frombuffer(b"".join([entry[size:] for entry in entries]), dtype="<f8").reshape(len(entries), width)
 
     def unpack(self, entry: PendingPrediction) -> tuple[float, int, Any, tuple[Any, ...] | None, tuple[float, ...]]:
         """(timestamp, window-set number, guess, score names or None, probabilities)."""

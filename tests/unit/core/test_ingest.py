@@ -161,11 +161,11 @@ def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures(detect: bo
     (binary and multiclass) and not, equal to one record at a time; with detector rules, which
     get the pairs counted as arrays too."""
     rng = random.Random(7)
-    requests = [{"ts": i // 3, "models": rng.choice([("m",), ("n",), ("k",), ("m", "k")]) if i % 150 == 0 else ("m",),
+    requests = [{"ts": i // 3, "models": ("m", "k") if i % 150 == 0 else rng.choice([("m",), ("n",), ("k",)]),
                  "pred": rng.choice("ab"), "score": rng.choice([0.1, 0.3, 0.8]), "segment": rng.choice("xy"),
                  "version": "v1", "labels": [{"delay": rng.randrange(1, 90), "value": rng.choice("ab")}],
                  "again": []} for i in range(3000)]
-    bulk: list[int] = []  # pairs counted as arrays (entries of one size: one model's, mostly)
+    bulk: list[int] = []  # pairs counted as arrays (entries of several sizes: two, three and no scores)
     register = ingest.Ingest._register_score_names
     monkeypatch.setattr(ingest.Ingest, "_register_score_names", lambda self, deferred, table: (
         bulk.append(len(deferred)), register(self, deferred, table))[1])
@@ -177,7 +177,7 @@ def test_many_pairs_at_once_are_counted_as_arrays_to_the_same_figures(detect: bo
     assert reference["health"].pairs > 2000
     assert sum("detector" in alert for alert in reference["alerts"]) >= (4 if detect else 0)
     assert in_batches(config, events, False, [4096]) == reference
-    assert sum(bulk) > reference["health"].pairs / 6, bulk  # many pairs counted as arrays
+    assert sum(bulk) > reference["health"].pairs / 2, bulk  # most pairs counted as arrays
 
 
 def test_detectors_judge_pairs_counted_as_arrays_before_the_watermark_passes_them() -> None:
