@@ -38,7 +38,7 @@ __all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "SWEEP_
 log = logging.getLogger("mlmon.worker")
 
 RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
-DETECTORS_KEY = "\x00detectors/"  # + model: its detectors' states (DetectorBook.export); + model/offset: pairs
+DETECTORS_KEY = "\x00detectors/"  # + model: its detectors' states (DetectorBook.export); + model \x00 offset: pairs
 CUMULATIVE_KEY = "\x00cumulative/"  # + a cumulative window's key: the base windows folded in so far
 CUMULATIVE = WindowSpec("cumulative")
 
@@ -100,7 +100,7 @@ class Merge:
         pairs = []
         for key, entry in table.items():
             if key.startswith(DETECTORS_KEY):
-                if "/" in key[len(DETECTORS_KEY):]:
+                if "\x00" in key[len(DETECTORS_KEY):]:  # never in a model's name (see core.records)
                     pairs.append((key, entry))
                 else:
                     self.detectors[int(entry["here"])].restore(key[len(DETECTORS_KEY):], entry)
@@ -117,7 +117,7 @@ class Merge:
                     self.members[here][cumulative_key(partial)].add(key)
         for key, entry in sorted(pairs):  # in the order they came (the offsets are zero-padded)
             here = int(entry["here"])
-            model = key[len(DETECTORS_KEY):].rsplit("/", 1)[0]
+            model = key[len(DETECTORS_KEY):].rsplit("\x00", 1)[0]
             self.stored_pairs[here].append((self.detectors[here].accept(model, entry["pairs"], restoring=True), key))
         self.stale = False
 
@@ -187,7 +187,7 @@ class Merge:
         if self.registry.decided.get(model) is False:
             return []
         until = self.detectors[here].accept(model, message)
-        key = f"{DETECTORS_KEY}{model}/{offset:020d}"
+        key = f"{DETECTORS_KEY}{model}\x00{offset:020d}"
         table[key] = {"here": here, "pairs": message}
         self.stored_pairs[here].append((until, key))
         return []

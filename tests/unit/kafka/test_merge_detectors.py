@@ -34,7 +34,7 @@ def config() -> Config:
 
 
 def history(seed: int, pairs: int = 24_000) -> list[Prediction | Label]:
-    """Two binary models, two segment values; model a's accuracy falls from 0.9 to 0.78 and comes
+    """Two binary models, two segment values; model team/a's accuracy falls from 0.9 to 0.78 and comes
     back; a tenth of the requests have a second label of the other value, a few seconds apart
     either way, and a tenth a second prediction, earlier, of the other class and segment value (so
     which one counts depends on timestamps alone, and a pair may move to another series)."""
@@ -42,8 +42,8 @@ def history(seed: int, pairs: int = 24_000) -> list[Prediction | Label]:
     out: list[Prediction | Label] = []
     for i in range(pairs):
         ts = 1.7e9 + 2.0 * i
-        model = "ab"[i % 2]
-        accuracy = 0.78 if model == "a" and pairs // 3 <= i < 2 * pairs // 3 else 0.9
+        model = ("team/a", "b")[i % 2]  # a "/" in a name must not confuse the merger's table keys
+        accuracy = 0.78 if model == "team/a" and pairs // 3 <= i < 2 * pairs // 3 else 0.9
         truth = rng.random() < 0.5
         guess = truth if rng.random() < accuracy else not truth
         rid = f"r{i}"
