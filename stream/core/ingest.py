@@ -33,7 +33,6 @@ from stream.core.pending import (
     PendingCodec,
     PendingLabel,
     PendingPrediction,
-    pending_ts,
 )
 from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
@@ -43,8 +42,7 @@ __all__ = ["BULK_PAIRS", "FOLD_PAIRS", "Ingest"]
 
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
-_NUMBER = struct.Struct("<I").unpack_from  # a pending prediction's window-set number, at byte 8
-_GUESS = struct.Struct("<H").unpack_from  # its class id, at byte 12
+_HEAD = struct.Struct("<dIH").unpack_from  # a pending prediction's timestamp, window-set number and class id
 _LAG_EDGES = np.array(LAG_BUCKETS_S)
 # A pair to count: the prediction, the label's value and time, the request id, the prediction's
 # window set (None: all its windows are final) and the label's class id for its model.
@@ -168,19 +166,19 @@ class Ingest:
                         health.labels += 1
                         if took is not None:
                             took(True)
-                        if ts - pending_ts(known) > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
+                        pred_ts, number, guess = _HEAD(known)
+                        if ts - pred_ts > ttl:  # late: the prediction expires, as ``_resolve_label`` counts
                             health.expired_predictions += 1
                             health.late_labels += 1
                             continue
-                        wset = numbered.get(_NUMBER(known, 8)[0])
+                        wset = numbered.get(number)
                         classes = None if wset is None else wset.model.classes
                         truth = 0 if wset is None else None if classes is None else classes.ids.get(value)
                         if truth is not None and defer:
                             health.joined_labels += 1
                             deferred.append((known, value, ts, record.request_id, wset, truth))
                             if detect and wset is not None:
-                                self._detect(pending_ts(known), ts, record.request_id, wset, truth,
-                                             _GUESS(known, 12)[0])
+                                self._detect(pred_ts, ts, record.request_id, wset, truth, guess)
                             if wset is not None and not wset.dirty:  # in the order ``_pair`` marks them
                                 wset.dirty = True
                                 dirty_sets.append(wset)
