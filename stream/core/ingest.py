@@ -254,32 +254,50 @@ class Ingest:
             counts[bucket] += count
         health.pairs += len(deferred)
         self._register_score_names(deferred, table)
-        by_set: dict[int, list[int]] = {}
-        for i, item in enumerate(deferred):
-            if item[4] is not None:  # else all its windows are final: the join's count only
-                rows = by_set.get(id(item[4]))
-                if rows is None:
-                    by_set[id(item[4])] = [i]
-                else:
-                    rows.append(i)
-        for rows in by_set.values():
-            wset = deferred[rows[0]][4]
-            assert wset is not None
-            part = table[rows]
-            truths = np.array([deferred[i][5] for i in rows], dtype=np.int64)
-            wset.codes.frombytes(((truths << CODE_BITS) | part["guess"].astype(np.int64)).tobytes())
-            layouts = part["layout"]
-            for layout in np.unique(layouts).tolist():
-                if layout == NO_SCORES:
-                    continue
-                chosen = layouts == layout
-                names = self._codec.layout(layout)
-                scored = [entries[rows[j]] for j in np.flatnonzero(chosen).tolist()]
-                self._add_scores(wset, names, truths[chosen], self._codec.probabilities(scored, len(names)))
-            self._buffered += len(rows)
+        wsets = [item[4] for item in deferred]
+        rows = np.arange(len(deferred)) if None not in wsets else np.flatnonzero(
+            np.array([wset is not None for wset in wsets]))  # else all its windows are final: the join's count only
+        if not len(rows):
+            return
+        # Pairs by window set (its number), the sets in the order they first come.
+        _, first, group = np.unique(table["number"][rows], return_index=True, return_inverse=True)
+        by_arrival = np.argsort(first, kind="stable")
+        rank = np.empty_like(by_arrival)
+        rank[by_arrival] = np.arange(len(by_arrival))
+        group = rank[group]
+        owners: list[WindowSet] = [wsets[i] for i in rows[first[by_arrival]].tolist()]
+        order = np.argsort(group, kind="stable")
+        rows, group = rows[order], group[order]
+        bounds = np.searchsorted(group, np.arange(len(owners) + 1)).tolist()
+        truths = np.array([deferred[i][5] for i in rows.tolist()], dtype=np.int64)
+        codes = memoryview(((truths << CODE_BITS) | table["guess"][rows].astype(np.int64)).tobytes())
+        for g, wset in enumerate(owners):
+            wset.codes.frombytes(codes[8 * bounds[g]:8 * bounds[g + 1]])
+        self._buffered += len(rows)
+        layouts = table["layout"][rows]
+        scored = layouts != NO_SCORES
+        if scored.any():
+            models = np.array([wset.model.number for wset in owners], dtype=np.int64)[group]
+            kinds = models << 8 | layouts
+            for kind in np.unique(kinds[scored]).tolist():
+                chosen = np.flatnonzero(kinds == kind)
+                model = owners[int(group[chosen[0]])].model
+                names = self._codec.layout(kind & 255)
+                probs = self._codec.probabilities([entries[i] for i in rows[chosen].tolist()], len(names))
+                terms, keys = self._score_terms(model, names, truths[chosen], probs)
+                edges = np.searchsorted(group[chosen], np.arange(len(owners) + 1)).tolist()
+                for g, wset in enumerate(owners):
+                    a, b = edges[g], edges[g + 1]
+                    if a < b:
+                        wset.scored += b - a
+                        wset.terms.frombytes(terms[a:b].tobytes())
+                        wset.score_keys.frombytes(keys[a:b].tobytes())
+                        wset.score_values.frombytes(probs[a:b].tobytes())
+        dirty_sets = self._dirty_sets
+        for wset in owners:
             if not wset.dirty:
                 wset.dirty = True
-                self._dirty_sets.append(wset)
+                dirty_sets.append(wset)
 
     def _detect(self, pred_ts: float, label_ts: float, request_id: str, wset: WindowSet, truth: int,
                 guess: int) -> None:
@@ -304,14 +322,15 @@ class Ingest:
                     index.id(name)
 
     @staticmethod
-    def _add_scores(wset: WindowSet, names: tuple[str, ...], truths: npt.NDArray[np.int64],
-                    probs: npt.NDArray[np.float64]) -> None:
-        """``wset.add_scores`` for pairs whose scores share ``names`` (``probs``: a row each) and
-        whose labels are the class ids ``truths``: the same terms, bit for bit (numpy's IEEE
-        arithmetic, the logarithm from ``math`` as there), and the same histogram keys."""
-        classes = wset.model.classes
+    def _score_terms(model: Model, names: tuple[str, ...], truths: npt.NDArray[np.int64],
+                     probs: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """What ``WindowSet.add_scores`` buffers for pairs of ``model`` whose scores share ``names``
+        (``probs``: a row each) and whose labels are the class ids ``truths``: the log loss and Brier
+        terms (a row each, bit for bit: numpy's IEEE arithmetic, the logarithm from ``math`` as
+        there) and the histogram keys."""
+        classes = model.classes
         assert classes is not None
-        index = wset.model.score_classes
+        index = model.score_classes
         brier = np.zeros(len(truths))
         p_true = np.zeros(len(truths))
         found = np.zeros(len(truths), dtype=bool)
@@ -330,7 +349,4 @@ class Ingest:
             brier = brier / 2
         clipped = np.clip(np.where(found, p_true, 0.0), EPS, ONE_MINUS_EPS)
         log_loss = np.array([-log(x) for x in clipped.tolist()])
-        wset.scored += len(truths)
-        wset.terms.frombytes(np.column_stack((log_loss, brier)).tobytes())
-        wset.score_keys.frombytes(keys.tobytes())
-        wset.score_values.frombytes(np.ascontiguousarray(probs).tobytes())
+        return np.column_stack((log_loss, brier)), keys

@@ -18,12 +18,14 @@ So any number of workers in one consumer group give the same figures as one.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import signal
 from typing import Any
 
 import faust
 
+from stream.collector import THRESHOLDS
 from stream.config import Config
 from stream.core.windows import counting_window
 from stream.exporters.alerts import Delivery
@@ -178,6 +180,7 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
 
 def run_worker(config: Config, loglevel: str = "info") -> int:
     map_large_blocks_apart()
+    gc.set_threshold(*THRESHOLDS)  # see ``stream.collector``
     # A worker that stops making progress can say where it is, and carries on: `kill -QUIT <pid>`
     # writes every thread's Python stack to the log even when the event loop is blocked (and
     # `kill -USR1 <pid>`, handled by mode on the loop, the stacks of its asyncio tasks too).

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import orjson
 
+from stream.collector import fewer_collections
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
 from stream.core.engine import Engine
@@ -266,7 +267,15 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs.
     ``processes``: 2 reads files in time order in a child process (``pipeline``), 1 does not; by
-    default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or more are."""
+    default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or more are. The
+    garbage collector runs less often meanwhile (``collector``)."""
+    with fewer_collections():
+        return _run(predictions, labels, config, open_sink, clock, format, final_only, quiet, run_events, processes)
+
+
+def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
+         clock: Callable[[], float] | None, format: str | None, final_only: bool, quiet: bool, run_events: int,
+         processes: int | None) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     from stream.replay.pipeline import MIN_BYTES, child_events
 
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),

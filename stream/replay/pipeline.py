@@ -13,6 +13,7 @@ Events travel as tuples of their fields, a batch per message; records are made a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import heapq
 import operator
 import pickle
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction
 from stream.replay import LABEL, PREDICTION, SOURCES, Event, _Inputs, _OutOfOrder
@@ -140,4 +142,5 @@ def child_events(predictions: Any, labels: Any, config: Any, engine: Engine, pro
 
 
 if __name__ == "__main__":  # pragma: no cover - the child
+    gc.set_threshold(*THRESHOLDS)  # see ``stream.collector``
     _read_inputs(sys.stdout.buffer, *pickle.loads(sys.stdin.buffer.read()))
