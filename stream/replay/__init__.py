@@ -18,7 +18,6 @@ import dataclasses
 import heapq
 import itertools
 import math
-import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -221,10 +220,19 @@ def _in_order(events: Iterator[Event], name: str) -> Iterator[Event]:
 
 
 def _codec(cls: type[Prediction] | type[Label]) -> Codec:
-    """Events of one kind as the external sort spills them: each record as the tuple of its fields."""
-    fields = operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
-    return Codec(lambda block: [(t, k, s, fields(r)) for t, k, s, r in block],
-                 lambda block: [(t, k, s, cls(*f)) for t, k, s, f in block])
+    """Events of one kind as the external sort spills them: a block as columns (the events'
+    timestamps, kinds and sequence numbers, then each field of their records), which pickle and
+    come back together several times faster than a tuple per record."""
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def pack(block: list[Event]) -> tuple[Any, ...]:
+        ts, kinds, sequences, records = zip(*block, strict=True)
+        return ts, kinds, sequences, *([getattr(r, name) for r in records] for name in names)
+
+    def unpack(columns: tuple[Any, ...]) -> list[Event]:
+        return list(zip(columns[0], columns[1], columns[2], map(cls, *columns[3:]), strict=True))
+
+    return Codec(pack, unpack)
 
 
 def _timestamp(event: Event) -> float:

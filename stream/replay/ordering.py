@@ -4,7 +4,8 @@ Records are gathered in runs of ``run_events``; a run that fills is sorted and s
 temporary file (pickled in blocks, each packed first by the caller's ``Codec``: plain tuples
 pickle several times faster than objects), and the runs are merged back with ``heapq.merge``,
 reading one block of each at a time. Input that fits in one run never touches the disk. Memory is about
-``run_events`` records while reading, and ``runs x BLOCK_EVENTS`` while merging.
+``run_events`` records while reading, and the last run (never spilled) plus ``runs x BLOCK_EVENTS``
+while merging.
 
 >>> events = [(3.0, 0, 1, "c"), (1.0, 0, 2, "a"), (2.0, 0, 3, "b")]
 >>> [e[3] for e in external_sort(iter(events), run_events=2)]
@@ -52,10 +53,7 @@ def external_sort(events: Iterator[tuple[Any, ...]], run_events: int = RUN_EVENT
         if not runs:
             yield from run
             return
-        if run:
-            runs.append(_spill(run, folder, codec.pack))
-            run = []
-        yield from heapq.merge(*(_read(f, codec.unpack) for f in runs))
+        yield from heapq.merge(*(_read(f, codec.unpack) for f in runs), run)  # the last run stays in memory
     finally:
         for f in runs:
             f.close()
