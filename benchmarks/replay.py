@@ -5,6 +5,7 @@ large unsorted input.
     python -m benchmarks.replay --pairs 0 --large 50000000      # peak RSS of 50M unsorted records
     python -m benchmarks.replay --pairs 100000 --regression --windows "tumbling 1h,tumbling 1d,cumulative,rolling 1000"
     python -m benchmarks.replay --pairs 300000 --repeat 3 --detector   # one CUSUM rule over every series
+    python -m benchmarks.replay --pairs 300000 --repeat 3 --duckdb     # against the SQL a user would write
 
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
@@ -15,8 +16,10 @@ sets: ``orjson`` (the fastest JSON encoder for Python) encoding and writing the 
 (3) alone, already computed.
 Reports pairs per second and each one's ratio to the decode rate (pairs / seconds to decode the
 lines). ``--detector`` adds (5) replay with one CUSUM rule over every series (each model overall and
-per segment value), reported beside (2) as ``detector_ratio``. ``--large N`` writes N shuffled
-records and replays them in a fresh process, reporting its peak RSS (VmHWM). Never part of the test
+per segment value), reported beside (2) as ``detector_ratio``. ``--duckdb`` adds (6) the DuckDB
+query of the same final figures on the same files, on every core (``benchmarks/duckdb_query.py``),
+reported as ``replay_to_duckdb``, and checks mlmon's final records against it. ``--large N``
+writes N shuffled records and replays them in a fresh process, reporting its peak RSS (VmHWM). Never part of the test
 command.
 """
 
@@ -40,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks import duckdb_query
 from stream.config import Config
 from stream.core.detectors import DetectorRule
 from stream.replay import replay
@@ -137,6 +141,7 @@ def replay_seconds(paths: tuple[Path, Path], config: Config, folder: Path, final
 LARGE = """
 import sys
 from pathlib import Path
+from benchmarks import duckdb_query
 from stream.config import Config
 from stream.replay import replay
 def peak():
@@ -189,6 +194,8 @@ def main() -> None:
                         "replay by default (inputs read by a second process) and in one process")
     parser.add_argument("--detector", action="store_true", help="also replay with one CUSUM detector rule over "
                         "every series: its ratio to replay without rules")
+    parser.add_argument("--duckdb", action="store_true", help="also run the DuckDB query of the same final "
+                        "figures, and check mlmon's against it")
     parser.add_argument("--windows", default="", help="windows instead of the default, comma-separated "
                         "('tumbling 1h,cumulative,rolling 1000')")
     args = parser.parse_args()
@@ -204,21 +211,29 @@ def main() -> None:
                 "replay": (config, True, None), "replay_revisions": (config, False, None),
                 **({"replay_one_process": (config, True, 1)} if args.in_order else {}),
                 **({"replay_detector": (with_detector(config), True, None)} if args.detector else {})}
-            runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": []}
+            runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": [],
+                                            **({"duckdb": []} if args.duckdb else {})}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
                 for key, (config, final_only, processes) in configs.items():
                     seconds, pairs = replay_seconds(paths, config, folder, final_only, processes)
                     runs[key].append(pairs / seconds)
+                    if key == "replay" and args.duckdb:
+                        seconds, rows = duckdb_query.seconds(*paths)
+                        runs["duckdb"].append(pairs / seconds)
+                        report["duckdb_check"] = duckdb_query.check(folder / "m.jsonl", rows)
                     if key == "replay_revisions":
                         seconds, report["metric_records"] = write_seconds(folder / "m.jsonl", folder / "w.jsonl")
                         runs["write_records_alone"].append(pairs / seconds)
             decode = statistics.median(runs["decode"])
             report["decode_pairs_per_s"] = {"median": round(decode), "runs": [round(r) for r in runs["decode"]]}
-            for key in (*configs, "write_records_alone"):
+            for key in (*configs, "write_records_alone", *(["duckdb"] if args.duckdb else [])):
                 median = statistics.median(runs[key])
                 report[f"{key}_pairs_per_s"] = {"median": round(median), "runs": [round(r) for r in runs[key]],
                                                 "ratio_to_decode": round(median / decode, 3)}
+        if args.duckdb and args.pairs:
+            report["replay_to_duckdb"] = round(report["replay_pairs_per_s"]["median"]
+                                               / report["duckdb_pairs_per_s"]["median"], 3)
         if args.detector:
             report["detector_ratio"] = round(report["replay_detector_pairs_per_s"]["median"]
                                              / report["replay_pairs_per_s"]["median"], 3)
