@@ -10,7 +10,8 @@ large unsorted input.
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
 ``--repeat`` times: (1) ``json.loads`` of every line of both files; (2) ``mlmon replay`` of them
-with the default configuration and output (each window's final record); (3) ``--revisions`` (a
+with the default configuration and output (each window's final record; two processes), and the
+same with ``--processes 1``; (3) ``--revisions`` (a
 revision per changed window per minute of event time); (4) the floor that the revisions' output
 sets: ``orjson`` (the fastest JSON encoder for Python) encoding and writing the metric records of
 (3) alone, already computed.
@@ -19,8 +20,8 @@ lines). ``--detector`` adds (5) replay with one CUSUM rule over every series (ea
 per segment value), reported beside (2) as ``detector_ratio``. ``--duckdb`` adds (6) the DuckDB
 query of the same final figures on the same files, on every core (``benchmarks/duckdb_query.py``),
 reported as ``replay_to_duckdb``, and checks mlmon's final records against it. ``--large N``
-writes N shuffled records and replays them in a fresh process, reporting its peak RSS (VmHWM). Never part of the test
-command.
+writes N shuffled records and replays them in a fresh process, reporting its peak RSS (VmHWM).
+Never part of the test command.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def peak():
     return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) * 1024
 folder = Path(sys.argv[1])
 result = replay(folder / "p.jsonl", folder / "l.jsonl", Config(), folder / "m.jsonl", final_only=True, quiet=False)
-print(peak(), result.seconds, result.engine.health.pairs)
+import resource
+child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the other share's process, if any
+print(peak(), child, result.seconds, result.engine.health.pairs)
 """
 
 
@@ -168,8 +171,9 @@ def large(n: int, folder: Path) -> dict[str, Any]:
                 out.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in _shifted(rows, index)))
             written += len(predictions) + len(labels)
     out = subprocess.run([sys.executable, "-c", LARGE, str(folder)], capture_output=True, text=True, check=True)
-    peak, seconds, pairs = out.stdout.split()
-    return {"records": written, "peak_rss_bytes": int(peak), "seconds": round(float(seconds), 1), "pairs": int(pairs)}
+    peak, child, seconds, pairs = out.stdout.split()
+    return {"records": written, "peak_rss_bytes": int(peak), "child_peak_rss_bytes": int(child),
+            "seconds": round(float(seconds), 1), "pairs": int(pairs)}
 
 
 def _shifted(rows: list[dict[str, Any]], index: int) -> Iterator[dict[str, Any]]:
@@ -190,8 +194,7 @@ def main() -> None:
                         "(predictions and labels): peak RSS")
     parser.add_argument("--regression", action="store_true", help="regression models (a price) instead of "
                         "classifiers with scores")
-    parser.add_argument("--in-order", action="store_true", help="both files in time order (else shuffled): "
-                        "replay by default (inputs read by a second process) and in one process")
+    parser.add_argument("--in-order", action="store_true", help="both files in time order (else shuffled)")
     parser.add_argument("--detector", action="store_true", help="also replay with one CUSUM detector rule over "
                         "every series: its ratio to replay without rules")
     parser.add_argument("--duckdb", action="store_true", help="also run the DuckDB query of the same final "
@@ -208,8 +211,8 @@ def main() -> None:
             config = Config.from_mapping({**({"windows": args.windows.split(",")} if args.windows else {}),
                                           **({"regression_models": ["*"]} if args.regression else {})})
             configs: dict[str, tuple[Config, bool, int | None]] = {  # default emit: 1m
-                "replay": (config, True, None), "replay_revisions": (config, False, None),
-                **({"replay_one_process": (config, True, 1)} if args.in_order else {}),
+                "replay": (config, True, None), "replay_one_process": (config, True, 1),
+                "replay_revisions": (config, False, None),
                 **({"replay_detector": (with_detector(config), True, None)} if args.detector else {})}
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": [],
                                             **({"duckdb": []} if args.duckdb else {})}

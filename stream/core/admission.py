@@ -165,6 +165,16 @@ class Admission:
         slots = self._models[model]
         return len(slots.versions.seen) + len(slots.keys.seen) + sum(len(v.seen) for v in slots.values.values())
 
+    def names(self) -> set[tuple[str, ...]]:
+        """Every admitted name: ("model", m), ("version", m, v), ("key", m, k), ("value", m, k, v)."""
+        out: set[tuple[str, ...]] = {("model", m) for m in self.models.seen}
+        for model, slots in self._models.items():
+            out.update(("version", model, v) for v in slots.versions.seen)
+            out.update(("key", model, k) for k in slots.keys.seen)
+            for key, values in slots.values.items():
+                out.update(("value", model, key, v) for v in values.seen)
+        return out
+
     def drain_evicted(self) -> list[str]:
         evicted, self.evicted = self.evicted, []
         return evicted

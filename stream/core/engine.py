@@ -84,6 +84,7 @@ class Engine(Revisions, Ingest, Placement):
         self._dirty_windows: list[Window] = []
         self._next_sweep = -math.inf
         self._next_emit = -math.inf
+        self.sweeps: list[float] | None = None  # a list: the watermark of every sweep is appended (sharded replay)
 
     # ----------------------------------------------------------------- input
 
@@ -327,6 +328,8 @@ class Engine(Revisions, Ingest, Placement):
         """Expire join state and close the windows the watermark passed, each with its final
         record unless ``emit`` is off."""
         self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
+        if self.sweeps is not None:
+            self.sweeps.append(watermark)
         expired, orphaned = self.join.expire(watermark)
         self.health.expired_predictions += len(expired)
         self.health.orphaned_labels += len(orphaned)

@@ -126,11 +126,14 @@ class Placement:
                                                         model.classes is None)
         return series
 
+    def final_at(self, end: float | None) -> float:
+        """The watermark from which a window that ends at ``end`` (None: never) is final: its end
+        plus the TTL and one sweep of slack, past which no pair can join it."""
+        return math.inf if end is None else end + self._stale_after_s
+
     def _window(self, series: Series, spec: WindowSpec, start: int, model: Model) -> Window:
         window = series.windows.get((spec, start))
         if window is None:
             window = series.windows[(spec, start)] = Window(series, spec, start, model.classes)
-            end = spec.end(start)
-            final_at = math.inf if end is None else end + self._stale_after_s
-            heapq.heappush(self._final_heap, (final_at, next(self._seq), window))
+            heapq.heappush(self._final_heap, (self.final_at(spec.end(start)), next(self._seq), window))
         return window

@@ -34,9 +34,11 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
+from stream.replay import shards
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
+from stream.replay.shards import owner
 from stream.replay.sources import Input, inputs
 
 __all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay", "run"]
@@ -131,10 +133,14 @@ class Collected:
 
 
 class _Inputs:
-    """The inputs of one kind, read into events."""
+    """The inputs of one kind, read into events; with ``share`` (index, count), only the records of
+    that share's requests (see ``shards``)."""
 
-    def __init__(self, kind: int, found: list[Input], config: Config) -> None:
+    def __init__(self, kind: int, found: list[Input], config: Config, share: tuple[int, int] | None = None) -> None:
         self.kind, self.source, self.found, self.config = kind, SOURCES[kind], found, config
+        self.share = share
+        # With a share, every record is taken, and counted here instead (see ``shards.Occupancy``).
+        self.occupancy = shards.Occupancy(config.max_future_s) if share and config.max_future_s > 0 else None
 
     def where(self, sequence: int) -> dict[str, Any]:
         """Where an event's record came from, for its dead letter."""
@@ -155,9 +161,12 @@ class _Inputs:
         max_bytes = self.config.max_record_bytes
         base = index << ROW_BITS
         read = progress.read if progress.bar is not None else None
+        mine, shares = self.share or (0, 1)
         for number, raw, size in found.rows(source):
             if read is not None:
                 read(size)
+            if shares > 1 and owner(raw, base | number, shares, max_bytes) != mine:
+                continue
             try:
                 if type(raw) is bytes:
                     record = from_json(raw, max_bytes)
@@ -200,6 +209,9 @@ class _Inputs:
         else:
             ordered = heapq.merge(*(_in_order(self.parsed(i, engine, progress), self.found[i].name)
                                     for i in range(len(self.found))))
+        if self.share is not None:
+            yield from ordered if self.occupancy is None else self.occupancy.watch(ordered)
+            return
         for event, reason in judge_in_time_order(ordered, _timestamp, self.config.max_future_s):
             if reason is None:
                 yield event
@@ -274,27 +286,39 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
         ) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs.
-    ``processes``: 2 reads files in time order in a child process (``pipeline``), 1 does not; by
-    default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or more are. The
-    garbage collector runs less often meanwhile (``collector``)."""
+    ``processes``: 2 replays JSONL files in two shares, each in its own process (``shards``), when
+    the settings allow, or else reads files in time order in a child process (``pipeline``); 1
+    does neither; by default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or
+    more are. The garbage collector runs less often meanwhile (``collector``)."""
     with fewer_collections():
+        kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
+                 _Inputs(LABEL, inputs(labels, "labels", format), config)]
+        if shards.shardable(config, kinds, final_only, clock, processes):
+            shared = shards.replay_shared(predictions, labels, config, open_sink, format, quiet, run_events)
+            if shared is not None:
+                return (*shared, kinds)
         return _run(predictions, labels, config, open_sink, clock, format, final_only, quiet, run_events, processes)
 
 
 def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
          clock: Callable[[], float] | None, format: str | None, final_only: bool, quiet: bool, run_events: int,
-         processes: int | None) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
+         processes: int | None, share: tuple[int, int] | None = None
+         ) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
+    """``run``, in this process; with ``share``, that share's records into final partials (``shards``)."""
     from stream.replay.pipeline import MIN_BYTES, child_events
 
-    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
-             _Inputs(LABEL, inputs(labels, "labels", format), config)]
+    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share),
+             _Inputs(LABEL, inputs(labels, "labels", format), config, share)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
     if processes is None:
         processes = 2 if total >= MIN_BYTES and (os.cpu_count() or 1) >= 2 else 1
-    if processes > 1 and not all(kind.starts_in_order() for kind in kinds):
+    in_order = all(kind.starts_in_order() for kind in kinds) if processes > 1 or share is not None else True
+    if processes > 1 and not in_order:
         processes = 1  # it will be sorted: no child (see ``pipeline``)
-    for sort in (False, True):
-        engine = Engine(config, clock, revisions=not final_only)
+    for sort in (False, True) if in_order else (True,):  # input out of order from the start: sorted at once
+        engine = Engine(config, clock, revisions=not final_only, emit_partials=share is not None)
+        if share is not None:
+            engine.sweeps = []
         sink = open_sink()
         progress = Progress(total, quiet)
         try:

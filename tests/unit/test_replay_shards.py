@@ -1,0 +1,132 @@
+"""Replay in two shares (``stream.replay.shards``) writes what replay in one process writes: the same
+final records (their stamps too), health counts and dead letters; and where a share cannot judge
+alone, it runs in one process."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.config import Config
+from stream.core.clock import judge_in_time_order
+from stream.replay import replay, shards
+from stream.replay.shards import Occupancy, replay_shared
+from stream.simulate import Scenario, streams
+
+
+def inputs(folder: Path, seed: int, broken_clock: bool = False, in_order: bool = False) -> tuple[Path, Path]:
+    """Two models (one a regression model), duplicates with other values, early and missing labels,
+    bad lines, two files of predictions; shuffled unless ``in_order``."""
+    rng = random.Random(seed)
+    predictions, labels = streams(Scenario(pairs=3000, rate_per_s=0.2, duplicate_rate=0.1, early_label_rate=0.05,
+                                           label_coverage=0.85, models=("a", "b"), seed=seed))
+    for row in labels[::7]:  # a correction: the same request labelled again, the other way, later
+        labels.append({**row, "timestamp": row["timestamp"] + 30, "label": "away_win"})
+    for row in predictions[::5]:
+        row["model"] = "price"
+        row["prediction"] = rng.uniform(1, 100)
+        row.pop("scores", None)
+    prices = {p["request_id"] for p in predictions if p["model"] == "price"}
+    for row in labels:
+        if row["request_id"] in prices:
+            row["label"] = rng.uniform(1, 100)
+    for index, row in enumerate(predictions):
+        if index % 3 == 0:
+            row["timestamp"] = f"{row['timestamp']}"  # not RFC 3339: a dead letter
+    rows: list[Any] = [*predictions, "{not json", {"request_id": 7, "model": "a", "timestamp": 1, "prediction": 1}]
+    label_rows: list[Any] = [*labels, {"request_id": "x", "timestamp": labels[5]["timestamp"]}]
+    if broken_clock:
+        rows.append({**predictions[-1], "request_id": "future", "timestamp": 2_000_000_000.0})
+    for part in (rows, label_rows):
+        if in_order:
+            part.sort(key=lambda r: r["timestamp"] if isinstance(r, dict) and isinstance(r["timestamp"], float) else 0)
+        else:
+            rng.shuffle(part)
+    out = folder / "p", folder / "l.jsonl"
+    out[0].mkdir()
+    half = len(rows) // 2
+    for name, part in (("a.jsonl", rows[:half]), ("b.jsonl", rows[half:])):
+        (out[0] / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in part))
+    out[1].write_text("".join(json.dumps(r) + "\n" for r in label_rows))
+    return out
+
+
+def replayed(folder: Path, predictions: Path, labels: Path, processes: int, config: Config,
+             shared: list[bool] | None = None) -> dict[str, Any]:
+    """Replay's outputs; ``shared`` hears whether two shares made them."""
+    out = folder / f"out-{processes}"
+    out.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            answer = replay_shared(*args, **kwargs)
+            if shared is not None:
+                shared.append(answer is not None)
+            return answer
+
+        patch.setattr(shards, "replay_shared", spy)
+        result = replay(predictions, labels, config, out / "m.jsonl", out / "a.jsonl", out / "d.jsonl",
+                        processes=processes)
+    records = [json.loads(line) for line in (out / "m.jsonl").read_text().splitlines()]
+    dead = [json.loads(line) for line in (out / "d.jsonl").read_text().splitlines()]
+    return {"records": sorted(records, key=lambda r: json.dumps(r, sort_keys=True)),
+            "stamps": [r["emitted_at"] for r in records],  # in the order written: by time in both
+            "dead": sorted(dead, key=lambda d: json.dumps(d, sort_keys=True)),
+            "health": result.summary()["health"], "balance": result.engine.balance()}
+
+
+def compared(one: dict[str, Any], two: dict[str, Any]) -> None:
+    lag = "label_lag_sum_s"  # a float sum: its last bits follow the order of addition
+    assert two["health"].pop(lag) == pytest.approx(one["health"].pop(lag), rel=1e-12)
+    assert two == one
+
+
+@pytest.mark.parametrize(("seed", "in_order"), [(1, False), (2, True)])
+def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool) -> None:
+    predictions, labels = inputs(tmp_path, seed, in_order=in_order)
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m"})
+    shared: list[bool] = []
+    one = replayed(tmp_path, predictions, labels, 1, config, shared)
+    two = replayed(tmp_path, predictions, labels, 2, config, shared)
+    assert shared == [True] and one["records"] and len(one["dead"]) >= 1000 and one["health"]["pairs"] > 1000
+    compared(one, two)
+
+
+def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path) -> None:
+    """A record one process refuses as alone in the future, or a segment value folded into
+    ``__other__``: decided from the order of all records, so the two shares step aside."""
+    predictions, labels = inputs(tmp_path, 3, broken_clock=True)
+    config = Config.from_mapping({"regression_models": ["price"]})
+    shared: list[bool] = []
+    one = replayed(tmp_path, predictions, labels, 1, config)
+    assert any("ahead of" in d["reason"] for d in one["dead"])
+    compared(one, replayed(tmp_path, predictions, labels, 2, config, shared))
+    limited = Config.from_mapping({"regression_models": ["price"], "max_segment_values": 1, "max_future_s": 0})
+    (tmp_path / "limited").mkdir()
+    one = replayed(tmp_path / "limited", predictions, labels, 1, limited)
+    assert one["health"]["folded_segments"] > 0
+    compared(one, replayed(tmp_path / "limited", predictions, labels, 2, limited, shared))
+    assert shared == [False, False]
+
+
+@settings(max_examples=300, deadline=None)
+@given(gaps=st.lists(st.sampled_from([0.0, 1.0, 1799.0, 1800.0, 3599.0, 3600.0, 3601.0, 7200.0, 1e6]),
+                     min_size=1, max_size=12),
+       split=st.integers(0, 2**12), start=st.sampled_from([0.0, 1799.5, 1e9 + 0.25]))
+def test_occupancy_tells_whether_one_process_refuses_a_record(gaps: list[float], split: int, start: float) -> None:
+    """The occupancy of two shares added, against ``judge_in_time_order`` over all records."""
+    times, ts = [], start
+    for gap in gaps:
+        ts += gap
+        times.append(ts)
+    shares = [Occupancy(3600.0), Occupancy(3600.0)]
+    for i, t in enumerate(times):
+        list(shares[split >> i & 1].watch(iter([(t,)])))
+    shares[0].add(shares[1])
+    refused = any(reason is not None for _, reason in judge_in_time_order(times, float, 3600.0))
+    assert shares[0].refuses(3600.0) == refused
