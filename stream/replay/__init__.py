@@ -139,8 +139,7 @@ class _Inputs:
     def __init__(self, kind: int, found: list[Input], config: Config, share: tuple[int, int] | None = None) -> None:
         self.kind, self.source, self.found, self.config = kind, SOURCES[kind], found, config
         self.share = share
-        # With a share, every record is taken, and counted here instead (see ``shards.Occupancy``).
-        self.occupancy = shards.Occupancy(config.max_future_s) if share and config.max_future_s > 0 else None
+        self.occupancy: shards.Occupancy | None = None  # with a share, of the last ``events`` (see there)
 
     def where(self, sequence: int) -> dict[str, Any]:
         """Where an event's record came from, for its dead letter."""
@@ -209,8 +208,11 @@ class _Inputs:
         else:
             ordered = heapq.merge(*(_in_order(self.parsed(i, engine, progress), self.found[i].name)
                                     for i in range(len(self.found))))
-        if self.share is not None:
-            yield from ordered if self.occupancy is None else self.occupancy.watch(ordered)
+        if self.share is not None:  # every record is taken, and counted (see ``shards.Occupancy``)
+            if self.config.max_future_s > 0:
+                self.occupancy = shards.Occupancy(self.config.max_future_s)  # anew: input found out of order
+                ordered = self.occupancy.watch(ordered)  # on the way is read again, sorted
+            yield from ordered
             return
         for event, reason in judge_in_time_order(ordered, _timestamp, self.config.max_future_s):
             if reason is None:

@@ -85,19 +85,24 @@ class Occupancy:
         self.buckets: dict[int, list[float]] = {}  # bucket -> [count, first, last]
 
     def watch(self, events: Iterator[Any]) -> Iterator[Any]:
-        """The events, each noted."""
+        """The events, each noted (at least cost in time order: a bucket's records one after another)."""
         buckets, width = self.buckets, self.width_s
+        cell, start, end = [0, 0.0, 0.0], math.inf, -math.inf  # the bucket of the event before
         for event in events:
             ts = event[0]
-            cell = buckets.get(int(ts // width))
-            if cell is None:
-                buckets[int(ts // width)] = [1, ts, ts]
-            else:
-                cell[0] += 1
-                if ts < cell[1]:
-                    cell[1] = ts
-                elif ts > cell[2]:
-                    cell[2] = ts
+            if not start <= ts < end:
+                bucket = int(ts // width)
+                start, end = bucket * width, (bucket + 1) * width
+                found = buckets.get(bucket)
+                if found is None:
+                    buckets[bucket] = cell = [0, ts, ts]
+                else:
+                    cell = found
+            cell[0] += 1
+            if ts < cell[1]:
+                cell[1] = ts
+            elif ts > cell[2]:
+                cell[2] = ts
             yield event
 
     def add(self, other: Occupancy) -> None:

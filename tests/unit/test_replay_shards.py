@@ -20,9 +20,11 @@ from stream.replay.shards import Occupancy, replay_shared
 from stream.simulate import Scenario, streams
 
 
-def inputs(folder: Path, seed: int, broken_clock: bool = False, in_order: bool = False) -> tuple[Path, Path]:
+def inputs(folder: Path, seed: int, broken_clock: bool = False, in_order: bool = False,
+           future_at: int | None = None) -> tuple[Path, Path]:
     """Two models (one a regression model), duplicates with other values, early and missing labels,
-    bad lines, two files of predictions; shuffled unless ``in_order``."""
+    bad lines, two files of predictions; shuffled unless ``in_order``. ``future_at``: a record of a
+    broken clock at that row of predictions in time order, and out of order after it."""
     rng = random.Random(seed)
     predictions, labels = streams(Scenario(pairs=3000, rate_per_s=0.2, duplicate_rate=0.1, early_label_rate=0.05,
                                            label_coverage=0.85, models=("a", "b"), seed=seed))
@@ -43,14 +45,20 @@ def inputs(folder: Path, seed: int, broken_clock: bool = False, in_order: bool =
     label_rows: list[Any] = [*labels, {"request_id": "x", "timestamp": labels[5]["timestamp"]}]
     if broken_clock:
         rows.append({**predictions[-1], "request_id": "future", "timestamp": 2_000_000_000.0})
-    for part in (rows, label_rows):
+    if future_at is not None:
+        for row in predictions:
+            row["timestamp"] = float(row["timestamp"])
+        rows = sorted(predictions, key=lambda r: r["timestamp"])
+        rows.insert(future_at, {**predictions[-1], "request_id": "future", "timestamp": 2_000_000_000.0})
+        label_rows.sort(key=lambda r: r["timestamp"])  # all in order: only the predictions' step back stops a share
+    for part in (rows, label_rows) if future_at is None else ():
         if in_order:
             part.sort(key=lambda r: r["timestamp"] if isinstance(r, dict) and isinstance(r["timestamp"], float) else 0)
         else:
             rng.shuffle(part)
     out = folder / "p", folder / "l.jsonl"
     out[0].mkdir()
-    half = len(rows) // 2
+    half = len(rows) // 2 if future_at is None else len(rows)
     for name, part in (("a.jsonl", rows[:half]), ("b.jsonl", rows[half:])):
         (out[0] / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in part))
     out[1].write_text("".join(json.dumps(r) + "\n" for r in label_rows))
@@ -112,6 +120,19 @@ def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path
     assert one["health"]["folded_segments"] > 0
     compared(one, replayed(tmp_path / "limited", predictions, labels, 2, limited, shared))
     assert shared == [False, False]
+
+
+def test_input_found_out_of_order_on_the_way_is_judged_as_read_again(tmp_path: Path) -> None:
+    """Predictions in time order for 2,000 rows, then not: a share reads them as they come, finds
+    them out of order, and reads them again sorted; what it counted on the way is forgotten, so
+    the broken clock's record among those rows is judged (refused) as one process judges it."""
+    predictions, labels = inputs(tmp_path, 4, future_at=2000)
+    config = Config.from_mapping({"regression_models": ["price"], "join_ttl": "30m"})
+    shared: list[bool] = []
+    one = replayed(tmp_path, predictions, labels, 1, config)
+    assert sum("ahead of" in d["reason"] for d in one["dead"]) == 1
+    compared(one, replayed(tmp_path, predictions, labels, 2, config, shared))
+    assert shared == [False]
 
 
 @settings(max_examples=300, deadline=None)
