@@ -2,8 +2,8 @@
 their windows' final states are merged into one record per window, as a Kafka worker's partitions
 are (``core.merge``).
 
-Every line is read by both processes, and its request id alone decoded (a line without one belongs
-to the share its line number picks, which refuses it); a share's records go through the engine
+Every row is read by both processes, and its request id alone decoded (a row without one belongs
+to the share its row number picks, which refuses it); a share's records go through the engine
 as in one process. A request's predictions and labels meet in one share, so the join, the counts
 and the health counters of the two add up to those of one process. A record's figures are the
 same, and so is its stamp: a final record's time is the first sweep of the whole input, the two
@@ -13,8 +13,9 @@ A share cannot judge alone what one process judges from the order of all records
 every valid record, and note how many fall in each stretch of ``max_future_s / 2`` (``Occupancy``);
 if the whole input has a record one process would refuse as stamped alone in the future (a broken
 clock), replay runs again in one process. It runs in one process from the start when rules or
-detectors judge revisions as they come, when a rolling window, revisions or a caller's clock are
-asked for, or when an input is not a JSONL file. The names the limits count are the
+detectors judge revisions as they come, when revisions or a caller's clock are asked for, or when
+the input is rows in memory. A rolling window's last pairs are the last of both shares' (each
+keeps its own last ones), as the worker merges them. The names the limits count are the
 same in both, so the shares never reach a limit one process would not; if the union of both
 reaches one, replay runs in one process.
 
@@ -43,7 +44,7 @@ import msgspec
 from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
 from stream.core.health import Health
-from stream.core.merge import assemble, merge_states, record_figures_many
+from stream.core.merge import assemble, merge_states, record_figures_many, rolling_state
 from stream.core.rules import rfc3339
 
 if TYPE_CHECKING:
@@ -63,15 +64,20 @@ _IDS = msgspec.json.Decoder(_Id)
 
 
 def owner(raw: Any, sequence: int, shares: int, max_bytes: int) -> int:
-    """The share of a JSONL line: by a hash of its request id (CRC-32 of its UTF-8, the same in
-    every process), or by ``sequence`` when it has none to read."""
-    if type(raw) is bytes and len(raw) <= max_bytes:
-        try:
-            request_id = _IDS.decode(raw).request_id
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return sequence % shares
-        return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % shares
-    return sequence % shares
+    """The share of a row (a JSONL line, or a CSV or Parquet row): by a hash of its request id
+    (CRC-32 of its UTF-8, the same in every process), or by ``sequence`` when it has none to read."""
+    request_id = None
+    if type(raw) is bytes:
+        if len(raw) <= max_bytes:
+            try:  # noqa: SIM105 (per row: contextlib.suppress costs more than the decode)
+                request_id = _IDS.decode(raw).request_id
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+    elif type(raw) is dict:
+        request_id = raw.get("request_id")
+    if type(request_id) is not str:
+        return sequence % shares
+    return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % shares
 
 
 class Occupancy:
@@ -144,10 +150,8 @@ def shardable(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any
         return False
     if 0 < config.max_future_s < 60:  # buckets of under 30 s (see ``Occupancy``): too many to count
         return False
-    if any(not spec.timed for spec in config.windows):
-        return False
     files = [found for kind in kinds for found in kind.found]
-    if any(found.path is None or found.format != "jsonl" for found in files):
+    if any(found.path is None for found in files):  # rows in memory
         return False
     if processes is None:
         from stream.replay.pipeline import MIN_BYTES
@@ -254,7 +258,8 @@ def _records(engine: Engine, shares: list[_Share]) -> list[dict[str, Any]]:
             windows.setdefault(key, []).append(partial)
     sweeps = sorted(s for share in shares for s in share.sweeps if math.isfinite(s))
     reached = max(share.reached for share in shares)
-    merged = [(key, parts[0], merge_states(parts)) for key, parts in windows.items()]
+    merged = [(key, parts[0], rolling_state(parts, parts[0]["window"]["size_n"])
+               if parts[0]["window"]["kind"] == "rolling" else merge_states(parts)) for key, parts in windows.items()]
     figures = record_figures_many([(head["model"], state) for _, head, state in merged], engine.book)
     out = []
     for (key, head, state), figured in zip(merged, figures, strict=True):

@@ -4,6 +4,8 @@ alone, it runs in one process."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import random
 from pathlib import Path
@@ -94,14 +96,49 @@ def compared(one: dict[str, Any], two: dict[str, Any]) -> None:
     assert two == one
 
 
-@pytest.mark.parametrize(("seed", "in_order"), [(1, False), (2, True)])
-def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool) -> None:
+@pytest.mark.parametrize(("seed", "in_order", "windows"), [
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"]),
+    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"])])
+def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool, windows: list[Any]
+                                                  ) -> None:
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
-    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m"})
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
+                                  "windows": windows})
     shared: list[bool] = []
     one = replayed(tmp_path, predictions, labels, 1, config, shared)
     two = replayed(tmp_path, predictions, labels, 2, config, shared)
     assert shared == [True] and one["records"] and len(one["dead"]) >= 1000 and one["health"]["pairs"] > 1000
+    compared(one, two)
+
+
+def as_csv(folder: Path, predictions: Path, labels: Path) -> tuple[Path, Path]:
+    """The same inputs as CSV files (objects as JSON cells); a line that is not an object is left out."""
+    out = folder / "csv"
+    out.mkdir()
+    paths = []
+    for name, files in (("p.csv", sorted(predictions.glob("*.jsonl"))), ("l.csv", [labels])):
+        rows = []
+        for f in files:
+            for line in f.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    rows.append(json.loads(line))
+        columns = sorted({key for row in rows for key in row})
+        with (out / name).open("w", newline="") as sink:
+            writer = csv.writer(sink)
+            writer.writerow(columns)
+            writer.writerows([json.dumps(row[c]) if isinstance(row.get(c), dict) else row.get(c, "")
+                              for c in columns] for row in rows)
+        paths.append(out / name)
+    return paths[0], paths[1]
+
+
+def test_csv_files_are_shared_too(tmp_path: Path) -> None:
+    predictions, labels = as_csv(tmp_path, *inputs(tmp_path, 5))
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m"})
+    shared: list[bool] = []
+    one = replayed(tmp_path, predictions, labels, 1, config)
+    two = replayed(tmp_path, predictions, labels, 2, config, shared)
+    assert shared == [True] and one["health"]["pairs"] > 1000
     compared(one, two)
 
 
