@@ -15,9 +15,9 @@ if the whole input has a record one process would refuse as stamped alone in the
 clock), replay runs again in one process. It runs in one process from the start when rules or
 detectors judge revisions as they come, when revisions or a caller's clock are asked for, or when
 the input is rows in memory. A rolling window's last pairs are the last of both shares' (each
-keeps its own last ones), as the worker merges them. The names the limits count are the
-same in both, so the shares never reach a limit one process would not; if the union of both
-reaches one, replay runs in one process.
+keeps its own last ones), as the worker merges them. Each share admits the names it meets
+(models, versions, segment keys and values, classes): when those of both together fit the limits,
+neither share nor one process ever reached one; when they do not, replay runs again in one process.
 
 The output differs from one process's only in the order of records emitted at the same time
 (here by model, version, segment and window) and of dead letters (here by input and line), and in
@@ -192,7 +192,10 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
         child.stdin.write(pickle.dumps((predictions, labels, config, 1, format, True, run_events)))
         child.stdin.close()
         mine = replay_share(predictions, labels, config, 0, format, quiet, run_events)
-        answer = pickle.load(child.stdout)
+        try:
+            answer = pickle.load(child.stdout)
+        except (EOFError, pickle.UnpicklingError):
+            raise RuntimeError(f"the replay's second process ended early (exit code {child.wait()})") from None
         if isinstance(answer, BaseException):
             raise answer
     finally:
