@@ -115,7 +115,7 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
     """(line number from 1, line, its bytes) of a JSONL file's lines that are not blank."""
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
-            if line.strip():
+            if not line.isspace():  # not blank (iterating a file yields no empty line)
                 yield number, line, len(line)
             # blank lines are skipped, and stand for no bytes worth reporting
 
