@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 import orjson
 
@@ -110,6 +110,17 @@ class Sink:
         for out in (self.metrics, self.alerts, self.dead):
             if out is not None:
                 out.close()
+
+
+class Outbox(Protocol):
+    """Where the engine's outboxes go: ``Sink``, ``Collected``, or a share's spool (``shards``)."""
+
+    def drain(self, engine: Engine) -> None: ...
+
+    def close(self) -> None: ...
+
+
+OutboxT = TypeVar("OutboxT", bound=Outbox)
 
 
 class Collected:
@@ -253,7 +264,7 @@ def _timestamp(event: Event) -> float:
     return event[0]
 
 
-def feed(engine: Engine, events: Iterable[Event], sink: Sink | Collected,
+def feed(engine: Engine, events: Iterable[Event], sink: Outbox,
          files: list[list[tuple[str, bool]]] | None = None, progress: Progress | None = None) -> None:
     """Every event through the engine in the order given (``FEED_EVENTS`` at a time: see
     ``Engine.receive_many``), then the end of input; the outboxes are drained into ``sink`` after
@@ -302,10 +313,10 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
         return _run(predictions, labels, config, open_sink, clock, format, final_only, quiet, run_events, processes)
 
 
-def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
+def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], OutboxT],
          clock: Callable[[], float] | None, format: str | None, final_only: bool, quiet: bool, run_events: int,
          processes: int | None, share: tuple[int, int] | None = None
-         ) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
+         ) -> tuple[Engine, OutboxT, bool, list[_Inputs]]:
     """``run``, in this process; with ``share``, that share's records into final partials (``shards``)."""
     from stream.replay.pipeline import MIN_BYTES, child_events
 

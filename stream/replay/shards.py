@@ -19,9 +19,11 @@ keeps its own last ones), as the worker merges them. Each share admits the names
 (models, versions, segment keys and values, classes): when those of both together fit the limits,
 neither share nor one process ever reached one; when they do not, replay runs again in one process.
 
-The output differs from one process's only in the order of records emitted at the same time
-(here by model, version, segment and window) and of dead letters (here by input and line), and in
-the last bits of ``label_lag_sum_s``.
+Each share writes its final partials and dead letters to a file as they come, and they are merged
+from there, so memory follows the windows still open, not the history. The output differs from
+one process's only in the order of records final at the same time (here by model, version,
+segment and window) and of dead letters (here as the shares wrote them), and in the last bits of
+``label_lag_sum_s``.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import gc
+import heapq
 import math
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -133,16 +138,41 @@ class Occupancy:
 
 @dataclass
 class _Share:
-    """What a share's process hands back."""
+    """What a share's process hands back (its records are in its spool)."""
 
-    partials: list[dict[str, Any]]
-    dead_letters: list[dict[str, Any]]
     health: Health
-    sweeps: list[float]
     occupancy: list[Occupancy]  # per kind (none when max_future_s is 0: nothing is judged)
     reached: float
     names: set[tuple[Any, ...]]
     sorted: bool
+
+
+class _Spool:
+    """A share's output, written to a file as it comes, so that memory does not grow with the
+    history: a frame per drain, (final partials, dead letters, sweeps done since the last frame),
+    the partials those sweeps emitted in the same frame as them."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("wb")
+
+    def drain(self, engine: Engine) -> None:
+        partials = [r for r in engine.metric_records if r["final"]]
+        sweeps = engine.sweeps or []
+        if partials or engine.dead_letters or sweeps:
+            pickle.dump((partials, engine.dead_letters, sweeps), self.file, protocol=pickle.HIGHEST_PROTOCOL)
+        engine.metric_records, engine.dead_letters, engine.sweeps = [], [], []
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _frames(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]]:
+    with path.open("rb") as spool:
+        while True:
+            try:
+                yield pickle.load(spool)
+            except EOFError:
+                return
 
 
 def shardable(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any, processes: int | None) -> bool:
@@ -166,18 +196,16 @@ def shardable(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any
 
 
 def replay_share(predictions: Any, labels: Any, config: Config, share: int, format: str | None, quiet: bool,
-                 run_events: int) -> _Share:
-    """Replay one share into final partials (in this process)."""
-    from stream.replay import Collected, _run
+                 run_events: int, spool: Path) -> _Share:
+    """Replay one share (in this process) into final partials, written to ``spool``."""
+    from stream.replay import _run
 
-    engine, sink, sort, kinds = _run(predictions, labels, config, Collected, None, format, True, quiet, run_events,
-                                     1, share=(share, SHARES))
-    assert isinstance(sink, Collected)
+    engine, _, sort, kinds = _run(predictions, labels, config, lambda: _Spool(spool), None, format, True, quiet,
+                                  run_events, 1, share=(share, SHARES))
     names = engine.admission.names() | {("class", name, c) for name, model in engine.models.items()
                                         if model.classes is not None for c in model.classes.names}
     occupancy = [kind.occupancy for kind in kinds if kind.occupancy is not None]
-    return _Share(sink.metrics, sink.dead_letters, engine.health, engine.sweeps or [], occupancy, engine.clock(),
-                  names, sort)
+    return _Share(engine.health, occupancy, engine.clock(), names, sort)
 
 
 def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
@@ -185,41 +213,45 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
                   ) -> tuple[Engine, Sink | Collected, bool] | None:
     """Replay in two shares (this process and a child), merged into ``open_sink``'s sink; None when
     it must run in one process (see the module)."""
-    child = subprocess.Popen([sys.executable, "-c", "from stream.replay.shards import child; child()"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert child.stdin is not None and child.stdout is not None
-    try:
-        child.stdin.write(pickle.dumps((predictions, labels, config, 1, format, True, run_events)))
-        child.stdin.close()
-        mine = replay_share(predictions, labels, config, 0, format, quiet, run_events)
+    with tempfile.TemporaryDirectory(prefix="mlmon-shares-") as folder:
+        spools = [Path(folder) / f"share-{share}" for share in range(SHARES)]
+        child = subprocess.Popen([sys.executable, "-c", "from stream.replay.shards import child; child()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdin is not None and child.stdout is not None
         try:
-            answer = pickle.load(child.stdout)
-        except (EOFError, pickle.UnpicklingError):
-            raise RuntimeError(f"the replay's second process ended early (exit code {child.wait()})") from None
-        if isinstance(answer, BaseException):
-            raise answer
-    finally:
-        child.stdout.close()
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    shares = [mine, answer]
-    for kind in range(len(mine.occupancy)):
-        mine.occupancy[kind].add(answer.occupancy[kind])
-        if mine.occupancy[kind].refuses(config.max_future_s):
+            child.stdin.write(pickle.dumps((predictions, labels, config, 1, format, True, run_events, spools[1])))
+            child.stdin.close()
+            mine = replay_share(predictions, labels, config, 0, format, quiet, run_events, spools[0])
+            try:
+                answer = pickle.load(child.stdout)
+            except (EOFError, pickle.UnpicklingError):
+                raise RuntimeError(f"the replay's second process ended early (exit code {child.wait()})") from None
+            if isinstance(answer, BaseException):
+                raise answer
+        finally:
+            child.stdout.close()
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+        shares = [mine, answer]
+        for kind in range(len(mine.occupancy)):
+            mine.occupancy[kind].add(answer.occupancy[kind])
+            if mine.occupancy[kind].refuses(config.max_future_s):
+                return None
+        folded = ("refused_models", "folded_classes", "folded_segments", "folded_versions")
+        if any(getattr(share.health, name) for share in shares for name in folded) or not _within_limits(
+                config, mine.names | answer.names):
             return None
-    folded = ("refused_models", "folded_classes", "folded_segments", "folded_versions")
-    if any(getattr(share.health, name) for share in shares for name in folded) or not _within_limits(
-            config, mine.names | answer.names):
-        return None
-    engine = Engine(config)
-    for field in dataclasses.fields(Health):
-        name = field.name
-        setattr(engine.health, name, _added(getattr(mine.health, name), getattr(answer.health, name)))
-    engine.metric_records = _records(engine, shares)
-    engine.dead_letters = sorted(mine.dead_letters + answer.dead_letters, key=_where)
-    sink = open_sink()
-    sink.drain(engine)
+        engine = Engine(config)
+        for field in dataclasses.fields(Health):
+            name = field.name
+            setattr(engine.health, name, _added(getattr(mine.health, name), getattr(answer.health, name)))
+        sink = open_sink()
+        try:
+            _merge(engine, sink, spools, max(share.reached for share in shares))
+        except BaseException:
+            sink.close()
+            raise
     return engine, sink, mine.sorted or answer.sorted
 
 
@@ -250,35 +282,63 @@ def _within_limits(config: Config, names: set[tuple[Any, ...]]) -> bool:
             and all(n <= config.max_classes for n in classes.values()))
 
 
-def _records(engine: Engine, shares: list[_Share]) -> list[dict[str, Any]]:
-    """One final record per window from the shares' partials, stamped as one process would have."""
-    windows: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for share in shares:
-        for partial in share.partials:
-            window = partial["window"]
-            key = (partial["model"], partial["model_version"], tuple(sorted(partial["segment"].items())),
-                   window["name"], window.get("start"))
-            windows.setdefault(key, []).append(partial)
-    sweeps = sorted(s for share in shares for s in share.sweeps if math.isfinite(s))
-    reached = max(share.reached for share in shares)
-    merged = [(key, parts[0], rolling_state(parts, parts[0]["window"]["size_n"])
-               if parts[0]["window"]["kind"] == "rolling" else merge_states(parts)) for key, parts in windows.items()]
-    figures = record_figures_many([(head["model"], state) for _, head, state in merged], engine.book)
+def _merge(engine: Engine, sink: Sink | Collected, spools: list[Path], reached: float) -> None:
+    """The shares' spools into ``sink``: a window's partials merged into its record once every
+    share's sweeps have passed the watermark that makes it final (each share sends a window's
+    partial at its first sweep past that watermark, or never has it), stamped with the first sweep
+    of both past it (or, if none, the end of input), as one process would have."""
+    streams = [_frames(path) for path in spools]
+    progress = [-math.inf] * len(spools)  # the last sweep read of each share (inf: all read)
+    sweeps: list[list[float]] = [[] for _ in spools]
+    pending: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    due: list[tuple[float, tuple[Any, ...]]] = []  # (final_at, window key), a heap
+    while True:
+        behind = [i for i, p in enumerate(progress) if p < math.inf]
+        if behind:
+            i = min(behind, key=progress.__getitem__)
+            frame = next(streams[i], None)
+            if frame is None:
+                progress[i] = math.inf
+                continue
+            partials, dead, swept = frame
+            for partial in partials:
+                window = partial["window"]
+                key = (partial["model"], partial["model_version"], tuple(sorted(partial["segment"].items())),
+                       window["name"], window.get("start"))
+                if key not in pending:
+                    pending[key] = []
+                    heapq.heappush(due, (engine.final_at(window.get("end")), key))
+                pending[key].append(partial)
+            engine.dead_letters += dead
+            sweeps[i] += [s for s in swept if math.isfinite(s)]
+            if swept:
+                progress[i] = max(progress[i], swept[-1])
+        horizon = min(progress)
+        ready = []
+        while due and due[0][0] <= horizon:
+            final_at, key = heapq.heappop(due)
+            ready.append((final_at, pending.pop(key)))
+        engine.metric_records = _records(engine, ready, sweeps, reached)
+        sink.drain(engine)
+        if not behind:
+            return
+
+
+def _records(engine: Engine, ready: list[tuple[float, list[dict[str, Any]]]], sweeps: list[list[float]],
+             reached: float) -> list[dict[str, Any]]:
+    """The final records of windows whose partials are all in."""
+    states = [rolling_state(parts, parts[0]["window"]["size_n"]) if parts[0]["window"]["kind"] == "rolling"
+              else merge_states(parts) for _, parts in ready]
+    figures = record_figures_many([(parts[0]["model"], state) for (_, parts), state in zip(ready, states, strict=True)],
+                                  engine.book)
     out = []
-    for (key, head, state), figured in zip(merged, figures, strict=True):
-        final_at = engine.final_at(head["window"].get("end"))
-        at = bisect.bisect_left(sweeps, final_at)
-        stamp = sweeps[at] if at < len(sweeps) else reached
-        out.append((stamp, final_at, key, assemble(head["model"], head["model_version"], head["segment"],
-                                                   head["window"], state.predictions, figured, True, rfc3339(stamp))))
-    out.sort(key=lambda item: item[:3])
-    return [record for *_, record in out]
-
-
-def _where(letter: dict[str, Any]) -> tuple[Any, ...]:
-    source = letter.get("source")
-    return (0 if source == "predictions" else 1, str(letter.get("file", "")),
-            letter.get("line", letter.get("row", 0)))
+    for (final_at, parts), state, figured in zip(ready, states, figures, strict=True):
+        firsts = [share[at] for share in sweeps if (at := bisect.bisect_left(share, final_at)) < len(share)]
+        stamp = min(firsts) if firsts else reached
+        head = parts[0]
+        out.append(assemble(head["model"], head["model_version"], head["segment"], head["window"], state.predictions,
+                            figured, True, rfc3339(stamp)))
+    return out
 
 
 def child() -> None:  # pragma: no cover - runs in the child
