@@ -249,9 +249,8 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
         sink = open_sink()
         try:
             _merge(engine, sink, spools, max(share.reached for share in shares))
-        except BaseException:
-            sink.close()
-            raise
+        finally:
+            sink.close()  # as ``_run`` closes it: the caller gets it written
     return engine, sink, mine.sorted or answer.sorted
 
 

@@ -188,3 +188,17 @@ def test_occupancy_tells_whether_one_process_refuses_a_record(gaps: list[float],
     shares[0].add(shares[1])
     refused = any(reason is not None for _, reason in judge_in_time_order(times, float, 3600.0))
     assert shares[0].refuses(3600.0) == refused
+
+
+def test_records_written_as_parquet_are_whole_when_replay_returns(tmp_path: Path) -> None:
+    """The merged sink is closed before replay returns (a Parquet file's footer is written then)."""
+    import pyarrow.parquet as pq
+
+    predictions, labels = inputs(tmp_path, 6)
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m"})
+    tables = []
+    for processes in (1, 2):
+        out = tmp_path / f"m{processes}.parquet"
+        replay(predictions, labels, config, out, processes=processes)
+        tables.append(sorted(json.dumps(row, sort_keys=True, default=str) for row in pq.read_table(out).to_pylist()))
+    assert tables[0] and tables[1] == tables[0]
