@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--final-only", action="store_true", help="the final record alone: the default")
     rp.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal after 2 s)")
     rp.add_argument("--processes", type=int, choices=[1, 2], help="2: two processes, each replaying the requests "
-                    "whose id hashes to its half, when the settings allow (JSONL files, no rules, no rolling "
-                    "window, final records only), else a second process reads files in time order; 1: one "
-                    "process (default: 2 for 16 MiB of input or more, on two cores or more)")
+                    "whose id hashes to its half, when the settings allow (files, no rules or detectors, final "
+                    "records only), else a second process reads files in time order; 1: one process (default: "
+                    "2 for 16 MiB of input or more, on two cores or more)")
     rp.add_argument("--report-out", type=Path, help="also write the HTML report of the backtest here "
                     "(as `mlmon report` makes from the outputs)")
     _config_args(rp)
