@@ -299,9 +299,9 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
         ) -> tuple[Engine, Sink | Collected, bool, list[_Inputs]]:
     """Replay ``predictions`` and ``labels`` (files or rows in memory) into the sink ``open_sink``
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs.
-    ``processes``: 2 replays JSONL files in two shares, each in its own process (``shards``), when
-    the settings allow, or else reads files in time order in a child process (``pipeline``); 1
-    does neither; by default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or
+    ``processes``: 2 replays files in two shares, each in its own process (``shards``), when the
+    settings allow, or else reads files in time order in a child process (``pipeline``); 1 does
+    neither; by default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or
     more are. The garbage collector runs less often meanwhile (``collector``)."""
     with fewer_collections():
         kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
