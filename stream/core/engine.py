@@ -23,7 +23,17 @@ from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.ingest import FOLD_PAIRS, Ingest
-from stream.core.join import DUPLICATE, LATE, PENDING, REPLACED, REVISED, SHARED, SHARED_LATE, JoinBuffer
+from stream.core.join import (
+    DUPLICATE,
+    LATE,
+    PENDING,
+    REPLACED,
+    REVISED,
+    SHARED,
+    SHARED_LATE,
+    SWEEP_EVERY_S,
+    JoinBuffer,
+)
 from stream.core.merge import assemble
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.placement import Placement
@@ -32,13 +42,13 @@ from stream.core.revisions import LABEL_RANK, Revisions
 from stream.core.rules import RuleBook, rfc3339
 from stream.core.series import Model, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.settings import Settings
+from stream.core.settled import Settled
 
 __all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
-SWEEP_EVERY_S = 60.0  # event time between expiry sweeps (and the join's bucket width)
 
 
-class Engine(Revisions, Ingest, Placement):
+class Engine(Revisions, Ingest, Settled, Placement):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
                  revisions: bool = True, limits_factor: int = 1) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a

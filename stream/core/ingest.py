@@ -268,31 +268,43 @@ class Ingest:
         owners: list[WindowSet] = [wsets[i] for i in rows[first[by_arrival]].tolist()]
         order = np.argsort(group, kind="stable")
         rows, group = rows[order], group[order]
-        bounds = np.searchsorted(group, np.arange(len(owners) + 1)).tolist()
         truths = np.array([deferred[i][5] for i in rows.tolist()], dtype=np.int64)
-        codes = memoryview(((truths << CODE_BITS) | table["guess"][rows].astype(np.int64)).tobytes())
+        layouts = table["layout"][rows].astype(np.int64)
+        models = np.array([wset.model.number for wset in owners], dtype=np.int64)[group]
+        kinds = np.where(layouts != NO_SCORES, models << 8 | layouts, -1)
+
+        def scores(kind: int, chosen: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
+            names = self._codec.layout(kind & 255)
+            return names, self._codec.probabilities([entries[i] for i in rows[chosen].tolist()], len(names))
+
+        self._add_pairs(owners, group, truths, table["guess"][rows].astype(np.int64), kinds, scores)
+
+    def _add_pairs(self, owners: list[WindowSet], group: npt.NDArray[np.int64], truths: npt.NDArray[np.int64],
+                   guesses: npt.NDArray[np.int64], kinds: npt.NDArray[np.int64],
+                   scores: Callable[[int, npt.NDArray[np.int64]], tuple[tuple[str, ...], npt.NDArray[np.float64]]]
+                   ) -> None:
+        """Buffer pairs in their window sets, as ``_pair`` buffers each: pair i in ``owners[group[i]]``
+        (``group`` ascending), its label's and prediction's class ids ``truths[i]`` and
+        ``guesses[i]``; ``kinds[i]`` (-1: no scores) numbers the pairs of one model whose scores
+        share their names, and ``scores(kind, rows)`` gives those names and the rows' probabilities."""
+        bounds = np.searchsorted(group, np.arange(len(owners) + 1)).tolist()
+        codes = memoryview(((truths << CODE_BITS) | guesses).tobytes())
         for g, wset in enumerate(owners):
             wset.codes.frombytes(codes[8 * bounds[g]:8 * bounds[g + 1]])
-        self._buffered += len(rows)
-        layouts = table["layout"][rows]
-        scored = layouts != NO_SCORES
-        if scored.any():
-            models = np.array([wset.model.number for wset in owners], dtype=np.int64)[group]
-            kinds = models << 8 | layouts
-            for kind in np.unique(kinds[scored]).tolist():
-                chosen = np.flatnonzero(kinds == kind)
-                model = owners[int(group[chosen[0]])].model
-                names = self._codec.layout(kind & 255)
-                probs = self._codec.probabilities([entries[i] for i in rows[chosen].tolist()], len(names))
-                terms, keys = self._score_terms(model, names, truths[chosen], probs)
-                edges = np.searchsorted(group[chosen], np.arange(len(owners) + 1)).tolist()
-                for g, wset in enumerate(owners):
-                    a, b = edges[g], edges[g + 1]
-                    if a < b:
-                        wset.scored += b - a
-                        wset.terms.frombytes(terms[a:b].tobytes())
-                        wset.score_keys.frombytes(keys[a:b].tobytes())
-                        wset.score_values.frombytes(probs[a:b].tobytes())
+        self._buffered += len(group)
+        for kind in np.unique(kinds[kinds >= 0]).tolist():
+            chosen = np.flatnonzero(kinds == kind)
+            model = owners[int(group[chosen[0]])].model
+            names, probs = scores(kind, chosen)
+            terms, keys = self._score_terms(model, names, truths[chosen], probs)
+            edges = np.searchsorted(group[chosen], np.arange(len(owners) + 1)).tolist()
+            for g, wset in enumerate(owners):
+                a, b = edges[g], edges[g + 1]
+                if a < b:
+                    wset.scored += b - a
+                    wset.terms.frombytes(terms[a:b].tobytes())
+                    wset.score_keys.frombytes(keys[a:b].tobytes())
+                    wset.score_values.frombytes(probs[a:b].tobytes())
         dirty_sets = self._dirty_sets
         for wset in owners:
             if not wset.dirty:

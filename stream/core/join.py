@@ -46,9 +46,10 @@ from typing import Any, cast
 
 from stream.core.ids import Key, compact_id
 
-__all__ = ["DUPLICATE_LABEL_RULES", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
+__all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
+SWEEP_EVERY_S = 60.0  # event time between the engine's expiry sweeps, and the width of the buckets they expire
 
 PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
 Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads

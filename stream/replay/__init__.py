@@ -34,7 +34,7 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
-from stream.replay import shards
+from stream.replay import bulk, shards
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
@@ -275,22 +275,28 @@ def feed(engine: Engine, events: Iterable[Event], sink: Outbox,
         batch = list(itertools.islice(iterator, FEED_EVENTS))
         if not batch:
             break
-        records = [event[3] for event in batch]
-        if files is None:
-            engine.receive_many(records)
-        else:
-            def where(i: int, batch: list[Event] = batch) -> dict[str, Any]:
-                _, kind, sequence, _ = batch[i]
-                name, lines = files[kind][sequence >> ROW_BITS]
-                return {"file": name, "line" if lines else "row": sequence & ROW_MASK}
-
-            engine.receive_many(records, where)
-        if engine.metric_records or engine.dead_letters:  # alerts only follow records
-            sink.drain(engine)
-        if progress is not None:
-            progress.status(engine.health.pairs, engine.watermark)
+        receive(engine, batch, sink, files, progress)
     engine.finish()
     sink.drain(engine)
+
+
+def receive(engine: Engine, batch: list[Event], sink: Outbox, files: list[list[tuple[str, bool]]] | None,
+            progress: Progress | None) -> None:
+    """One batch of ``feed``."""
+    records = [event[3] for event in batch]
+    if files is None:
+        engine.receive_many(records)
+    else:
+        def where(i: int) -> dict[str, Any]:
+            _, kind, sequence, _ = batch[i]
+            name, lines = files[kind][sequence >> ROW_BITS]
+            return {"file": name, "line" if lines else "row": sequence & ROW_MASK}
+
+        engine.receive_many(records, where)
+    if engine.metric_records or engine.dead_letters:  # alerts only follow records
+        sink.drain(engine)
+    if progress is not None:
+        progress.status(engine.health.pairs, engine.watermark)
 
 
 def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
@@ -323,6 +329,17 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share),
              _Inputs(LABEL, inputs(labels, "labels", format), config, share)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
+    if share is not None and total <= bulk.MAX_BYTES:  # all in memory: settled requests are counted at once
+        engine = Engine(config, clock, revisions=False, emit_partials=True)
+        engine.sweeps = []
+        sink = open_sink()
+        progress = Progress(total, quiet)
+        try:
+            bulk.feed_all(kinds, engine, sink, _files(kinds), progress)
+        finally:
+            sink.close()
+            progress.close()
+        return engine, sink, True, kinds
     if processes is None:
         processes = 2 if total >= MIN_BYTES and (os.cpu_count() or 1) >= 2 else 1
     in_order = all(kind.starts_in_order() for kind in kinds) if processes > 1 or share is not None else True
@@ -335,8 +352,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
         sink = open_sink()
         progress = Progress(total, quiet)
         try:
-            files = None if _in_memory(kinds) else [[(f.name, f.format == "jsonl") for f in kind.found]
-                                                      for kind in kinds]
+            files = _files(kinds)
             if processes > 1 and files is not None and not sort:
                 events: Iterator[Event] = child_events(predictions, labels, config, engine, progress, format,
                                                        run_events)
@@ -351,6 +367,11 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
             progress.close()
         return engine, sink, sort, kinds
     raise AssertionError("unreachable")
+
+
+def _files(kinds: list[_Inputs]) -> list[list[tuple[str, bool]]] | None:
+    """Each input's name, and whether it counts lines rather than rows (see ``feed``); None for rows in memory."""
+    return None if _in_memory(kinds) else [[(f.name, f.format == "jsonl") for f in kind.found] for kind in kinds]
 
 
 def _in_memory(kinds: list[_Inputs]) -> bool:

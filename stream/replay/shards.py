@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
@@ -115,6 +117,20 @@ class Occupancy:
             elif ts > cell[2]:
                 cell[2] = ts
             yield event
+
+    def note(self, timestamps: npt.NDArray[np.float64]) -> None:
+        """``watch`` for records at ``timestamps``, all at once."""
+        if not len(timestamps):
+            return
+        ts = np.sort(timestamps)
+        buckets = (ts // self.width_s).astype(np.int64)
+        starts = np.flatnonzero(np.diff(buckets, prepend=buckets[0] - 1))
+        ends = np.append(starts[1:], len(ts))
+        other = Occupancy(2 * self.width_s)
+        cells = zip(buckets[starts].tolist(), (ends - starts).tolist(), ts[starts].tolist(), ts[ends - 1].tolist(),
+                    strict=True)
+        other.buckets = {bucket: [count, first, last] for bucket, count, first, last in cells}
+        self.add(other)
 
     def add(self, other: Occupancy) -> None:
         for bucket, (count, first, last) in other.buckets.items():
