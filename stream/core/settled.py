@@ -16,16 +16,17 @@ so that sweeps, emissions and final records fall where they would have.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.join import SWEEP_EVERY_S, JoinBuffer
-from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
 from stream.core.series import Model, WindowSet
 from stream.core.settings import Settings
@@ -58,7 +59,7 @@ class Settled:
     _fold: Callable[..., None]
     _score_terms: Callable[..., Any]
 
-    def take_settled(self, predictions: Sequence[Prediction], labels: Sequence[Label]) -> tuple[Mask, Mask]:
+    def take_settled(self, predictions: PredictionColumns, labels: LabelColumns) -> tuple[Mask, Mask]:
         """Count the settled requests among all the records of an input (see the module), before
         any other; returns which predictions and which labels it counted. The engine must be new,
         and write final records only, with no rules, detectors or rolling windows (whose pairs
@@ -70,18 +71,20 @@ class Settled:
             return none
         ttl, lag = float(self.join.ttl_s), self._lag_s
         ids: dict[str, int] = {}
-        pcode = np.fromiter((ids.setdefault(p.request_id, len(ids)) for p in predictions), np.int64, len(predictions))
-        lcode = np.fromiter((ids.setdefault(lb.request_id, len(ids)) for lb in labels), np.int64, len(labels))
-        n = len(ids)
-        if not self._within_limits(predictions, labels, pcode.tolist(), lcode.tolist()):
+        pcode = np.fromiter(map(ids.setdefault, predictions.request_ids, itertools.count()), np.int64,
+                            len(predictions))
+        lcode = np.fromiter(map(ids.setdefault, labels.request_ids, itertools.count(len(predictions))), np.int64,
+                            len(labels))
+        n = len(predictions) + len(labels)  # a request's number: the row where it first came
+        classifier = {name: not self.config.is_regression(name) for name in set(predictions.models)}
+        classifies = np.fromiter(map(classifier.__getitem__, predictions.models), bool, len(predictions))
+        if not self._within_limits(predictions, labels, pcode, lcode, classifies):
             return none
         settled = (np.bincount(pcode, minlength=n) <= 1) & (np.bincount(lcode, minlength=n) <= 1)
-        regression = {name: self.config.is_regression(name) for name in {p.model for p in predictions}}
-        settled[pcode[~np.fromiter((type(p.value) is str and not regression[p.model] for p in predictions), bool,
-                                   len(predictions))]] = False
-        settled[lcode[~np.fromiter((type(lb.value) is str for lb in labels), bool, len(labels))]] = False
-        pts = np.fromiter((p.timestamp for p in predictions), np.float64, len(predictions))
-        lts = np.fromiter((lb.timestamp for lb in labels), np.float64, len(labels))
+        classes = np.fromiter(map(str.__instancecheck__, predictions.values), bool, len(predictions)) & classifies
+        settled[pcode[~classes]] = False
+        settled[lcode[~np.fromiter(map(str.__instancecheck__, labels.values), bool, len(labels))]] = False
+        pts, lts = predictions.timestamps, labels.timestamps
         label_of = np.full(n, -1, dtype=np.int64)
         label_of[lcode] = np.arange(len(labels))
         prediction_of = np.full(n, -1, dtype=np.int64)
@@ -93,46 +96,51 @@ class Settled:
         safe = (p_ts - lag < l_ts + ttl) & (l_ts - lag < p_ts + 2 * ttl - SWEEP_EVERY_S)
         settled[both[~safe]] = False
         taken_p, taken_l = settled[pcode], settled[lcode]
-        firsts: dict[str, tuple[float, int]] = {}
-        for i, (p, ts) in enumerate(zip(predictions, pts.tolist(), strict=True)):
-            if p.model not in firsts or ts < firsts[p.model][0]:
-                firsts[p.model] = (ts, i)
-        for name in sorted(firsts, key=firsts.__getitem__):  # every model, numbered as they come in time
-            self._model(name, firsts[name][0])  # (never refused: within the limits)
-        rows = np.flatnonzero(taken_p)
-        self._count_settled([predictions[i] for i in rows.tolist()], pts[rows], label_of[pcode[rows]], labels, lts)
-        orphaned = int(np.count_nonzero(taken_l & (prediction_of[lcode] < 0)))
+        order = np.lexsort((np.arange(len(predictions)), pts)).tolist()  # by time, then as given
+        for row in order:  # every model, numbered as they come in time (never refused: within the limits)
+            name = predictions.models[row]
+            if name not in self.models:
+                self._model(name, float(pts[row]))
+                if len(self.models) == len(classifier):
+                    break
+        self._count_settled(predictions, np.flatnonzero(taken_p), label_of[pcode], labels)
         self.health.labels += int(np.count_nonzero(taken_l))
-        self.health.orphaned_labels += orphaned
+        self.health.orphaned_labels += int(np.count_nonzero(taken_l & (prediction_of[lcode] < 0)))
         return taken_p, taken_l
 
-    def _count_settled(self, predictions: list[Prediction], pts: npt.NDArray[np.float64],
-                       label_rows: npt.NDArray[np.int64], labels: Sequence[Label],
-                       lts: npt.NDArray[np.float64]) -> None:
-        """Settled predictions (``label_rows``: the row of each one's label in ``labels``, or -1)
-        into their window sets, with the pairs they make."""
+    def _count_settled(self, columns: PredictionColumns, rows: npt.NDArray[np.int64],
+                       label_of: npt.NDArray[np.int64], labels: LabelColumns) -> None:
+        """The settled predictions ``rows`` into their window sets, with the pairs they make
+        (``label_of``: the row of each prediction's label in ``labels``, or -1)."""
         health = self.health
-        health.predictions += len(predictions)
-        models = self.models
+        health.predictions += len(rows)
+        models, sets = self.models, self._sets
+        pts = columns.timestamps[rows]
+        chosen = rows.tolist()
+        names = [columns.models[i] for i in chosen]
         slots = (pts // self._slot_s).astype(np.int64).tolist()
         index: dict[tuple[str, str, Any, int], int] = {}
-        group = np.fromiter((index.setdefault((p.model, p.model_version, p.segment, slot), len(index))
-                             for p, slot in zip(predictions, slots, strict=True)), np.int64, len(predictions))
+        keys = zip(names, [columns.versions[i] for i in chosen], [columns.segments[i] for i in chosen], slots,
+                   strict=True)
+        group = np.fromiter(map(index.setdefault, keys, itertools.count()), np.int64, len(chosen))
+        _, group = np.unique(group, return_inverse=True)  # numbered 0, 1, ... in the order they come
+        group = group.astype(np.int64)
         _, first = np.unique(group, return_index=True)
         owners = []
-        for key, row in zip(index, first.tolist(), strict=True):
-            wset = self._sets.get(key)
+        for key, at in zip(index, first.tolist(), strict=True):
+            wset = sets.get(key)
             owners.append(wset if wset is not None else self._window_set(models[key[0]], key[1], key[2], key[3],
-                                                                         float(pts[row])))
+                                                                         float(pts[at])))
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
-        guesses = np.fromiter((self._class(models[p.model], p.value) for p in predictions), np.int64,
-                              len(predictions))
+        guesses = np.fromiter(map(self._class, [models[name] for name in names], [columns.values[i] for i in chosen]),
+                              np.int64, len(chosen))
+        label_rows = label_of[rows]
         paired = label_rows >= 0
-        lags = np.where(paired, np.append(lts, 0.0)[label_rows] - pts, 0.0)
+        lags = np.where(paired, np.append(labels.timestamps, 0.0)[label_rows] - pts, 0.0)
         late = paired & (lags > self.join.ttl_s)
         joined = np.flatnonzero(paired & ~late)
-        health.expired_predictions += len(predictions) - len(joined)  # late, or never labelled: expired
+        health.expired_predictions += len(rows) - len(joined)  # late, or never labelled: expired
         health.late_labels += int(np.count_nonzero(late))
         health.joined_labels += len(joined)
         health.pairs += len(joined)
@@ -145,47 +153,53 @@ class Settled:
                                                    minlength=len(LAG_BUCKETS_S)).tolist()):
             buckets[bucket] += count
         joined = joined[np.argsort(group[joined], kind="stable")]
-        chosen = [predictions[i] for i in joined.tolist()]
-        truths = np.fromiter((self._class(models[p.model], labels[j].value)
-                              for p, j in zip(chosen, label_rows[joined].tolist(), strict=True)), np.int64, len(chosen))
-        layouts: dict[tuple[int, tuple[Any, ...]], int] = {}
-        kinds = np.fromiter((-1 if p.scores is None else layouts.setdefault((models[p.model].number, p.scores[0::2]),
-                                                                           len(layouts)) for p in chosen),
-                            np.int64, len(chosen))
-        layout_names = [names for _, names in layouts]
+        pairs = joined.tolist()
+        pair_models = [models[names[j]] for j in pairs]
+        truths = np.fromiter(map(self._class, pair_models, [labels.values[i] for i in label_rows[joined].tolist()]),
+                             np.int64, len(pairs))
+        scores = [columns.scores[chosen[j]] for j in pairs]
+        layouts: dict[tuple[int, tuple[str, ...]], int] = {}
+        kinds = np.fromiter((-1 if d is None else layouts.setdefault((model.number, tuple(d)), len(layouts))
+                             for model, d in zip(pair_models, scores, strict=True)), np.int64, len(pairs))
+        layout_names = [layout for _, layout in layouts]
 
-        def scores(kind: int, rows: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
-            return layout_names[kind], np.array([chosen[i].scores[1::2] for i in rows.tolist()],
-                                         dtype=np.float64).reshape(len(rows), len(layout_names[kind]))
+        def probabilities(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
+            width = len(layout_names[kind])
+            values = [tuple(scores[i].values()) for i in at.tolist()]
+            return layout_names[kind], np.array(values, dtype=np.float64).reshape(len(at), width)
 
-        self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, scores)  # marks every owner
+        self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, probabilities)  # marks every owner
         self._fold()
 
     def _class(self, model: Model, value: Any) -> int:
         found = model.classes.ids.get(value)  # type: ignore[union-attr]
         return found if found is not None else self._class_id(model, value)
 
-    def _within_limits(self, predictions: Sequence[Prediction], labels: Sequence[Label], pcode: list[int],
-                       lcode: list[int]) -> bool:
+    def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, pcode: npt.NDArray[np.int64],
+                       lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
         """Whether the input's names fit every limit (then none is refused or folded, whatever
         the order they come in): models, versions, segment keys and values, and classes (of a
-        classification model's predictions, and of the labels of requests it predicted for)."""
+        classification model's predictions, and of the labels of requests classified: for each
+        model, at least as many as it meets)."""
         config = self.config
         versions: dict[str, set[str]] = {}
+        for model, version in set(zip(predictions.models, predictions.versions, strict=True)):
+            versions.setdefault(model, set()).add(version)
         segments: dict[str, set[tuple[str, str]]] = {}
+        for model, segment in set(zip(predictions.models, predictions.segments, strict=True)):
+            segments.setdefault(model, set()).update(segment)
         classes: dict[str, set[tuple[type, Any]]] = {}
-        predicted: dict[int, set[str]] = {}  # request -> its classification models
-        for p, code in zip(predictions, pcode, strict=True):
-            versions.setdefault(p.model, set()).add(p.model_version)
-            if p.segment:
-                segments.setdefault(p.model, set()).update(p.segment)
-            if not self.config.is_regression(p.model):
-                classes.setdefault(p.model, set()).add((type(p.value), p.value))  # 1 and "1" apart: at least as many
-                predicted.setdefault(code, set()).add(p.model)
-        for lb, code in zip(labels, lcode, strict=True):
-            for model in predicted.get(code, ()):
-                classes[model].add((type(lb.value), lb.value))
-        if len(versions) > config.max_models or any(len(found) > config.max_classes for found in classes.values()):
+        chosen = np.flatnonzero(classifies).tolist()
+        values = [predictions.values[i] for i in chosen]
+        for model, kind, value in set(zip([predictions.models[i] for i in chosen], map(type, values), values,
+                                          strict=True)):
+            classes.setdefault(model, set()).add((kind, value))
+        classified = np.zeros(int(max(pcode.max(initial=-1), lcode.max(initial=-1))) + 1, dtype=bool)
+        classified[pcode[classifies]] = True
+        values = [labels.values[i] for i in np.flatnonzero(classified[lcode]).tolist()]
+        label_classes = set(zip(map(type, values), values, strict=True))
+        if len(versions) > config.max_models or any(len(found | label_classes) > config.max_classes
+                                                    for found in classes.values()):
             return False
         for model, named in versions.items():
             keys: dict[str, int] = {}

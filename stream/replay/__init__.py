@@ -163,11 +163,9 @@ class _Inputs:
     def raw(self, sequence: int) -> Any:
         return self.found[sequence >> ROW_BITS].raw(sequence & ROW_MASK, self.source)
 
-    def parsed(self, index: int, engine: Engine, progress: Progress) -> Iterator[Event]:
-        found, source, kind = self.found[index], self.source, self.kind
-        parse: Callable[[dict[str, Any]], Prediction | Label] = parse_prediction if kind == PREDICTION else parse_label
-        from_json: Callable[[bytes, int], Prediction | Label] = (
-            prediction_from_json if kind == PREDICTION else label_from_json)
+    def owned(self, index: int, progress: Progress) -> Iterator[tuple[int, Any]]:
+        """(sequence number, raw) of input ``index``'s rows, those of the share's requests with a share."""
+        found, source = self.found[index], self.source
         max_bytes = self.config.max_record_bytes
         base = index << ROW_BITS
         read = progress.read if progress.bar is not None else None
@@ -177,20 +175,30 @@ class _Inputs:
                 read(size)
             if shares > 1 and owner(raw, base | number, shares, max_bytes) != mine:
                 continue
-            try:
-                if type(raw) is bytes:
-                    record = from_json(raw, max_bytes)
-                elif isinstance(raw, Exception):
-                    raise InvalidRecord(str(raw))
-                elif not isinstance(raw, dict):
-                    raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
-                else:
-                    record = parse(raw)
-            except InvalidRecord as exc:
-                text = raw if isinstance(raw, dict) else raw_text(raw if isinstance(raw, bytes) else repr(raw))
-                engine.dead_letter(source, text, str(exc), **self.where(base | number))
-                continue
-            yield record.timestamp, kind, base | number, record
+            yield base | number, raw
+
+    def record(self, sequence: int, raw: Any, engine: Engine) -> Prediction | Label | None:
+        """A row's record; or None, after its dead letter with the reason."""
+        try:
+            if type(raw) is bytes:
+                return (prediction_from_json if self.kind == PREDICTION else label_from_json)(
+                    raw, self.config.max_record_bytes)
+            if isinstance(raw, Exception):
+                raise InvalidRecord(str(raw))
+            if not isinstance(raw, dict):
+                raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
+            return (parse_prediction if self.kind == PREDICTION else parse_label)(raw)
+        except InvalidRecord as exc:
+            text = raw if isinstance(raw, dict) else raw_text(raw if isinstance(raw, bytes) else repr(raw))
+            engine.dead_letter(self.source, text, str(exc), **self.where(sequence))
+            return None
+
+    def parsed(self, index: int, engine: Engine, progress: Progress) -> Iterator[Event]:
+        kind = self.kind
+        for sequence, raw in self.owned(index, progress):
+            record = self.record(sequence, raw, engine)
+            if record is not None:
+                yield record.timestamp, kind, sequence, record
 
     def starts_in_order(self, rows: int = 1000) -> bool:
         """Whether the first ``rows`` valid records of each input are in time order (a shuffled

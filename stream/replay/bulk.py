@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stream.core.columns import LabelColumns, PredictionColumns, labels_from_json, predictions_from_json
 from stream.core.engine import Engine
 from stream.replay.progress import Progress
 from stream.replay.shards import Occupancy
@@ -35,21 +36,20 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
     """Every record of the share's inputs through ``engine`` (see the module), then the end of input."""
     from stream.replay import FEED_EVENTS, receive
 
-    events: list[list[Event]] = [[event for i in range(len(kind.found)) for event in kind.parsed(i, engine, progress)]
-                                 for kind in kinds]
-    taken = engine.take_settled([e[3] for e in events[0]], [e[3] for e in events[1]])  # type: ignore[misc]
+    columns = [_columns(kind, engine, progress) for kind in kinds]
+    taken = engine.take_settled(*columns)  # type: ignore[arg-type]
     max_future_s = kinds[0].config.max_future_s
-    stamps = []
-    for kind, chosen in zip(kinds, events, strict=True):
-        ts = np.fromiter((e[0] for e in chosen), np.float64, len(chosen))
-        stamps.append(ts)
+    for kind, found in zip(kinds, columns, strict=True):
         if max_future_s > 0:  # every record counts (see ``shards.Occupancy``)
             kind.occupancy = Occupancy(max_future_s)
-            kind.occupancy.note(ts)
-    rest = sorted((e for chosen, mask in zip(events, taken, strict=True)
-                   for e, took in zip(chosen, mask.tolist(), strict=True) if not took), key=itemgetter(0, 1, 2))
-    del events
-    ticks = engine.ticks(np.concatenate([ts[mask] for ts, mask in zip(stamps, taken, strict=True)]))
+            kind.occupancy.note(found.timestamps)
+    rest: list[Event] = []
+    for number, (found, mask) in enumerate(zip(columns, taken, strict=True)):
+        rows, timestamps = found.rows, found.timestamps.tolist()
+        rest += [(timestamps[i], number, rows[i], found.record(i)) for i in np.flatnonzero(~mask).tolist()]
+    rest.sort(key=itemgetter(0, 1, 2))
+    ticks = engine.ticks(np.concatenate([found.timestamps[mask] for found, mask in zip(columns, taken, strict=True)]))
+    del columns
     for item in interleaved(rest, ticks, FEED_EVENTS):
         if type(item) is float:
             engine.observe(item)
@@ -57,6 +57,28 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
             receive(engine, item, sink, files, progress)  # type: ignore[arg-type]
     engine.finish()
     sink.drain(engine)
+
+
+def _columns(kind: _Inputs, engine: Engine, progress: Progress) -> PredictionColumns | LabelColumns:
+    """The share's records of one kind as columns (see ``core.columns``); a row they refuse is
+    read one by one, into a record or a dead letter with the reason."""
+    lines, sequences, records, at = [], [], [], []
+    for index in range(len(kind.found)):
+        for sequence, raw in kind.owned(index, progress):
+            if type(raw) is bytes:
+                lines.append(raw)
+                sequences.append(sequence)
+            elif (record := kind.record(sequence, raw, engine)) is not None:
+                records.append(record)
+                at.append(sequence)
+    decode = predictions_from_json if kind.kind == 0 else labels_from_json
+    found, refused = decode(lines, sequences, kind.config.max_record_bytes)
+    for i in refused:
+        if (record := kind.record(sequences[i], lines[i], engine)) is not None:
+            records.append(record)
+            at.append(sequences[i])
+    found.add(at, records)  # type: ignore[arg-type]
+    return found
 
 
 def interleaved(events: list[Event], ticks: list[float], batch: int) -> Iterator[list[Event] | float]:

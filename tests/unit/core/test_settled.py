@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.config import Config
+from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction
 from stream.replay.bulk import interleaved
@@ -78,16 +79,23 @@ def every_record(config: Config, events: list[Event]) -> dict[str, Any]:
     return outcome(engine)
 
 
+def columns_of(events: list[Event]) -> tuple[PredictionColumns, LabelColumns]:
+    predictions, labels = PredictionColumns(), LabelColumns()
+    for kind, found in enumerate((predictions, labels)):
+        chosen = [e for e in events if e[1] == kind]
+        found.add([e[2] for e in chosen], [e[3] for e in chosen])  # type: ignore[arg-type]
+    return predictions, labels
+
+
 def settled_first(config: Config, events: list[Event], batch: int) -> tuple[dict[str, Any], int]:
     engine = engine_for(config)
-    kinds = [[e for e in events if e[1] == kind] for kind in (0, 1)]
-    taken = engine.take_settled([e[3] for e in kinds[0]], [e[3] for e in kinds[1]])  # type: ignore[misc]
-    rest = [e for chosen, mask in zip(kinds, taken, strict=True) for e, took in zip(chosen, mask, strict=True)
-            if not took]
-    rest.sort(key=itemgetter(0, 1, 2))
-    ticks = engine.ticks(np.array([e[0] for chosen, mask in zip(kinds, taken, strict=True)
-                                   for e, took in zip(chosen, mask, strict=True) if took]))
-    for item in interleaved(rest, ticks, batch):
+    columns = columns_of(events)
+    taken = engine.take_settled(*columns)
+    rest = sorted(((found.timestamps[i], kind, found.rows[i], found.record(i))
+                   for kind, (found, mask) in enumerate(zip(columns, taken, strict=True))
+                   for i in np.flatnonzero(~mask).tolist()), key=itemgetter(0, 1, 2))
+    ticks = engine.ticks(np.concatenate([found.timestamps[mask] for found, mask in zip(columns, taken, strict=True)]))
+    for item in interleaved(rest, ticks, batch):  # type: ignore[arg-type]
         if type(item) is float:
             engine.observe(item)
         else:

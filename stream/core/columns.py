@@ -1,0 +1,222 @@
+"""Input records as columns, decoded from JSON lines in one pass and checked a column at a time.
+
+msgspec decodes each line into a typed struct (JSON types checked in C, as in ``core.wire``); its
+fields are appended to columns, and what a type cannot say (lengths, names people read,
+timestamps, probabilities) is checked on whole columns: once per distinct name or segment, with
+numpy for numbers. A line either check refuses is left to ``core.wire`` (whose per-record path,
+and then ``core.records``, give the record or the reason), so an accepted row is exactly the record
+``prediction_from_json`` or ``label_from_json`` makes (``tests/unit/core/test_columns.py``).
+
+>>> columns, refused = predictions_from_json([b'{"request_id":"r1","model":"m","timestamp":1767225600,'
+...     b'"prediction":"a"}', b'{"request_id":""}'])
+>>> columns.record(0).timestamp, columns.models, refused
+(1767225600.0, ['m'], [1])
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.core.records import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_RECORD_BYTES,
+    MAX_SCORE_CLASSES,
+    MAX_TIMESTAMP_S,
+    MIN_TIMESTAMP_S,
+    Label,
+    Prediction,
+    Scores,
+    Segment,
+    parse_timestamp,
+)
+from stream.core.wire import _DECODE_ERRORS, _LABELS, _PREDICTIONS, Outcome, _outcome, _Refused, _segment
+
+__all__ = ["LabelColumns", "PredictionColumns", "labels_from_json", "predictions_from_json"]
+
+
+@dataclass
+class PredictionColumns:
+    """Predictions, a row each; ``rows[i]``: where row i came from (the caller's number)."""
+
+    rows: list[int] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    values: list[Outcome] = field(default_factory=list)
+    scores: list[dict[str, float] | None] = field(default_factory=list)  # class -> probability, in record order
+    segments: list[Segment] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, i: int) -> Prediction:
+        scores = self.scores[i]
+        flat: Scores | None = None if scores is None else tuple(itertools.chain.from_iterable(scores.items()))
+        return Prediction(self.request_ids[i], self.models[i], self.versions[i], float(self.timestamps[i]),
+                          self.values[i], flat, self.segments[i])
+
+    def add(self, rows: list[int], records: list[Prediction]) -> None:
+        """Records decoded another way."""
+        self.rows += rows
+        self.request_ids += [r.request_id for r in records]
+        self.models += [r.model for r in records]
+        self.versions += [r.model_version for r in records]
+        self.timestamps = np.concatenate([self.timestamps, [r.timestamp for r in records]])
+        self.values += [r.value for r in records]
+        self.scores += [None if r.scores is None else dict(zip(r.scores[0::2], r.scores[1::2],  # type: ignore[arg-type]
+                                                                      strict=True)) for r in records]
+        self.segments += [r.segment for r in records]
+
+
+@dataclass
+class LabelColumns:
+    """Labels, a row each (see ``PredictionColumns``)."""
+
+    rows: list[int] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    values: list[Outcome] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, i: int) -> Label:
+        return Label(self.request_ids[i], float(self.timestamps[i]), self.values[i])
+
+    def add(self, rows: list[int], records: list[Label]) -> None:
+        """Records decoded another way."""
+        self.rows += rows
+        self.request_ids += [r.request_id for r in records]
+        self.timestamps = np.concatenate([self.timestamps, [r.timestamp for r in records]])
+        self.values += [r.value for r in records]
+
+
+def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
+                          ) -> tuple[PredictionColumns, list[int]]:
+    """The predictions of ``lines`` as columns (row numbers ``rows``, else their indexes), and the
+    indexes of the lines left to ``core.wire.prediction_from_json``."""
+    decode = _PREDICTIONS.decode
+    taken, refused = [], []
+    ids, models, versions, stamps, values, scores, segments = [], [], [], [], [], [], []
+    for i, line in enumerate(lines):
+        if len(line) > max_bytes:
+            refused.append(i)
+            continue
+        try:
+            rec = decode(line)
+        except _DECODE_ERRORS:
+            refused.append(i)
+            continue
+        taken.append(i)
+        ids.append(rec.request_id)
+        models.append(rec.model)
+        versions.append(rec.model_version)
+        stamps.append(rec.timestamp)
+        values.append(rec.prediction)
+        scores.append(rec.scores)
+        segments.append(rec.segment)
+    ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(scores)
+    timestamps, ok_ts = _timestamps(stamps)
+    ok &= ok_ts & _outcomes_ok(values)
+    checked: list[Segment] = []
+    for i, segment in enumerate(segments):
+        try:
+            checked.append(() if segment is None else _segment(segment))
+        except _Refused:
+            checked.append(())
+            ok[i] = False
+    keep = ok.tolist()
+    if not all(keep):
+        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep])))
+    pick = (lambda column: column) if all(keep) else (lambda column: list(itertools.compress(column, keep)))
+    taken = pick(taken)
+    return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
+                             pick(versions), timestamps[ok], pick(values), pick(scores), pick(checked)), refused
+
+
+def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
+                     ) -> tuple[LabelColumns, list[int]]:
+    """The labels of ``lines`` as columns, and the indexes of the lines left to
+    ``core.wire.label_from_json`` (see ``predictions_from_json``)."""
+    decode = _LABELS.decode
+    taken, refused = [], []
+    ids, stamps, values = [], [], []
+    for i, line in enumerate(lines):
+        if len(line) > max_bytes:
+            refused.append(i)
+            continue
+        try:
+            rec = decode(line)
+        except _DECODE_ERRORS:
+            refused.append(i)
+            continue
+        taken.append(i)
+        ids.append(rec.request_id)
+        stamps.append(rec.timestamp)
+        values.append(rec.label)
+    timestamps, ok = _timestamps(stamps)
+    ok &= _ids_ok(ids) & _outcomes_ok(values)
+    keep = ok.tolist()
+    if not all(keep):
+        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep])))
+    pick = (lambda column: column) if all(keep) else (lambda column: list(itertools.compress(column, keep)))
+    taken = pick(taken)
+    return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), timestamps[ok],
+                        pick(values)), refused
+
+
+def _ids_ok(ids: list[str]) -> npt.NDArray[np.bool_]:
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    return (lengths > 0) & (lengths <= MAX_ID_CHARS)
+
+
+def _names_ok(names: list[str]) -> npt.NDArray[np.bool_]:
+    """As ``core.wire._name``, once per distinct name."""
+    bad = {name for name in set(names)
+           if not name or len(name) > MAX_NAME_CHARS or not name.isprintable() or name.isspace()}
+    if not bad:
+        return np.ones(len(names), dtype=bool)
+    return np.fromiter((name not in bad for name in names), bool, len(names))
+
+
+def _timestamps(stamps: list[float | str]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """As ``core.wire._timestamp``: epoch seconds (NaN where refused), and which are taken."""
+    out = np.fromiter((ts if type(ts) is float else _parsed(ts) for ts in stamps), np.float64,  # type: ignore[arg-type]
+                      len(stamps))
+    return out, (out >= MIN_TIMESTAMP_S) & (out <= MAX_TIMESTAMP_S)
+
+
+def _parsed(text: str) -> float:
+    try:
+        return parse_timestamp(text)
+    except Exception:
+        return float("nan")
+
+
+def _outcomes_ok(values: list[Outcome]) -> npt.NDArray[np.bool_]:
+    """As ``core.wire._outcome``; classes (strings) a column at a time."""
+    if set(map(type, values)) <= {str}:
+        lengths = np.fromiter(map(len, values), np.int64, len(values))  # type: ignore[arg-type]
+        return (lengths > 0) & (lengths <= MAX_NAME_CHARS)
+    return np.fromiter((_outcome_ok(value) for value in values), bool, len(values))
+
+
+def _outcome_ok(value: Outcome) -> bool:
+    try:
+        _outcome(value)
+    except _Refused:
+        return False
+    return True
+
+
+def _scores_ok(scores: list[dict[str, float] | None]) -> npt.NDArray[np.bool_]:
+    """As ``core.wire._scores``: at least one class, at most ``MAX_SCORE_CLASSES``, none named
+    empty, each a probability in [0, 1]."""
+    return np.fromiter((d is None or (0 < len(d) <= MAX_SCORE_CLASSES and all(d) and min(d.values()) >= 0.0
+                                      and max(d.values()) <= 1.0) for d in scores), bool, len(scores))
