@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,17 +50,25 @@ class PredictionColumns:
     versions: list[str] = field(default_factory=list)
     timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     values: list[Outcome] = field(default_factory=list)
-    scores: list[dict[str, float] | None] = field(default_factory=list)  # class -> probability, in record order
+    score_names: list[tuple[str, ...] | None] = field(default_factory=list)  # the classes scored, in record order
+    score_values: list[tuple[float, ...] | None] = field(default_factory=list)  # and their probabilities
     segments: list[Segment] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def record(self, i: int) -> Prediction:
-        scores = self.scores[i]
-        flat: Scores | None = None if scores is None else tuple(itertools.chain.from_iterable(scores.items()))
+        names, values = self.score_names[i], self.score_values[i]
+        flat: Scores | None = None
+        if names is not None and values is not None:
+            flat = tuple(itertools.chain.from_iterable(zip(names, values, strict=True)))
         return Prediction(self.request_ids[i], self.models[i], self.versions[i], float(self.timestamps[i]),
                           self.values[i], flat, self.segments[i])
+
+    @classmethod
+    def joined(cls, parts: list[PredictionColumns]) -> PredictionColumns:
+        """The rows of ``parts``, one after another."""
+        return cls(*(_joined([getattr(part, name) for part in parts]) for name in _FIELDS))
 
     def add(self, rows: list[int], records: list[Prediction]) -> None:
         """Records decoded another way."""
@@ -69,8 +78,8 @@ class PredictionColumns:
         self.versions += [r.model_version for r in records]
         self.timestamps = np.concatenate([self.timestamps, [r.timestamp for r in records]])
         self.values += [r.value for r in records]
-        self.scores += [None if r.scores is None else dict(zip(r.scores[0::2], r.scores[1::2],  # type: ignore[arg-type]
-                                                                      strict=True)) for r in records]
+        self.score_names += [None if r.scores is None else r.scores[0::2] for r in records]  # type: ignore[misc]
+        self.score_values += [None if r.scores is None else r.scores[1::2] for r in records]  # type: ignore[misc]
         self.segments += [r.segment for r in records]
 
 
@@ -89,6 +98,12 @@ class LabelColumns:
     def record(self, i: int) -> Label:
         return Label(self.request_ids[i], float(self.timestamps[i]), self.values[i])
 
+    @classmethod
+    def joined(cls, parts: list[LabelColumns]) -> LabelColumns:
+        """The rows of ``parts``, one after another."""
+        return cls(*(_joined([getattr(part, name) for part in parts]) for name in ("rows", "request_ids",
+                                                                                    "timestamps", "values")))
+
     def add(self, rows: list[int], records: list[Label]) -> None:
         """Records decoded another way."""
         self.rows += rows
@@ -102,8 +117,12 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     """The predictions of ``lines`` as columns (row numbers ``rows``, else their indexes), and the
     indexes of the lines left to ``core.wire.prediction_from_json``."""
     decode = _PREDICTIONS.decode
+    same: dict[Any, Any] = {}
+    keep = same.setdefault  # one object for each name, class and set of score classes
     taken, refused = [], []
-    ids, models, versions, stamps, values, scores, segments = [], [], [], [], [], [], []
+    ids, models, versions, stamps, values, segments = [], [], [], [], [], []
+    names: list[tuple[str, ...] | None] = []
+    probabilities: list[tuple[float, ...] | None] = []
     for i, line in enumerate(lines):
         if len(line) > max_bytes:
             refused.append(i)
@@ -115,13 +134,21 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
             continue
         taken.append(i)
         ids.append(rec.request_id)
-        models.append(rec.model)
-        versions.append(rec.model_version)
+        models.append(keep(rec.model, rec.model))
+        versions.append(keep(rec.model_version, rec.model_version))
         stamps.append(rec.timestamp)
-        values.append(rec.prediction)
-        scores.append(rec.scores)
+        value = rec.prediction
+        values.append(keep(value, value) if type(value) is str else value)
+        scores = rec.scores
+        if scores is None:
+            names.append(None)
+            probabilities.append(None)
+        else:
+            classes = tuple(scores)
+            names.append(keep(classes, classes))
+            probabilities.append(tuple(scores.values()))
         segments.append(rec.segment)
-    ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(scores)
+    ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(names, probabilities)
     timestamps, ok_ts = _timestamps(stamps)
     ok &= ok_ts & _outcomes_ok(values)
     checked: list[Segment] = []
@@ -131,13 +158,14 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
         except _Refused:
             checked.append(())
             ok[i] = False
-    keep = ok.tolist()
-    if not all(keep):
-        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep])))
-    pick = (lambda column: column) if all(keep) else (lambda column: list(itertools.compress(column, keep)))
+    keep_rows = ok.tolist()
+    if not all(keep_rows):
+        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep_rows])))
+    pick = (lambda column: column) if all(keep_rows) else (lambda column: list(itertools.compress(column, keep_rows)))
     taken = pick(taken)
     return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
-                             pick(versions), timestamps[ok], pick(values), pick(scores), pick(checked)), refused
+                             pick(versions), timestamps[ok], pick(values), pick(names), pick(probabilities),
+                             pick(checked)), refused
 
 
 def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
@@ -215,8 +243,19 @@ def _outcome_ok(value: Outcome) -> bool:
     return True
 
 
-def _scores_ok(scores: list[dict[str, float] | None]) -> npt.NDArray[np.bool_]:
+def _scores_ok(names: list[tuple[str, ...] | None], values: list[tuple[float, ...] | None]) -> npt.NDArray[np.bool_]:
     """As ``core.wire._scores``: at least one class, at most ``MAX_SCORE_CLASSES``, none named
-    empty, each a probability in [0, 1]."""
-    return np.fromiter((d is None or (0 < len(d) <= MAX_SCORE_CLASSES and all(d) and min(d.values()) >= 0.0
-                                      and max(d.values()) <= 1.0) for d in scores), bool, len(scores))
+    empty (once per set of classes), each a probability in [0, 1]."""
+    bad = {classes for classes in set(names)
+           if classes is not None and (not 0 < len(classes) <= MAX_SCORE_CLASSES or not all(classes))}
+    return np.fromiter((p is None or (c not in bad and min(p) >= 0.0 and max(p) <= 1.0)
+                        for c, p in zip(names, values, strict=True)), bool, len(names))
+
+
+def _joined(columns: list[Any]) -> Any:
+    if columns and isinstance(columns[0], np.ndarray):
+        return np.concatenate(columns)
+    return list(itertools.chain.from_iterable(columns))
+
+
+_FIELDS = [f for f in PredictionColumns.__dataclass_fields__]

@@ -157,18 +157,19 @@ class Settled:
         pair_models = [models[names[j]] for j in pairs]
         truths = np.fromiter(map(self._class, pair_models, [labels.values[i] for i in label_rows[joined].tolist()]),
                              np.int64, len(pairs))
-        scores = [columns.scores[chosen[j]] for j in pairs]
+        scored = [columns.score_names[chosen[j]] for j in pairs]
+        probabilities = [columns.score_values[chosen[j]] for j in pairs]
         layouts: dict[tuple[int, tuple[str, ...]], int] = {}
-        kinds = np.fromiter((-1 if d is None else layouts.setdefault((model.number, tuple(d)), len(layouts))
-                             for model, d in zip(pair_models, scores, strict=True)), np.int64, len(pairs))
+        kinds = np.fromiter((-1 if names is None else layouts.setdefault((model.number, names), len(layouts))
+                             for model, names in zip(pair_models, scored, strict=True)), np.int64, len(pairs))
         layout_names = [layout for _, layout in layouts]
 
-        def probabilities(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
+        def scores(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
             width = len(layout_names[kind])
-            values = [tuple(scores[i].values()) for i in at.tolist()]
-            return layout_names[kind], np.array(values, dtype=np.float64).reshape(len(at), width)
+            flat = itertools.chain.from_iterable([probabilities[i] for i in at.tolist()])
+            return layout_names[kind], np.fromiter(flat, np.float64, len(at) * width).reshape(len(at), width)
 
-        self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, probabilities)  # marks every owner
+        self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, scores)  # marks every owner
         self._fold()
 
     def _class(self, model: Model, value: Any) -> int:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream.core.columns import LabelColumns, PredictionColumns, labels_from_json, predictions_from_json
 from stream.core.engine import Engine
+from stream.core.records import Label, Prediction
 from stream.replay.progress import Progress
 from stream.replay.shards import Occupancy
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_BYTES", "feed_all", "interleaved"]
 
-MAX_BYTES = 256 << 20  # input (both kinds) whose share is held in memory: about 1.5 GiB of records at most
+MAX_BYTES = 128 << 20  # input (both kinds) whose shares are held in memory: about twice its size in each process
+CHUNK_LINES = 65_536  # lines decoded at a time (and held as bytes meanwhile)
 
 
 def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[list[tuple[str, bool]]] | None,
@@ -60,25 +62,38 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
 
 
 def _columns(kind: _Inputs, engine: Engine, progress: Progress) -> PredictionColumns | LabelColumns:
-    """The share's records of one kind as columns (see ``core.columns``); a row they refuse is
-    read one by one, into a record or a dead letter with the reason."""
-    lines, sequences, records, at = [], [], [], []
+    """The share's records of one kind as columns (see ``core.columns``), decoded ``CHUNK_LINES``
+    at a time; a row they refuse is read one by one, into a record or a dead letter with the reason."""
+    decode = predictions_from_json if kind.kind == 0 else labels_from_json
+    parts: list[Any] = []
+    records: list[Prediction | Label] = []
+    at: list[int] = []
+
+    def decoded(lines: list[bytes], sequences: list[int]) -> None:
+        found, refused = decode(lines, sequences, kind.config.max_record_bytes)
+        parts.append(found)
+        for i in refused:
+            if (record := kind.record(sequences[i], lines[i], engine)) is not None:
+                records.append(record)
+                at.append(sequences[i])
+
+    lines: list[bytes] = []
+    sequences: list[int] = []
     for index in range(len(kind.found)):
         for sequence, raw in kind.owned(index, progress):
             if type(raw) is bytes:
                 lines.append(raw)
                 sequences.append(sequence)
+                if len(lines) == CHUNK_LINES:
+                    decoded(lines, sequences)
+                    lines, sequences = [], []
             elif (record := kind.record(sequence, raw, engine)) is not None:
                 records.append(record)
                 at.append(sequence)
-    decode = predictions_from_json if kind.kind == 0 else labels_from_json
-    found, refused = decode(lines, sequences, kind.config.max_record_bytes)
-    for i in refused:
-        if (record := kind.record(sequences[i], lines[i], engine)) is not None:
-            records.append(record)
-            at.append(sequences[i])
-    found.add(at, records)  # type: ignore[arg-type]
-    return found
+    decoded(lines, sequences)
+    found = type(parts[0]).joined(parts)
+    found.add(at, records)
+    return found  # type: ignore[no-any-return]
 
 
 def interleaved(events: list[Event], ticks: list[float], batch: int) -> Iterator[list[Event] | float]:

@@ -170,7 +170,8 @@ def test_unsorted_input_is_sorted_externally_to_the_same_records(
 def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None:
     """A scaled-down version of the 50-million-record benchmark (benchmarks/replay.py): 400,000
     shuffled records, sorted in runs of 20,000, grow the replaying process's peak RSS by under
-    100 MiB (sorting them in memory grows it by about 250)."""
+    100 MiB (sorting them in memory grows it by about 250). In one process: two hold inputs as
+    small as these in memory (``replay.bulk``)."""
     predictions, labels = streams(Scenario(pairs=200_000, rate_per_s=20.0, label_delay_mean_s=60.0, segments=()))
     for name, rows, seed in (("p", predictions, 1), ("l", labels, 2)):
         random.Random(seed).shuffle(rows)
@@ -187,7 +188,7 @@ def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None
 
         folder, before = Path(sys.argv[1]), peak_kib()
         result = replay(folder / "p.jsonl", folder / "l.jsonl", Config.from_mapping({"windows": ["tumbling 1h"]}),
-                        folder / "m.jsonl", final_only=True, run_events=20_000)
+                        folder / "m.jsonl", final_only=True, run_events=20_000, processes=1)
         assert result.sorted_in_memory and result.engine.health.pairs == 200_000, result.summary()
         print(peak_kib() - before)
     """)
