@@ -16,6 +16,7 @@ and then ``core.records``, give the record or the reason), so an accepted row is
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,38 +117,19 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
                           ) -> tuple[PredictionColumns, list[int]]:
     """The predictions of ``lines`` as columns (row numbers ``rows``, else their indexes), and the
     indexes of the lines left to ``core.wire.prediction_from_json``."""
-    decode = _PREDICTIONS.decode
+    taken, refused, records = _decoded(lines, _PREDICTIONS.decode, max_bytes)
     same: dict[Any, Any] = {}
     keep = same.setdefault  # one object for each name, class and set of score classes
-    taken, refused = [], []
-    ids, models, versions, stamps, values, segments = [], [], [], [], [], []
-    names: list[tuple[str, ...] | None] = []
-    probabilities: list[tuple[float, ...] | None] = []
-    for i, line in enumerate(lines):
-        if len(line) > max_bytes:
-            refused.append(i)
-            continue
-        try:
-            rec = decode(line)
-        except _DECODE_ERRORS:
-            refused.append(i)
-            continue
-        taken.append(i)
-        ids.append(rec.request_id)
-        models.append(keep(rec.model, rec.model))
-        versions.append(keep(rec.model_version, rec.model_version))
-        stamps.append(rec.timestamp)
-        value = rec.prediction
-        values.append(keep(value, value) if type(value) is str else value)
-        scores = rec.scores
-        if scores is None:
-            names.append(None)
-            probabilities.append(None)
-        else:
-            classes = tuple(scores)
-            names.append(keep(classes, classes))
-            probabilities.append(tuple(scores.values()))
-        segments.append(rec.segment)
+    ids = [r.request_id for r in records]
+    models = [keep(r.model, r.model) for r in records]
+    versions = [keep(r.model_version, r.model_version) for r in records]
+    stamps = [r.timestamp for r in records]
+    values = [keep(v, v) if type(v := r.prediction) is str else v for r in records]
+    names: list[tuple[str, ...] | None] = [None if r.scores is None else keep(c := tuple(r.scores), c) for r in records]
+    probabilities: list[tuple[float, ...] | None] = [None if r.scores is None else tuple(r.scores.values())
+                                                     for r in records]
+    segments = [r.segment for r in records]
+    del records
     ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(names, probabilities)
     timestamps, ok_ts = _timestamps(stamps)
     ok &= ok_ts & _outcomes_ok(values)
@@ -172,22 +154,11 @@ def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_byte
                      ) -> tuple[LabelColumns, list[int]]:
     """The labels of ``lines`` as columns, and the indexes of the lines left to
     ``core.wire.label_from_json`` (see ``predictions_from_json``)."""
-    decode = _LABELS.decode
-    taken, refused = [], []
-    ids, stamps, values = [], [], []
-    for i, line in enumerate(lines):
-        if len(line) > max_bytes:
-            refused.append(i)
-            continue
-        try:
-            rec = decode(line)
-        except _DECODE_ERRORS:
-            refused.append(i)
-            continue
-        taken.append(i)
-        ids.append(rec.request_id)
-        stamps.append(rec.timestamp)
-        values.append(rec.label)
+    taken, refused, records = _decoded(lines, _LABELS.decode, max_bytes)
+    ids = [r.request_id for r in records]
+    stamps = [r.timestamp for r in records]
+    values = [r.label for r in records]
+    del records
     timestamps, ok = _timestamps(stamps)
     ok &= _ids_ok(ids) & _outcomes_ok(values)
     keep = ok.tolist()
@@ -197,6 +168,23 @@ def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_byte
     taken = pick(taken)
     return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), timestamps[ok],
                         pick(values)), refused
+
+
+def _decoded(lines: list[bytes], decode: Callable[[bytes], Any], max_bytes: int
+             ) -> tuple[list[int], list[int], list[Any]]:
+    """(indexes of the lines decoded, of the others, their structs)."""
+    taken, refused, records = [], [], []
+    for i, line in enumerate(lines):
+        if len(line) > max_bytes:
+            refused.append(i)
+            continue
+        try:
+            records.append(decode(line))
+        except _DECODE_ERRORS:
+            refused.append(i)
+            continue
+        taken.append(i)
+    return taken, refused, records
 
 
 def _ids_ok(ids: list[str]) -> npt.NDArray[np.bool_]:
