@@ -209,6 +209,8 @@ class JoinBuffer:
             ids[pkey] = entry
             self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
             return REPLACED, known, None
+        if model and ids.get(key) == _LABEL_ORPHANED:
+            del ids[key]  # gone, as model 0's prediction replaces it: alike whatever number its model has
         label = None
         shared: list[tuple[Outcome, Entry]] = []
         if self.labels:

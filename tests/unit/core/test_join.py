@@ -50,6 +50,16 @@ def test_orphaned_label_is_held_until_its_ttl() -> None:
     assert jb.add_label("r", (115.0, "l"))[0] is Outcome.DUPLICATE
 
 
+def test_a_prediction_after_an_orphaned_label_pairs_with_the_next_label_whatever_its_model_s_number() -> None:
+    for model in (0, 1):
+        jb = JoinBuffer(ttl_s=100, bucket_s=10)
+        jb.several = True
+        jb.add_label("r", (0.0, "early"))
+        assert jb.expire(200.0) == ([], [(0.0, "early")])
+        assert jb.add_prediction("r", (200.0, "p"), model)[0] is Outcome.PENDING
+        assert jb.add_label("r", (210.0, "l"))[:2] == (Outcome.JOINED, [(Outcome.JOINED, (200.0, "p"))]), model
+
+
 def test_unmatched_prediction_expires_after_the_ttl() -> None:
     jb = JoinBuffer(ttl_s=100, bucket_s=10)
     jb.add_prediction("r", (0.0, "p"))
