@@ -18,7 +18,7 @@ With no source, ``Monitor().execute()`` runs the embedded demonstration (the sim
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,4 +131,4 @@ class Monitor:
                                  format=self.source.get("format"), final_only=True)  # it keeps final records
         assert isinstance(sink, Collected)
         return MonitorResult(sink.metrics, sink.alerts, sink.dead_letters,
-                             {**asdict(engine.health), "balance": engine.balance()})
+                             {**engine.health.as_dict(), "balance": engine.balance()})

@@ -10,7 +10,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"join health: {engine.health.pairs} pairs, {engine.health.expired_predictions} expired predictions, "
           f"{engine.health.duplicate_predictions + engine.health.duplicate_labels} duplicates; balance "
           f"{engine.balance()}", flush=True)
-    write_report(report_path, Inputs(metrics=view.records, alerts=view.alerts, health=asdict(engine.health),
+    write_report(report_path, Inputs(metrics=view.records, alerts=view.alerts, health=engine.health.as_dict(),
                                      dead_letters=len(engine.dead_letters)),
                  title="mlmon demo: a simulated NBA game-outcome model")
     print(f"mlmon demo: report written to {report_path}", flush=True)

@@ -21,7 +21,7 @@ from stream.core.confusion import CODE_BITS
 from stream.core.custom import MetricBook
 from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
-from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.health import LAG_BUCKETS_S, Health, lag_units
 from stream.core.ingest import FOLD_PAIRS, Ingest
 from stream.core.join import (
     DUPLICATE,
@@ -270,7 +270,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
             return str(exc)
         health = self.health  # as _count_pair, inline: the path of every pair
         health.pairs += 1
-        health.label_lag_sum_s += lag
+        health.label_lag_units += lag_units(lag)
         health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += 1
         terms: Terms = None
         if model.classes is None:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-__all__ = ["LAG_BUCKETS_S", "Health"]
+__all__ = ["LAG_BUCKETS_S", "LAG_UNIT", "Health", "lag_units"]
 
 LAG_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, math.inf)
+LAG_UNIT = 1 << 32  # label lags are summed in units of 2**-32 s, as Python integers
+
+
+def lag_units(lag_s: float) -> int:
+    """A label lag as a whole number of 2**-32 s, exactly: the difference of two timestamps from
+    2000 on is a multiple of 2**-23 s (a float from 2**29 up has no finer bit), so the sum of lags
+    does not depend on the order or batching of their pairs.
+
+    >>> lag_units(1767225600.25 - 1767225600.0) == LAG_UNIT // 4
+    True
+    """
+    return round(lag_s * LAG_UNIT)
 
 
 @dataclass(slots=True)
@@ -29,8 +42,19 @@ class Health:
     folded_classes: int = 0
     folded_segments: int = 0
     folded_versions: int = 0
-    label_lag_sum_s: float = 0.0
+    label_lag_units: int = 0  # the pairs' label lags summed (see ``lag_units``)
     label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
+
+    @property
+    def label_lag_sum_s(self) -> float:
+        return self.label_lag_units / LAG_UNIT
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter, with the sum of label lags in seconds (``label_lag_sum_s``)."""
+        out = asdict(self)
+        del out["label_lag_units"]
+        out["label_lag_sum_s"] = self.label_lag_sum_s
+        return out
 
     def balance(self, pending_predictions: int, pending_labels: int) -> dict[str, int]:
         """Inputs minus every place they went: both figures are 0 when nothing was lost."""

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
 from stream.core.detector_book import DetectorBook
-from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.health import LAG_BUCKETS_S, Health, lag_units
 from stream.core.ids import compact_ids
 from stream.core.join import JOINED, JoinBuffer
 from stream.core.metrics import EPS, ONE_MINUS_EPS
@@ -244,10 +244,7 @@ class Ingest:
                 self._pair(known, (ts, value), request_id, detected=True)
             return
         lags = np.array([item[2] for item in deferred]) - table["ts"]
-        total = health.label_lag_sum_s
-        for lag in lags.tolist():  # in order, as ``_pair`` adds them: the sum is a float
-            total += lag
-        health.label_lag_sum_s = total
+        health.label_lag_units += sum(map(lag_units, lags.tolist()))
         counts = health.label_lag_buckets
         for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags, side="left"),
                                                    minlength=len(LAG_BUCKETS_S)).tolist()):

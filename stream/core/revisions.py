@@ -12,7 +12,7 @@ from typing import Any
 from stream.core.admission import OTHER
 from stream.core.detector_book import DetectorBook
 from stream.core.errors import InvalidRecord
-from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.health import LAG_BUCKETS_S, Health, lag_units
 from stream.core.join import LATE, SHARED, SHARED_LATE, JoinBuffer
 from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
 from stream.core.records import class_name, target_number
@@ -150,7 +150,7 @@ class Revisions:
     def _count_pair(self, lag: float, sign: int) -> None:
         health = self.health
         health.pairs += sign
-        health.label_lag_sum_s += sign * lag
+        health.label_lag_units += sign * lag_units(lag)
         health.label_lag_buckets[bisect_left(LAG_BUCKETS_S, lag)] += sign
 
     @staticmethod

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.core.columns import LabelColumns, PredictionColumns
-from stream.core.health import LAG_BUCKETS_S, Health
+from stream.core.health import LAG_BUCKETS_S, Health, lag_units
 from stream.core.join import SWEEP_EVERY_S, JoinBuffer
 from stream.core.rules import RuleBook
 from stream.core.series import Model, WindowSet
@@ -144,10 +144,7 @@ class Settled:
         health.late_labels += int(np.count_nonzero(late))
         health.joined_labels += len(joined)
         health.pairs += len(joined)
-        total = health.label_lag_sum_s
-        for lag in lags[joined].tolist():
-            total += lag
-        health.label_lag_sum_s = total
+        health.label_lag_units += sum(map(lag_units, lags[joined].tolist()))
         buckets = health.label_lag_buckets
         for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags[joined], side="left"),
                                                    minlength=len(LAG_BUCKETS_S)).tolist()):

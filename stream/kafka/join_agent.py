@@ -480,7 +480,7 @@ class Join:
     def health(self) -> dict[str, Any]:
         """Where every consumed record went, summed over this process's partitions."""
         total, pending, _ = self.totals()
-        health = {k: v for k, v in asdict(total).items() if k != "label_lag_buckets"}
+        health = {k: v for k, v in total.as_dict().items() if k != "label_lag_buckets"}
         health.update(repartitioned=dict(self.forwarding.counts),
                       pending_predictions=pending[0], pending_labels=pending[1],
                       balance=total.balance(*pending), partitions=sorted(self.engines),

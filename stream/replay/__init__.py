@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
@@ -72,7 +72,7 @@ class ReplayResult:
             "metric_records": self.metric_records,
             "alert_events": self.alert_events,
             "dead_letters": self.dead_letters,
-            "health": {k: v for k, v in asdict(health).items() if not k.startswith("label_lag_b")},
+            "health": {k: v for k, v in health.as_dict().items() if not k.startswith("label_lag_b")},
             "balance": self.engine.balance(),
             "seconds": round(self.seconds, 3),
             "pairs_per_s": round(health.pairs / self.seconds) if self.seconds else None,

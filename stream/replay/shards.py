@@ -22,8 +22,9 @@ neither share nor one process ever reached one; when they do not, replay runs ag
 Each share writes its final partials and dead letters to a file as they come, and they are merged
 from there, so memory follows the windows still open, not the history. The output differs from
 one process's only in the order of records final at the same time (here by model, version,
-segment and window) and of dead letters (here as the shares wrote them), and in the last bits of
-``label_lag_sum_s``.
+segment and window) and of dead letters (here as the shares wrote them).
+
+A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as columns (``bulk``).
 """
 
 from __future__ import annotations
