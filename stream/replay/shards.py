@@ -30,20 +30,23 @@ A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as col
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import gc
 import heapq
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -232,24 +235,12 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
     it must run in one process (see the module)."""
     with tempfile.TemporaryDirectory(prefix="mlmon-shares-") as folder:
         spools = [Path(folder) / f"share-{share}" for share in range(SHARES)]
-        child = subprocess.Popen([sys.executable, "-c", "from stream.replay.shards import child; child()"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert child.stdin is not None and child.stdout is not None
+        child = _Child((predictions, labels, config, 1, format, True, run_events, spools[1]))
         try:
-            child.stdin.write(pickle.dumps((predictions, labels, config, 1, format, True, run_events, spools[1])))
-            child.stdin.close()
             mine = replay_share(predictions, labels, config, 0, format, quiet, run_events, spools[0])
-            try:
-                answer = pickle.load(child.stdout)
-            except (EOFError, pickle.UnpicklingError):
-                raise RuntimeError(f"the replay's second process ended early (exit code {child.wait()})") from None
-            if isinstance(answer, BaseException):
-                raise answer
+            answer = child.answer()
         finally:
-            child.stdout.close()
-            if child.poll() is None:
-                child.kill()
-            child.wait()
+            child.close()
         shares = [mine, answer]
         for kind in range(len(mine.occupancy)):
             mine.occupancy[kind].add(answer.occupancy[kind])
@@ -357,18 +348,73 @@ def _records(engine: Engine, ready: list[tuple[float, list[dict[str, Any]]]], sw
     return out
 
 
-def child() -> None:  # pragma: no cover - runs in the child
-    """A share's process: its arguments (pickled) on stdin, its ``_Share`` (pickled) on stdout."""
-    gc.set_threshold(*THRESHOLDS)
-    out = sys.stdout.buffer
+class _Child:
+    """The second share's process, given its arguments: forked when this process runs one thread
+    (it starts at once, with all it needs imported), else a new interpreter (``child``)."""
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        if hasattr(os, "fork") and threading.active_count() == 1:
+            read, write = os.pipe()
+            self.pid = os.fork()
+            if self.pid == 0:  # pragma: no cover - runs in the child
+                try:
+                    os.close(read)
+                    with os.fdopen(write, "wb") as out:
+                        pickle.dump(_answer(args), out, protocol=pickle.HIGHEST_PROTOCOL)
+                finally:
+                    os._exit(0)
+            os.close(write)
+            self.out: IO[bytes] = os.fdopen(read, "rb")
+        else:
+            self.process = subprocess.Popen([sys.executable, "-c", "from stream.replay.shards import child; child()"],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(pickle.dumps(args))
+            self.process.stdin.close()
+            self.out = self.process.stdout
+
+    def answer(self) -> _Share:
+        """Its share (raises what it raised)."""
+        try:
+            answer = pickle.load(self.out)
+        except (EOFError, pickle.UnpicklingError):
+            raise RuntimeError(f"the replay's second process ended early (exit code {self.close()})") from None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    def close(self) -> int:
+        """Stop it if it still runs; its exit code."""
+        self.out.close()
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            return self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return 0
+
+
+def _answer(args: tuple[Any, ...]) -> Any:  # pragma: no cover - runs in the child
+    """A share's ``_Share``, or the exception it raised (one that pickles)."""
     try:
-        answer: Any = replay_share(*pickle.loads(sys.stdin.buffer.read()))
+        return replay_share(*args)
     except BaseException as exc:  # the parent raises it
         try:
             pickle.dumps(exc)
-            answer = exc
+            return exc
         except Exception:
-            answer = RuntimeError(f"{type(exc).__name__}: {exc}")
-    pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
-    out.flush()
+            return RuntimeError(f"{type(exc).__name__}: {exc}")
 
+
+def child() -> None:  # pragma: no cover - runs in the child
+    """A share's process in a new interpreter: its arguments (pickled) on stdin, its ``_Share``
+    (pickled) on stdout."""
+    gc.set_threshold(*THRESHOLDS)
+    out = sys.stdout.buffer
+    pickle.dump(_answer(pickle.loads(sys.stdin.buffer.read())), out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,13 @@ def compared(one: dict[str, Any], two: dict[str, Any]) -> None:
     assert two == one
 
 
-@pytest.mark.parametrize(("seed", "in_order", "windows"), [
-    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"]),
-    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"])])
-def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool, windows: list[Any]
-                                                  ) -> None:
+@pytest.mark.parametrize(("seed", "in_order", "windows", "threads"), [
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 1),
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 2),  # the second share in a new interpreter
+    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"], 1)])
+def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool, windows: list[Any],
+                                                  threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second share is forked
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "windows": windows})
@@ -200,3 +203,22 @@ def test_records_written_as_parquet_are_whole_when_replay_returns(tmp_path: Path
         replay(predictions, labels, config, out, processes=processes)
         tables.append(sorted(json.dumps(row, sort_keys=True, default=str) for row in pq.read_table(out).to_pylist()))
     assert tables[0] and tables[1] == tables[0]
+
+
+def test_what_stops_the_second_share_stops_replay_with_its_reason(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    predictions, labels = inputs(tmp_path, 1)
+    monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it runs what is patched here
+    share = shards.replay_share
+
+    def failing(*args: Any) -> Any:
+        if args[3] == 1:
+            raise ValueError("the second share failed")
+        return share(*args)
+
+    monkeypatch.setattr(shards, "replay_share", failing)
+    with pytest.raises(ValueError, match="the second share failed"):
+        replay(predictions, labels, Config(), tmp_path / "m.jsonl", processes=2)
+    monkeypatch.setattr(shards, "_answer", lambda args: os._exit(3))
+    with pytest.raises(RuntimeError, match=r"ended early \(exit code 3\)"):
+        replay(predictions, labels, Config(), tmp_path / "m.jsonl", processes=2)
