@@ -3,7 +3,8 @@
     python -m benchmarks.core --pairs 1000000 [--repeat 3] [--replay]
 
 Measures, on one core: (1) the engine alone on parsed records, with scores (two classes) and
-without, in batches (``receive_many``), and with scores one by one (``receive``), against
+without, in batches (``receive_many``), and with scores one by one (``receive``); and given the
+whole input as columns, with final records only (as replay's shares give it); against
 ``orjson.loads`` decoding the same records as JSON lines, in turns; what scores cost a pair (log
 loss, Brier, and the histograms of ROC AUC, average precision and calibration); (2) with
 --replay, `mlmon replay` from JSONL files (decode + validation + engine), with scores; and the
@@ -23,13 +24,17 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 
 from stream.config import Config
+from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.replay import replay
+from stream.replay.bulk import interleaved
 from stream.simulate import Scenario, streams
 
 
@@ -70,6 +75,35 @@ def engine_run(events: list[tuple[float, int, int, dict[str, object]]], config: 
     started = time.perf_counter()
     engine.finish()
     elapsed += time.perf_counter() - started
+    assert engine.balance() == {"predictions": 0, "labels": 0}
+    return engine.health.pairs / elapsed
+
+
+def columns_run(events: list[tuple[float, int, int, dict[str, object]]], config: Config) -> float:
+    """Pairs per second of the engine given the whole input as columns, writing final records only
+    (as replay's shares give it: ``Engine.take_settled``, then the other records in time order
+    between the settled ones' ticks). The columns are built untimed."""
+    columns: tuple[Any, Any] = (PredictionColumns(), LabelColumns())
+    for kind, found in enumerate(columns):
+        chosen = [(i, raw) for i, (_, k, _, raw) in enumerate(events) if k == kind]
+        found.add([i for i, _ in chosen], [parse_prediction(raw) if kind == 0 else parse_label(raw)
+                                           for _, raw in chosen])
+    engine = Engine(config, revisions=False)
+    gc.collect()
+    started = time.perf_counter()
+    taken = engine.take_settled(*columns)
+    rest = sorted((float(found.timestamps[i]), kind, found.rows[i], found.record(i))
+                  for kind, (found, mask) in enumerate(zip(columns, taken, strict=True))
+                  for i in np.flatnonzero(~mask).tolist())
+    ticks = engine.ticks(np.concatenate([found.timestamps[mask] for found, mask in zip(columns, taken, strict=True)]))
+    for item in interleaved(rest, ticks, 4096):
+        if type(item) is float:
+            engine.observe(item)
+        else:
+            engine.receive_many([e[3] for e in item])  # type: ignore[union-attr]
+            engine.metric_records.clear()
+    engine.finish()
+    elapsed = time.perf_counter() - started
     assert engine.balance() == {"predictions": 0, "labels": 0}
     return engine.health.pairs / elapsed
 
@@ -133,9 +167,10 @@ def main() -> None:
     unscored = raw_events(args.pairs, args.label_delay_mean_s, with_scores=False)
     gc.collect()
     gc.freeze()
-    runs, runs_unscored, runs_one, decodes = [], [], [], []
+    runs, runs_unscored, runs_one, runs_columns, decodes = [], [], [], [], []
     for _ in range(args.repeat):  # in turns, so that the machine's drift reaches all alike
         runs.append(engine_run(events, config))
+        runs_columns.append(columns_run(events, config))
         runs_unscored.append(engine_run(unscored, config))
         runs_one.append(engine_run(events, config, batched=False))
         decodes.append(decode_run(events))
@@ -144,6 +179,9 @@ def main() -> None:
     report["orjson_decode_pairs_per_s"] = {"median": round(decode), "runs": [round(r) for r in decodes]}
     report["engine_pairs_per_s"] = {"median": round(statistics.median(runs)), "runs": [round(r) for r in runs],
                                     "ratio_to_decode": round(statistics.median(runs) / decode, 3)}
+    report["engine_columns_final_only_pairs_per_s"] = {
+        "median": round(statistics.median(runs_columns)), "runs": [round(r) for r in runs_columns],
+        "ratio_to_decode": round(statistics.median(runs_columns) / decode, 3)}
     report["engine_one_by_one_pairs_per_s"] = {"median": round(statistics.median(runs_one)),
                                                "runs": [round(r) for r in runs_one]}
     report["engine_unscored_pairs_per_s"] = {"median": round(statistics.median(runs_unscored)),
