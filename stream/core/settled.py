@@ -34,6 +34,7 @@ from stream.core.settings import Settings
 __all__ = ["Settled"]
 
 _LAG_EDGES = np.array(LAG_BUCKETS_S)
+_NUMBERS = {int, float}  # a regression model's targets (not bool)
 Mask = npt.NDArray[np.bool_]
 
 
@@ -81,9 +82,11 @@ class Settled:
         if not self._within_limits(predictions, labels, pcode, lcode, classifies):
             return none
         settled = (np.bincount(pcode, minlength=n) <= 1) & (np.bincount(lcode, minlength=n) <= 1)
-        classes = np.fromiter(map(str.__instancecheck__, predictions.values), bool, len(predictions)) & classifies
-        settled[pcode[~classes]] = False
-        settled[lcode[~np.fromiter(map(str.__instancecheck__, labels.values), bool, len(labels))]] = False
+        values = predictions.values
+        settled[pcode[~np.where(classifies, _classes(values), _targets(values))]] = False
+        targets = np.zeros(n, dtype=bool)  # requests a regression model predicted for
+        targets[pcode[~classifies]] = True
+        settled[lcode[~np.where(targets[lcode], _targets(labels.values), _classes(labels.values))]] = False
         pts, lts = predictions.timestamps, labels.timestamps
         label_of = np.full(n, -1, dtype=np.int64)
         label_of[lcode] = np.arange(len(labels))
@@ -133,8 +136,9 @@ class Settled:
                                                                          float(pts[at])))
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
-        guesses = np.fromiter(map(self._class, [models[name] for name in names], [columns.values[i] for i in chosen]),
-                              np.int64, len(chosen))
+        classified = [models[name] for name in names]
+        guesses = np.fromiter(map(self._class, classified, [columns.values[i] for i in chosen]), np.int64,
+                              len(chosen))
         label_rows = label_of[rows]
         paired = label_rows >= 0
         lags = np.where(paired, np.append(labels.timestamps, 0.0)[label_rows] - pts, 0.0)
@@ -149,6 +153,13 @@ class Settled:
         for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags[joined], side="left"),
                                                    minlength=len(LAG_BUCKETS_S)).tolist()):
             buckets[bucket] += count
+        regression = np.fromiter((model.classes is None for model in classified), bool, len(chosen))
+        for j, i in zip(joined[regression[joined]].tolist(), label_rows[joined[regression[joined]]].tolist(),
+                        strict=True):  # exact sums, in any order
+            stats = owners[group[j]].targets
+            assert stats is not None
+            stats.update(float(labels.values[i]), float(columns.values[chosen[j]]))
+        joined = joined[~regression[joined]]
         joined = joined[np.argsort(group[joined], kind="stable")]
         pairs = joined.tolist()
         pair_models = [models[names[j]] for j in pairs]
@@ -170,7 +181,10 @@ class Settled:
         self._fold()
 
     def _class(self, model: Model, value: Any) -> int:
-        found = model.classes.ids.get(value)  # type: ignore[union-attr]
+        """A class's id for a classification model (0 for a regression model)."""
+        if model.classes is None:
+            return 0
+        found = model.classes.ids.get(value)
         return found if found is not None else self._class_id(model, value)
 
     def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, pcode: npt.NDArray[np.int64],
@@ -221,3 +235,13 @@ class Settled:
         new[1:] = sweep[1:] != sweep[:-1]
         new[-1] = True
         return ts[new].tolist()  # type: ignore[no-any-return]
+
+
+def _classes(values: list[Any]) -> Mask:
+    """Which values are classes the settled path counts: strings."""
+    return np.fromiter(map(str.__instancecheck__, values), bool, len(values))
+
+
+def _targets(values: list[Any]) -> Mask:
+    """Which values are a regression model's targets: numbers (not booleans)."""
+    return np.fromiter((type(value) in _NUMBERS for value in values), bool, len(values))

@@ -127,7 +127,7 @@ def test_settled_requests_of_dense_streams_give_what_every_record_fed_gives(seed
 
     requests = [{"ts": rng.randint(0, 900), "models": rng.choice([("m",)] * 6 + [("k",), ("r",), ("m", "n"), ()]),
                  "pred": rng.choice("abc"), "score": rng.random(), "segment": rng.choice(["x", "y", None]),
-                 "version": "v1", "labels": [{"delay": delay(), "value": rng.choice("ab")}
+                 "version": "v1", "labels": [{"delay": delay(), "value": rng.choice(["a", "b", "a", "b", 3, 2.5])}
                                              for _ in range(rng.choice([0, 1, 1, 1, 1, 2]))],
                  "again": [rng.randint(-40, 40)] if rng.random() < 0.05 else []} for _ in range(300)]
     config = Config.from_mapping({**options, "regression_models": ["r"]})
