@@ -1,17 +1,18 @@
 """Requests that their own records settle, counted as arrays (``Engine.take_settled``).
 
 A request is *settled* when its records alone decide everything it counts, whatever other
-requests do and wherever the engine's sweeps fall: one prediction of a classification model (a
-class as a string) and at most one label (a string), where an early label comes no more than
-the TTL (plus the watermark's lag) before its prediction, so no sweep can orphan it first, and a
-late one no more than twice the TTL after, so it still finds its prediction or the tombstone of its
-expiry. With every name of the input within the limits (nothing is refused or folded, so the
-order of admission does not matter), such a request counts the same whenever its records come:
-a joined pair in the windows of its prediction's time, a late label, an expired prediction or an
-orphaned label. Replay (``stream.replay.bulk``) hands the engine all its records at once, counts
-the settled requests here, in a few array operations, and feeds the others through
-``receive_many`` in time order, with ``observe`` at the times ``ticks`` gives for the settled ones,
-so that sweeps, emissions and final records fall where they would have.
+requests do and wherever the engine's sweeps fall: one prediction (a class as a string, or a
+regression model's number) and at most one label of the same kind, where an early label comes no
+more than the TTL (plus the watermark's lag) before its prediction, so no sweep can orphan it
+first, and a late one less than twice the TTL after, so it still finds its prediction or the
+tombstone of its expiry. With every name of the input within the limits (nothing is refused or
+folded, so the order of admission does not matter), such a request counts the same whenever its
+records come: a joined pair in the windows of its prediction's time, a late label, an expired
+prediction or an orphaned label. Replay (``stream.replay.bulk``) hands the engine all its records
+at once, counts the settled requests here, in a few array operations, and feeds the others
+through ``receive_many`` in time order, with ``observe`` at the times ``ticks`` gives for the
+settled ones, so that sweeps and final records fall where they would have
+(``tests/unit/core/test_settled.py`` holds the two ways equal).
 """
 
 from __future__ import annotations
