@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
-from stream.replay import replay, shards
+from stream.replay import bulk, replay, shards
 from stream.replay.shards import Occupancy, replay_shared
 from stream.simulate import Scenario, streams
 
@@ -102,6 +102,7 @@ def compared(one: dict[str, Any], two: dict[str, Any]) -> None:
 def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool, windows: list[Any],
                                                   threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second share is forked
+    monkeypatch.setattr(bulk, "CHUNK_LINES", 97 if threads == 1 else bulk.CHUNK_LINES)  # decoded in many chunks
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "windows": windows})
