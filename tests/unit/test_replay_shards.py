@@ -95,14 +95,18 @@ def compared(one: dict[str, Any], two: dict[str, Any]) -> None:
     assert two == one
 
 
-@pytest.mark.parametrize(("seed", "in_order", "windows", "threads"), [
-    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 1),
-    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 2),  # the second share in a new interpreter
-    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"], 1)])
+@pytest.mark.parametrize(("seed", "in_order", "windows", "threads", "held"), [
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 1, True),
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 2, True),  # the second share in a new interpreter
+    (1, False, ["tumbling 1h", "tumbling 1d", "cumulative"], 1, False),  # shares too large to hold in memory
+    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"], 1, True),
+    (2, True, ["tumbling 1h", {"kind": "hopping", "size": "2h", "hop": "30m"}, "rolling 500", "cumulative"], 1,
+     False)])
 def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_order: bool, windows: list[Any],
-                                                  threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  threads: int, held: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second share is forked
     monkeypatch.setattr(bulk, "CHUNK_LINES", 97 if threads == 1 else bulk.CHUNK_LINES)  # decoded in many chunks
+    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)  # (forked: the second share too)
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "windows": windows})
@@ -144,9 +148,13 @@ def test_csv_files_are_shared_too(tmp_path: Path) -> None:
     compared(one, two)
 
 
-def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [True, False])
+def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path, held: bool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A record one process refuses as alone in the future, or a segment value folded into
     ``__other__``: decided from the order of all records, so the two shares step aside."""
+    monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it sees what is patched here
+    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
     predictions, labels = inputs(tmp_path, 3, broken_clock=True)
     config = Config.from_mapping({"regression_models": ["price"]})
     shared: list[bool] = []
