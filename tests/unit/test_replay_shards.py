@@ -169,10 +169,14 @@ def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path
     assert shared == [False, False]
 
 
-def test_input_found_out_of_order_on_the_way_is_judged_as_read_again(tmp_path: Path) -> None:
-    """Predictions in time order for 2,000 rows, then not: a share reads them as they come, finds
-    them out of order, and reads them again sorted; what it counted on the way is forgotten, so
-    the broken clock's record among those rows is judged (refused) as one process judges it."""
+def test_input_found_out_of_order_on_the_way_is_judged_as_read_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Predictions in time order for 2,000 rows, then not: a share too large to hold in memory
+    reads them as they come, finds them out of order, and reads them again sorted; what it counted
+    on the way is forgotten, so the broken clock's record among those rows is judged (refused) as
+    one process judges it."""
+    monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it sees what is patched here
+    monkeypatch.setattr(bulk, "MAX_BYTES", 0)
     predictions, labels = inputs(tmp_path, 4, future_at=2000)
     config = Config.from_mapping({"regression_models": ["price"], "join_ttl": "30m"})
     shared: list[bool] = []
