@@ -138,8 +138,7 @@ class Settled:
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
         classified = [models[name] for name in names]
-        guesses = np.fromiter(map(self._class, classified, [columns.values[i] for i in chosen]), np.int64,
-                              len(chosen))
+        guesses = self._class_ids(names, [columns.values[i] for i in chosen])
         label_rows = label_of[rows]
         paired = label_rows >= 0
         lags = np.where(paired, np.append(labels.timestamps, 0.0)[label_rows] - pts, 0.0)
@@ -164,8 +163,7 @@ class Settled:
         joined = joined[np.argsort(group[joined], kind="stable")]
         pairs = joined.tolist()
         pair_models = [models[names[j]] for j in pairs]
-        truths = np.fromiter(map(self._class, pair_models, [labels.values[i] for i in label_rows[joined].tolist()]),
-                             np.int64, len(pairs))
+        truths = self._class_ids([names[j] for j in pairs], [labels.values[i] for i in label_rows[joined].tolist()])
         scored = [columns.score_names[chosen[j]] for j in pairs]
         probabilities = [columns.score_values[chosen[j]] for j in pairs]
         layouts: dict[tuple[int, tuple[str, ...]], int] = {}
@@ -181,12 +179,23 @@ class Settled:
         self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, scores)  # marks every owner
         self._fold()
 
-    def _class(self, model: Model, value: Any) -> int:
-        """A class's id for a classification model (0 for a regression model)."""
-        if model.classes is None:
-            return 0
-        found = model.classes.ids.get(value)
-        return found if found is not None else self._class_id(model, value)
+    def _class_ids(self, names: list[str], values: list[Any]) -> npt.NDArray[np.int64]:
+        """The class id of each value for its model, named in ``names`` (0 for a regression
+        model's); classes new to a model are numbered in the order they come."""
+        out = np.zeros(len(values), dtype=np.int64)
+        numbers: dict[str, int] = {}
+        codes = np.fromiter(map(numbers.setdefault, names, itertools.count()), np.int64, len(names))
+        for name, code in numbers.items():
+            model = self.models[name]
+            if model.classes is None:
+                continue
+            rows = np.flatnonzero(codes == code)
+            chosen = [values[i] for i in rows.tolist()]
+            known = model.classes.ids
+            ids = {value: known[value] if value in known else self._class_id(model, value)
+                   for value in dict.fromkeys(chosen)}
+            out[rows] = np.fromiter(map(ids.__getitem__, chosen), np.int64, len(chosen))
+        return out
 
     def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, pcode: npt.NDArray[np.int64],
                        lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
