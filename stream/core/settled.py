@@ -63,7 +63,8 @@ class Settled:
 
     def take_settled(self, predictions: PredictionColumns, labels: LabelColumns) -> tuple[Mask, Mask]:
         """Count the settled requests among all the records of an input (see the module), before
-        any other; returns which predictions and which labels it counted. The engine must be new,
+        any other (the columns' ``rows`` order records of one time as they would come); returns
+        which predictions and which labels it counted. The engine must be new,
         and write final records only, with no rules, detectors or rolling windows (whose pairs
         count one by one in order); otherwise, or when the input's names exceed a limit, it counts
         nothing."""
@@ -100,7 +101,7 @@ class Settled:
         safe = (p_ts - lag < l_ts + ttl) & (l_ts - lag < p_ts + 2 * ttl - SWEEP_EVERY_S)
         settled[both[~safe]] = False
         taken_p, taken_l = settled[pcode], settled[lcode]
-        order = np.lexsort((np.arange(len(predictions)), pts)).tolist()  # by time, then as given
+        order = np.lexsort((np.array(predictions.rows, dtype=np.int64), pts)).tolist()  # by time, then where from
         for row in order:  # every model, numbered as they come in time (never refused: within the limits)
             name = predictions.models[row]
             if name not in self.models:
