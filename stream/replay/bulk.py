@@ -54,10 +54,12 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
     ticks = engine.ticks(np.concatenate([found.timestamps[mask] for found, mask in zip(columns, taken, strict=True)]))
     del columns
     for item in interleaved(rest, ticks, FEED_EVENTS):
-        if type(item) is float:
+        if isinstance(item, float):
             engine.observe(item)
+            if engine.metric_records:  # the windows its sweep made final: written as they come
+                sink.drain(engine)
         else:
-            receive(engine, item, sink, files, progress)  # type: ignore[arg-type]
+            receive(engine, item, sink, files, progress)
     engine.finish()
     sink.drain(engine)
 
