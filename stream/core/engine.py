@@ -47,7 +47,6 @@ from stream.core.settled import Settled
 __all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
 
 
-
 class Engine(Revisions, Ingest, Settled, Placement):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
                  revisions: bool = True, limits_factor: int = 1) -> None:

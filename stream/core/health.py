@@ -6,10 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = ["LAG_BUCKETS_S", "LAG_UNIT", "Health", "lag_units"]
 
 LAG_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, math.inf)
 LAG_UNIT = 1 << 32  # label lags are summed in units of 2**-32 s, as Python integers
+_LAG_EDGES = np.array(LAG_BUCKETS_S)
 
 
 def lag_units(lag_s: float) -> int:
@@ -55,6 +59,16 @@ class Health:
         del out["label_lag_units"]
         out["label_lag_sum_s"] = self.label_lag_sum_s
         return out
+
+    def add_pairs(self, lags_s: npt.NDArray[np.float64]) -> None:
+        """Count pairs whose label lags are ``lags_s``, as ``_pair`` counts each: the pairs, the
+        exact sum of their lags and their lag buckets."""
+        self.pairs += len(lags_s)
+        self.label_lag_units += sum(map(lag_units, lags_s.tolist()))
+        buckets = self.label_lag_buckets
+        counts = np.bincount(np.searchsorted(_LAG_EDGES, lags_s, side="left"), minlength=len(LAG_BUCKETS_S))
+        for bucket, count in enumerate(counts.tolist()):
+            buckets[bucket] += count
 
     def balance(self, pending_predictions: int, pending_labels: int) -> dict[str, int]:
         """Inputs minus every place they went: both figures are 0 when nothing was lost."""

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from stream.core.confusion import CODE_BITS
 from stream.core.detector_book import DetectorBook
-from stream.core.health import LAG_BUCKETS_S, Health, lag_units
+from stream.core.health import Health
 from stream.core.ids import compact_ids
 from stream.core.join import JOINED, JoinBuffer
 from stream.core.metrics import EPS, ONE_MINUS_EPS
@@ -43,7 +43,6 @@ __all__ = ["BULK_PAIRS", "FOLD_PAIRS", "Ingest"]
 FOLD_PAIRS = 65_536  # buffered pairs that make a flush fold even when it emits nothing (bounds their memory)
 BULK_PAIRS = 32  # pairs from which they are counted as arrays; fewer are counted one by one (``_pair``)
 _HEAD = struct.Struct("<dIH").unpack_from  # a pending prediction's timestamp, window-set number and class id
-_LAG_EDGES = np.array(LAG_BUCKETS_S)
 # A pair to count: the prediction, the label's value and time, the request id, the prediction's
 # window set (None: all its windows are final) and the label's class id for its model.
 Deferred = tuple[PendingPrediction, str, float, str, WindowSet | None, int]
@@ -244,12 +243,7 @@ class Ingest:
                 self._pair(known, (ts, value), request_id, detected=True)
             return
         lags = np.array([item[2] for item in deferred]) - table["ts"]
-        health.label_lag_units += sum(map(lag_units, lags.tolist()))
-        counts = health.label_lag_buckets
-        for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags, side="left"),
-                                                   minlength=len(LAG_BUCKETS_S)).tolist()):
-            counts[bucket] += count
-        health.pairs += len(deferred)
+        health.add_pairs(lags)
         self._register_score_names(deferred, table)
         wsets = [item[4] for item in deferred]
         rows = np.arange(len(deferred)) if None not in wsets else np.flatnonzero(

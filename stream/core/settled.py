@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.core.columns import LabelColumns, PredictionColumns
-from stream.core.health import LAG_BUCKETS_S, Health, lag_units
+from stream.core.health import Health
 from stream.core.join import SWEEP_EVERY_S, JoinBuffer
 from stream.core.rules import RuleBook
 from stream.core.series import Model, WindowSet
@@ -34,7 +34,6 @@ from stream.core.settings import Settings
 
 __all__ = ["Settled"]
 
-_LAG_EDGES = np.array(LAG_BUCKETS_S)
 _NUMBERS = {int, float}  # a regression model's targets (not bool)
 Mask = npt.NDArray[np.bool_]
 
@@ -148,12 +147,7 @@ class Settled:
         health.expired_predictions += len(rows) - len(joined)  # late, or never labelled: expired
         health.late_labels += int(np.count_nonzero(late))
         health.joined_labels += len(joined)
-        health.pairs += len(joined)
-        health.label_lag_units += sum(map(lag_units, lags[joined].tolist()))
-        buckets = health.label_lag_buckets
-        for bucket, count in enumerate(np.bincount(np.searchsorted(_LAG_EDGES, lags[joined], side="left"),
-                                                   minlength=len(LAG_BUCKETS_S)).tolist()):
-            buckets[bucket] += count
+        health.add_pairs(lags[joined])
         regression = np.fromiter((model.classes is None for model in classified), bool, len(chosen))
         for j, i in zip(joined[regression[joined]].tolist(), label_rows[joined[regression[joined]]].tolist(),
                         strict=True):  # exact sums, in any order
