@@ -140,11 +140,7 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
         except _Refused:
             checked.append(())
             ok[i] = False
-    keep_rows = ok.tolist()
-    if not all(keep_rows):
-        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep_rows])))
-    pick = (lambda column: column) if all(keep_rows) else (lambda column: list(itertools.compress(column, keep_rows)))
-    taken = pick(taken)
+    pick, taken, refused = _kept(ok, taken, refused)
     return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
                              pick(versions), timestamps[ok], pick(values), pick(names), pick(probabilities),
                              pick(checked)), refused
@@ -161,13 +157,20 @@ def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_byte
     del records
     timestamps, ok = _timestamps(stamps)
     ok &= _ids_ok(ids) & _outcomes_ok(values)
-    keep = ok.tolist()
-    if not all(keep):
-        refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep])))
-    pick = (lambda column: column) if all(keep) else (lambda column: list(itertools.compress(column, keep)))
-    taken = pick(taken)
+    pick, taken, refused = _kept(ok, taken, refused)
     return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), timestamps[ok],
                         pick(values)), refused
+
+
+def _kept(ok: npt.NDArray[np.bool_], taken: list[int], refused: list[int]
+          ) -> tuple[Callable[[list[Any]], list[Any]], list[int], list[int]]:
+    """The rows the checks ``ok`` keep of those decoded (``taken``): what picks them from a column,
+    them, and the lines left to the per-record path (``refused`` with the others, in order)."""
+    keep = ok.tolist()
+    if all(keep):
+        return (lambda column: column), taken, refused
+    refused = sorted(refused + list(itertools.compress(taken, [not k for k in keep])))
+    return (lambda column: list(itertools.compress(column, keep))), list(itertools.compress(taken, keep)), refused
 
 
 def _decoded(lines: list[bytes], decode: Callable[[bytes], Any], max_bytes: int
