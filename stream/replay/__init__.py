@@ -62,7 +62,7 @@ class ReplayResult:
     alert_events: int
     dead_letters: int
     seconds: float
-    sorted_in_memory: bool  # False: the inputs were in order and streamed; True: they were sorted
+    sorted_in_memory: bool  # False: the inputs were in order and streamed; True: sorted, or held in memory (bulk)
     inputs: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -315,13 +315,14 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
     makes; returns the engine, the sink, whether the inputs had to be sorted, and the inputs.
     ``processes``: 2 replays files in two shares, each in its own process (``shards``), when the
     settings allow, or else reads files in time order in a child process (``pipeline``); 1 does
-    neither; by default files of ``pipeline.MIN_BYTES`` or more on a machine of two cores or
-    more are. The garbage collector runs less often meanwhile (``collector``)."""
+    neither (one share, when the settings allow); by default files of ``pipeline.MIN_BYTES`` or
+    more on a machine of two cores or more are. The garbage collector runs less often meanwhile (``collector``)."""
     with fewer_collections():
         kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config),
                  _Inputs(LABEL, inputs(labels, "labels", format), config)]
-        if shards.shardable(config, kinds, final_only, clock, processes):
-            shared = shards.replay_shared(predictions, labels, config, open_sink, format, quiet, run_events)
+        count = shards.shares_for(config, kinds, final_only, clock, processes)
+        if count:
+            shared = shards.replay_shared(predictions, labels, config, open_sink, format, quiet, run_events, count)
             if shared is not None:
                 return (*shared, kinds)
         return _run(predictions, labels, config, open_sink, clock, format, final_only, quiet, run_events, processes)
@@ -337,7 +338,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share),
              _Inputs(LABEL, inputs(labels, "labels", format), config, share)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
-    if share is not None and total <= bulk.MAX_BYTES:  # all in memory: settled requests are counted at once
+    if share is not None and bulk.fits(kinds):  # all in memory: settled requests are counted at once
         engine = Engine(config, clock, revisions=False, emit_partials=True)
         engine.sweeps = []
         sink = open_sink()

@@ -1,6 +1,6 @@
 """A share of replay held in memory: its settled requests counted at once, the others fed in time order.
 
-A share (``shards``) whose input is at most ``MAX_BYTES`` reads all its records first, as columns
+A share (``shards``) whose input fits in ``MAX_BYTES`` (``fits``) reads all its records first, as columns
 (``core.columns``; a line they refuse is read one by one, into a record or a dead letter). The
 engine counts the requests that their own records settle as arrays (``Engine.take_settled``:
 for a backtest, nearly all of them), and the others go through it one by one in timestamp order,
@@ -28,10 +28,15 @@ from stream.replay.shards import Occupancy
 if TYPE_CHECKING:
     from stream.replay import Event, Outbox, _Inputs
 
-__all__ = ["MAX_BYTES", "feed_all", "interleaved"]
+__all__ = ["MAX_BYTES", "feed_all", "fits", "interleaved"]
 
 MAX_BYTES = 128 << 20  # input (both kinds) whose shares are held in memory: about twice its size in each process
 CHUNK_LINES = 65_536  # lines decoded at a time (and held as bytes meanwhile)
+
+
+def fits(kinds: list[_Inputs]) -> bool:
+    """Whether the inputs are small enough to be held in memory (``MAX_BYTES``)."""
+    return sum(found.held_bytes for kind in kinds for found in kind.found) <= MAX_BYTES
 
 
 def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[list[tuple[str, bool]]] | None,

@@ -1,6 +1,7 @@
-"""Replay on two cores: each of two processes replays the requests whose id hashes to its share, and
+"""Replay in shares: each of two processes replays the requests whose id hashes to its share, and
 their windows' final states are merged into one record per window, as a Kafka worker's partitions
-are (``core.merge``).
+are (``core.merge``). One process alone replays its input as one share the same way, so that it
+counts it held in memory (``bulk``) and writes what two processes write, in the same order.
 
 Every row is read by both processes, and its request id alone decoded (a row without one belongs
 to the share its row number picks, which refuses it); a share's records go through the engine
@@ -12,17 +13,19 @@ shares' sweeps together, at or after the watermark that makes its window final.
 A share cannot judge alone what one process judges from the order of all records, so shares take
 every valid record, and note how many fall in each stretch of ``max_future_s / 2`` (``Occupancy``);
 if the whole input has a record one process would refuse as stamped alone in the future (a broken
-clock), replay runs again in one process. It runs in one process from the start when rules or
-detectors judge revisions as they come, when revisions or a caller's clock are asked for, or when
-the input is rows in memory. A rolling window's last pairs are the last of both shares' (each
-keeps its own last ones), as the worker merges them. Each share admits the names it meets
+clock), replay runs again in one process, record by record. It runs that way from the start when
+rules or detectors judge revisions as they come, or when revisions or a caller's clock are asked
+for; in one share when the input is rows in memory, smaller than ``pipeline.MIN_BYTES``, or on one
+core (then only if it can be held in memory: ``bulk.fits``). A rolling window's last pairs are
+the last of both shares' (each keeps its own last ones), as the worker merges them. Each share admits the names it meets
 (models, versions, segment keys and values, classes): when those of both together fit the limits,
 neither share nor one process ever reached one; when they do not, replay runs again in one process.
 
 Each share writes its final partials and dead letters to a file as they come, and they are merged
 from there, so memory follows the windows still open, not the history. The output differs from
-one process's only in the order of records final at the same time (here by model, version,
-segment and window) and of dead letters (here as the shares wrote them).
+one process's record by record only in the order of records final at the same time (here by the
+time they became final, then model, version, segment and window, whatever the number of shares)
+and of dead letters (here as the shares wrote them).
 
 A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as columns (``bulk``).
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import gc
 import heapq
 import math
@@ -195,33 +199,36 @@ def _frames(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, A
                 return
 
 
-def shardable(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any, processes: int | None) -> bool:
-    if processes == 1 or clock is not None or not final_only or config.rules or config.detectors:
-        return False
+def shares_for(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any, processes: int | None) -> int:
+    """How many shares replay runs in: 2 (two processes), 1 (this process alone, held in memory:
+    ``bulk``), or 0 (the per-record path of ``replay._run``)."""
+    if clock is not None or not final_only or config.rules or config.detectors:
+        return 0
     if 0 < config.max_future_s < 60:  # buckets of under 30 s (see ``Occupancy``): too many to count
-        return False
-    files = [found for kind in kinds for found in kind.found]
-    if any(found.path is None for found in files):  # rows in memory
-        return False
-    if processes is None:
-        from stream.replay.pipeline import MIN_BYTES
+        return 0
+    from stream.replay import bulk
+    from stream.replay.pipeline import MIN_BYTES
 
-        if sum(found.size_bytes for found in files) < MIN_BYTES or (os.cpu_count() or 1) < 2:
-            return False
+    files = [found for kind in kinds for found in kind.found]
+    one = 1 if bulk.fits(kinds) else 0
+    if processes == 1 or any(found.path is None for found in files):  # rows in memory: this process
+        return one
+    if processes is None and (sum(found.size_bytes for found in files) < MIN_BYTES or (os.cpu_count() or 1) < 2):
+        return one
     try:
         pickle.dumps(config)
     except Exception:
-        return False
-    return True
+        return one
+    return SHARES
 
 
-def replay_share(predictions: Any, labels: Any, config: Config, share: int, format: str | None, quiet: bool,
-                 run_events: int, spool: Path) -> _Share:
+def replay_share(predictions: Any, labels: Any, config: Config, share: tuple[int, int], format: str | None,
+                 quiet: bool, run_events: int, spool: Path) -> _Share:
     """Replay one share (in this process) into final partials, written to ``spool``."""
     from stream.replay import _run
 
     engine, _, sort, kinds = _run(predictions, labels, config, lambda: _Spool(spool), None, format, True, quiet,
-                                  run_events, 1, share=(share, SHARES))
+                                  run_events, 1, share=share)
     names = engine.admission.names() | {("class", name, c) for name, model in engine.models.items()
                                         if model.classes is not None for c in model.classes.names}
     occupancy = [kind.occupancy for kind in kinds if kind.occupancy is not None]
@@ -229,37 +236,42 @@ def replay_share(predictions: Any, labels: Any, config: Config, share: int, form
 
 
 def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
-                  format: str | None, quiet: bool, run_events: int
+                  format: str | None, quiet: bool, run_events: int, shares: int = SHARES
                   ) -> tuple[Engine, Sink | Collected, bool] | None:
-    """Replay in two shares (this process and a child), merged into ``open_sink``'s sink; None when
-    it must run in one process (see the module)."""
+    """Replay in ``shares`` shares (this process, and a child for the second), merged into
+    ``open_sink``'s sink; None when it must run in one process, record by record (see the module)."""
     with tempfile.TemporaryDirectory(prefix="mlmon-shares-") as folder:
-        spools = [Path(folder) / f"share-{share}" for share in range(SHARES)]
-        child = _Child((predictions, labels, config, 1, format, True, run_events, spools[1]))
+        spools = [Path(folder) / f"share-{share}" for share in range(shares)]
+        child = None if shares == 1 else _Child((predictions, labels, config, (1, shares), format, True, run_events,
+                                                 spools[1]))
         try:
-            mine = replay_share(predictions, labels, config, 0, format, quiet, run_events, spools[0])
-            answer = child.answer()
+            found = [replay_share(predictions, labels, config, (0, shares), format, quiet, run_events, spools[0])]
+            if child is not None:
+                found.append(child.answer())
         finally:
-            child.close()
-        shares = [mine, answer]
-        for kind in range(len(mine.occupancy)):
-            mine.occupancy[kind].add(answer.occupancy[kind])
-            if mine.occupancy[kind].refuses(config.max_future_s):
-                return None
+            if child is not None:
+                child.close()
+        occupancy = found[0].occupancy
+        for answer in found[1:]:
+            for kind in range(len(occupancy)):
+                occupancy[kind].add(answer.occupancy[kind])
+        if any(kind.refuses(config.max_future_s) for kind in occupancy):
+            return None
         folded = ("refused_models", "folded_classes", "folded_segments", "folded_versions")
-        if any(getattr(share.health, name) for share in shares for name in folded) or not _within_limits(
-                config, mine.names | answer.names):
+        if any(getattr(share.health, name) for share in found for name in folded) or not _within_limits(
+                config, set().union(*(share.names for share in found))):
             return None
         engine = Engine(config)
         for field in dataclasses.fields(Health):
             name = field.name
-            setattr(engine.health, name, _added(getattr(mine.health, name), getattr(answer.health, name)))
+            values = [getattr(share.health, name) for share in found]
+            setattr(engine.health, name, functools.reduce(_added, values))
         sink = open_sink()
         try:
-            _merge(engine, sink, spools, max(share.reached for share in shares))
+            _merge(engine, sink, spools, max(share.reached for share in found))
         finally:
             sink.close()  # as ``_run`` closes it: the caller gets it written
-    return engine, sink, mine.sorted or answer.sorted
+    return engine, sink, any(share.sorted for share in found)
 
 
 def _added(a: Any, b: Any) -> Any:

@@ -32,6 +32,7 @@ FORMATS = ("jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
             ".pq": "parquet"}
 BATCH_ROWS = 8192
+PARQUET_ROW_BYTES = 256  # a record with scores and a segment, as a JSON line
 _REQUIRED = {"predictions": ("request_id", "timestamp", "model", "prediction"),
              "labels": ("request_id", "timestamp", "label")}
 _SCALARS = ("timestamp", "prediction", "label")
@@ -53,6 +54,16 @@ class Input:
         if self.path is not None:
             return self.path.stat().st_size
         return 100 * len(self.rows_in_memory or [])
+
+    @property
+    def held_bytes(self) -> int:
+        """About what its rows take as text, held in memory (``replay.bulk``): the file's size, or
+        for Parquet (compressed) ``PARQUET_ROW_BYTES`` a row."""
+        if self.format == "parquet" and self.path is not None:
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self.path).metadata.num_rows) * PARQUET_ROW_BYTES
+        return self.size_bytes
 
     def rows(self, source: str) -> Iterator[tuple[int, Any, int]]:
         """``(row number from 1, raw, bytes it stands for)``."""
