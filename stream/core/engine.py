@@ -35,7 +35,7 @@ from stream.core.join import (
     JoinBuffer,
 )
 from stream.core.merge import assemble
-from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_ts
+from stream.core.pending import PendingCodec, PendingLabel, PendingPrediction, pending_label, pending_ts
 from stream.core.placement import Placement
 from stream.core.records import Label, Prediction, target_number
 from stream.core.revisions import LABEL_RANK, Revisions
@@ -175,8 +175,8 @@ class Engine(Revisions, Ingest, Settled, Placement):
         ``duplicate_labels``). ``where`` (e.g. topic and offset, or file and line) goes into its
         dead letter if a model it pairs with refuses it."""
         self.health.labels += 1
-        pending = (label.timestamp, label.value, where) if where else (label.timestamp, label.value)
-        outcome, matches, entry = self.join.add_label(label.request_id, pending)
+        entry = pending_label(label.timestamp, label.value, where)
+        outcome, matches, entry = self.join.add_label(label.request_id, entry)
         if outcome is DUPLICATE:
             self.health.duplicate_labels += 1
             return False

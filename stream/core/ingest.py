@@ -33,6 +33,7 @@ from stream.core.pending import (
     PendingCodec,
     PendingLabel,
     PendingPrediction,
+    pending_label,
 )
 from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
@@ -185,6 +186,11 @@ class Ingest:
                         self._count_deferred(deferred)
                         self._general(i, record, where, on_error, ((ts, value), known, True))
                         continue
+                if join.insert_label(keys[i], pending_label(ts, value, where(i) if where is not None else None)):
+                    health.labels += 1  # it waits for its prediction, as ``Engine.label`` keeps it
+                    if took is not None:
+                        took(True)
+                    continue
             self._count_deferred(deferred)
             outcome = self._general(i, record, where, on_error, None)
             if took is not None:

@@ -310,6 +310,16 @@ class JoinBuffer:
         self._prediction_due.add(ts + self.ttl_s, pkey)
         return True
 
+    def insert_label(self, key: Key, entry: Entry) -> bool:
+        """The common case of ``add_label`` for a batch: the request has no state yet (no
+        prediction of any model, no label, no mark of either): ``entry`` waits, and True. False,
+        with nothing changed, when ``add_label`` must judge it."""
+        if key in self.ids or (self.labels and key in self.labels) or (self.others and key in self.others):
+            return False
+        self.labels[key] = entry
+        self._label_due.add(entry[0] + self.ttl_s, key)
+        return True
+
     def pair_waiting(self, key: Key, model: int, entry: Entry, ts: float) -> Entry | None:
         """The other common case of ``add_prediction`` for a batch: the request's label waits, and
         no prediction of any model came: they pair, and the label is returned (JOINED or LATE by

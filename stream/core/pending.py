@@ -20,7 +20,7 @@ import orjson
 from stream.core.records import Scores
 
 __all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "PendingCodec", "PendingLabel",
-           "PendingPrediction", "pending_ts"]
+           "PendingPrediction", "pending_label", "pending_ts"]
 
 # A pending prediction is packed into one bytes object (64 bytes of memory for a binary classifier
 # with scores, where a tuple of its fields took 250): its timestamp, the number of its
@@ -30,6 +30,14 @@ __all__ = ["INLINE_SCORES", "MAX_LAYOUTS", "NO_SCORES", "PendingCodec", "Pending
 # inline after the probabilities.
 PendingPrediction = bytes
 PendingLabel = tuple[Any, ...]  # (timestamp, label), and where it came from when the adapter said
+
+
+def pending_label(ts: float, value: Any, where: dict[str, Any] | None) -> PendingLabel:
+    """A label as the join keeps it: its time and value, and where it came from when known (for
+    its dead letter, should a model it pairs with refuse it)."""
+    return (ts, value, where) if where else (ts, value)
+
+
 _HEAD = struct.Struct("<dIHB")  # timestamp, window-set number, class id, layout
 _HEAD_DTYPE = np.dtype([("ts", "<f8"), ("number", "<u4"), ("guess", "<u2"), ("layout", "u1")])  # the same
 _INLINE = struct.Struct("<dIHBH")  # + the number of scores whose names come inline
