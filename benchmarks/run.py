@@ -3,7 +3,8 @@
     python -m benchmarks.run --pairs 1000000 [--report report.json] [--repeat 3] [--partitions 8]
 
 1. ceiling: a raw confluent-kafka consumer that reads and JSON-decodes both input topics;
-   faust_floor: a faust agent that only counts both inputs (the most any faust worker can do);
+   aiokafka_floor: the same with aiokafka (faust's client), with the worker's fetch sizes;
+   faust_floor: a faust agent that only counts both inputs (faust's own per-message path);
 2. `mlmon worker` end to end (workers resumed with the backlog waiting -> last final metric
    record), 1 and 2 processes, each run on fresh input topics: the processes form their group,
    then are stopped while the backlog is sent; and 1 process with half of the labels on another
@@ -60,8 +61,8 @@ from tests.kafka_broker import JarBroker
 ROOT = Path(__file__).resolve().parent.parent
 
 START = 1_767_225_600.0
-THROUGHPUTS = ("ceiling_pairs_per_s", "faust_floor_pairs_per_s", "worker1_pairs_per_s",
-               "worker1_misrouted_pairs_per_s", "worker2_pairs_per_s", "replay_pairs_per_s")
+THROUGHPUTS = ("ceiling_pairs_per_s", "aiokafka_floor_pairs_per_s", "faust_floor_pairs_per_s",
+               "worker1_pairs_per_s", "worker1_misrouted_pairs_per_s", "worker2_pairs_per_s", "replay_pairs_per_s")
 TICK_TS = START + 10_000_000  # far-future records on every partition close every window
 
 
@@ -171,6 +172,37 @@ def ceiling_run(config: Config, total: int) -> float:
         return total / 2 / (time.perf_counter() - (started or 0))
     finally:
         consumer.close()
+
+
+def aiokafka_floor_run(config: Config, total: int) -> float:
+    """Pairs per second of a raw aiokafka consumer (the client faust uses) that only reads and
+    decodes, with the worker's fetch sizes: the most any worker on aiokafka could do."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.kafka.worker import FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS, PARTITION_FETCH_MAX_BYTES
+
+    async def consume() -> float:
+        consumer = AIOKafkaConsumer(config.predictions_topic, config.labels_topic, bootstrap_servers=config.broker,
+                                    group_id=f"aiokafka-floor-{uuid.uuid4().hex}", auto_offset_reset="earliest",
+                                    enable_auto_commit=False, fetch_max_bytes=FETCH_MAX_BYTES,
+                                    max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+        await consumer.start()
+        seen, started = 0, None
+        try:
+            while seen < total:
+                for messages in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                    started = started or time.perf_counter()
+                    for message in messages:
+                        orjson.loads(message.value or b"null")
+                    seen += len(messages)
+            return total / 2 / (time.perf_counter() - (started or 0))
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(consume())
 
 
 def faust_floor_run(config: Config, folder: Path, total: int) -> float:
@@ -407,8 +439,8 @@ def main() -> None:
     parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--skip", default="",
-                        help="comma-separated: ceiling,faust_floor,worker1,worker1_misrouted,worker2,replay,invalid,"
-                             "alerts,rss")
+                        help="comma-separated: ceiling,aiokafka_floor,faust_floor,worker1,worker1_misrouted,worker2,"
+                             "replay,invalid,alerts,rss")
     parser.add_argument("--report", type=Path, default=None,
                         help="default: benchmarks/results/<date>-<commit>.json")
     args = parser.parse_args()
@@ -434,6 +466,7 @@ def main() -> None:
         total = len(encoded)
         runners: list[tuple[str, Callable[[], float]]] = [
             ("ceiling", lambda: ceiling_run(config, total)),
+            ("aiokafka_floor", lambda: aiokafka_floor_run(config, total)),
             ("faust_floor", lambda: faust_floor_run(config, folder, total)),
             ("worker1", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario)),
             ("worker1_misrouted", lambda: worker_run(bootstrap, folder, args.partitions, 1, encoded, scenario,
