@@ -87,10 +87,14 @@ class Merge:
         self.watermarks: dict[int, dict[int, float]] = defaultdict(dict)  # merger part. -> input part. -> wm
         self.open: dict[int, dict[str, float]] = defaultdict(dict)  # merger part. -> window key -> final at
         self.changed: dict[int, set[str]] = defaultdict(set)  # merger part. -> windows with new partials
+        # The open windows' entries as last written to the table, so that a partial does not read
+        # and decode its window's entry from the store again (every entry is still written there).
+        self.entries: dict[str, dict[str, Any]] = {}
         self.stale = True
 
     def rebuild(self, table: Any) -> None:
         self.open.clear()
+        self.entries.clear()
         self.changed.clear()
         self.members.clear()
         self.rules.states.clear()
@@ -111,6 +115,7 @@ class Merge:
                 partial = next(v for k, v in entry.items() if not k.startswith("_"))
                 here = int(entry["_mp"])
                 self.registry.hold(partial["model"])
+                self.entries[key] = entry
                 self.open[here][key] = self._final_at(partial)
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
                 if self._in_base(partial):
@@ -163,7 +168,7 @@ class Merge:
             return self._refused(partial["model"], ts)
         partial, stands_for = self.registry.fold(table, partial, ts)
         key = record_key(partial)
-        entry = table.get(key)
+        entry = self._entry(table, key)
         if entry is not None and entry.get("_final"):
             # A replay of a window already closed, or, when it changes what was published, records
             # of an input that was idle when the window closed: counted and logged, not merged.
@@ -173,7 +178,7 @@ class Merge:
         entry = dict(entry or {})
         entry[f"{partition}|{stands_for}" if stands_for else str(partition)] = partial
         entry["_mp"] = here
-        table[key] = entry
+        table[key] = self.entries[key] = entry  # (a new dict each time: the table may encode it later)
         self.open[here].setdefault(key, self._final_at(partial))
         self.changed[here].add(key)
         if self._in_base(partial):
@@ -239,6 +244,7 @@ class Merge:
             else:
                 del open_here[key]
                 self.changed[here].discard(key)
+                self.entries.pop(key, None)
                 if key in table:
                     del table[key]
         return [] if admitted else self._refused(model, self.event_time(here))
@@ -272,7 +278,7 @@ class Merge:
             out += self._judge(table, here, low - self.config.watermark_lag_s)  # as the engines' watermark
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
-                entry = table.get(key)
+                entry = self._entry(table, key)
                 if entry is not None and not entry.get("_final") and decided.get(_model_of(key)) is not True:
                     continue  # final once its model is decided
                 del open_here[key]
@@ -287,8 +293,9 @@ class Merge:
                     totals.add(total)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=True)
                 table[key] = {"_final": True, "_mp": here}
+                self.entries.pop(key, None)
         for key in sorted(changed):
-            entry = table.get(key)
+            entry = self._entry(table, key)
             if entry is not None and not entry.get("_final"):
                 partials = self._partials(entry)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=False)
@@ -297,6 +304,11 @@ class Merge:
         for total in sorted(totals):
             out += self._emit_cumulative(table, here, total)
         return out
+
+    def _entry(self, table: Any, key: str) -> dict[str, Any] | None:
+        """A window's entry: as last written, or, for a window not open here, from the table."""
+        entry = self.entries.get(key)
+        return entry if entry is not None else table.get(key)
 
     def idle_partitions(self, here: int) -> set[int]:
         return {p for p, idle in self.idle[here].items() if idle}
@@ -335,7 +347,7 @@ class Merge:
         states = [] if stored is None else [stored["state"]]
         head = None if stored is None else stored["head"]
         for key in self.members[here].get(total, ()):
-            entry = table.get(key)
+            entry = self._entry(table, key)
             if entry is not None and not entry.get("_final"):
                 partials = self._partials(entry)
                 states += partials
