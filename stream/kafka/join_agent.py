@@ -24,8 +24,8 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import cramjam
@@ -41,6 +41,7 @@ from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
+from stream.kafka.intake import Queue, Unsaved
 from stream.kafka.routing import (
     HEARTBEAT,
     KINDS,
@@ -63,8 +64,6 @@ __all__ = [
     "ZSTD_MAGIC",
     "Join",
     "Output",
-    "Queue",
-    "Unsaved",
 ]
 
 log = logging.getLogger("mlmon.worker")
@@ -86,28 +85,6 @@ PRUNE_SLACK_S = 120.0
 # the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
-
-
-@dataclass
-class Queue:
-    """Records of one partition waiting for its engine (``Join.settle``): each with its raw JSON
-    and what its engine call takes besides (a prediction's dead-letter form, where it came from)."""
-
-    records: list[Prediction | Label] = field(default_factory=list)
-    raws: list[bytes] = field(default_factory=list)
-    where: list[dict[str, Any]] = field(default_factory=list)
-    size: int = 0
-
-
-@dataclass
-class Unsaved:
-    """What one partition's engine took in since the table last heard of it."""
-
-    predictions: list[bytes] = field(default_factory=list)  # raw JSON, as consumed
-    labels: list[bytes] = field(default_factory=list)
-    offsets: list[list[Any]] = field(default_factory=list)  # [topic, first, last]: the messages handled
-    size: int = 0
-    last_ts: float = -math.inf
 
 
 class Join:
@@ -213,33 +190,72 @@ class Join:
             self.prune_due[int(deadline // 60)].append((key, partition))
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        """Validate a record and feed it to its partition's engine, keeping it for the next save, or
-        queue it for the partition of its request (``forwards``). Bad input is dead-lettered."""
+        """One message: ``handle_many`` of it alone."""
+        self.handle_many(topic, partition, offset, [raw])
+
+    def handle_many(self, topic: str, partition: int, first: int, raws: Sequence[bytes | None]) -> None:
+        """Messages ``first``, ``first + 1``, ... of one topic-partition, in offset order: each
+        record validated and queued for its partition's engine (kept for the next save), or for
+        the partition of its request (``forwards``). Bad input is dead-lettered; a record whose
+        handling fails (a bug) is logged and dead-lettered, and the others go on."""
         config = self.config
         if topic == config.repartition_topic:
-            self._note(self.unsaved.get(partition) or self._unsaved(partition), topic, offset)
-            self._handle_forwarded(partition, offset, raw or b"")
+            unsaved = self._unsaved(partition)
+            for offset, raw in enumerate(raws, first):
+                unsaved.note(topic, offset, offset)
+                try:
+                    self._handle_forwarded(partition, offset, raw or b"")
+                except Exception as exc:
+                    self._internal_error(self.engine(partition), "", raw, exc, topic, partition, offset)
             return
+        if not raws:
+            return
+        last = first + len(raws) - 1
         source = "predictions" if topic == config.predictions_topic else "labels"
         own = source in self.times.own
         if own:
-            self._note(self.unsaved.get(partition) or self._unsaved(partition), topic, offset)
+            self._unsaved(partition).note(topic, first, last)
         else:
-            self._pass(topic, partition, offset)
-        self.offsets[(topic, partition)] = offset
-        raw = raw or b""
+            self._pass(topic, partition, first, last)
+        self.offsets[(topic, partition)] = last
         engine = self.engine(partition) if own else self.intake
-        record, obj = self._parse(engine, source, raw, topic, partition, offset, clock=True)
-        if record is None:
-            return
-        self.times.read(source, partition, record.timestamp)
-        request_id = record.request_id
-        right = partition_of(request_id, config.partitions)
-        if right != partition or not own:
-            self.forwarding.count(source, partition, right, request_id)
-            self.forwards.append((right, request_id.encode(), KINDS[source] + raw))
-            return
-        self._take(partition, source, record, obj, raw, topic=topic, partition=partition, offset=offset)
+        decode = prediction_from_json if source == "predictions" else label_from_json
+        max_bytes, partitions, forwards, kind = config.max_record_bytes, config.partitions, self.forwards, KINDS[source]
+        queue = self._queue(partition) if own else None
+        latest = -math.inf
+        for offset, raw in enumerate(raws, first):
+            raw = raw or b""
+            try:
+                try:
+                    record = decode(raw, max_bytes)
+                    ts = record.timestamp
+                    if ts > self.future_limit and self._from_the_future(ts):
+                        raise InvalidRecord(future_reason(ts, time.time(), config.max_future_s, "the worker's clock")
+                                            or "")
+                except InvalidRecord as exc:
+                    self._refuse(engine, source, raw, str(exc), topic, partition, offset)
+                    continue
+                if ts > latest:
+                    latest = ts
+                request_id = record.request_id
+                right = partition_of(request_id, partitions)
+                if right != partition or queue is None:
+                    self.forwarding.count(source, partition, right, request_id)
+                    forwards.append((right, request_id.encode(), kind + raw))
+                else:
+                    queue.add(record, raw, (topic, partition, offset))
+            except Exception as exc:
+                self._internal_error(engine, source, raw, exc, topic, partition, offset)
+        if latest > -math.inf:  # (a maximum: as each record's time read in turn)
+            self.times.read(source, partition, latest)
+
+    @staticmethod
+    def _internal_error(engine: Engine, source: str, raw: bytes | None, exc: Exception, topic: str, partition: int,
+                        offset: int) -> None:
+        """A message whose handling raised: logged, and dead-lettered with where it came from."""
+        log.error("failed on %s[%s]@%s", topic, partition, offset, exc_info=exc)
+        engine.dead_letter(source, raw_text(raw), "internal error (see worker log)", topic=topic, partition=partition,
+                           offset=offset)
 
     def _handle_forwarded(self, partition: int, offset: int, raw: bytes) -> None:
         """A record forwarded to this partition, or a heartbeat (see :mod:`stream.kafka.routing`)."""
@@ -254,40 +270,27 @@ class Join:
             engine.dead_letter("", raw_text(raw), "not a record of mlmon's repartition topic",
                                topic=topic, partition=partition, offset=offset)
             return
-        record, obj = self._parse(engine, source, body, topic, partition, offset, clock=False)
-        if record is not None:
-            self._take(partition, source, record, obj, body, topic=topic, partition=partition, offset=offset)
-
-    def _parse(self, engine: Engine, source: str, raw: bytes, topic: str, partition: int, offset: int,
-               clock: bool) -> tuple[Prediction | Label | None, Any]:
-        """The record, or None once it is dead-lettered on ``engine`` with its reason."""
-        obj: Any = None
         try:
-            if source == "predictions":
-                record: Prediction | Label = prediction_from_json(raw, self.config.max_record_bytes)
-                obj = orjson.Fragment(raw)  # what its dead letter holds, should its model refuse it
-            else:
-                record = label_from_json(raw, self.config.max_record_bytes)
-            if clock and record.timestamp > self.future_limit and self._from_the_future(record.timestamp):
-                raise InvalidRecord(future_reason(record.timestamp, time.time(), self.config.max_future_s,
-                                                  "the worker's clock") or "")
+            record = (prediction_from_json if source == "predictions" else label_from_json)(
+                body, self.config.max_record_bytes)
         except InvalidRecord as exc:
-            rid = _request_id(raw)
-            where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
-            engine.dead_letter(source, raw_text(raw), str(exc), topic=topic, partition=partition, offset=offset,
-                               **where)
-            return None, obj
-        return record, obj
+            self._refuse(engine, source, body, str(exc), topic, partition, offset)
+            return
+        self._queue(partition).add(record, body, (topic, partition, offset))
 
-    def _take(self, at: int, source: str, record: Prediction | Label, obj: Any, raw: bytes, **where: Any) -> None:
-        """Queue a record for partition ``at``'s engine (see ``settle``)."""
-        queue = self.queued.get(at)
+    @staticmethod
+    def _refuse(engine: Engine, source: str, raw: bytes, reason: str, topic: str, partition: int, offset: int
+                ) -> None:
+        """A record that is not valid: dead-lettered on ``engine`` with the reason."""
+        rid = _request_id(raw)
+        where = {"request_id": rid[:256]} if isinstance(rid, str) else {}
+        engine.dead_letter(source, raw_text(raw), reason, topic=topic, partition=partition, offset=offset, **where)
+
+    def _queue(self, partition: int) -> Queue:
+        queue = self.queued.get(partition)
         if queue is None:
-            queue = self.queued[at] = Queue()
-        queue.records.append(record)
-        queue.raws.append(raw)
-        queue.where.append({"raw": obj, **where} if source == "predictions" else where)
-        queue.size += len(raw)
+            queue = self.queued[partition] = Queue()
+        return queue
 
     def settle(self, partition: int | None = None) -> None:
         """Feed the queued records to their partition's engine (``partition``, else every one), a
@@ -300,7 +303,7 @@ class Join:
             engine = self.engine(at)
             failed = functools.partial(self._failed, engine, queue)
             try:
-                taken = engine.take_many(queue.records, queue.where.__getitem__, failed)
+                taken = engine.take_many(queue.records, queue.where, failed)
             except Exception as exc:  # a bug beyond one record's handling: every record of the batch says so
                 for i in range(len(queue.records)):
                     failed(i, exc)
@@ -316,11 +319,8 @@ class Join:
     @staticmethod
     def _failed(engine: Engine, queue: Queue, i: int, exc: Exception) -> None:
         """A queued record whose handling raised: logged, and dead-lettered with where it came from."""
-        at = queue.where[i]
-        log.error("failed on %s[%s]@%s", at.get("topic"), at.get("partition"), at.get("offset"), exc_info=exc)
         source = "predictions" if type(queue.records[i]) is Prediction else "labels"
-        engine.dead_letter(source, raw_text(queue.raws[i]), "internal error (see worker log)",
-                           **{k: v for k, v in at.items() if k != "raw"})
+        Join._internal_error(engine, source, queue.raws[i], exc, *queue.origins[i])
 
     def _unsaved(self, partition: int) -> Unsaved:
         unsaved = self.unsaved.get(partition)
@@ -328,26 +328,14 @@ class Join:
             unsaved = self.unsaved[partition] = Unsaved()
         return unsaved
 
-    @staticmethod
-    def _note(unsaved: Unsaved, topic: str, offset: int) -> None:
-        """A message handled, committed once its partition's batch is saved."""
-        ranges = unsaved.offsets
-        for span in reversed(ranges):  # one range per topic, as each is handled in offset order
-            if span[0] == topic:
-                if span[2] + 1 == offset:
-                    span[2] = offset
-                    return
-                break
-        ranges.append([topic, offset, offset])
-
-    def _pass(self, topic: str, partition: int, offset: int) -> None:
-        """A message of an input that is not co-partitioned: all its records are forwarded (or
-        dead-lettered), so it is handled once the forwards are handed to the producer."""
+    def _pass(self, topic: str, partition: int, first: int, last: int) -> None:
+        """Messages of an input that is not co-partitioned: all their records are forwarded (or
+        dead-lettered), so they are handled once the forwards are handed to the producer."""
         span = self.passed.get((topic, partition))
-        if span is not None and span[1] + 1 == offset:
-            span[1] = offset
+        if span is not None and span[1] + 1 == first:
+            span[1] = last
         else:
-            self.passed[(topic, partition)] = [offset, offset]
+            self.passed[(topic, partition)] = [first, last]
 
     def _from_the_future(self, ts: float) -> bool:
         """Whether ``ts`` is more than ``max_future_s`` ahead of the wall clock (see core.clock); the
@@ -377,6 +365,11 @@ class Join:
                 table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
                 self.saved_marks[name] = mark
         return unsaved.offsets
+
+    def queued_records(self, partition: int) -> int:
+        """Records waiting for the partition's engine (``settle``)."""
+        queue = self.queued.get(partition)
+        return 0 if queue is None else len(queue.records)
 
     def unsaved_bytes(self, partition: int) -> int:
         """What the next save would write at most: taken in, or queued (not all may be taken)."""

@@ -20,7 +20,6 @@ import orjson
 from faust.types import TP
 
 from stream.config import Config
-from stream.core.records import raw_text
 from stream.kafka.join_agent import SAVE_BYTES, Join, Output
 from stream.kafka.memory import return_free_memory
 from stream.kafka.merge_agent import Merge
@@ -31,7 +30,8 @@ __all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
 log = logging.getLogger("mlmon.worker")
 DEAD_LETTERS_AT_ONCE = 1000  # a partition's dead letters held at most until the next flush
-SETTLE_EVERY = 1024  # messages of a fetched list whose records a partition's engine takes at once
+SETTLE_EVERY = 1024  # queued records a partition's engine takes at once (or fewer, at a fetched list's end)
+RUN_MESSAGES = 256  # admitted messages handled at once (``Join.handle_many``)
 Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic, key, value, partition
 
 
@@ -96,11 +96,11 @@ class Runtime:
     # ------------------------------------------------------------------ join
 
     async def join_inputs(self, tp: TP, messages: list[Any]) -> None:
-        """A partition's input messages, in offset order: each fed to the partition's engine, and
-        saved with its batch."""
-        join, config, sequencer = self.join, self.config, self.sequencer
-        partition = tp.partition
-        own = tp.topic == config.repartition_topic or join._source(tp.topic) in join.times.own
+        """A partition's input messages, in offset order: those admitted (see ``Sequencer``) are
+        handled ``RUN_MESSAGES`` at a time (``Join.handle_many``), with no wait between their
+        admission and their handling, then fed to the partition's engine and saved with its batch."""
+        join, sequencer = self.join, self.sequencer
+        run: list[Any] = []  # admitted, not handled yet
         for n, message in enumerate(messages, 1):
             offset = message.offset
             if self.app.rebalancing:
@@ -108,34 +108,45 @@ class Runtime:
                 continue
             admitted = sequencer.admit(self.app.consumer, tp, offset)
             if admitted is None:
+                await self._take_run(tp, run, False)  # before waiting: a rebalance may come meanwhile
                 admitted = await self.in_sequence(tp, offset)
             if not admitted:
                 continue
-            if join.stale:
+            if join.stale:  # (only after a wait, with nothing admitted before it waiting)
                 join.rebuild(self.batches)
-            self.handle_one(tp.topic, partition, offset, message.value)
-            if not own:  # its records all go to other partitions (or are dead letters)
-                if (n % 256 == 0 and join.forwards) or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:
-                    await self.forward()
-                continue
-            saved = []
-            if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
-                with in_partition(config.repartition_topic, partition):
-                    saved = join.save(self.batches, partition)  # (its queued records first: ``settle``)
-                if join.forwards:
-                    await self.forward()  # before the saved messages count: some were forwarded
-            elif n % SETTLE_EVERY == 0 or n == len(messages):
-                join.settle(partition)  # the engine takes its records a batch at a time
-            await self.publish_due(join.engines[partition], saved)
-            self.mark_handled(partition, saved)
-            if n % 256 == 0:
-                if join.forwards:  # (waits for the sending lock, which a flush may hold)
-                    await self.forward()
-                await asyncio.sleep(0)  # let timers run within a long batch
-        if own and partition in join.queued:  # the last messages were skipped (a rebalance came)
-            join.settle(partition)
+            run.append(message)
+            if len(run) == RUN_MESSAGES:
+                await self._take_run(tp, run, n == len(messages))
+        await self._take_run(tp, run, True)
+        if tp.partition in join.queued:  # the last messages were skipped (a rebalance came)
+            join.settle(tp.partition)
         if join.forwards or join.passed:
             await self.forward()
+
+    async def _take_run(self, tp: TP, run: list[Any], last: bool) -> None:
+        """Handle admitted messages (then empties ``run``); save the partition's batch when it is
+        large enough, else have its engine take the queued records every ``SETTLE_EVERY`` and at
+        the ``last`` of a fetched list; publish what is due."""
+        if not run:
+            return
+        join, config, partition = self.join, self.config, tp.partition
+        join.handle_many(tp.topic, partition, run[0].offset, [message.value for message in run])
+        run.clear()
+        if not (tp.topic == config.repartition_topic or join._source(tp.topic) in join.times.own):
+            if join.forwards or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:  # all go elsewhere
+                await self.forward()
+            return
+        saved = []
+        if join.unsaved_bytes(partition) >= SAVE_BYTES and table_writable(self.batches, config.repartition_topic):
+            with in_partition(config.repartition_topic, partition):
+                saved = join.save(self.batches, partition)  # (its queued records first: ``settle``)
+        elif last or join.queued_records(partition) >= SETTLE_EVERY:
+            join.settle(partition)  # the engine takes its records a batch at a time
+        if join.forwards:
+            await self.forward()  # before the saved messages count: some were forwarded
+        await self.publish_due(join.engines[partition], saved)
+        self.mark_handled(partition, saved)
+        await asyncio.sleep(0)  # let timers run within a long fetched list
 
     async def publish_due(self, engine: Any, saved: list[list[Any]]) -> None:
         """Closed windows' partials go out at once (alert latency); dead letters wait for the flush
@@ -144,20 +155,6 @@ class Runtime:
         if engine.metric_records or dead >= DEAD_LETTERS_AT_ONCE or (dead and saved):
             async with self.sending:
                 await self.publish(self.join.outputs())
-
-    def handle_one(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
-        try:
-            self.join.handle(topic, partition, offset, value)
-        except Exception:  # a bug must not ack a message silently: log it, dead-letter it
-            log.exception("failed on %s[%s]@%s", topic, partition, offset)
-            join = self.join
-            own = topic == self.config.repartition_topic or join._source(topic) in join.times.own
-            engine = join.engine(partition) if own else join.intake
-            engine.dead_letter(
-                "" if topic == self.config.repartition_topic else self.join._source(topic),
-                raw_text(value), "internal error (see worker log)",
-                topic=topic, partition=partition, offset=offset,
-            )
 
     # ----------------------------------------------------------------- merge
 

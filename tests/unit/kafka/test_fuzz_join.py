@@ -84,3 +84,53 @@ def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, i
     # Refused on arrival: with where it came from. (A label refused at join time, because its
     # prediction's model needs another type, names the model instead.)
     assert all(d["reason"] and ({"topic", "partition", "offset"} <= set(d) or "model" in d) for d in dead)
+
+
+def state(join: Join) -> dict[str, Any]:
+    """What a join holds between messages, as plain values."""
+    queued = {p: (q.records, q.raws, q.origins, q.size) for p, q in join.queued.items()}
+    unsaved = {p: (u.offsets, u.predictions, u.labels, u.size) for p, u in join.unsaved.items()}
+    dead = [[{**d, "reason": "ahead of the clock"} if "ahead of the worker's clock" in d["reason"] else d
+             for d in e.dead_letters] for e in [join.intake, *join.engines.values()]]  # (the clock's time aside)
+    return {"queued": queued, "unsaved": unsaved, "forwards": join.forwards[:], "passed": dict(join.passed),
+            "offsets": dict(join.offsets), "dead": dead, "read": join.times.read_to, "counts": join.forwarding.counts,
+            "where": {p: [orjson.dumps(q.where(i)) for i in range(len(q.records))] for p, q in join.queued.items()}}
+
+
+valid = st.builds(lambda rid, model, dt, value, score: orjson.dumps(
+    {"request_id": f"r{rid}", "model": model, "timestamp": 1_767_225_600 + dt, "prediction": value, "label": value,
+     "scores": {"a": score, "b": 1 - score}}), st.integers(0, 20), st.sampled_from(["m", "n"]), st.integers(0, 900),
+    st.sampled_from(["a", "b"]), st.sampled_from([0.1, 0.7]))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["predictions", "labels", "repartition"]), st.integers(0, 2),
+                          st.lists(st.one_of(valid, valid, valid, record, raw_bytes), min_size=1, max_size=12)),
+                min_size=1, max_size=6),
+       st.booleans())
+def test_messages_handled_many_at_once_as_one_at_a_time(runs: list[tuple[str, int, list[Any]]],
+                                                        labels_elsewhere: bool) -> None:
+    """``Join.handle_many`` of consecutive messages leaves what ``handle`` of each in turn leaves:
+    queued records and where they came from, offsets to commit, forwards, dead letters, event time;
+    whether the input is co-partitioned or not (labels on another partition count)."""
+    config = Config.from_mapping({"partitions": 3, "join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2})
+    inputs = {"predictions": 3, "labels": 4 if labels_elsewhere else 3}
+    joins = [Join(config, inputs), Join(config, inputs)]
+    topics = {"predictions": config.predictions_topic, "labels": config.labels_topic,
+              "repartition": config.repartition_topic}
+    next_offset: dict[tuple[str, int], int] = {}
+    for source, partition, raws in runs:
+        topic = topics[source]
+        if source == "repartition":  # forwarded as a worker forwards: a kind byte, then the record
+            raws = [(b"p" if i % 2 else b"l") + raw if i % 3 else raw for i, raw in enumerate(raws)]
+        first = next_offset.get((topic, partition), 0)
+        next_offset[(topic, partition)] = first + len(raws)
+        for offset, raw in enumerate(raws, first):
+            joins[0].handle(topic, partition, offset, raw)
+        joins[1].handle_many(topic, partition, first, raws)
+        assert state(joins[1]) == state(joins[0])
+    for join in joins:
+        join.settle()
+    assert state(joins[1]) == state(joins[0])
+    outputs = [[(t, k, v) for t, k, v in join.outputs() if b"worker's clock" not in v] for join in joins]
+    assert outputs[1] == outputs[0]
