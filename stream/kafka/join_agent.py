@@ -22,23 +22,22 @@ import math
 import os
 import time
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-import cramjam
 import orjson
 
 from stream.config import Config
 from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
-from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
+from stream.core.records import Label, Prediction, raw_text
 from stream.core.snapshot import restore_rolling, rolling_snapshot
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
+from stream.kafka.batches import BATCH_KEY, ROLLING_KEY, WATERMARK_KEY, batch_json, batch_value, compressed, read_batch
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
@@ -54,30 +53,17 @@ from stream.kafka.routing import (
 )
 
 __all__ = [
-    "BATCH_KEY",
-    "BATCH_ZSTD_LEVEL",
     "MARKS",
     "PRUNE_SLACK_S",
     "SAVE_BYTES",
     "SOURCES",
-    "WATERMARK_KEY",
-    "ZSTD_MAGIC",
     "Join",
     "Output",
 ]
 
 log = logging.getLogger("mlmon.worker")
 
-WATERMARK_KEY = "\x00watermark/"  # per input topic-partition event time, stored in the batch table
-BATCH_KEY = "batch/"  # + partition/id: a batch of records
-ROLLING_KEY = "\x00rolling/"  # + partition: its rolling windows' pairs, stored before batches are pruned
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
-# Batches are stored compressed with zstd at level 1 (cramjam, the codec library aiokafka uses): 5.6
-# times smaller than the records' JSON at about 650 MB/s, against writing every input byte again to
-# the changelog, the broker and rocksdb's blob files. Batches stored before are zlib (level 1), or
-# plain JSON (``{`` first): both still read (``batch_bytes``).
-BATCH_ZSTD_LEVEL = 1
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first four bytes (RFC 8878)
 SOURCES = ("predictions", "labels")
 MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
 PRUNE_SLACK_S = 120.0
@@ -150,13 +136,13 @@ class Join:
             elif key.startswith(BATCH_KEY):
                 batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
             elif key.startswith(ROLLING_KEY):
-                snapshots[int(key[len(ROLLING_KEY):])] = orjson.loads(batch_bytes(value))
+                snapshots[int(key[len(ROLLING_KEY):])] = orjson.loads(batch_json(value))
         self.engines = {}
         stored = 0
         for partition in sorted(set(batches) | set(snapshots)):
             rows: list[tuple[float, int, Prediction | Label]] = []
             for key, value in batches.pop(partition, ()):
-                self._schedule_prune(key, self._load_batch(value, rows), partition)
+                self._schedule_prune(key, read_batch(value, rows), partition)
             stored += len(rows)
             rows.sort(key=lambda r: (r[0], r[1]))
             engine = self.engine(partition)
@@ -170,18 +156,6 @@ class Join:
             engine.dead_letters.clear()  # stored records were valid
         self.stale = False
         log.info("engines rebuilt from %d stored records in %d partitions", stored, len(self.engines))
-
-    @staticmethod
-    def _load_batch(value: bytes, into: list[tuple[float, int, Prediction | Label]]) -> float:
-        """Append a batch's records as (timestamp, kind, record); return its latest timestamp."""
-        batch = orjson.loads(batch_bytes(value))
-        last = -math.inf
-        for kind, slot, parse in ((0, "p", parse_prediction), (1, "l", parse_label)):
-            for obj in batch[slot]:
-                record = parse(obj)
-                into.append((record.timestamp, kind, record))
-                last = max(last, record.timestamp)
-        return last
 
     def _schedule_prune(self, key: str, ts: float, partition: int) -> None:
         # Keep a batch until every window of its latest record is final, then forget it.
@@ -352,8 +326,7 @@ class Join:
         unsaved = self.unsaved.pop(partition, None) or Unsaved()
         if unsaved.predictions or unsaved.labels:
             key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
-            batch = b'{"p":[' + b",".join(unsaved.predictions) + b'],"l":[' + b",".join(unsaved.labels) + b"]}"
-            table[key] = compressed(batch)
+            table[key] = batch_value(unsaved.predictions, unsaved.labels)
             self._schedule_prune(key, unsaved.last_ts, partition)
         times = self.times
         for source in MARKS:
@@ -482,18 +455,6 @@ class Join:
                       balance=total.balance(*pending), partitions=sorted(self.engines),
                       app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())
         return health
-
-
-def compressed(value: bytes) -> bytes:
-    """A table value as stored: a zstd frame (see ``BATCH_ZSTD_LEVEL``)."""
-    return bytes(cramjam.zstd.compress(value, BATCH_ZSTD_LEVEL))
-
-
-def batch_bytes(value: bytes) -> bytes:
-    """A stored table value's JSON: zstd, or as stored before, zlib or plain JSON."""
-    if value[:4] == ZSTD_MAGIC:
-        return bytes(cramjam.zstd.decompress(value))
-    return value if value[:1] in (b"{", b"[") else zlib.decompress(value)
 
 
 def _request_id(raw: bytes) -> Any:

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from stream.config import Config
-from stream.kafka.join_agent import BATCH_KEY, ZSTD_MAGIC, Join, batch_bytes
+from stream.kafka.batches import BATCH_KEY, ZSTD_MAGIC, batch_json
+from stream.kafka.join_agent import Join
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -48,7 +49,7 @@ def test_batches_are_stored_compressed_and_zlib_or_plain_json_batches_still_load
     [key] = [k for k in table if k.startswith(BATCH_KEY)]
     stored = table[key]
     assert stored[:4] == ZSTD_MAGIC
-    plain = batch_bytes(stored)
+    plain = batch_json(stored)
     assert plain.startswith(b"{") and len(stored) * 3 < len(plain)
     assert len(orjson.loads(plain)["p"]) == 250
 
