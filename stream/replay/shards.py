@@ -17,9 +17,10 @@ clock), replay runs again in one process, record by record. It runs that way fro
 rules or detectors judge revisions as they come, or when revisions or a caller's clock are asked
 for; in one share when the input is rows in memory, smaller than ``pipeline.MIN_BYTES``, or on one
 core (then only if it can be held in memory: ``bulk.fits``). A rolling window's last pairs are
-the last of both shares' (each keeps its own last ones), as the worker merges them. Each share admits the names it meets
-(models, versions, segment keys and values, classes): when those of both together fit the limits,
-neither share nor one process ever reached one; when they do not, replay runs again in one process.
+the last of both shares' (each keeps its own last ones), as the worker merges them. Each share
+admits the names it meets (models, versions, segment keys and values, classes): when those of all
+shares together fit the limits, no share nor one process record by record ever reached one; when
+they do not, replay runs again in one process, record by record.
 
 Each share writes its final partials and dead letters to a file as they come, and they are merged
 from there, so memory follows the windows still open, not the history. The output differs from
