@@ -185,8 +185,8 @@ class Join:
         if not raws:
             return
         last = first + len(raws) - 1
-        source = "predictions" if topic == config.predictions_topic else "labels"
-        own = source in self.times.own
+        source = self._source(topic)
+        own = self.takes_in(topic)
         if own:
             self._unsaved(partition).note(topic, first, last)
         else:
@@ -418,6 +418,11 @@ class Join:
 
     def _source(self, topic: str) -> str:
         return "predictions" if topic == self.config.predictions_topic else "labels"
+
+    def takes_in(self, topic: str) -> bool:
+        """Whether a partition of ``topic`` feeds the join partition of the same number (the
+        repartition topic, or a co-partitioned input), rather than only forwarding its records."""
+        return topic == self.config.repartition_topic or self._source(topic) in self.times.own
 
     def heartbeat(self, assigned: Iterable[int] = ()) -> bytes | None:
         """Each owned partition's watermark (None: not known yet) and those idle, sent to every

@@ -132,7 +132,7 @@ class Runtime:
         join, config, partition = self.join, self.config, tp.partition
         join.handle_many(tp.topic, partition, run[0].offset, [message.value for message in run])
         run.clear()
-        if not (tp.topic == config.repartition_topic or join._source(tp.topic) in join.times.own):
+        if not join.takes_in(tp.topic):
             if join.forwards or len(join.intake.dead_letters) >= DEAD_LETTERS_AT_ONCE:  # all go elsewhere
                 await self.forward()
             return
