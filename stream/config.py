@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,6 +87,7 @@ class Config(Settings):
         if config.duplicate_labels not in DUPLICATE_LABEL_RULES:
             raise ConfigError(f"'duplicate_labels' is one of {', '.join(DUPLICATE_LABEL_RULES)}, "
                               f"got {config.duplicate_labels!r}")
+        config.sample = _sample_rate(config.sample)
         if config.max_classes > MAX_CLASSES:
             raise ConfigError(f"'max_classes' is at most {MAX_CLASSES:,}, got {config.max_classes:,}")
         if "windows" in raw:
@@ -159,3 +161,14 @@ def parse_rules(raw: Any) -> tuple[list[Rule], list[DetectorRule]]:
     if len({r.name for r in rules} | {d.name for d in detectors}) != len(raw):
         raise ConfigError("two rules share a name")
     return rules, detectors
+
+
+def _sample_rate(value: Any) -> float:
+    """``sample``: the fraction of requests counted, in (0, 1] (see ``stream.core.sampling``)."""
+    try:
+        rate = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"'sample' is the fraction of requests to count, above 0 and at most 1, got {value!r}")
+    return rate

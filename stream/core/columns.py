@@ -71,6 +71,10 @@ class PredictionColumns:
         """The rows of ``parts``, one after another."""
         return cls(*(_joined([getattr(part, name) for part in parts]) for name in _FIELDS))
 
+    def take(self, keep: list[bool]) -> PredictionColumns:
+        """The rows ``keep`` marks."""
+        return type(self)(*(_taken(getattr(self, name), keep) for name in _FIELDS))
+
     def add(self, rows: list[int], records: list[Prediction]) -> None:
         """Records decoded another way."""
         self.rows += rows
@@ -102,8 +106,11 @@ class LabelColumns:
     @classmethod
     def joined(cls, parts: list[LabelColumns]) -> LabelColumns:
         """The rows of ``parts``, one after another."""
-        return cls(*(_joined([getattr(part, name) for part in parts]) for name in ("rows", "request_ids",
-                                                                                    "timestamps", "values")))
+        return cls(*(_joined([getattr(part, name) for part in parts]) for name in _LABEL_FIELDS))
+
+    def take(self, keep: list[bool]) -> LabelColumns:
+        """The rows ``keep`` marks."""
+        return type(self)(*(_taken(getattr(self, name), keep) for name in _LABEL_FIELDS))
 
     def add(self, rows: list[int], records: list[Label]) -> None:
         """Records decoded another way."""
@@ -249,4 +256,11 @@ def _joined(columns: list[Any]) -> Any:
     return list(itertools.chain.from_iterable(columns))
 
 
+def _taken(column: Any, keep: list[bool]) -> Any:
+    if isinstance(column, np.ndarray):
+        return column[np.array(keep, dtype=bool)]
+    return list(itertools.compress(column, keep))
+
+
 _FIELDS = [f for f in PredictionColumns.__dataclass_fields__]
+_LABEL_FIELDS = [f for f in LabelColumns.__dataclass_fields__]

@@ -40,6 +40,7 @@ from stream.core.placement import Placement
 from stream.core.records import Label, Prediction, target_number
 from stream.core.revisions import LABEL_RANK, Revisions
 from stream.core.rules import RuleBook, rfc3339
+from stream.core.sampling import Sampler
 from stream.core.series import Model, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.settings import Settings
 from stream.core.settled import Settled
@@ -65,6 +66,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
                                duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank)
         self.health = Health()
+        self.sampler = Sampler(config.sample)
         self.watermark = -math.inf
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
         self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else self._reached)
@@ -227,6 +229,8 @@ class Engine(Revisions, Ingest, Settled, Placement):
         """One record in arrival order: advance event time to it, then count it; ``where`` it came
         from goes into its dead letter, if any. The per-record path that ``receive_many`` is
         tested against (``tests/unit/core/test_ingest.py``)."""
+        if not self.sampler.every and self.sampler.kept([record], self.health) == []:
+            return  # left out by sampling: counted, and nothing else
         ts = record.timestamp
         if ts - self._lag_s > self.watermark or ts >= self._next_emit:
             self.observe(ts)
@@ -411,7 +415,8 @@ class Engine(Revisions, Ingest, Settled, Placement):
         for window in windows:
             series = window.series
             record = assemble(series.model, series.model_version, series.segment, window.spec.describe(window.start),
-                              window.predictions, window.figures, final, now[1])  # type: ignore[arg-type]
+                              window.predictions, window.figures, final, now[1],  # type: ignore[arg-type]
+                              self.config.sample)
             self.metric_records.append(record)
             self.alert_events.extend(self.rules.evaluate(record, series.segment_key, now[0]))
 

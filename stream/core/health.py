@@ -46,6 +46,8 @@ class Health:
     folded_classes: int = 0
     folded_segments: int = 0
     folded_versions: int = 0
+    unsampled_predictions: int = 0  # records of requests that sampling leaves out (see core.sampling)
+    unsampled_labels: int = 0
     label_lag_units: int = 0  # the pairs' label lags summed (see ``lag_units``)
     label_lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_S))
 
@@ -74,7 +76,7 @@ class Health:
         """Inputs minus every place they went: both figures are 0 when nothing was lost."""
         return {
             "predictions": self.predictions - self.pairs - self.duplicate_predictions
-            - self.expired_predictions - self.invalid_predictions - pending_predictions,
+            - self.expired_predictions - self.invalid_predictions - self.unsampled_predictions - pending_predictions,
             "labels": self.labels - self.joined_labels - self.duplicate_labels - self.orphaned_labels
-            - self.late_labels - self.invalid_labels - pending_labels,
+            - self.late_labels - self.invalid_labels - self.unsampled_labels - pending_labels,
         }

@@ -37,6 +37,7 @@ from stream.core.pending import (
 )
 from stream.core.records import Label, Prediction
 from stream.core.rules import RuleBook
+from stream.core.sampling import Sampler
 from stream.core.series import Model, Window, WindowSet
 
 __all__ = ["BULK_PAIRS", "FOLD_PAIRS", "Ingest"]
@@ -73,6 +74,7 @@ class Ingest:
     _dirty_sets: list[WindowSet]
     _dirty_windows: list[Window]
     _buffered: int
+    sampler: Sampler
     observe: Callable[[float], None]
     prediction: Callable[..., bool]
     label: Callable[..., bool]
@@ -83,6 +85,9 @@ class Ingest:
                      where: Callable[[int], dict[str, Any]] | None = None) -> None:
         """``receive(records[i], **where(i))`` for each record in turn; ``where`` is asked only
         for the records that may need it (a dead letter, a label that waits)."""
+        kept = self.sampler.kept(records, self.health)
+        if kept is not None:
+            records, where = [records[i] for i in kept], _through(where, kept)
         self._ingest(records, where, True, None, None)
 
     def take_many(self, records: Sequence[Prediction | Label], where: Callable[[int], dict[str, Any]] | None = None,
@@ -93,8 +98,15 @@ class Ingest:
         came from). A record whose handling raises is not taken, and ``on_error(i, exc)`` hears
         of it (without, it propagates); the others go on."""
         taken: list[bool] = []
-        self._ingest(records, where, False, taken, on_error)
-        return taken
+        kept = self.sampler.kept(records, self.health)
+        if kept is None:
+            self._ingest(records, where, False, taken, on_error)
+            return taken
+        self._ingest([records[i] for i in kept], _through(where, kept), False, taken, _through(on_error, kept))
+        every = [False] * len(records)  # a record sampling leaves out is not taken in
+        for i, took in zip(kept, taken, strict=True):
+            every[i] = took
+        return every
 
     def _ingest(self, records: Sequence[Prediction | Label], where: Callable[[int], dict[str, Any]] | None,
                 observe: bool, taken: list[bool] | None, on_error: Callable[[int, Exception], None] | None) -> None:
@@ -359,3 +371,10 @@ class Ingest:
         clipped = np.clip(np.where(found, p_true, 0.0), EPS, ONE_MINUS_EPS)
         log_loss = np.array([-log(x) for x in clipped.tolist()])
         return np.column_stack((log_loss, brier)), keys
+
+
+def _through(call: Callable[..., Any] | None, kept: list[int]) -> Callable[..., Any] | None:
+    """``call`` taking the index of a record among those ``kept`` (their indexes among all)."""
+    if call is None:
+        return None
+    return lambda i, *args: call(kept[i], *args)

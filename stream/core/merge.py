@@ -25,6 +25,7 @@ import numpy.typing as npt
 from stream.core.custom import MetricBook
 from stream.core.metrics import RegressionStats, ScoreSums, classification
 from stream.core.ranking import ScoreBins, figures_many
+from stream.core.sampling import standard_errors
 
 __all__ = ["Figures", "WindowState", "assemble", "merge_states", "metric_record", "record_figures",
            "record_figures_many", "rolling_state"]
@@ -103,18 +104,22 @@ def record_figures_many(windows: list[tuple[str, WindowState]], book: MetricBook
 
 def metric_record(
     model: str, version: str, segment: dict[str, str], window: dict[str, Any], state: WindowState,
-    final: bool, emitted_at: str, book: MetricBook | None = None,
+    final: bool, emitted_at: str, book: MetricBook | None = None, sample: float = 1.0,
 ) -> dict[str, Any]:
     """A metric record (schemas/metric_record.json) from a window's state."""
     return assemble(model, version, segment, window, state.predictions, record_figures(model, state, book), final,
-                    emitted_at)
+                    emitted_at, sample)
 
 
 def assemble(model: str, version: str, segment: dict[str, str], window: dict[str, Any], predictions: int,
-             figures: Figures, final: bool, emitted_at: str) -> dict[str, Any]:
-    """A metric record from its parts (``predictions``: the window's, counted without labels)."""
+             figures: Figures, final: bool, emitted_at: str, sample: float = 1.0) -> dict[str, Any]:
+    """A metric record from its parts (``predictions``: the window's, counted without labels;
+    ``sample``: the fraction of requests sampled, stated with the figures' standard errors when
+    below 1)."""
     timed = window["kind"] != "rolling"
     task, n, computed = figures
+    if sample < 1.0:
+        computed = {**computed, "sample_rate": sample, "standard_errors": standard_errors(computed, n, sample)}
     return {
         "model": model,
         "model_version": version,

@@ -29,6 +29,7 @@ class Settings:
     emit_interval_s: int = 60  # event time between metric revisions in replay
     watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
     duplicate_labels: str = "earliest"  # which of a request's labels counts: the earliest or the latest stamped
+    sample: float = 1.0  # the fraction of requests counted, chosen by request-id hash (see core.sampling)
     regression_models: list[str] = field(default_factory=list)
     max_models: int = 100
     max_versions_per_model: int = 10

@@ -29,6 +29,7 @@ from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.health import Health
 from stream.core.join import SWEEP_EVERY_S, JoinBuffer
 from stream.core.rules import RuleBook
+from stream.core.sampling import Sampler
 from stream.core.series import Model, WindowSet
 from stream.core.settings import Settings
 
@@ -44,6 +45,7 @@ class Settled:
     config: Settings
     models: dict[str, Model]
     health: Health
+    sampler: Sampler
     join: JoinBuffer
     rules: RuleBook
     detectors: Any
@@ -59,6 +61,16 @@ class Settled:
     _add_pairs: Callable[..., None]
     _fold: Callable[..., None]
     _score_terms: Callable[..., Any]
+
+    def sampled(self, predictions: PredictionColumns, labels: LabelColumns) -> tuple[PredictionColumns, LabelColumns]:
+        """The rows of the requests that sampling keeps (see ``core.sampling``), all of them
+        without sampling; the others are counted as unsampled, as ``receive`` counts them."""
+        if self.sampler.every:
+            return predictions, labels
+        keep_p, keep_l = self.sampler.keeps_many(predictions.request_ids), self.sampler.keeps_many(labels.request_ids)
+        self.health.unsampled_predictions += keep_p.count(False)
+        self.health.unsampled_labels += keep_l.count(False)
+        return predictions.take(keep_p), labels.take(keep_l)
 
     def take_settled(self, predictions: PredictionColumns, labels: LabelColumns) -> tuple[Mask, Mask]:
         """Count the settled requests among all the records of an input (see the module), before

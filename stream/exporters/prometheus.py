@@ -57,8 +57,10 @@ class EngineCollector(Collector):
 
     def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str | None,
                  lag: Callable[[], dict[tuple[str, int], int]] | None = None,
-                 repartitioned: Callable[[], dict[str, int]] | None = None, custom: Sequence[str] = ()) -> None:
+                 repartitioned: Callable[[], dict[str, int]] | None = None, custom: Sequence[str] = (),
+                 sample: float = 1.0) -> None:
         self.health_source = health
+        self.sample = sample  # the fraction of requests counted (``sample``)
         self.rule_source = rules
         self.lag_source = lag
         self.repartitioned_source = repartitioned  # input topic -> records forwarded to their partition
@@ -147,6 +149,9 @@ class EngineCollector(Collector):
         coverage = GaugeMetricFamily("mlmon_model_label_coverage_ratio",
                                      "labeled predictions / predictions in the newest window", labels=SERIES_LABELS)
         pairs = GaugeMetricFamily("mlmon_model_window_pairs", "joined pairs in the newest window", labels=SERIES_LABELS)
+        error = GaugeMetricFamily("mlmon_model_accuracy_standard_error_ratio",
+                                  "standard error of the newest window's accuracy as an estimate of every request's "
+                                  "(with sample below 1)", labels=SERIES_LABELS)
         custom = GaugeMetricFamily("mlmon_model_custom_metric", "custom metrics (custom_metrics) of the newest window",
                                    labels=[*SERIES_LABELS, "metric"])
         calibration = {name: GaugeMetricFamily(f"mlmon_model_calibration_{name}", f"{doc} per calibration bin "
@@ -177,10 +182,13 @@ class EngineCollector(Collector):
             if record.get("label_coverage") is not None:
                 coverage.add_metric(labels, record["label_coverage"])
             pairs.add_metric(labels, record["n"])
+            if (value := record.get("standard_errors", {}).get("accuracy")) is not None:
+                error.add_metric(labels, value)
         yield from families.values()
         yield from per_class.values()
         yield coverage
         yield pairs
+        yield error
         yield custom
         yield from calibration.values()
 
@@ -227,6 +235,13 @@ class EngineCollector(Collector):
         folded.add_metric(["segment"], h.folded_segments)
         folded.add_metric(["version"], h.folded_versions)
         yield folded
+        yield GaugeMetricFamily("mlmon_sample_ratio", "the fraction of requests counted, by request-id hash (sample)",
+                                value=self.sample)
+        unsampled = CounterMetricFamily("mlmon_unsampled_records", "records of the requests that sampling leaves out",
+                                        labels=["source"])
+        unsampled.add_metric(["predictions"], h.unsampled_predictions)
+        unsampled.add_metric(["labels"], h.unsampled_labels)
+        yield unsampled
         pending = GaugeMetricFamily("mlmon_pending_requests", "requests waiting for their other half",
                                     labels=["side"])
         pending.add_metric(["prediction"], pending_predictions)
@@ -271,7 +286,7 @@ def for_engine(engine: Engine) -> EngineCollector:
     return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
                            lambda: [*engine.rules.evaluated(), *engine.detectors.evaluated()],
                            counted.name if counted else None,
-                           custom=[m.name for m in engine.config.custom_metrics])
+                           custom=[m.name for m in engine.config.custom_metrics], sample=engine.config.sample)
 
 
 def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:

@@ -366,7 +366,7 @@ class Merge:
         state = (rolling_state(partials, window["size_n"]) if window["kind"] == "rolling"
                  else merge_states(partials))
         record = metric_record(head["model"], head["model_version"], head["segment"], window, state, final,
-                               rfc3339(now), self.book)
+                               rfc3339(now), self.book, self.config.sample)
         events = self.rules.evaluate(record, segment_label(head["segment"]), now)
         if self.on_record is not None:
             self.on_record(record)

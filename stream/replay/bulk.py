@@ -45,12 +45,13 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
     from stream.replay import FEED_EVENTS, receive
 
     columns = [_columns(kind, engine, progress) for kind in kinds]
-    taken = engine.take_settled(*columns)  # type: ignore[arg-type]
     max_future_s = kinds[0].config.max_future_s
     for kind, found in zip(kinds, columns, strict=True):
-        if max_future_s > 0:  # every record counts (see ``shards.Occupancy``)
+        if max_future_s > 0:  # every record counts (see ``shards.Occupancy``), sampled or not
             kind.occupancy = Occupancy(max_future_s)
             kind.occupancy.note(found.timestamps)
+    columns = list(engine.sampled(*columns))  # type: ignore[arg-type]
+    taken = engine.take_settled(*columns)  # type: ignore[arg-type]
     rest: list[Event] = []
     for number, (found, mask) in enumerate(zip(columns, taken, strict=True)):
         rows, timestamps = found.rows, found.timestamps.tolist()

@@ -357,7 +357,7 @@ def _records(engine: Engine, ready: list[tuple[float, list[dict[str, Any]]]], sw
         stamp = min(firsts) if firsts else reached
         head = parts[0]
         out.append(assemble(head["model"], head["model_version"], head["segment"], head["window"], state.predictions,
-                            figured, True, rfc3339(stamp)))
+                            figured, True, rfc3339(stamp), engine.config.sample))
     return out
 
 
