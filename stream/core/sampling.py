@@ -67,7 +67,7 @@ class Sampler:
 
     def kept(self, records: Sequence[Prediction | Label], health: Health) -> list[int] | None:
         """The indexes of the ``records`` this keeps, or None for all of them; the others are
-        counted as unsampled in ``health``."""
+        counted in ``health`` as received and unsampled."""
         if self.every:
             return None
         keeps = self.keeps_many(r.request_id for r in records)
@@ -76,8 +76,10 @@ class Sampler:
         for record, keep in zip(records, keeps, strict=True):
             if not keep:
                 if type(record) is Prediction:
+                    health.predictions += 1
                     health.unsampled_predictions += 1
                 else:
+                    health.labels += 1
                     health.unsampled_labels += 1
         return list(itertools.compress(range(len(records)), keeps))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from sklearn import metrics as skm
 
 from stream.cli import main
+from stream.core.sampling import Sampler
 from stream.simulate import Scenario, draws, streams
 
 SCENARIO = Scenario(pairs=6000, rate_per_s=1.0, label_coverage=0.9, duplicate_rate=0.05,
@@ -173,3 +175,38 @@ def test_a_label_its_model_cannot_use_is_dead_lettered_with_its_file_line_and_mo
     [dead] = read_jsonl(paths["dead"])
     where = (dead["source"], dead["file"], dead["line"], dead["request_id"], dead["model"])
     assert where == ("labels", str(paths["labels"]), at + 1, rid, SCENARIO.models[0])
+
+
+def test_a_sampled_replay_gives_scikit_learn_s_figures_of_the_sampled_requests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sample: 0.3``: the final hourly figures are scikit-learn's on the requests whose id hash
+    falls in the first 30%, stated with the rate and standard errors; the rest is counted."""
+    predictions, labels = streams(SCENARIO)
+    write_jsonl(tmp_path / "c.yaml", ["windows: [tumbling 1h, cumulative]", "sample: 0.3"])
+    code = main(["replay", "--predictions", str(write_jsonl(tmp_path / "p.jsonl", predictions)),
+                 "--labels", str(write_jsonl(tmp_path / "l.jsonl", labels)), "--config", str(tmp_path / "c.yaml"),
+                 "--metrics-out", str(tmp_path / "m.jsonl"), "--alerts-out", str(tmp_path / "a.jsonl")])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    sampler = Sampler(0.3)
+    want: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for d in draws(SCENARIO):
+        if d.label is not None and sampler.keeps(d.prediction["request_id"]):
+            want[int(d.prediction["timestamp"] // 3600) * 3600].append((d.label["label"], d.prediction["prediction"]))
+    finals = {r["window"]["start"]: r for r in read_jsonl(tmp_path / "m.jsonl")
+              if r["final"] and r["window"]["name"] == "tumbling_1h" and not r["segment"]}
+    assert set(finals) == set(want)
+    for start, pairs in want.items():
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        record = finals[start]
+        assert record["n"] == len(pairs) and record["sample_rate"] == 0.3
+        assert record["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
+        assert record["metrics"]["f1_macro"] == pytest.approx(
+            skm.f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-9)
+        accuracy = record["metrics"]["accuracy"]
+        assert record["standard_errors"]["accuracy"] == pytest.approx(
+            math.sqrt(0.7 * accuracy * (1 - accuracy) / (len(pairs) - 1)), rel=1e-9)
+    kept = sum(sampler.keeps(p["request_id"]) for p in predictions)
+    assert summary["health"]["unsampled_predictions"] == len(predictions) - kept > 0.6 * len(predictions)
+    assert summary["health"]["unsampled_labels"] == sum(not sampler.keeps(r["request_id"]) for r in labels)
+    assert summary["balance"] == {"predictions": 0, "labels": 0}

@@ -245,3 +245,21 @@ def test_what_stops_the_second_share_stops_replay_with_its_reason(tmp_path: Path
     monkeypatch.setattr(shards, "_answer", lambda args: os._exit(3))
     with pytest.raises(RuntimeError, match=r"ended early \(exit code 3\)"):
         replay(predictions, labels, Config(), tmp_path / "m.jsonl", processes=2)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_sampled_shares_write_what_one_process_writes(tmp_path: Path, held: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sample``: requests left out before the settled ones are counted as columns, and record by
+    record, leave the same records, counts and dead letters."""
+    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
+    predictions, labels = inputs(tmp_path, 3)
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
+                                  "sample": 0.4})
+    reference = replayed(tmp_path, predictions, labels, 0, config)
+    assert reference["health"]["unsampled_predictions"] > 1000 and reference["health"]["pairs"] > 500
+    assert all(r["sample_rate"] == 0.4 for r in reference["records"])
+    shared: list[bool] = []
+    compared(reference, replayed(tmp_path, predictions, labels, 1, config, shared))
+    compared(reference, replayed(tmp_path, predictions, labels, 2, config, shared))
+    assert shared == [True, True]
