@@ -144,3 +144,26 @@ def test_a_revised_pair_is_counted_as_it_left_its_cell() -> None:
                         ("mlmon_confusion_matrix_pairs_total", "b", "a"): 1,
                         ("mlmon_confusion_matrix_revised_pairs_total", "a", "a"): 0,
                         ("mlmon_confusion_matrix_revised_pairs_total", "b", "a"): 1}
+
+
+def test_a_sampled_engine_states_its_rate_what_it_left_out_and_the_accuracy_s_standard_error() -> None:
+    engine = Engine(Config.from_mapping({**DEMO_SETTINGS, "sample": 0.25}))
+    collector = for_engine(engine)
+    for _, kind, raw in arrivals(demo_scenario(4_000)):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
+    collector.observe(engine.metric_records)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert samples[("mlmon_sample_ratio", ())] == 0.25
+    for source in ("predictions", "labels"):
+        left_out = getattr(engine.health, f"unsampled_{source}")
+        assert left_out > 0 and samples[("mlmon_unsampled_records_total", (("source", source),))] == left_out
+    errors = {labels: value for (name, labels), value in samples.items()
+              if name == "mlmon_model_accuracy_standard_error_ratio"}
+    assert errors and all(0 <= value < 0.5 for value in errors.values())
+    record = collector.latest[next(iter(collector.latest))]
+    assert errors[tuple(sorted(zip(["model", "model_version", "segment", "window"], next(iter(collector.latest)),
+                                   strict=True)))] == record["standard_errors"]["accuracy"]
