@@ -46,6 +46,7 @@ class _Parquet:
             ("window_name", pa.string()), ("window_start", pa.int64()), ("window", pa.string()),
             ("task", pa.string()), ("n", pa.int64()), ("predictions", pa.int64()), ("label_coverage", pa.float64()),
             ("classes", pa.string()), ("confusion_matrix", pa.string()), ("metrics", pa.string()),
+            ("sample_rate", pa.float64()), ("standard_errors", pa.string()),  # null without sampling
             ("final", pa.bool_()), ("emitted_at", pa.string()),
         ])
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
@@ -59,6 +60,7 @@ class _Parquet:
                 "window": _json(r["window"]), "task": r["task"], "n": r["n"], "predictions": r["predictions"],
                 "label_coverage": r["label_coverage"], "classes": _json(r.get("classes")),
                 "confusion_matrix": _json(r.get("confusion_matrix")), "metrics": _json(r["metrics"]),
+                "sample_rate": r.get("sample_rate"), "standard_errors": _json(r.get("standard_errors")),
                 "final": r["final"], "emitted_at": r["emitted_at"],
             })
         if len(self.rows) >= ROW_GROUP:

@@ -263,3 +263,17 @@ def test_sampled_shares_write_what_one_process_writes(tmp_path: Path, held: bool
     compared(reference, replayed(tmp_path, predictions, labels, 1, config, shared))
     compared(reference, replayed(tmp_path, predictions, labels, 2, config, shared))
     assert shared == [True, True]
+    if held:  # the rate and standard errors are columns of a Parquet output
+        import pyarrow.parquet as pq
+
+        replay(predictions, labels, config, tmp_path / "m.parquet")
+        rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+        def key(model: str, version: str, segment: Any, window: Any) -> tuple[str, ...]:
+            return model, version, json.dumps(segment, sort_keys=True), json.dumps(window, sort_keys=True)
+
+        by_window = {key(r["model"], r["model_version"], r["segment"], r["window"]): r for r in reference["records"]}
+        assert len(rows) == len(by_window)
+        for row in rows:
+            want = by_window[key(row["model"], row["model_version"], json.loads(row["segment"]),
+                                 json.loads(row["window"]))]
+            assert (row["sample_rate"], json.loads(row["standard_errors"])) == (0.4, want["standard_errors"])

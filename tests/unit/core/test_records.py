@@ -111,13 +111,14 @@ def test_rfc3339_timestamps() -> None:
     assert parse_timestamp("2000-01-01T01:01:00+01:00") == 946684860.0
 
 
-def test_engine_output_matches_the_output_schemas(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sample", [1.0, 0.3])
+def test_engine_output_matches_the_output_schemas(tmp_path: Path, sample: float) -> None:
     from stream.config import Config
     from stream.core.engine import Engine
     from stream.demo import DEMO_SETTINGS, demo_scenario
     from stream.simulate import arrivals
 
-    engine = Engine(Config.from_mapping(DEMO_SETTINGS))
+    engine = Engine(Config.from_mapping({**DEMO_SETTINGS, "sample": sample}))
     for _, kind, raw in arrivals(demo_scenario(20_000)):
         engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
     engine.dead_letter("labels", "{oops", "not valid JSON", file="x.jsonl", line=3)
