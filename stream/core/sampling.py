@@ -1,7 +1,8 @@
 """Sampling by request: ``sample: 0.1`` keeps the requests whose request-id hash falls in the first
 tenth of its range, and the standard errors of the figures computed from them.
 
-The decision depends on the request id alone: murmur2 (seed 0) of its UTF-8 bytes, as an unsigned
+The decision depends on the request id alone: murmur2 (seed 0) of its UTF-8 bytes (a lone
+surrogate, which a Python caller may pass, encoded as such rather than refused), as an unsigned
 32-bit number, kept when below ``rate * 2**32``. So a request's predictions and labels are kept or
 dropped together, on every partition, worker and replay, and a user can reproduce the set
 (``murmurhash2.murmurhash2(request_id.encode(), 0) < rate * 2**32``). The engine drops the records
@@ -45,7 +46,7 @@ SAMPLE_SEED = 0  # not Kafka's partitioner seed: which requests are sampled does
 
 def sample_hash(request_id: str) -> int:
     """The request id's hash that decides whether it is sampled: unsigned, 32 bits."""
-    return murmurhash2(request_id.encode(), SAMPLE_SEED) & 0xFFFFFFFF
+    return murmurhash2(request_id.encode("utf-8", "surrogatepass"), SAMPLE_SEED) & 0xFFFFFFFF
 
 
 class Sampler:
@@ -63,7 +64,8 @@ class Sampler:
 
     def keeps_many(self, request_ids: Iterable[str]) -> list[bool]:
         below, seed = self._below, SAMPLE_SEED
-        return [self.every or (murmurhash2(r.encode(), seed) & 0xFFFFFFFF) < below for r in request_ids]
+        return [self.every or (murmurhash2(r.encode("utf-8", "surrogatepass"), seed) & 0xFFFFFFFF) < below
+                for r in request_ids]
 
     def kept(self, records: Sequence[Prediction | Label], health: Health) -> list[int] | None:
         """The indexes of the ``records`` this keeps, or None for all of them; the others are

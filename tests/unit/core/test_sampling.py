@@ -114,6 +114,7 @@ def test_the_decision_is_the_request_id_s_murmur2_hash_below_the_rate() -> None:
         assert keeps == [murmurhash2(r.encode(), 0) < rate * 2 ** 32 for r in ids] == [sampler.keeps(r) for r in ids]
         assert abs(sum(keeps) / len(ids) - rate) < 4 * math.sqrt(rate * (1 - rate) / len(ids))
     assert Sampler(1.0).keeps_many(ids) == [True] * len(ids) and Sampler(1.0).kept([], Health()) is None
+    assert Sampler(0.5).keeps_many(["a\ud800", "a\ud800"]) in ([True] * 2, [False] * 2)  # a Python caller's id
     for bad in (0.0, -0.1, 1.5, math.nan):
         with pytest.raises(ValueError):
             Sampler(bad)
