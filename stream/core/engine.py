@@ -229,7 +229,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         """One record in arrival order: advance event time to it, then count it; ``where`` it came
         from goes into its dead letter, if any. The per-record path that ``receive_many`` is
         tested against (``tests/unit/core/test_ingest.py``)."""
-        if not self.sampler.every and self.sampler.kept([record], self.health) == []:
+        if self.sampler.leaves_out(record, self.health):
             return  # left out by sampling: counted, and nothing else
         ts = record.timestamp
         if ts - self._lag_s > self.watermark or ts >= self._next_emit:

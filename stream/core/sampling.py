@@ -67,6 +67,14 @@ class Sampler:
         return [self.every or (murmurhash2(r.encode("utf-8", "surrogatepass"), seed) & 0xFFFFFFFF) < below
                 for r in request_ids]
 
+    def leaves_out(self, record: Prediction | Label, health: Health) -> bool:
+        """Whether this leaves ``record`` out; if so, it is counted in ``health`` as received and
+        unsampled."""
+        if self.every or self.keeps(record.request_id):
+            return False
+        _count(record, health)
+        return True
+
     def kept(self, records: Sequence[Prediction | Label], health: Health) -> list[int] | None:
         """The indexes of the ``records`` this keeps, or None for all of them; the others are
         counted in ``health`` as received and unsampled."""
@@ -77,13 +85,18 @@ class Sampler:
             return None
         for record, keep in zip(records, keeps, strict=True):
             if not keep:
-                if type(record) is Prediction:
-                    health.predictions += 1
-                    health.unsampled_predictions += 1
-                else:
-                    health.labels += 1
-                    health.unsampled_labels += 1
+                _count(record, health)
         return list(itertools.compress(range(len(records)), keeps))
+
+
+def _count(record: Prediction | Label, health: Health) -> None:
+    """A record left out: received, and unsampled."""
+    if type(record) is Prediction:
+        health.predictions += 1
+        health.unsampled_predictions += 1
+    else:
+        health.labels += 1
+        health.unsampled_labels += 1
 
 
 def _ratio_error(terms: float, x_sum: float, n: int, rate: float) -> float | None:

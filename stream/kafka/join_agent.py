@@ -211,6 +211,8 @@ class Join:
                     continue
                 if ts > latest:
                     latest = ts
+                if engine.sampler.leaves_out(record, engine.health):
+                    continue  # neither forwarded nor queued (its time still moves the partition's)
                 request_id = record.request_id
                 right = partition_of(request_id, partitions)
                 if right != partition or queue is None:

@@ -51,9 +51,10 @@ def finals(join: Join, outputs: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(message, min_size=1, max_size=30))
-def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, int, Any]]) -> None:
-    config = Config.from_mapping({"join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2})
+@given(st.lists(message, min_size=1, max_size=30), st.sampled_from([1.0, 0.5]))
+def test_hostile_input_is_processed_or_dead_lettered(messages: list[tuple[str, int, Any]], sample: float) -> None:
+    """``sample``: records of the requests it leaves out are counted once, where they arrive."""
+    config = Config.from_mapping({"join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2, "sample": sample})
     join = Join(config)
     table: dict[str, Any] = {}
     join.stale = False
@@ -107,13 +108,14 @@ valid = st.builds(lambda rid, model, dt, value, score: orjson.dumps(
 @given(st.lists(st.tuples(st.sampled_from(["predictions", "labels", "repartition"]), st.integers(0, 2),
                           st.lists(st.one_of(valid, valid, valid, record, raw_bytes), min_size=1, max_size=12)),
                 min_size=1, max_size=6),
-       st.booleans())
+       st.booleans(), st.sampled_from([1.0, 0.5]))
 def test_messages_handled_many_at_once_as_one_at_a_time(runs: list[tuple[str, int, list[Any]]],
-                                                        labels_elsewhere: bool) -> None:
+                                                        labels_elsewhere: bool, sample: float) -> None:
     """``Join.handle_many`` of consecutive messages leaves what ``handle`` of each in turn leaves:
     queued records and where they came from, offsets to commit, forwards, dead letters, event time;
     whether the input is co-partitioned or not (labels on another partition count)."""
-    config = Config.from_mapping({"partitions": 3, "join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2})
+    config = Config.from_mapping({"partitions": 3, "join_ttl_s": 60, "windows": ["tumbling 5m"], "max_models": 2,
+                                  "sample": sample})
     inputs = {"predictions": 3, "labels": 4 if labels_elsewhere else 3}
     joins = [Join(config, inputs), Join(config, inputs)]
     topics = {"predictions": config.predictions_topic, "labels": config.labels_topic,
@@ -132,5 +134,6 @@ def test_messages_handled_many_at_once_as_one_at_a_time(runs: list[tuple[str, in
     for join in joins:
         join.settle()
     assert state(joins[1]) == state(joins[0])
+    assert joins[1].totals()[:2] == joins[0].totals()[:2]
     outputs = [[(t, k, v) for t, k, v in join.outputs() if b"worker's clock" not in v] for join in joins]
     assert outputs[1] == outputs[0]
