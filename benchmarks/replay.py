@@ -6,6 +6,7 @@ large unsorted input.
     python -m benchmarks.replay --pairs 100000 --regression --windows "tumbling 1h,tumbling 1d,cumulative,rolling 1000"
     python -m benchmarks.replay --pairs 300000 --repeat 3 --detector   # one CUSUM rule over every series
     python -m benchmarks.replay --pairs 300000 --repeat 3 --duckdb     # against the SQL a user would write
+    python -m benchmarks.replay --pairs 300000 --repeat 3 --sample 0.1  # a tenth of the requests counted
 
 The data is what a team backtests: three models over three days, 85% of predictions labeled
 (hours later), a third of the timestamps as RFC 3339 strings, both files shuffled. In turns,
@@ -20,7 +21,9 @@ lines). ``--detector`` adds (5) replay with one CUSUM rule over every series (ea
 per segment value; in one process, as rules are), reported beside (2) in one process as
 ``detector_ratio``. ``--duckdb`` adds (6) the DuckDB
 query of the same final figures on the same files, on every core (``benchmarks/duckdb_query.py``),
-reported as ``replay_to_duckdb``, and checks mlmon's final records against it. ``--large N``
+reported as ``replay_to_duckdb``, and checks mlmon's final records against it. ``--sample R`` adds
+(7) replay with ``sample: R``, in pairs of the input per second, and its ratio to (2) as
+``sampled_ratio``. ``--large N``
 writes N shuffled records and replays them in a fresh process, reporting its peak RSS (VmHWM).
 Never part of the test command.
 """
@@ -200,6 +203,8 @@ def main() -> None:
                         "every series: its ratio to replay without rules")
     parser.add_argument("--duckdb", action="store_true", help="also run the DuckDB query of the same final "
                         "figures, and check mlmon's against it")
+    parser.add_argument("--sample", type=float, default=0.0, help="also replay with this sample rate "
+                        "(sample: 0.1): input pairs per second, against replay of every request")
     parser.add_argument("--windows", default="", help="windows instead of the default, comma-separated "
                         "('tumbling 1h,cumulative,rolling 1000')")
     args = parser.parse_args()
@@ -214,14 +219,18 @@ def main() -> None:
             configs: dict[str, tuple[Config, bool, int | None]] = {  # default emit: 1m
                 "replay": (config, True, None), "replay_one_process": (config, True, 1),
                 "replay_revisions": (config, False, None),
-                **({"replay_detector": (with_detector(config), True, None)} if args.detector else {})}
+                **({"replay_detector": (with_detector(config), True, None)} if args.detector else {}),
+                **({"replay_sampled": (dataclasses.replace(config, sample=args.sample), True, None)}
+                   if args.sample else {})}
             runs: dict[str, list[float]] = {"decode": [], **{k: [] for k in configs}, "write_records_alone": [],
                                             **({"duckdb": []} if args.duckdb else {})}
             for _ in range(args.repeat):  # in turns: the machine's drift reaches every figure alike
                 runs["decode"].append(labeled / decode_seconds(paths))
                 for key, (config, final_only, processes) in configs.items():
                     seconds, pairs = replay_seconds(paths, config, folder, final_only, processes)
-                    runs[key].append(pairs / seconds)
+                    if key == "replay":
+                        every = pairs  # the pairs of every request, which a sampled replay reads too
+                    runs[key].append((every if key == "replay_sampled" else pairs) / seconds)
                     if key == "replay" and args.duckdb:
                         seconds, rows = duckdb_query.seconds(*paths)
                         runs["duckdb"].append(pairs / seconds)
@@ -238,6 +247,9 @@ def main() -> None:
         if args.duckdb and args.pairs:
             report["replay_to_duckdb"] = round(report["replay_pairs_per_s"]["median"]
                                                / report["duckdb_pairs_per_s"]["median"], 3)
+        if args.sample and args.pairs:
+            report["sampled_ratio"] = round(report["replay_sampled_pairs_per_s"]["median"]
+                                            / report["replay_pairs_per_s"]["median"], 3)
         if args.detector:
             report["detector_ratio"] = round(report["replay_detector_pairs_per_s"]["median"]  # both in one process
                                              / report["replay_one_process_pairs_per_s"]["median"], 3)
