@@ -72,6 +72,13 @@ class Health:
         for bucket, count in enumerate(counts.tolist()):
             buckets[bucket] += count
 
+    def add_unsampled(self, predictions: int, labels: int) -> None:
+        """Records received of the requests that sampling leaves out (see ``core.sampling``)."""
+        self.predictions += predictions
+        self.unsampled_predictions += predictions
+        self.labels += labels
+        self.unsampled_labels += labels
+
     def balance(self, pending_predictions: int, pending_labels: int) -> dict[str, int]:
         """Inputs minus every place they went: both figures are 0 when nothing was lost."""
         return {

@@ -91,12 +91,8 @@ class Sampler:
 
 def _count(record: Prediction | Label, health: Health) -> None:
     """A record left out: received, and unsampled."""
-    if type(record) is Prediction:
-        health.predictions += 1
-        health.unsampled_predictions += 1
-    else:
-        health.labels += 1
-        health.unsampled_labels += 1
+    prediction = type(record) is Prediction
+    health.add_unsampled(int(prediction), int(not prediction))
 
 
 def _ratio_error(terms: float, x_sum: float, n: int, rate: float) -> float | None:

@@ -68,11 +68,7 @@ class Settled:
         if self.sampler.every:
             return predictions, labels
         keep_p, keep_l = self.sampler.keeps_many(predictions.request_ids), self.sampler.keeps_many(labels.request_ids)
-        health = self.health
-        for name, keep in (("predictions", keep_p), ("labels", keep_l)):
-            left_out = keep.count(False)
-            setattr(health, name, getattr(health, name) + left_out)
-            setattr(health, f"unsampled_{name}", getattr(health, f"unsampled_{name}") + left_out)
+        self.health.add_unsampled(keep_p.count(False), keep_l.count(False))
         return predictions.take(keep_p), labels.take(keep_l)
 
     def take_settled(self, predictions: PredictionColumns, labels: LabelColumns) -> tuple[Mask, Mask]:
