@@ -13,15 +13,19 @@ windows' pairs (``\\x00rolling/<partition>``). Batches and rolling pairs are sto
 from __future__ import annotations
 
 import math
+import sys
 import zlib
+from collections.abc import Iterator
 
 import cramjam
-import orjson
+import msgspec
+import numpy as np
 
-from stream.core.records import Label, Prediction, parse_label, parse_prediction
+from stream.core.records import Label, Prediction
+from stream.core.wire import _timestamp, label_from_json, prediction_from_json
 
 __all__ = ["BATCH_KEY", "BATCH_ZSTD_LEVEL", "ROLLING_KEY", "WATERMARK_KEY", "ZSTD_MAGIC", "batch_json", "batch_value",
-           "compressed", "read_batch"]
+           "compressed", "stored_in_order"]
 
 WATERMARK_KEY = "\x00watermark/"  # + input/partition: how far it was read
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
@@ -51,13 +55,61 @@ def batch_json(value: bytes) -> bytes:
     return value if value[:1] in (b"{", b"[") else zlib.decompress(value)
 
 
-def read_batch(value: bytes, into: list[tuple[float, int, Prediction | Label]]) -> float:
-    """Append a stored batch's records as (timestamp, kind, record); return its latest timestamp."""
-    batch = orjson.loads(batch_json(value))
-    last = -math.inf
-    for kind, slot, parse in ((0, "p", parse_prediction), (1, "l", parse_label)):
-        for obj in batch[slot]:
-            record = parse(obj)
-            into.append((record.timestamp, kind, record))
-            last = max(last, record.timestamp)
-    return last
+class _Stored(msgspec.Struct):
+    predictions: list[msgspec.Raw] = msgspec.field(name="p")  # the records' JSON as stored, not decoded yet
+    labels: list[msgspec.Raw] = msgspec.field(name="l")
+
+
+class _Stamp(msgspec.Struct):
+    timestamp: float | str
+
+
+_STORED = msgspec.json.Decoder(_Stored)
+_STAMP = msgspec.json.Decoder(_Stamp)
+_DECODERS = (prediction_from_json, label_from_json)
+_ANY_SIZE = sys.maxsize  # stored records were taken in: a smaller max_record_bytes since refuses none
+
+
+def stored_in_order(values: list[bytes], chunk: int) -> tuple[list[float], Iterator[list[Prediction | Label]]]:
+    """The records of stored batches in (timestamp, kind) order, stored order among equals (as the
+    engine took them in), ``chunk`` at a time; and each batch's latest timestamp (-inf if empty).
+
+    Only the timestamps are decoded at first; a record is decoded when its chunk comes, and the
+    JSON of each batch is let go once all its records are. So a rebuild holds one chunk of record
+    objects at a time: objects that come and go in a long rebuild, between the pending entries
+    that stay, left holes that kept 250-270 bytes of RSS per pending prediction instead of about 200.
+    """
+    raws: list[msgspec.Raw | None] = []
+    kinds: list[int] = []
+    stamps: list[float] = []
+    latest: list[float] = []
+    for value in values:
+        batch = _STORED.decode(batch_json(value))
+        last = -math.inf
+        for kind, part in ((0, batch.predictions), (1, batch.labels)):
+            for raw in part:
+                ts = _stamp(raw, kind)
+                raws.append(raw)
+                kinds.append(kind)
+                stamps.append(ts)
+                last = max(last, ts)
+        latest.append(last)
+    order = np.lexsort((np.array(kinds, dtype=np.int8), np.array(stamps, dtype=np.float64))).tolist()  # stable
+
+    def chunks() -> Iterator[list[Prediction | Label]]:
+        for start in range(0, len(order), chunk):
+            records: list[Prediction | Label] = []
+            for i in order[start:start + chunk]:
+                records.append(_DECODERS[kinds[i]](bytes(raws[i]), _ANY_SIZE))
+                raws[i] = None
+            yield records
+
+    return latest, chunks()
+
+
+def _stamp(raw: msgspec.Raw, kind: int) -> float:
+    """A stored record's timestamp, as decoding it whole gives it."""
+    try:
+        return _timestamp(_STAMP.decode(raw).timestamp)
+    except Exception:  # an unusual form: the whole decode says
+        return _DECODERS[kind](bytes(raw), _ANY_SIZE).timestamp

@@ -33,11 +33,19 @@ from stream.config import Config
 from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
-from stream.core.records import Label, Prediction, raw_text
+from stream.core.records import Prediction, raw_text
 from stream.core.snapshot import restore_rolling, rolling_snapshot
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
-from stream.kafka.batches import BATCH_KEY, ROLLING_KEY, WATERMARK_KEY, batch_json, batch_value, compressed, read_batch
+from stream.kafka.batches import (
+    BATCH_KEY,
+    ROLLING_KEY,
+    WATERMARK_KEY,
+    batch_json,
+    batch_value,
+    compressed,
+    stored_in_order,
+)
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
@@ -67,6 +75,7 @@ SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the 
 SOURCES = ("predictions", "labels")
 MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
 PRUNE_SLACK_S = 120.0
+REBUILD_CHUNK = 8192  # stored records decoded and taken in at a time by a rebuild (see batches.stored_in_order)
 # A partition's engine takes this many times the limits (a bound on its memory): the worker applies
 # the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
@@ -140,15 +149,16 @@ class Join:
         self.engines = {}
         stored = 0
         for partition in sorted(set(batches) | set(snapshots)):
-            rows: list[tuple[float, int, Prediction | Label]] = []
-            for key, value in batches.pop(partition, ()):
-                self._schedule_prune(key, read_batch(value, rows), partition)
-            stored += len(rows)
-            rows.sort(key=lambda r: (r[0], r[1]))
+            found = batches.pop(partition, [])
+            latest, chunks = stored_in_order([value for _, value in found], REBUILD_CHUNK)
+            for (key, _), ts in zip(found, latest, strict=True):
+                self._schedule_prune(key, ts, partition)
+            del found
             engine = self.engine(partition)
             restore_rolling(engine, snapshots.get(partition, []))  # pairs of pruned batches
-            engine.take_many([record for _, _, record in rows])
-            del rows
+            for records in chunks:
+                stored += len(records)
+                engine.take_many(records)
             watermark = self.watermark(partition)
             if math.isfinite(watermark):
                 engine.resume(watermark - self.config.watermark_lag_s)
