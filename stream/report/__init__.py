@@ -121,7 +121,9 @@ def build_html(inputs: Inputs, metrics: tuple[str, ...] | None = None, title: st
 def _summary_row(model: str, version: str, task: str, latest: dict[str, Any] | None, chosen: tuple[str, ...],
                  firing: list[str], episodes: int) -> str:
     figures = latest["metrics"] if latest else {}
-    cells = "<br>".join(f"{_e(m)} {_fmt(figures.get(m))}" for m in chosen)
+    errors = latest.get("standard_errors", {}) if latest else {}
+    cells = "<br>".join(f"{_e(m)} {_fmt(figures.get(m))}"
+                        + (f" ± {_fmt(errors[m])}" if isinstance(errors.get(m), float) else "") for m in chosen)
     window = "" if latest is None else _e(latest["window"]["name"]) + (
         f" from {when(latest['window']['start'])}" if "start" in latest["window"] else "")
     alerts = f'<span class="firing">{_e(", ".join(firing))}</span>' if firing else "none firing"
@@ -154,13 +156,24 @@ def _page(title: str, inputs: Inputs, summary: list[str], sections: list[str], f
 <table id="summary"><tr><th>model</th><th>version</th><th>task</th><th>latest final window</th><th>n</th>
 <th>its figures</th><th>alerts</th></tr>
 {"".join(summary)}</table>
-<p>Times are UTC, in event time; shaded spans are alerts, from firing to resolved.</p>
+<p>Times are UTC, in event time; shaded spans are alerts, from firing to resolved.</p>{_sampled(inputs)}
 {health}
 {"".join(sections)}
 <script type="application/json" id="mlmon-figures">{data}</script>
 <script>{_DRAW}</script>
 </body></html>
 """
+
+
+def _sampled(inputs: Inputs) -> str:
+    """What the figures stand for when they are of sampled requests (``sample``)."""
+    rates = sorted({r["sample_rate"] for r in inputs.metrics if "sample_rate" in r})
+    if not rates:
+        return ""
+    shares = ", ".join(f"{rate:.4g}" for rate in rates)
+    return (f'<p id="sampled">Figures are of the requests sampled by request-id hash (<code>sample</code>: '
+            f"{_e(shares)}), not of every request; ± is one standard error as an estimate of every "
+            "request's figure.</p>")
 
 
 def _fmt(value: Any) -> str:

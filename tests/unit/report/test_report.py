@@ -179,3 +179,16 @@ def test_a_page_plots_by_default_the_figures_its_records_carry() -> None:
         "accuracy", "f1_macro", "roc_auc_ovr_macro")  # more than two classes
     assert default_metrics("classification", records("accuracy", "f1_macro")) == ("accuracy", "f1_macro")  # no scores
     assert default_metrics("regression", records("mae", "rmse", "r2")) == ("mae", "rmse", "r2")
+
+
+def test_figures_of_sampled_requests_say_so_with_their_standard_errors() -> None:
+    predictions, labels = streams(Scenario(pairs=3000, rate_per_s=0.5, label_delay_mean_s=600.0))
+    result = Monitor(config={"windows": ["tumbling 1d", "cumulative"], "sample": 0.5,
+                             "source": {"predictions": predictions, "labels": labels}}).execute()
+    assert result is not None
+    page = build_html(Inputs(metrics=result.metrics))
+    assert 'id="sampled"' in page and "<code>sample</code>: 0.5" in page
+    latest = [r for r in result.metrics if r["final"] and r["window"]["name"] == "cumulative" and not r["segment"]]
+    assert f"accuracy {latest[0]['metrics']['accuracy']:.4f} ± {latest[0]['standard_errors']['accuracy']:.4f}" in page
+    assert 'id="sampled"' not in build_html(Inputs(metrics=[{k: v for k, v in r.items() if k != "sample_rate"}
+                                                            for r in result.metrics]))
