@@ -206,6 +206,7 @@ class Join:
         decode = prediction_from_json if source == "predictions" else label_from_json
         max_bytes, partitions, forwards, kind = config.max_record_bytes, config.partitions, self.forwards, KINDS[source]
         queue = self._queue(partition) if own else None
+        sampling = not engine.sampler.every
         latest = -math.inf
         for offset, raw in enumerate(raws, first):
             raw = raw or b""
@@ -221,7 +222,7 @@ class Join:
                     continue
                 if ts > latest:
                     latest = ts
-                if engine.sampler.leaves_out(record, engine.health):
+                if sampling and engine.sampler.leaves_out(record, engine.health):
                     continue  # neither forwarded nor queued (its time still moves the partition's)
                 request_id = record.request_id
                 right = partition_of(request_id, partitions)
