@@ -25,6 +25,7 @@ import math
 
 import msgspec
 
+from stream.core.errors import InvalidRecord
 from stream.core.records import (
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
@@ -41,7 +42,7 @@ from stream.core.records import (
     parse_timestamp,
 )
 
-__all__ = ["label_from_json", "prediction_from_json"]
+__all__ = ["label_from_json", "prediction_from_json", "timestamp_from_json"]
 
 Outcome = str | int | float | bool
 
@@ -62,12 +63,17 @@ class _Label(msgspec.Struct):
     label: Outcome
 
 
+class _Stamped(msgspec.Struct):
+    timestamp: float | str
+
+
 SEGMENTS_KEPT = 4096  # distinct segments whose checked, sorted form is kept (a bound, whatever the input)
 _SEGMENTS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 NAMES_KEPT = 4096  # distinct model and version names kept checked (a bound, whatever the input)
 _NAMES: dict[str, str] = {}
 _PREDICTIONS = msgspec.json.Decoder(_Prediction)
 _LABELS = msgspec.json.Decoder(_Label)
+_STAMPED = msgspec.json.Decoder(_Stamped)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 _INT_MIN, _INT_END = -(2**63), 2**64  # orjson reads integers beyond these as floats; msgspec keeps them exact
 
@@ -99,6 +105,16 @@ def label_from_json(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Label:
         except (_Refused, *_DECODE_ERRORS):
             pass
     return parse_label(decode(raw, max_bytes))
+
+
+def timestamp_from_json(raw: bytes | memoryview) -> float:
+    """A record's timestamp alone, as ``prediction_from_json`` or ``label_from_json`` gives it,
+    the rest of its JSON skipped; :class:`InvalidRecord` where it has none they would take (the
+    record's own decoder then says why)."""
+    try:
+        return _timestamp(_STAMPED.decode(raw).timestamp)
+    except (_Refused, *_DECODE_ERRORS):
+        raise InvalidRecord("no timestamp a record can have") from None
 
 
 def _request_id(value: str) -> str:

@@ -21,8 +21,9 @@ import cramjam
 import msgspec
 import numpy as np
 
+from stream.core.errors import InvalidRecord
 from stream.core.records import Label, Prediction
-from stream.core.wire import _timestamp, label_from_json, prediction_from_json
+from stream.core.wire import label_from_json, prediction_from_json, timestamp_from_json
 
 __all__ = ["BATCH_KEY", "BATCH_ZSTD_LEVEL", "ROLLING_KEY", "WATERMARK_KEY", "ZSTD_MAGIC", "batch_json", "batch_value",
            "compressed", "stored_in_order"]
@@ -60,12 +61,7 @@ class _Stored(msgspec.Struct):
     labels: list[msgspec.Raw] = msgspec.field(name="l")
 
 
-class _Stamp(msgspec.Struct):
-    timestamp: float | str
-
-
 _STORED = msgspec.json.Decoder(_Stored)
-_STAMP = msgspec.json.Decoder(_Stamp)
 _DECODERS = (prediction_from_json, label_from_json)
 _ANY_SIZE = sys.maxsize  # stored records were taken in: a smaller max_record_bytes since refuses none
 
@@ -110,6 +106,6 @@ def stored_in_order(values: list[bytes], chunk: int) -> tuple[list[float], Itera
 def _stamp(raw: msgspec.Raw, kind: int) -> float:
     """A stored record's timestamp, as decoding it whole gives it."""
     try:
-        return _timestamp(_STAMP.decode(raw).timestamp)
-    except Exception:  # an unusual form: the whole decode says
+        return timestamp_from_json(raw)
+    except InvalidRecord:  # a form only the whole decode takes (the dict path's)
         return _DECODERS[kind](bytes(raw), _ANY_SIZE).timestamp

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream.core.records import MAX_RECORD_BYTES, decode, parse_label, parse_prediction
-from stream.core.wire import label_from_json, prediction_from_json
+from stream.core.wire import label_from_json, prediction_from_json, timestamp_from_json
 from stream.errors import InvalidRecord
 from tests.unit.core.test_records import BAD_PREDICTIONS, GOOD_PREDICTIONS
 
@@ -33,6 +33,8 @@ def same(raw: bytes) -> None:
         assert got == expected, raw
         if got[0] == "ok":
             assert [type(v) for v in vars_of(got[1])] == [type(v) for v in vars_of(expected[1])], raw
+            stamp = outcome(lambda: timestamp_from_json(raw))
+            assert stamp == ("ok", got[1].timestamp), raw  # the timestamp alone, as the whole record has it
 
 
 def vars_of(record: Any) -> list[Any]:
