@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -290,8 +290,12 @@ def for_engine(engine: Engine) -> EngineCollector:
 
 
 def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:
-    """Serve /metrics (on localhost unless told otherwise); returns the port (0 picks a free one)."""
+    """Serve /metrics (on localhost unless told otherwise); returns the port (0 picks a free one).
+    Besides the engine's figures: the process's memory, CPU and open files
+    (``mlmon_process_resident_memory_bytes`` and the rest of prometheus_client's process
+    collector), so that memory can be watched against the pending requests that hold it."""
     registry = CollectorRegistry()
     registry.register(collector)
+    ProcessCollector(namespace="mlmon", registry=registry)
     server, _ = start_http_server(port, addr=address, registry=registry)
     return int(server.server_port)

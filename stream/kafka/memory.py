@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from typing import Any
 
-__all__ = ["M_MMAP_THRESHOLD", "glibc", "map_large_blocks_apart", "return_free_memory"]
+__all__ = ["M_MMAP_THRESHOLD", "glibc", "map_large_blocks_apart", "resident_bytes", "return_free_memory"]
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -43,3 +44,12 @@ def return_free_memory() -> None:
     libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (Linux's ``/proc/self/statm``), or 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -21,7 +21,7 @@ from faust.types import TP
 
 from stream.config import Config
 from stream.kafka.join_agent import SAVE_BYTES, Join, Output
-from stream.kafka.memory import return_free_memory
+from stream.kafka.memory import resident_bytes, return_free_memory
 from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled, Sequencer, rewinds
 from stream.kafka.patches import SendRecords, in_partition, table_writable
@@ -29,6 +29,7 @@ from stream.kafka.patches import SendRecords, in_partition, table_writable
 __all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
 log = logging.getLogger("mlmon.worker")
+MEMORY_LOG_EVERY_S = 60.0  # how often the log says how many requests are pending, and the memory they hold
 DEAD_LETTERS_AT_ONCE = 1000  # a partition's dead letters held at most until the next flush
 SETTLE_EVERY = 1024  # queued records a partition's engine takes at once (or fewer, at a fetched list's end)
 RUN_MESSAGES = 256  # admitted messages handled at once (``Join.handle_many``)
@@ -53,6 +54,7 @@ class Runtime:
         # watermark, or it could close a window before the window's last pairs arrive.
         self.sending = asyncio.Lock()
         self.health_due = 0.0  # health records once a second, whatever the flush interval
+        self.memory_log_due = 0.0  # with the first health record, then every MEMORY_LOG_EVERY_S
         self.forward_beat = b""  # the last heartbeat sent on the repartition topic: again when it changes,
         self.forward_beat_due = 0.0  # or after a second
         self.committed_topics = {config.predictions_topic, config.labels_topic, config.partials_topic,
@@ -252,6 +254,10 @@ class Runtime:
                       "stalled_partitions": stalled, "late_partials": self.merge.late_partials,
                       "refused_partials": self.merge.refused_partials}
             await self.send(config.health_topic, config.app_id.encode(), orjson.dumps(health), None)
+            if time.monotonic() >= self.memory_log_due:
+                self.memory_log_due = time.monotonic() + MEMORY_LOG_EVERY_S
+                log.info("pending: %d predictions, %d labels; %.0f MiB resident", health["pending_predictions"],
+                         health["pending_labels"], resident_bytes() / (1 << 20))
             join.lag = consumer_lag(app.consumer, join.offsets)
             return_free_memory()
 

@@ -167,3 +167,19 @@ def test_a_sampled_engine_states_its_rate_what_it_left_out_and_the_accuracy_s_st
     record = collector.latest[next(iter(collector.latest))]
     assert errors[tuple(sorted(zip(["model", "model_version", "segment", "window"], next(iter(collector.latest)),
                                    strict=True)))] == record["standard_errors"]["accuracy"]
+
+
+def test_served_metrics_include_the_process_s_memory_beside_the_pending_requests() -> None:
+    import urllib.request
+
+    from stream.exporters.prometheus import serve
+
+    engine = Engine(Config.from_mapping(DEMO_SETTINGS))
+    port = serve(for_engine(engine), 0)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["mlmon_process_resident_memory_bytes"].samples[0].value > 10 << 20
+    assert "mlmon_pending_requests" in families
+    for family in families.values():  # the process collector's names follow the conventions too
+        assert family.name.startswith("mlmon_")
+        assert family.type != "counter" or all(s.name.endswith(("_total", "_created")) for s in family.samples)

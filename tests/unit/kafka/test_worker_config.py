@@ -83,3 +83,10 @@ def test_the_consumer_refreshes_metadata_every_few_seconds() -> None:
     from stream.kafka.worker import METADATA_MAX_AGE_MS, build_app
 
     assert build_app(Config()).conf.consumer_metadata_max_age_ms == METADATA_MAX_AGE_MS <= 5_000
+
+
+def test_resident_memory_is_what_the_kernel_reports() -> None:
+    from stream.kafka.memory import resident_bytes
+
+    [line] = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:")]
+    assert abs(resident_bytes() - int(line.split()[1]) * 1024) < 8 << 20
