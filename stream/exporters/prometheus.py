@@ -33,6 +33,7 @@ __all__ = [
     "HealthSource",
     "RuleSource",
     "for_engine",
+    "registry_for",
     "serve",
 ]
 
@@ -289,13 +290,19 @@ def for_engine(engine: Engine) -> EngineCollector:
                            custom=[m.name for m in engine.config.custom_metrics], sample=engine.config.sample)
 
 
-def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:
-    """Serve /metrics (on localhost unless told otherwise); returns the port (0 picks a free one).
-    Besides the engine's figures: the process's memory, CPU and open files
-    (``mlmon_process_resident_memory_bytes`` and the rest of prometheus_client's process
-    collector), so that memory can be watched against the pending requests that hold it."""
+def registry_for(collector: EngineCollector) -> CollectorRegistry:
+    """What /metrics serves: the engine's figures and the process's own (memory, CPU, open files:
+    prometheus_client's process collector, as ``mlmon_process_*``), so that memory can be watched
+    against the pending requests that hold it."""
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(namespace="mlmon", registry=registry)
+    return registry
+
+
+def serve(collector: EngineCollector, port: int, address: str = "127.0.0.1") -> int:
+    """Serve /metrics (``registry_for``; on localhost unless told otherwise); returns the port (0
+    picks a free one)."""
+    registry = registry_for(collector)
     server, _ = start_http_server(port, addr=address, registry=registry)
     return int(server.server_port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from stream.demo import demo_scenario
 from stream.simulate import draws
 
 PAIRS = 20_000
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def prometheus_query(port: int, query: str) -> list[dict[str, object]]:
@@ -76,5 +78,10 @@ def test_promql_accuracy_equals_sklearn_and_promtool_accepts_the_scrape(demo_and
             break
         time.sleep(0.5)
     assert got == pytest.approx(expected, abs=1e-9), "".join(lines)
+    assert prometheus_query(prom_port, "mlmon_process_resident_memory_bytes")  # beside the pending requests
+    dashboard = json.loads((ROOT / "grafana" / "dashboards" / "mlmon.json").read_text())
+    for panel in dashboard["panels"]:  # each panel's query is PromQL this Prometheus runs
+        for target in panel.get("targets", []):
+            prometheus_query(prom_port, re.sub(r"\$\w+", ".*", target["expr"]))
     assert any(line.startswith("[FIRING") for line in lines) and any(line.startswith("[RESOLVED") for line in lines)
     assert demo.wait(timeout=30) == 0

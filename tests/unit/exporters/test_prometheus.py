@@ -18,7 +18,7 @@ from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.records import parse_label, parse_prediction
 from stream.demo import DEMO_SETTINGS, demo_scenario
-from stream.exporters.prometheus import RATIO_METRICS, EngineCollector, for_engine
+from stream.exporters.prometheus import RATIO_METRICS, EngineCollector, for_engine, registry_for
 from stream.simulate import arrivals
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,9 +33,7 @@ def exposition() -> str:
         engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
         collector.observe(engine.metric_records)
         engine.metric_records.clear()
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return generate_latest(registry).decode()
+    return generate_latest(registry_for(collector)).decode()  # as /metrics serves it
 
 
 def sample_names(text: str) -> set[str]:
