@@ -63,9 +63,8 @@ class Sampler:
         return self.every or sample_hash(request_id) < self._below
 
     def keeps_many(self, request_ids: Iterable[str]) -> list[bool]:
-        below, seed = self._below, SAMPLE_SEED
-        return [self.every or (murmurhash2(r.encode("utf-8", "surrogatepass"), seed) & 0xFFFFFFFF) < below
-                for r in request_ids]
+        below, every = self._below, self.every
+        return [every or sample_hash(r) < below for r in request_ids]
 
     def leaves_out(self, record: Prediction | Label, health: Health) -> bool:
         """Whether this leaves ``record`` out; if so, it is counted in ``health`` as received and
