@@ -88,6 +88,7 @@ class Config(Settings):
             raise ConfigError(f"'duplicate_labels' is one of {', '.join(DUPLICATE_LABEL_RULES)}, "
                               f"got {config.duplicate_labels!r}")
         config.sample = _sample_rate(config.sample)
+        config.join_memory_mb = _memory_mb(config.join_memory_mb)
         if config.max_classes > MAX_CLASSES:
             raise ConfigError(f"'max_classes' is at most {MAX_CLASSES:,}, got {config.max_classes:,}")
         if "windows" in raw:
@@ -161,6 +162,17 @@ def parse_rules(raw: Any) -> tuple[list[Rule], list[DetectorRule]]:
     if len({r.name for r in rules} | {d.name for d in detectors}) != len(raw):
         raise ConfigError("two rules share a name")
     return rules, detectors
+
+
+def _memory_mb(value: Any) -> float:
+    """``join_memory_mb``: mebibytes for pending requests in memory, a positive number."""
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = math.nan
+    if isinstance(value, bool) or not math.isfinite(mb) or mb <= 0:
+        raise ConfigError(f"'join_memory_mb' is the memory for pending requests in MiB, above 0, got {value!r}")
+    return mb
 
 
 def _sample_rate(value: Any) -> float:

@@ -45,15 +45,18 @@ from stream.core.series import Model, Series, Terms, Window, WindowSet, refresh_
 from stream.core.settings import Settings
 from stream.core.settled import Settled
 
-__all__ = ["OTHER", "SWEEP_EVERY_S", "Engine"]
+__all__ = ["ENTRY_BYTES", "OTHER", "SWEEP_EVERY_S", "Engine"]
+
+ENTRY_BYTES = 200  # memory a pending request takes in the join (see README, "Labels that take months")
 
 
 class Engine(Revisions, Ingest, Settled, Placement):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
-                 revisions: bool = True, limits_factor: int = 1) -> None:
+                 revisions: bool = True, limits_factor: int = 1, memory_share: float = 1.0) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a
         record, for another process to merge; ``limits_factor``: admit this many times the limits
-        (where the limits themselves are applied after a merge)."""
+        (where the limits themselves are applied after a merge); ``memory_share``: the part of
+        ``join_memory_mb`` this engine's join may hold (one of several engines)."""
         self.config = config
         self.emit_partials = emit_partials
         self.revisions = revisions  # records of windows before they are final (upserts)
@@ -64,7 +67,9 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self._ruled_windows = {rule.window for rule in config.rules}  # the windows rules read
         self.book = MetricBook(config.positive_classes, config.custom_metrics)
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
-                               duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank)
+                               duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank,
+                               max_entries=max(1, int(config.join_memory_mb * memory_share * (1 << 20) / ENTRY_BYTES)),
+                               store_dir=config.join_store_dir or None)
         self.health = Health()
         self.sampler = Sampler(config.sample)
         self.watermark = -math.inf
@@ -343,9 +348,9 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self._next_sweep = (watermark // SWEEP_EVERY_S + 1) * SWEEP_EVERY_S
         if self.sweeps is not None:
             self.sweeps.append(watermark)
-        expired, orphaned = self.join.expire(watermark)
-        self.health.expired_predictions += len(expired)
-        self.health.orphaned_labels += len(orphaned)
+        expired, orphaned = self.join.expire_counts(watermark)
+        self.health.expired_predictions += expired
+        self.health.orphaned_labels += orphaned
         heap = self._final_heap
         if heap and heap[0][0] <= watermark:
             self._fold(watermark)

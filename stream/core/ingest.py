@@ -23,7 +23,7 @@ import numpy.typing as npt
 from stream.core.confusion import CODE_BITS
 from stream.core.detector_book import DetectorBook
 from stream.core.health import Health
-from stream.core.ids import compact_ids
+from stream.core.ids import Key, compact_ids
 from stream.core.join import JOINED, JoinBuffer
 from stream.core.metrics import EPS, ONE_MINUS_EPS
 from stream.core.pending import (
@@ -110,6 +110,16 @@ class Ingest:
 
     def _ingest(self, records: Sequence[Prediction | Label], where: Callable[[int], dict[str, Any]] | None,
                 observe: bool, taken: list[bool] | None, on_error: Callable[[int, Exception], None] | None) -> None:
+        keys = compact_ids([record.request_id for record in records])
+        self.join.hold(keys)  # the batch's requests in memory, and kept there until it ends
+        try:
+            self._ingest_held(records, keys, where, observe, taken, on_error)
+        finally:
+            self.join.release()
+
+    def _ingest_held(self, records: Sequence[Prediction | Label], keys: list[Key],
+                     where: Callable[[int], dict[str, Any]] | None, observe: bool, taken: list[bool] | None,
+                     on_error: Callable[[int, Exception], None] | None) -> None:
         lag, stale_after, slot_s = self._lag_s, self._stale_after_s, self._slot_s
         models, sets, numbered = self.models, self._sets, self._numbered
         join, health = self.join, self.health
@@ -123,7 +133,6 @@ class Ingest:
         wm, next_sweep, next_emit = self.watermark, self._next_sweep, self._next_emit
         if not observe:
             lag = next_emit = math.inf  # never reached: event time stays where the adapter puts it
-        keys = compact_ids([record.request_id for record in records])
         took = taken.append if taken is not None else None
         for i, record in enumerate(records):
             ts = record.timestamp

@@ -16,6 +16,11 @@ Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` aft
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
 slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
+With ``max_entries``, the state of requests beyond it goes to disk (``core.spill``), whole
+buckets at a time, those due soonest first, and comes back when a record of the request does
+(``hold`` brings a batch's back in one read) or when its bucket is due. Where a request's state
+lives never changes an outcome (``tests/unit/core/test_spill.py``).
+
 Entries are opaque to the buffer, except for their event time: by default an entry is a tuple
 whose first item is its timestamp; ``prediction_ts`` reads it from another form of prediction
 entry (the engine packs its pending predictions into bytes). Any entry but an ``int`` or a tuple
@@ -37,14 +42,17 @@ True
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
 from stream.core.ids import Key, compact_id
+from stream.core.spill import SpillStore, key_bytes
 
 __all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
 
@@ -107,14 +115,16 @@ def pair(prediction: Entry, label: Entry) -> Pair:
 class _Buckets:
     """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers."""
 
-    __slots__ = ("bucket_s", "by_bucket", "heap", "last_bucket", "last_ids")
+    __slots__ = ("bucket_s", "by_bucket", "heap", "kind", "last_bucket", "last_ids", "on_disk")
 
-    def __init__(self, bucket_s: float) -> None:
+    def __init__(self, bucket_s: float, kind: int) -> None:
         self.bucket_s = bucket_s
+        self.kind = kind  # which of the join's lists: its number in the store
         self.by_bucket: dict[int, list[PKey]] = {}
-        self.heap: list[int] = []
+        self.heap: list[int] = []  # every bucket with ids, in memory or on disk
         self.last_bucket = -1
         self.last_ids: list[PKey] = []
+        self.on_disk: dict[int, int] = {}  # bucket -> chunks of its list in the store (the list's first ids)
 
     def add(self, deadline: float, request_id: PKey) -> None:
         bucket = int(deadline // self.bucket_s)
@@ -124,7 +134,8 @@ class _Buckets:
         ids = self.by_bucket.get(bucket)
         if ids is None:
             ids = self.by_bucket[bucket] = []
-            heapq.heappush(self.heap, bucket)
+            if bucket not in self.on_disk:
+                heapq.heappush(self.heap, bucket)
         ids.append(request_id)
         self.last_bucket, self.last_ids = bucket, ids
 
@@ -133,20 +144,39 @@ class _Buckets:
         ids = self.by_bucket.get(bucket)
         if ids is None:
             self.by_bucket[bucket] = request_ids
-            heapq.heappush(self.heap, bucket)
+            if bucket not in self.on_disk:
+                heapq.heappush(self.heap, bucket)
         else:
             ids.extend(request_ids)
 
-    def due(self, watermark: float) -> list[tuple[float, list[PKey]]]:
-        """(bucket end, ids) of every bucket that ended at or before the watermark."""
-        out = []
+    def is_due(self, deadline: float, watermark: float) -> bool:
+        """Whether ``due(watermark)`` would yield the bucket of ``deadline``."""
+        return math.isinf(watermark) or (int(deadline // self.bucket_s) + 1) * self.bucket_s <= watermark
+
+    def due(self, watermark: float, store: SpillStore | None) -> Iterator[tuple[float, list[PKey]]]:
+        """(bucket end, ids) of each bucket that ended at or before the watermark, in order, as
+        it is taken off (its chunks on disk first: the list as it was added to)."""
         heap = self.heap
         while heap and (math.isinf(watermark) or (heap[0] + 1) * self.bucket_s <= watermark):
             bucket = heapq.heappop(heap)
-            out.append(((bucket + 1) * self.bucket_s, self.by_bucket.pop(bucket)))
+            ids = self.by_bucket.pop(bucket, None)
+            chunks = self.on_disk.pop(bucket, 0)
+            if chunks and store is not None:
+                stored = [pickle.loads(chunk) for chunk in store.take_chunks(self.kind, bucket, chunks)]
+                ids = [pkey for chunk in stored for pkey in chunk] + (ids or [])
             if bucket == self.last_bucket:
                 self.last_bucket = -1
-        return out
+            yield (bucket + 1) * self.bucket_s, ids or []
+
+    def spill(self, bucket: int, store: SpillStore) -> list[PKey]:
+        """Move the bucket's list (in memory) to the store, as its next chunk; returns it."""
+        ids = self.by_bucket.pop(bucket)
+        number = self.on_disk.get(bucket, 0)
+        store.put_chunk(self.kind, bucket, number, pickle.dumps(ids, pickle.HIGHEST_PROTOCOL))
+        self.on_disk[bucket] = number + 1
+        if bucket == self.last_bucket:
+            self.last_bucket = -1
+        return ids
 
 
 class JoinBuffer:
@@ -162,7 +192,8 @@ class JoinBuffer:
 
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
                  prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest",
-                 prediction_rank: Callable[[Any], Any] = lambda entry: entry) -> None:
+                 prediction_rank: Callable[[Any], Any] = lambda entry: entry, max_entries: int = 0,
+                 store_dir: str | None = None) -> None:
         if duplicate_labels not in DUPLICATE_LABEL_RULES:
             raise ValueError(f"duplicate_labels is one of {', '.join(DUPLICATE_LABEL_RULES)}, not {duplicate_labels!r}")
         self.ttl_s = ttl_s
@@ -178,9 +209,17 @@ class JoinBuffer:
         # (SHARED: the request's other matches); read by the caller right after the call.
         self.replaced: tuple[Entry, list[tuple[Outcome, Entry]]] = ((0.0, None), [])
         self.shared_with: list[tuple[Outcome, Entry]] = []
-        self._prediction_due = _Buckets(bucket_s)
-        self._label_due = _Buckets(bucket_s)
-        self._tombstone_due = _Buckets(bucket_s)
+        self._prediction_due = _Buckets(bucket_s, 0)
+        self._label_due = _Buckets(bucket_s, 1)
+        self._tombstone_due = _Buckets(bucket_s, 2)
+        # State beyond memory (see the module): at most ``max_entries`` slots and waiting labels
+        # in memory between batches (0: no bound), the rest in ``store``, made when first needed.
+        self.max_entries = max_entries
+        self.store_dir = store_dir
+        self.store: SpillStore | None = None
+        self.stored = 0  # requests whose state is on disk
+        self.stored_labels = 0  # of those, the ones with a label waiting
+        self._held = 0  # batches under way (``hold``): nothing moves to disk meanwhile
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
@@ -192,6 +231,8 @@ class JoinBuffer:
         REVISED (it, the label; ``replaced`` holds the label and the old pair, ``shared_with`` the
         request's other models' pairs)."""
         key = compact_id(request_id)
+        if self.max_entries:
+            self._ready(key)
         pkey = (key, model) if model else key
         ids = self.ids
         known = ids.get(pkey)
@@ -244,6 +285,8 @@ class JoinBuffer:
         when it wins over the label its request paired with: the matches are the predictions that
         paired with that one, and ``replaced`` holds (that label, its matches)."""
         key = compact_id(request_id)
+        if self.max_entries:
+            self._ready(key)
         ids = self.ids
         if not self.several:  # one model: its prediction's slot alone (the common case, kept short)
             known = ids.get(key)
@@ -404,18 +447,40 @@ class JoinBuffer:
         return REVISED, matches, entry
 
     def pending(self) -> tuple[int, int]:
-        """(predictions, labels) waiting for their other half."""
-        return self.pending_predictions, len(self.labels)
+        """(predictions, labels) waiting for their other half, in memory or on disk."""
+        return self.pending_predictions, len(self.labels) + self.stored_labels
 
     def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
         """Resolve what the watermark has passed: (expired predictions, orphaned labels); a pair
         whose deadline passed becomes a tombstone."""
+        expired: list[Entry] = []
+        orphaned: list[Entry] = []
+        self._expire(watermark, expired.append, orphaned.append)
+        return expired, orphaned
+
+    def expire_counts(self, watermark: float) -> tuple[int, int]:
+        """``expire``, counting (expired predictions, orphaned labels) rather than keeping them."""
+        counts = [0, 0]
+
+        def expired(_: Entry) -> None:
+            counts[0] += 1
+
+        def orphaned(_: Entry) -> None:
+            counts[1] += 1
+
+        self._expire(watermark, expired, orphaned)
+        return counts[0], counts[1]
+
+    def _expire(self, watermark: float, expired: Callable[[Entry], None], orphaned: Callable[[Entry], None]) -> None:
         ttl = self.ttl_s
         ids = self.ids
-        expired: list[Entry] = []
         prediction_ts = self.prediction_ts
         later: list[tuple[float, PKey]] = []
-        for bucket_end, request_ids in self._prediction_due.due(watermark):
+        tombstones = self._tombstone_due
+        resolved = 0
+        for bucket_end, request_ids in self._prediction_due.due(watermark, self.store):
+            if self.stored:
+                self._load(_request_keys(request_ids))
             for request_id in request_ids:
                 entry = ids.get(request_id)
                 if entry is None or type(entry) is int:
@@ -429,30 +494,146 @@ class JoinBuffer:
                         later.append((deadline, request_id))
                 elif prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
-                    expired.append(entry)
-            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
+                    expired(entry)
+                    resolved += 1
+            self._entomb(bucket_end + ttl, request_ids, watermark)
         for deadline, request_id in later:
             self._prediction_due.add(deadline, request_id)
-        self.pending_predictions -= len(expired)
-        orphaned: list[Entry] = []
+        self.pending_predictions -= resolved
         labels = self.labels
-        for bucket_end, request_ids in self._label_due.due(watermark):
+        for bucket_end, request_ids in self._label_due.due(watermark, self.store):
+            if self.stored:
+                self._load(_request_keys(request_ids))
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
                     del labels[request_id]
-                    orphaned.append(entry)
+                    orphaned(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
-            self._tombstone_due.add_many(bucket_end + ttl, request_ids)
-        others = self.others
-        for _, request_ids in self._tombstone_due.due(watermark):
-            for request_id in request_ids:
-                if type(ids.get(request_id)) is int:
-                    del ids[request_id]
-                    if others and type(request_id) is tuple:
-                        models = others.get(request_id[0])
-                        if models is not None and request_id[1] in models:
-                            models.remove(request_id[1])
-                            if not models:
-                                del others[request_id[0]]
-        return expired, orphaned
+            self._entomb(bucket_end + ttl, request_ids, watermark)
+        for _, request_ids in tombstones.due(watermark, self.store):
+            if self.stored:
+                self._load(_request_keys(request_ids))
+            self._bury(request_ids)
+        if self.max_entries and not self._held and len(ids) + len(labels) > self.max_entries:
+            self._spill()
+
+    def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float) -> None:
+        """Tombstones of resolved ids, until ``deadline``; removed at once when the watermark is
+        past it already (as this sweep would remove them: at the end of input, every bucket)."""
+        if self._tombstone_due.is_due(deadline, watermark):
+            self._bury(request_ids)
+        else:
+            self._tombstone_due.add_many(deadline, request_ids)
+
+    def _bury(self, request_ids: list[PKey]) -> None:
+        """Remove the tombstones among ``request_ids``."""
+        ids, others = self.ids, self.others
+        for request_id in request_ids:
+            if type(ids.get(request_id)) is int:
+                del ids[request_id]
+                if others and type(request_id) is tuple:
+                    models = others.get(request_id[0])
+                    if models is not None and request_id[1] in models:
+                        models.remove(request_id[1])
+                        if not models:
+                            del others[request_id[0]]
+
+    # ------------------------------------------------------------ on disk
+
+    def hold(self, keys: Iterable[Key]) -> None:
+        """A batch begins: the state of ``keys`` comes back from disk (one read), and nothing
+        moves to disk until ``release``. The batch paths (``insert_prediction`` and the others)
+        need their keys held."""
+        self._held += 1
+        if self.stored:
+            self._load(keys)
+
+    def release(self) -> None:
+        """A batch ended: state beyond ``max_entries`` moves to disk."""
+        self._held -= 1
+        if self.max_entries and not self._held and len(self.ids) + len(self.labels) > self.max_entries:
+            self._spill()
+
+    def in_memory(self) -> int:
+        """Slots and waiting labels held in memory."""
+        return len(self.ids) + len(self.labels)
+
+    def disk_bytes(self) -> int:
+        """The size of the store on disk (0 without one)."""
+        return 0 if self.store is None else self.store.disk_bytes()
+
+    def _ready(self, key: Key) -> None:
+        """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
+        the request's comes back."""
+        if not self._held and len(self.ids) + len(self.labels) > self.max_entries:
+            self._spill()
+        if self.stored:
+            self._load((key,))
+
+    def _load(self, keys: Iterable[Key]) -> None:
+        """Bring the state of ``keys`` that is on disk back to memory."""
+        ids, labels, others = self.ids, self.labels, self.others
+        wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
+        if not wanted or self.store is None:
+            return
+        found = self.store.take_states([key_bytes(key) for key in wanted])
+        for key, value in zip(wanted, found, strict=True):
+            if value is None:
+                continue
+            slots, label, models = pickle.loads(value)
+            for model, slot in slots:
+                if type(slot) is tuple and slot and slot[0] == PAIRED:
+                    slot = (PAIRED, *slot[1:])  # the marker is told by identity
+                ids[(key, model) if model else key] = slot
+            if models is not None:
+                others[key] = models
+            if label is not None:
+                labels[key] = label
+                self.stored_labels -= 1
+            self.stored -= 1
+
+    def _spill(self) -> None:
+        """Move whole buckets to disk, those due soonest first (of all three lists), with the
+        state of every request they list, until three quarters of ``max_entries`` stay."""
+        if self.store is None:
+            self.store = SpillStore(self.store_dir)
+        target = self.max_entries * 3 // 4
+        lists = (self._prediction_due, self._label_due, self._tombstone_due)
+        candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)
+        ids, labels = self.ids, self.labels
+        for bucket, kind in candidates:
+            if len(ids) + len(labels) <= target:
+                break
+            self._store_states(_request_keys(lists[kind].spill(bucket, self.store)))
+        excess = len(ids) + len(labels) - target
+        if excess > 0:  # state that came back while its buckets stay on disk: the longest held first
+            keys = [*itertools.islice(_request_keys(ids), excess), *itertools.islice(labels, excess)]
+            self._store_states(keys[:excess])
+
+    def _store_states(self, keys: Iterable[Key]) -> None:
+        ids, labels, others = self.ids, self.labels, self.others
+        items = []
+        for key in dict.fromkeys(keys):
+            slots = []
+            slot = ids.pop(key, None)
+            if slot is not None:
+                slots.append((0, slot))
+            models = others.pop(key, None)
+            for model in models or ():
+                slot = ids.pop((key, model), None)
+                if slot is not None:
+                    slots.append((model, slot))
+            label = labels.pop(key, None)
+            if not slots and label is None and models is None:
+                continue
+            items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
+            if label is not None:
+                self.stored_labels += 1
+        if items:
+            self.store.put_states(items)  # type: ignore[union-attr]
+            self.stored += len(items)
+
+
+def _request_keys(request_ids: Iterable[PKey]) -> Iterator[Key]:
+    return (pkey[0] if type(pkey) is tuple else pkey for pkey in request_ids)  # type: ignore[misc]

@@ -30,6 +30,8 @@ class Settings:
     watermark_lag_s: int = 0  # how far behind the newest timestamp the watermark trails
     duplicate_labels: str = "earliest"  # which of a request's labels counts: the earliest or the latest stamped
     sample: float = 1.0  # the fraction of requests counted, chosen by request-id hash (see core.sampling)
+    join_memory_mb: float = 1024.0  # memory for pending requests; beyond it they wait on disk (see core.spill)
+    join_store_dir: str = ""  # where the join's store on disk goes (a temporary directory in it; "": the system's)
     regression_models: list[str] = field(default_factory=list)
     max_models: int = 100
     max_versions_per_model: int = 10

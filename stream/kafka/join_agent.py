@@ -93,7 +93,8 @@ class Join:
 
     def __init__(self, config: Config, inputs: dict[str, int] | None = None) -> None:
         self.config = config
-        self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows))
+        self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows),
+                                                 join_store_dir=config.join_store_dir or config.data_dir)
         self.engines: dict[int, Engine] = {}
         self.max_window_s = max((w.size_s for w in self.engine_config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
@@ -113,7 +114,8 @@ class Join:
         self.intake = self._new_engine()  # counts and dead-letters records of inputs that are not co-partitioned
 
     def _new_engine(self) -> Engine:
-        return Engine(self.engine_config, clock=time.time, emit_partials=True, limits_factor=ENGINE_GUARD)
+        return Engine(self.engine_config, clock=time.time, emit_partials=True, limits_factor=ENGINE_GUARD,
+                      memory_share=1 / self.engine_config.partitions)  # a worker with every partition: all of it
 
     def engine(self, partition: int) -> Engine:
         engine = self.engines.get(partition)

@@ -339,7 +339,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
              _Inputs(LABEL, inputs(labels, "labels", format), config, share)]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
     if share is not None and bulk.fits(kinds):  # all in memory: settled requests are counted at once
-        engine = Engine(config, clock, revisions=False, emit_partials=True)
+        engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=1 / share[1])
         engine.sweeps = []
         sink = open_sink()
         progress = Progress(total, quiet)
@@ -355,7 +355,8 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
     if processes > 1 and not in_order:
         processes = 1  # it will be sorted: no child (see ``pipeline``)
     for sort in (False, True) if in_order else (True,):  # input out of order from the start: sorted at once
-        engine = Engine(config, clock, revisions=not final_only, emit_partials=share is not None)
+        engine = Engine(config, clock, revisions=not final_only, emit_partials=share is not None,
+                        memory_share=1 / share[1] if share is not None else 1.0)
         if share is not None:
             engine.sweeps = []
         sink = open_sink()
