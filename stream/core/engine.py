@@ -44,6 +44,7 @@ from stream.core.sampling import Sampler
 from stream.core.series import Model, Series, Terms, Window, WindowSet, refresh_figures
 from stream.core.settings import Settings
 from stream.core.settled import Settled
+from stream.core.spill import StoreStatus
 
 __all__ = ["ENTRY_BYTES", "OTHER", "SWEEP_EVERY_S", "Engine"]
 
@@ -429,6 +430,10 @@ class Engine(Revisions, Ingest, Settled, Placement):
 
     def pending(self) -> tuple[int, int]:
         return self.join.pending()
+
+    def store_status(self) -> StoreStatus:
+        """What the join holds on disk (``join_memory_mb``, ``core.spill``)."""
+        return self.join.status()
 
     def balance(self) -> dict[str, int]:
         return self.health.balance(*self.pending())

@@ -52,7 +52,7 @@ from operator import itemgetter
 from typing import Any, cast
 
 from stream.core.ids import Key, compact_id
-from stream.core.spill import SpillStore, key_bytes
+from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes, request_key
 
 __all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
 
@@ -113,9 +113,11 @@ def pair(prediction: Entry, label: Entry) -> Pair:
 
 
 class _Buckets:
-    """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers."""
+    """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers. A bucket's
+    list may be partly on disk (``spill``; there, a set: an id listed twice in a bucket is
+    swept the same way once)."""
 
-    __slots__ = ("bucket_s", "by_bucket", "heap", "kind", "last_bucket", "last_ids", "on_disk")
+    __slots__ = ("bucket_s", "by_bucket", "count", "heap", "kind", "last_bucket", "last_ids", "on_disk")
 
     def __init__(self, bucket_s: float, kind: int) -> None:
         self.bucket_s = bucket_s
@@ -124,9 +126,11 @@ class _Buckets:
         self.heap: list[int] = []  # every bucket with ids, in memory or on disk
         self.last_bucket = -1
         self.last_ids: list[PKey] = []
-        self.on_disk: dict[int, int] = {}  # bucket -> chunks of its list in the store (the list's first ids)
+        self.on_disk: set[int] = set()  # buckets with ids in the store
+        self.count = 0  # ids in the lists in memory
 
     def add(self, deadline: float, request_id: PKey) -> None:
+        self.count += 1
         bucket = int(deadline // self.bucket_s)
         if bucket == self.last_bucket:  # in-order input lands in the same bucket again and again
             self.last_ids.append(request_id)
@@ -139,13 +143,19 @@ class _Buckets:
         ids.append(request_id)
         self.last_bucket, self.last_ids = bucket, ids
 
-    def add_many(self, deadline: float, request_ids: list[PKey]) -> None:
+    def add_many(self, deadline: float, request_ids: list[PKey], store: SpillStore | None = None) -> None:
+        """``add`` of each; with ``store``, straight to the bucket's list there."""
         bucket = int(deadline // self.bucket_s)
+        if bucket not in self.on_disk and bucket not in self.by_bucket:
+            heapq.heappush(self.heap, bucket)
+        if store is not None:
+            store.put_index(self.kind, bucket, [_pkey_bytes(pkey) for pkey in request_ids])
+            self.on_disk.add(bucket)
+            return
+        self.count += len(request_ids)
         ids = self.by_bucket.get(bucket)
         if ids is None:
             self.by_bucket[bucket] = request_ids
-            if bucket not in self.on_disk:
-                heapq.heappush(self.heap, bucket)
         else:
             ids.extend(request_ids)
 
@@ -153,30 +163,45 @@ class _Buckets:
         """Whether ``due(watermark)`` would yield the bucket of ``deadline``."""
         return math.isinf(watermark) or (int(deadline // self.bucket_s) + 1) * self.bucket_s <= watermark
 
-    def due(self, watermark: float, store: SpillStore | None) -> Iterator[tuple[float, list[PKey]]]:
-        """(bucket end, ids) of each bucket that ended at or before the watermark, in order, as
-        it is taken off (its chunks on disk first: the list as it was added to)."""
+    def due(self, watermark: float, store: SpillStore | None) -> Iterator[tuple[float, list[PKey], bool]]:
+        """(bucket end, ids, whether some were on disk) of each bucket that ended at or before the
+        watermark, in order, as it is taken off."""
         heap = self.heap
         while heap and (math.isinf(watermark) or (heap[0] + 1) * self.bucket_s <= watermark):
             bucket = heapq.heappop(heap)
-            ids = self.by_bucket.pop(bucket, None)
-            chunks = self.on_disk.pop(bucket, 0)
-            if chunks and store is not None:
-                stored = [pickle.loads(chunk) for chunk in store.take_chunks(self.kind, bucket, chunks)]
-                ids = [pkey for chunk in stored for pkey in chunk] + (ids or [])
+            ids = self.by_bucket.pop(bucket, None) or []
+            self.count -= len(ids)
             if bucket == self.last_bucket:
                 self.last_bucket = -1
-            yield (bucket + 1) * self.bucket_s, ids or []
+            if bucket in self.on_disk and store is not None:
+                self.on_disk.discard(bucket)
+                stored = [_pkey(data) for data in store.take_index(self.kind, bucket)]
+                yield (bucket + 1) * self.bucket_s, stored + ids, True
+            else:
+                yield (bucket + 1) * self.bucket_s, ids, False
 
     def spill(self, bucket: int, store: SpillStore) -> list[PKey]:
-        """Move the bucket's list (in memory) to the store, as its next chunk; returns it."""
+        """Move the bucket's list in memory to the store; returns it."""
         ids = self.by_bucket.pop(bucket)
-        number = self.on_disk.get(bucket, 0)
-        store.put_chunk(self.kind, bucket, number, pickle.dumps(ids, pickle.HIGHEST_PROTOCOL))
-        self.on_disk[bucket] = number + 1
+        self.count -= len(ids)
+        store.put_index(self.kind, bucket, [_pkey_bytes(pkey) for pkey in ids])
+        self.on_disk.add(bucket)
         if bucket == self.last_bucket:
             self.last_bucket = -1
         return ids
+
+
+def _pkey_bytes(pkey: PKey) -> bytes:
+    """A slot's key in a list on disk: its model (4 bytes), then its request's key."""
+    if type(pkey) is tuple:
+        return pkey[1].to_bytes(4, "big") + key_bytes(pkey[0])
+    return b"\x00\x00\x00\x00" + key_bytes(pkey)  # type: ignore[arg-type]
+
+
+def _pkey(data: bytes) -> PKey:
+    model = int.from_bytes(data[:4], "big")
+    key = request_key(data[4:])
+    return (key, model) if model else key
 
 
 class JoinBuffer:
@@ -219,6 +244,7 @@ class JoinBuffer:
         self.store: SpillStore | None = None
         self.stored = 0  # requests whose state is on disk
         self.stored_labels = 0  # of those, the ones with a label waiting
+        self.stored_predictions = 0  # pending predictions on disk
         self._held = 0  # batches under way (``hold``): nothing moves to disk meanwhile
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
@@ -478,9 +504,8 @@ class JoinBuffer:
         later: list[tuple[float, PKey]] = []
         tombstones = self._tombstone_due
         resolved = 0
-        for bucket_end, request_ids in self._prediction_due.due(watermark, self.store):
-            if self.stored:
-                self._load(_request_keys(request_ids))
+        for bucket_end, request_ids, on_disk in self._prediction_due.due(watermark, self.store):
+            back = self._load(_request_keys(request_ids)) if self.stored else []
             for request_id in request_ids:
                 entry = ids.get(request_id)
                 if entry is None or type(entry) is int:
@@ -496,35 +521,37 @@ class JoinBuffer:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired(entry)
                     resolved += 1
-            self._entomb(bucket_end + ttl, request_ids, watermark)
+            self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
+            self._store_states(back)  # what came from disk to be swept goes back there
         for deadline, request_id in later:
             self._prediction_due.add(deadline, request_id)
         self.pending_predictions -= resolved
         labels = self.labels
-        for bucket_end, request_ids in self._label_due.due(watermark, self.store):
-            if self.stored:
-                self._load(_request_keys(request_ids))
+        for bucket_end, request_ids, on_disk in self._label_due.due(watermark, self.store):
+            back = self._load(_request_keys(request_ids)) if self.stored else []
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
                     del labels[request_id]
                     orphaned(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
-            self._entomb(bucket_end + ttl, request_ids, watermark)
-        for _, request_ids in tombstones.due(watermark, self.store):
-            if self.stored:
-                self._load(_request_keys(request_ids))
+            self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
+            self._store_states(back)
+        for _, request_ids, _ in tombstones.due(watermark, self.store):
+            back = self._load(_request_keys(request_ids)) if self.stored else []
             self._bury(request_ids)
-        if self.max_entries and not self._held and len(ids) + len(labels) > self.max_entries:
+            self._store_states(back)
+        if self.max_entries and not self._held and self.in_memory() > self.max_entries:
             self._spill()
 
-    def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float) -> None:
-        """Tombstones of resolved ids, until ``deadline``; removed at once when the watermark is
-        past it already (as this sweep would remove them: at the end of input, every bucket)."""
+    def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:
+        """Tombstones of resolved ids, until ``deadline`` (listed on disk when their bucket was);
+        removed at once when the watermark is past it already (as this sweep would remove them: at
+        the end of input, every bucket)."""
         if self._tombstone_due.is_due(deadline, watermark):
             self._bury(request_ids)
         else:
-            self._tombstone_due.add_many(deadline, request_ids)
+            self._tombstone_due.add_many(deadline, request_ids, self.store if on_disk else None)
 
     def _bury(self, request_ids: list[PKey]) -> None:
         """Remove the tombstones among ``request_ids``."""
@@ -552,39 +579,55 @@ class JoinBuffer:
     def release(self) -> None:
         """A batch ended: state beyond ``max_entries`` moves to disk."""
         self._held -= 1
-        if self.max_entries and not self._held and len(self.ids) + len(self.labels) > self.max_entries:
+        if self.max_entries and not self._held and self.in_memory() > self.max_entries:
             self._spill()
 
     def in_memory(self) -> int:
-        """Slots and waiting labels held in memory."""
-        return len(self.ids) + len(self.labels)
+        """Entries held in memory: slots, waiting labels, and ids in the time buckets' lists."""
+        return (len(self.ids) + len(self.labels) + self._prediction_due.count + self._label_due.count
+                + self._tombstone_due.count)
 
     def disk_bytes(self) -> int:
         """The size of the store on disk (0 without one)."""
         return 0 if self.store is None else self.store.disk_bytes()
 
+    def on_disk(self) -> tuple[int, int]:
+        """(predictions, labels) waiting for their other half on disk (of ``pending``)."""
+        return self.stored_predictions, self.stored_labels
+
+    def status(self) -> StoreStatus:
+        """What is on disk: pending requests, the store's size, how long its reads took."""
+        if self.store is None:
+            return StoreStatus()
+        reads = self.store.reads
+        return StoreStatus(self.on_disk(), self.store.disk_bytes(), Reads(list(reads.counts), reads.sum_s))
+
     def _ready(self, key: Key) -> None:
         """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
         the request's comes back."""
-        if not self._held and len(self.ids) + len(self.labels) > self.max_entries:
+        if not self._held and self.in_memory() > self.max_entries:
             self._spill()
         if self.stored:
             self._load((key,))
 
-    def _load(self, keys: Iterable[Key]) -> None:
-        """Bring the state of ``keys`` that is on disk back to memory."""
+    def _load(self, keys: Iterable[Key]) -> list[Key]:
+        """Bring the state of ``keys`` that is on disk back to memory; returns their keys."""
         ids, labels, others = self.ids, self.labels, self.others
         wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
         if not wanted or self.store is None:
-            return
+            return []
         found = self.store.take_states([key_bytes(key) for key in wanted])
+        back = []
         for key, value in zip(wanted, found, strict=True):
             if value is None:
                 continue
+            back.append(key)
             slots, label, models = pickle.loads(value)
             for model, slot in slots:
                 if type(slot) is tuple and slot and slot[0] == PAIRED:
                     slot = (PAIRED, *slot[1:])  # the marker is told by identity
+                elif type(slot) is not int:
+                    self.stored_predictions -= 1
                 ids[(key, model) if model else key] = slot
             if models is not None:
                 others[key] = models
@@ -592,6 +635,7 @@ class JoinBuffer:
                 labels[key] = label
                 self.stored_labels -= 1
             self.stored -= 1
+        return back
 
     def _spill(self) -> None:
         """Move whole buckets to disk, those due soonest first (of all three lists), with the
@@ -603,15 +647,16 @@ class JoinBuffer:
         candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)
         ids, labels = self.ids, self.labels
         for bucket, kind in candidates:
-            if len(ids) + len(labels) <= target:
+            if self.in_memory() <= target:
                 break
             self._store_states(_request_keys(lists[kind].spill(bucket, self.store)))
-        excess = len(ids) + len(labels) - target
+        excess = self.in_memory() - target
         if excess > 0:  # state that came back while its buckets stay on disk: the longest held first
             keys = [*itertools.islice(_request_keys(ids), excess), *itertools.islice(labels, excess)]
             self._store_states(keys[:excess])
 
     def _store_states(self, keys: Iterable[Key]) -> None:
+        """Move the state of ``keys`` that is in memory to disk."""
         ids, labels, others = self.ids, self.labels, self.others
         items = []
         for key in dict.fromkeys(keys):
@@ -624,6 +669,7 @@ class JoinBuffer:
                 slot = ids.pop((key, model), None)
                 if slot is not None:
                     slots.append((model, slot))
+            self.stored_predictions += sum(type(s) is not int and not is_pair(s) for _, s in slots)
             label = labels.pop(key, None)
             if not slots and label is None and models is None:
                 continue

@@ -2,10 +2,11 @@
 
 ``JoinBuffer`` keeps a request's whole state (its models' slots, a waiting label, the models it
 has) in memory or here, never split. What it moves here is the state due soonest: whole time
-buckets of deadlines, the oldest first, each bucket's list of ids as one value. A batch's
-requests come back with one batched read (``take``, RocksDB's multi-get, whose bloom filters
-answer the requests never seen in a few microseconds), and a due bucket comes back whole when the
-watermark passes it, never by a scan of everything stored.
+buckets of deadlines, the oldest first, each id of a bucket's list as a key of its own under the
+bucket's prefix. A batch's requests come back with one batched read (``take_states``, RocksDB's
+multi-get, whose bloom filters answer for the requests never seen in under a microsecond), and a
+due bucket's ids by reading its key range and removing what it read (``take_index``), never by a
+scan of everything stored.
 
 The store is a cache of what the join's inputs rebuild, not a record of them: it has no write-ahead
 log, lives in a fresh temporary directory, and is deleted when the join is (or the process ends).
@@ -17,63 +18,106 @@ memory use set by a few options whatever the size on disk.
 >>> store.put_states([(key_bytes("r1"), b"state")])
 >>> store.take_states([key_bytes("r1"), key_bytes(7)]), store.take_states([key_bytes("r1")])
 ([b'state', None], [None])
->>> store.put_chunk(0, -5, 0, b"ids"); store.take_chunks(0, -5, 1)
-[b'ids']
+>>> store.put_index(0, -5, [b"b", b"a"]); store.take_index(0, -5), store.take_index(0, -5)
+([b'a', b'b'], [])
 >>> store.close()
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import tempfile
+import time
 import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from stream.core.ids import Key
 
-__all__ = ["BLOCK_CACHE_BYTES", "WRITE_BUFFER_BYTES", "SpillStore", "key_bytes"]
+__all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
+           "request_key"]
 
 WRITE_BUFFER_BYTES = 16 << 20  # a memtable; RocksDB keeps at most two
-BLOCK_CACHE_BYTES = 16 << 20  # data, index and filter blocks read back (filters stay within it)
+BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks)
+READ_BUCKETS_S = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, float("inf"))  # a batched read's
 _BUCKET = 1 << 63  # a bucket number (signed) as an unsigned big-endian key part: they sort in order
 
 
 def key_bytes(key: Key) -> bytes:
     """A request's key as the store's: a UUID's 128-bit number in 16 bytes, else the id's UTF-8
-    (lone surrogates kept), told apart by a first byte; state keys start below 0x02, chunks at b'b'."""
+    (lone surrogates kept), told apart by a first byte (below b'i', where the bucket lists start)."""
     if type(key) is int:
         return b"\x00" + key.to_bytes(16, "big")
     return b"\x01" + key.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
 
 
+def request_key(data: bytes) -> Key:
+    """The key ``key_bytes`` made ``data`` of.
+
+    >>> [request_key(key_bytes(k)) for k in (2**100, "r1")]
+    [1267650600228229401496703205376, 'r1']
+    """
+    if data[0] == 0:
+        return int.from_bytes(data[1:], "big")
+    return data[1:].decode("utf-8", "surrogatepass")
+
+
+@dataclass
+class Reads:
+    """How long the store's batched reads took: a histogram (``READ_BUCKETS_S``, not cumulative)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(READ_BUCKETS_S))
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.sum_s += seconds
+        self.counts[bisect.bisect_left(READ_BUCKETS_S, seconds)] += 1
+
+    def add(self, other: Reads) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum_s += other.sum_s
+
+
+@dataclass
+class StoreStatus:
+    """What a join holds on disk: pending (predictions, labels) there, the store's size, its reads."""
+
+    pending: tuple[int, int] = (0, 0)
+    disk_bytes: int = 0
+    reads: Reads = field(default_factory=Reads)
+
+    def add(self, other: StoreStatus) -> None:
+        self.pending = (self.pending[0] + other.pending[0], self.pending[1] + other.pending[1])
+        self.disk_bytes += other.disk_bytes
+        self.reads.add(other.reads)
+
+
 class SpillStore:
-    """States by request key, and chunks of bucket lists by (list, bucket, number); every value is
-    bytes that the join encodes. ``path``: a directory to hold the store's own temporary
-    directory (default: the system's)."""
+    """States by request key, and the ids of bucket lists by (list, bucket); states are bytes that
+    the join encodes, ids bytes that it encodes too. ``path``: a directory to hold the store's own
+    temporary directory (default: the system's)."""
 
     def __init__(self, path: str | None = None) -> None:
-        from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
+        from rocksdict import Options, Rdict, WriteOptions
 
         if path:
             os.makedirs(path, exist_ok=True)
         self.path = tempfile.mkdtemp(prefix="mlmon-join-", dir=path or None)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        options.optimize_for_point_lookup(BLOCK_CACHE_MB)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         options.set_max_write_buffer_number(2)
         options.set_max_background_jobs(1)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)
-        table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
-        table.set_cache_index_and_filter_blocks(True)
-        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        options.set_block_based_table_factory(table)
         self._db = Rdict(self.path, options)
         writes = WriteOptions()
         writes.disable_wal = True  # type: ignore[method-assign,assignment]  # a cache: rebuilt, never recovered
         self._db.set_write_options(writes)
         self._finalizer = weakref.finalize(self, _remove, self._db, self.path)
+        self.reads = Reads()
 
     def put_states(self, items: list[tuple[bytes, bytes]]) -> None:
         from rocksdict import WriteBatch
@@ -87,7 +131,9 @@ class SpillStore:
         """The states stored under ``keys`` (None where there is none), removed from the store."""
         from rocksdict import WriteBatch
 
+        started = time.perf_counter()
         found: list[bytes | None] = self._db.get(cast(list[Any], keys))  # type: ignore[assignment]
+        self.reads.observe(time.perf_counter() - started)
         batch = WriteBatch(raw_mode=True)
         for key, value in zip(keys, found, strict=True):
             if value is not None:
@@ -96,20 +142,32 @@ class SpillStore:
             self._db.write(batch)
         return found
 
-    def put_chunk(self, kind: int, bucket: int, number: int, value: bytes) -> None:
-        self._db[_chunk_key(kind, bucket, number)] = value
-
-    def take_chunks(self, kind: int, bucket: int, count: int) -> list[bytes]:
-        """Chunks 0 to ``count`` - 1 of a bucket's list, removed from the store."""
+    def put_index(self, kind: int, bucket: int, ids: list[bytes]) -> None:
+        """Add ``ids`` to the bucket's list ``kind`` (each id once: a list is a set here)."""
         from rocksdict import WriteBatch
 
-        keys = [_chunk_key(kind, bucket, number) for number in range(count)]
-        found: list[bytes] = self._db.get(cast(list[Any], keys))  # type: ignore[assignment]
+        prefix = _prefix(kind, bucket)
         batch = WriteBatch(raw_mode=True)
-        for key in keys:
-            batch.delete(key)
+        for data in ids:
+            batch.put(prefix + data, b"")
         self._db.write(batch)
-        return found
+
+    def take_index(self, kind: int, bucket: int) -> list[bytes]:
+        """The ids of the bucket's list ``kind``, in byte order, removed from the store."""
+        from rocksdict import WriteBatch
+
+        prefix = _prefix(kind, bucket)
+        end = _prefix(kind, bucket + 1)
+        ids: list[bytes] = []
+        batch = WriteBatch(raw_mode=True)
+        for key in cast(Iterator[bytes], self._db.keys(from_key=prefix)):
+            if key >= end:
+                break
+            ids.append(key[len(prefix):])
+            batch.delete(key)  # not a range deletion: many of those make every point lookup slow
+        if ids:
+            self._db.write(batch)
+        return ids
 
     def disk_bytes(self) -> int:
         """The store's files' size: its tables (and its memtables, not yet written)."""
@@ -120,8 +178,8 @@ class SpillStore:
         self._finalizer()
 
 
-def _chunk_key(kind: int, bucket: int, number: int) -> bytes:
-    return b"b" + bytes((kind,)) + (bucket + _BUCKET).to_bytes(8, "big") + number.to_bytes(4, "big")
+def _prefix(kind: int, bucket: int) -> bytes:
+    return b"i" + bytes((kind,)) + (bucket + _BUCKET).to_bytes(8, "big")
 
 
 def _remove(db: Any, path: str) -> None:

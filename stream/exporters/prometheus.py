@@ -23,6 +23,7 @@ from stream.core.engine import Engine
 from stream.core.health import LAG_BUCKETS_S, Health
 from stream.core.keys import segment_label
 from stream.core.rules import Rule, RuleState
+from stream.core.spill import READ_BUCKETS_S, StoreStatus
 from stream.core.windows import counting_window
 
 __all__ = [
@@ -59,8 +60,9 @@ class EngineCollector(Collector):
     def __init__(self, health: HealthSource, rules: RuleSource, counted_window: str | None,
                  lag: Callable[[], dict[tuple[str, int], int]] | None = None,
                  repartitioned: Callable[[], dict[str, int]] | None = None, custom: Sequence[str] = (),
-                 sample: float = 1.0) -> None:
+                 sample: float = 1.0, store: Callable[[], StoreStatus] | None = None) -> None:
         self.health_source = health
+        self.store_source = store  # what the join holds on disk (``join_memory_mb``)
         self.sample = sample  # the fraction of requests counted (``sample``)
         self.rule_source = rules
         self.lag_source = lag
@@ -248,6 +250,8 @@ class EngineCollector(Collector):
         pending.add_metric(["prediction"], pending_predictions)
         pending.add_metric(["label"], pending_labels)
         yield pending
+        if self.store_source is not None:
+            yield from _store(self.store_source())
         buckets, running = [], 0
         for bound, count in zip(LAG_BUCKETS_S, list(h.label_lag_buckets), strict=True):
             running += count
@@ -280,6 +284,22 @@ class EngineCollector(Collector):
         yield evidence
 
 
+def _store(status: StoreStatus) -> Iterator[Any]:
+    """The join's store on disk: pending requests there, its size, how long its batched reads take."""
+    on_disk = GaugeMetricFamily("mlmon_pending_on_disk_requests", "of the pending requests, those waiting on "
+                                "disk (beyond join_memory_mb)", labels=["side"])
+    on_disk.add_metric(["prediction"], status.pending[0])
+    on_disk.add_metric(["label"], status.pending[1])
+    yield on_disk
+    yield GaugeMetricFamily("mlmon_join_store_bytes", "the size of the join's store on disk", value=status.disk_bytes)
+    buckets, running = [], 0
+    for bound, count in zip(READ_BUCKETS_S, status.reads.counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    yield HistogramMetricFamily("mlmon_join_store_read_seconds", "batched reads of pending state from the "
+                                "join's store on disk", buckets=buckets, sum_value=status.reads.sum_s)
+
+
 def for_engine(engine: Engine) -> EngineCollector:
     """A collector over one engine (the demo and replay). Confusion counters follow the records of
     ``counting_window``, so every pair adds to them exactly once."""
@@ -287,7 +307,8 @@ def for_engine(engine: Engine) -> EngineCollector:
     return EngineCollector(lambda: (engine.health, engine.pending(), engine.watermark),
                            lambda: [*engine.rules.evaluated(), *engine.detectors.evaluated()],
                            counted.name if counted else None,
-                           custom=[m.name for m in engine.config.custom_metrics], sample=engine.config.sample)
+                           custom=[m.name for m in engine.config.custom_metrics], sample=engine.config.sample,
+                           store=engine.store_status)
 
 
 def registry_for(collector: EngineCollector) -> CollectorRegistry:

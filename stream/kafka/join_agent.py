@@ -35,6 +35,7 @@ from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Prediction, raw_text
 from stream.core.snapshot import restore_rolling, rolling_snapshot
+from stream.core.spill import StoreStatus
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.kafka.batches import (
@@ -466,12 +467,22 @@ class Join:
         watermark = min((self.watermark(p) for p in self.engines), default=-math.inf)
         return total, (pending[0], pending[1]), watermark
 
+    def store_status(self) -> StoreStatus:
+        """What this process's partitions hold on disk, summed (``join_memory_mb``)."""
+        total = StoreStatus()
+        for engine in self.engines.values():
+            total.add(engine.store_status())
+        return total
+
     def health(self) -> dict[str, Any]:
         """Where every consumed record went, summed over this process's partitions."""
         total, pending, _ = self.totals()
         health = {k: v for k, v in total.as_dict().items() if k != "label_lag_buckets"}
+        store = self.store_status()
         health.update(repartitioned=dict(self.forwarding.counts),
                       pending_predictions=pending[0], pending_labels=pending[1],
+                      pending_on_disk_predictions=store.pending[0], pending_on_disk_labels=store.pending[1],
+                      join_store_bytes=store.disk_bytes,
                       balance=total.balance(*pending), partitions=sorted(self.engines),
                       app_id=self.config.app_id, pid=os.getpid(), emitted_at=time.time())
         return health

@@ -256,8 +256,11 @@ class Runtime:
             await self.send(config.health_topic, config.app_id.encode(), orjson.dumps(health), None)
             if time.monotonic() >= self.memory_log_due:
                 self.memory_log_due = time.monotonic() + MEMORY_LOG_EVERY_S
-                log.info("pending: %d predictions, %d labels; %.0f MiB resident", health["pending_predictions"],
-                         health["pending_labels"], resident_bytes() / (1 << 20))
+                log.info("pending: %d predictions (%d on disk), %d labels (%d on disk); %.0f MiB resident, "
+                         "%.0f MiB in the join's store on disk", health["pending_predictions"],
+                         health["pending_on_disk_predictions"], health["pending_labels"],
+                         health["pending_on_disk_labels"], resident_bytes() / (1 << 20),
+                         health["join_store_bytes"] / (1 << 20))
             join.lag = consumer_lag(app.consumer, join.offsets)
             return_free_memory()
 

@@ -109,7 +109,8 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
                                 lambda: dict(join.lag),
                                 lambda: {topic: join.forwarding.counts[source] for source, topic in (
                                     ("predictions", config.predictions_topic), ("labels", config.labels_topic))},
-                                custom=[m.name for m in config.custom_metrics], sample=config.sample)
+                                custom=[m.name for m in config.custom_metrics], sample=config.sample,
+                                store=join.store_status)
     merge.on_record = lambda record: collector.observe([record])
     merge.on_forget = collector.forget
     if config.metrics_port:

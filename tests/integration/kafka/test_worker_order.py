@@ -101,7 +101,8 @@ def test_keyless_duplicate_labels_in_any_order_give_scikit_learn_s_and_replay_s_
     assert health["unsampled_predictions"] == sum("prediction" in obj for obj in left_out)
     assert health["unsampled_labels"] == sum("label" in obj for obj in left_out)
     assert (sample < 1) == all("sample_rate" in finals[key] and "standard_errors" in finals[key] for key in want)
-    assert re.search(r"pending: \d+ predictions, \d+ labels; \d+ MiB resident", worker.log.read_text())
+    assert re.search(r"pending: \d+ predictions \(\d+ on disk\), \d+ labels \(\d+ on disk\); \d+ MiB resident, "
+                     r"\d+ MiB in the join.s store on disk", worker.log.read_text())
 
     files = {"p": tmp_path / "p.jsonl", "l": tmp_path / "l.jsonl"}
     files["p"].write_text("".join(json.dumps(r["pred"]) + "\n" for r in every))

@@ -181,3 +181,22 @@ def test_served_metrics_include_the_process_s_memory_beside_the_pending_requests
     for family in families.values():  # the process collector's names follow the conventions too
         assert family.name.startswith("mlmon_")
         assert family.type != "counter" or all(s.name.endswith(("_total", "_created")) for s in family.samples)
+
+
+def test_an_engine_with_state_on_disk_says_how_much_and_how_long_its_reads_take() -> None:
+    engine = Engine(Config.from_mapping({**DEMO_SETTINGS, "join_memory_mb": 0.01}))  # about 50 entries
+    collector = for_engine(engine)
+    for _, kind, raw in arrivals(demo_scenario(4_000)):
+        engine.receive(parse_prediction(raw) if kind == 0 else parse_label(raw))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    status = engine.store_status()
+    assert status.pending[0] > 0 and status.disk_bytes > 0
+    assert samples[("mlmon_pending_on_disk_requests", (("side", "prediction"),))] == status.pending[0]
+    assert samples[("mlmon_pending_on_disk_requests", (("side", "label"),))] == status.pending[1]
+    assert samples[("mlmon_join_store_bytes", ())] == status.disk_bytes
+    assert samples[("mlmon_join_store_read_seconds_count", ())] == sum(status.reads.counts) > 0
+    assert samples[("mlmon_pending_requests", (("side", "prediction"),))] >= status.pending[0]
