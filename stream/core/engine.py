@@ -48,7 +48,8 @@ from stream.core.spill import StoreStatus
 
 __all__ = ["ENTRY_BYTES", "OTHER", "SWEEP_EVERY_S", "Engine"]
 
-ENTRY_BYTES = 200  # memory a pending request takes in the join (see README, "Labels that take months")
+ENTRY_BYTES = 100  # memory an entry of the join takes (a slot, a waiting label, an id listed in a bucket; a
+# pending prediction is two: about 155 bytes measured), for ``join_memory_mb`` (README, "Labels that take months")
 
 
 class Engine(Revisions, Ingest, Settled, Placement):

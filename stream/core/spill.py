@@ -9,7 +9,9 @@ due bucket's ids by reading its key range and removing what it read (``take_inde
 scan of everything stored.
 
 The store is a cache of what the join's inputs rebuild, not a record of them: it has no write-ahead
-log, lives in a fresh temporary directory, and is deleted when the join is (or the process ends).
+log, lives in a fresh temporary directory named after its process, and is deleted when the join
+is (or the process ends); the stores of processes killed meanwhile go when the next store in the
+same directory is made (``remove_orphans``).
 RocksDB (through rocksdict, which the Kafka worker's faust tables use already) rather than
 SQLite or LMDB: batched point reads with bloom filters, writes that never rewrite in place, and a
 memory use set by a few options whatever the size on disk.
@@ -26,6 +28,7 @@ memory use set by a few options whatever the size on disk.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import shutil
 import tempfile
@@ -43,6 +46,7 @@ __all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "S
 WRITE_BUFFER_BYTES = 16 << 20  # a memtable; RocksDB keeps at most two
 BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks)
 READ_BUCKETS_S = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, float("inf"))  # a batched read's
+_PREFIX = "mlmon-join-"  # a store's directory: this, its process id, a dash, a unique part
 _BUCKET = 1 << 63  # a bucket number (signed) as an unsigned big-endian key part: they sort in order
 
 
@@ -105,7 +109,8 @@ class SpillStore:
 
         if path:
             os.makedirs(path, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix="mlmon-join-", dir=path or None)
+        remove_orphans(path or tempfile.gettempdir())
+        self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=path or None)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.optimize_for_point_lookup(BLOCK_CACHE_MB)
@@ -176,6 +181,31 @@ class SpillStore:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def remove_orphans(folder: str) -> list[str]:
+    """Remove the stores in ``folder`` whose process is gone (killed before it could remove
+    them); returns their paths."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(_PREFIX) or not entry.is_dir():
+                continue
+            pid = entry.name[len(_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _prefix(kind: int, bucket: int) -> bytes:

@@ -166,3 +166,17 @@ def test_an_engine_over_its_budget_keeps_counting_exactly() -> None:
     for engine in (bounded, free):
         engine.finish()
     assert bounded.metric_records == free.metric_records and bounded.health == free.health
+
+
+def test_a_killed_process_s_store_goes_when_the_next_one_is_made(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from stream.core.spill import SpillStore; s = SpillStore(sys.argv[1]); "
+            "print(s.path, flush=True); os._exit(0)")  # no finalizer runs: as after a SIGKILL
+    left = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert os.path.isdir(left)
+    store = SpillStore(str(tmp_path))
+    assert not os.path.exists(left) and os.listdir(tmp_path) == [os.path.basename(store.path)]
+    store.close()
