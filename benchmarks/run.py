@@ -13,7 +13,9 @@
 4. alert latency: producing the decisive label -> its event on the alerts topic, p50/p99 over
    --crossings crossings, with --background-rate pairs/s of other traffic;
 5. worker RSS per pending (never labeled) prediction, with --pending of them, and the time a
-   restarted worker takes to rebuild that state.
+   restarted worker takes to rebuild that state; with --join-memory-mb, the worker's join keeps
+   that much in memory and the rest on disk (a 60-day TTL), and the report adds its RSS, the
+   pending predictions on disk and the store's bytes per pending prediction.
 
 The broker is KAFKA_BOOTSTRAP_SERVERS, or Kafka from its jars (tests/kafka_broker.py). Writes the
 JSON report (benchmarks/results/<date>-<commit>.json unless --report says) and a Markdown table
@@ -393,9 +395,12 @@ def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int,
         forget_run(config)
 
 
-def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) -> dict[str, float]:
-    """Worker RSS growth per never-labeled prediction, and how long a restart takes to rebuild them."""
-    config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8])
+def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int, memory_mb: float = 0.0
+                   ) -> dict[str, float]:
+    """Worker RSS growth per never-labeled prediction, and how long a restart takes to rebuild them;
+    with ``memory_mb``, a 60-day TTL and that ``join_memory_mb``: most of them wait on disk."""
+    extra, ttl = (f"join_memory_mb: {memory_mb}\n", "60d") if memory_mb else ("", "1h")
+    config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8], extra=extra, ttl=ttl)
     workers = Workers(path, 1, folder / "worker-rss.log").start()
     try:
         while "Worker ready" not in workers.log.read_text(errors="replace"):
@@ -407,6 +412,9 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
         while sum(h["pending_predictions"] for h in latest_health(config).values()) < pending:
             time.sleep(2)
         loaded, peak = rss_bytes(workers.procs[0].pid), rss_bytes(workers.procs[0].pid, "VmHWM")
+        health = list(latest_health(config).values())
+        on_disk = sum(h.get("pending_on_disk_predictions", 0) for h in health)
+        store = sum(h.get("join_store_bytes", 0) for h in health)
         workers.stop()
         restarted = time.monotonic()
         workers.start()
@@ -419,8 +427,9 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int) 
         rebuilt = rss_bytes(workers.procs[0].pid)
         return {"rss_bytes_per_pending": (loaded - baseline) / pending, "rss_baseline_bytes": baseline,
                 "rss_peak_bytes_per_pending": (peak - baseline) / pending,
-                "rss_loaded_bytes": loaded, "recovery_s": recovery_s,
-                "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending}
+                "rss_loaded_bytes": loaded, "rss_peak_bytes": peak, "recovery_s": recovery_s,
+                "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending,
+                "rss_after_restart_bytes": rebuilt, "pending_on_disk": on_disk, "store_bytes": store}
     finally:
         workers.stop()
         forget_run(config)
@@ -438,6 +447,8 @@ def main() -> None:
     parser.add_argument("--crossings", type=int, default=50)
     parser.add_argument("--background-rate", type=float, default=10_000.0, help="pairs/s during the alert test")
     parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--join-memory-mb", type=float, default=0.0,
+                        help="rss: the worker's join_memory_mb, with a 60-day TTL (most pending on disk)")
     parser.add_argument("--skip", default="",
                         help="comma-separated: ceiling,aiokafka_floor,faust_floor,worker1,worker1_misrouted,worker2,"
                              "replay,invalid,alerts,rss")
@@ -500,8 +511,14 @@ def main() -> None:
             report["alert_latency_p50_s"] = round(latencies[len(latencies) // 2], 3)
             report["alert_latency_p99_s"] = round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3)
         if "rss" not in skip:
-            memory = pending_memory(bootstrap, folder, args.partitions, args.pending)
+            memory = pending_memory(bootstrap, folder, args.partitions, args.pending, args.join_memory_mb)
             report["pending"] = args.pending
+            if args.join_memory_mb:
+                report["join_memory_mb"] = args.join_memory_mb
+                report["pending_on_disk"] = memory["pending_on_disk"]
+                report["store_bytes_per_pending"] = round(memory["store_bytes"] / args.pending, 1)
+                for name in ("rss_baseline_bytes", "rss_loaded_bytes", "rss_peak_bytes", "rss_after_restart_bytes"):
+                    report[name.replace("_bytes", "_mib")] = round(memory[name] / (1 << 20), 1)
             report["rss_bytes_per_pending"] = round(memory["rss_bytes_per_pending"], 1)
             report["rss_peak_bytes_per_pending"] = round(memory["rss_peak_bytes_per_pending"], 1)
             report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)

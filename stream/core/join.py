@@ -16,7 +16,7 @@ Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` aft
 time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
 slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
 
-With ``max_entries``, the state of requests beyond it goes to disk (``core.spill``), whole
+With ``max_entries``, the state of requests beyond it goes to disk (``core.ondisk``), whole
 buckets at a time, those due soonest first, and comes back when a record of the request does
 (``hold`` brings a batch's back in one read) or when its bucket is due. Where a request's state
 lives never changes an outcome (``tests/unit/core/test_spill.py``).
@@ -41,26 +41,23 @@ True
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import math
-import pickle
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from enum import Enum
 from operator import itemgetter
 from typing import Any, cast
 
+from stream.core.buckets import Buckets, request_keys
 from stream.core.ids import Key, compact_id
-from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes, request_key
+from stream.core.ondisk import OnDisk
+from stream.core.slots import PAIRED, Entry, Pair, PKey, is_pair, pair
+from stream.core.spill import SpillStore
 
-__all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "label_rank"]
+__all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "is_pair",
+           "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
 SWEEP_EVERY_S = 60.0  # event time between the engine's expiry sweeps, and the width of the buckets they expire
 
-PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
-Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 
 
 class Outcome(Enum):
@@ -94,117 +91,7 @@ def label_rank(entry: Entry) -> tuple[float, str, str]:
     return entry[0], type(value).__name__, repr(value)
 
 
-PAIRED = "\x00paired"  # the first item of a pair's slot (identity tells it from any entry)
-Pair = tuple[str, Entry, float, Any]  # (PAIRED, the prediction, the label's time, the label's value)
-
-
-def is_pair(slot: Any) -> bool:
-    """Whether an ``ids`` slot holds a pair: a prediction that paired, with its label's time and
-    value (not its provenance), kept until the later of their timestamps plus the TTL, so that a
-    label or prediction that wins over it revises it and another model's prediction pairs with its
-    label. A plain tuple of atomic items: the garbage collector stops tracking it (one per joined
-    request, for a TTL, would otherwise make every collection longer)."""
-    return type(slot) is tuple and slot[0] is PAIRED
-
-
-def pair(prediction: Entry, label: Entry) -> Pair:
-    value = label[1]
-    return PAIRED, prediction, label[0], sys.intern(value) if type(value) is str else value  # classes repeat
-
-
-class _Buckets:
-    """Ids grouped by the time bucket of their deadline; a min-heap of bucket numbers. A bucket's
-    list may be partly on disk (``spill``; there, a set: an id listed twice in a bucket is
-    swept the same way once)."""
-
-    __slots__ = ("bucket_s", "by_bucket", "count", "heap", "kind", "last_bucket", "last_ids", "on_disk")
-
-    def __init__(self, bucket_s: float, kind: int) -> None:
-        self.bucket_s = bucket_s
-        self.kind = kind  # which of the join's lists: its number in the store
-        self.by_bucket: dict[int, list[PKey]] = {}
-        self.heap: list[int] = []  # every bucket with ids, in memory or on disk
-        self.last_bucket = -1
-        self.last_ids: list[PKey] = []
-        self.on_disk: set[int] = set()  # buckets with ids in the store
-        self.count = 0  # ids in the lists in memory
-
-    def add(self, deadline: float, request_id: PKey) -> None:
-        self.count += 1
-        bucket = int(deadline // self.bucket_s)
-        if bucket == self.last_bucket:  # in-order input lands in the same bucket again and again
-            self.last_ids.append(request_id)
-            return
-        ids = self.by_bucket.get(bucket)
-        if ids is None:
-            ids = self.by_bucket[bucket] = []
-            if bucket not in self.on_disk:
-                heapq.heappush(self.heap, bucket)
-        ids.append(request_id)
-        self.last_bucket, self.last_ids = bucket, ids
-
-    def add_many(self, deadline: float, request_ids: list[PKey], store: SpillStore | None = None) -> None:
-        """``add`` of each; with ``store``, straight to the bucket's list there."""
-        bucket = int(deadline // self.bucket_s)
-        if bucket not in self.on_disk and bucket not in self.by_bucket:
-            heapq.heappush(self.heap, bucket)
-        if store is not None:
-            store.put_index(self.kind, bucket, [_pkey_bytes(pkey) for pkey in request_ids])
-            self.on_disk.add(bucket)
-            return
-        self.count += len(request_ids)
-        ids = self.by_bucket.get(bucket)
-        if ids is None:
-            self.by_bucket[bucket] = request_ids
-        else:
-            ids.extend(request_ids)
-
-    def is_due(self, deadline: float, watermark: float) -> bool:
-        """Whether ``due(watermark)`` would yield the bucket of ``deadline``."""
-        return math.isinf(watermark) or (int(deadline // self.bucket_s) + 1) * self.bucket_s <= watermark
-
-    def due(self, watermark: float, store: SpillStore | None) -> Iterator[tuple[float, list[PKey], bool]]:
-        """(bucket end, ids, whether some were on disk) of each bucket that ended at or before the
-        watermark, in order, as it is taken off."""
-        heap = self.heap
-        while heap and (math.isinf(watermark) or (heap[0] + 1) * self.bucket_s <= watermark):
-            bucket = heapq.heappop(heap)
-            ids = self.by_bucket.pop(bucket, None) or []
-            self.count -= len(ids)
-            if bucket == self.last_bucket:
-                self.last_bucket = -1
-            if bucket in self.on_disk and store is not None:
-                self.on_disk.discard(bucket)
-                stored = [_pkey(data) for data in store.take_index(self.kind, bucket)]
-                yield (bucket + 1) * self.bucket_s, stored + ids, True
-            else:
-                yield (bucket + 1) * self.bucket_s, ids, False
-
-    def spill(self, bucket: int, store: SpillStore) -> list[PKey]:
-        """Move the bucket's list in memory to the store; returns it."""
-        ids = self.by_bucket.pop(bucket)
-        self.count -= len(ids)
-        store.put_index(self.kind, bucket, [_pkey_bytes(pkey) for pkey in ids])
-        self.on_disk.add(bucket)
-        if bucket == self.last_bucket:
-            self.last_bucket = -1
-        return ids
-
-
-def _pkey_bytes(pkey: PKey) -> bytes:
-    """A slot's key in a list on disk: its model (4 bytes), then its request's key."""
-    if type(pkey) is tuple:
-        return pkey[1].to_bytes(4, "big") + key_bytes(pkey[0])
-    return b"\x00\x00\x00\x00" + key_bytes(pkey)  # type: ignore[arg-type]
-
-
-def _pkey(data: bytes) -> PKey:
-    model = int.from_bytes(data[:4], "big")
-    key = request_key(data[4:])
-    return (key, model) if model else key
-
-
-class JoinBuffer:
+class JoinBuffer(OnDisk):
     """Pending predictions and the state of resolved ids share one dict (``ids``): a join or an
     expiry overwrites the slot the id already has, and a new prediction is one lookup.
 
@@ -234,9 +121,9 @@ class JoinBuffer:
         # (SHARED: the request's other matches); read by the caller right after the call.
         self.replaced: tuple[Entry, list[tuple[Outcome, Entry]]] = ((0.0, None), [])
         self.shared_with: list[tuple[Outcome, Entry]] = []
-        self._prediction_due = _Buckets(bucket_s, 0)
-        self._label_due = _Buckets(bucket_s, 1)
-        self._tombstone_due = _Buckets(bucket_s, 2)
+        self._prediction_due = Buckets(bucket_s, 0)
+        self._label_due = Buckets(bucket_s, 1)
+        self._tombstone_due = Buckets(bucket_s, 2)
         # State beyond memory (see the module): at most ``max_entries`` slots and waiting labels
         # in memory between batches (0: no bound), the rest in ``store``, made when first needed.
         self.max_entries = max_entries
@@ -505,7 +392,7 @@ class JoinBuffer:
         tombstones = self._tombstone_due
         resolved = 0
         for bucket_end, request_ids, on_disk in self._prediction_due.due(watermark, self.store):
-            back = self._load(_request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids)) if self.stored else []
             for request_id in request_ids:
                 entry = ids.get(request_id)
                 if entry is None or type(entry) is int:
@@ -528,7 +415,7 @@ class JoinBuffer:
         self.pending_predictions -= resolved
         labels = self.labels
         for bucket_end, request_ids, on_disk in self._label_due.due(watermark, self.store):
-            back = self._load(_request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids)) if self.stored else []
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
@@ -538,7 +425,7 @@ class JoinBuffer:
             self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
             self._store_states(back)
         for _, request_ids, _ in tombstones.due(watermark, self.store):
-            back = self._load(_request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids)) if self.stored else []
             self._bury(request_ids)
             self._store_states(back)
         if self.max_entries and not self._held and self.in_memory() > self.max_entries:
@@ -565,121 +452,3 @@ class JoinBuffer:
                         models.remove(request_id[1])
                         if not models:
                             del others[request_id[0]]
-
-    # ------------------------------------------------------------ on disk
-
-    def hold(self, keys: Iterable[Key]) -> None:
-        """A batch begins: the state of ``keys`` comes back from disk (one read), and nothing
-        moves to disk until ``release``. The batch paths (``insert_prediction`` and the others)
-        need their keys held."""
-        self._held += 1
-        if self.stored:
-            self._load(keys)
-
-    def release(self) -> None:
-        """A batch ended: state beyond ``max_entries`` moves to disk."""
-        self._held -= 1
-        if self.max_entries and not self._held and self.in_memory() > self.max_entries:
-            self._spill()
-
-    def in_memory(self) -> int:
-        """Entries held in memory: slots, waiting labels, and ids in the time buckets' lists."""
-        return (len(self.ids) + len(self.labels) + self._prediction_due.count + self._label_due.count
-                + self._tombstone_due.count)
-
-    def disk_bytes(self) -> int:
-        """The size of the store on disk (0 without one)."""
-        return 0 if self.store is None else self.store.disk_bytes()
-
-    def on_disk(self) -> tuple[int, int]:
-        """(predictions, labels) waiting for their other half on disk (of ``pending``)."""
-        return self.stored_predictions, self.stored_labels
-
-    def status(self) -> StoreStatus:
-        """What is on disk: pending requests, the store's size, how long its reads took."""
-        if self.store is None:
-            return StoreStatus()
-        reads = self.store.reads
-        return StoreStatus(self.on_disk(), self.store.disk_bytes(), Reads(list(reads.counts), reads.sum_s))
-
-    def _ready(self, key: Key) -> None:
-        """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
-        the request's comes back."""
-        if not self._held and self.in_memory() > self.max_entries:
-            self._spill()
-        if self.stored:
-            self._load((key,))
-
-    def _load(self, keys: Iterable[Key]) -> list[Key]:
-        """Bring the state of ``keys`` that is on disk back to memory; returns their keys."""
-        ids, labels, others = self.ids, self.labels, self.others
-        wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
-        if not wanted or self.store is None:
-            return []
-        found = self.store.take_states([key_bytes(key) for key in wanted])
-        back = []
-        for key, value in zip(wanted, found, strict=True):
-            if value is None:
-                continue
-            back.append(key)
-            slots, label, models = pickle.loads(value)
-            for model, slot in slots:
-                if type(slot) is tuple and slot and slot[0] == PAIRED:
-                    slot = (PAIRED, *slot[1:])  # the marker is told by identity
-                elif type(slot) is not int:
-                    self.stored_predictions -= 1
-                ids[(key, model) if model else key] = slot
-            if models is not None:
-                others[key] = models
-            if label is not None:
-                labels[key] = label
-                self.stored_labels -= 1
-            self.stored -= 1
-        return back
-
-    def _spill(self) -> None:
-        """Move whole buckets to disk, those due soonest first (of all three lists), with the
-        state of every request they list, until three quarters of ``max_entries`` stay."""
-        if self.store is None:
-            self.store = SpillStore(self.store_dir)
-        target = self.max_entries * 3 // 4
-        lists = (self._prediction_due, self._label_due, self._tombstone_due)
-        candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)
-        ids, labels = self.ids, self.labels
-        for bucket, kind in candidates:
-            if self.in_memory() <= target:
-                break
-            self._store_states(_request_keys(lists[kind].spill(bucket, self.store)))
-        excess = self.in_memory() - target
-        if excess > 0:  # state that came back while its buckets stay on disk: the longest held first
-            keys = [*itertools.islice(_request_keys(ids), excess), *itertools.islice(labels, excess)]
-            self._store_states(keys[:excess])
-
-    def _store_states(self, keys: Iterable[Key]) -> None:
-        """Move the state of ``keys`` that is in memory to disk."""
-        ids, labels, others = self.ids, self.labels, self.others
-        items = []
-        for key in dict.fromkeys(keys):
-            slots = []
-            slot = ids.pop(key, None)
-            if slot is not None:
-                slots.append((0, slot))
-            models = others.pop(key, None)
-            for model in models or ():
-                slot = ids.pop((key, model), None)
-                if slot is not None:
-                    slots.append((model, slot))
-            self.stored_predictions += sum(type(s) is not int and not is_pair(s) for _, s in slots)
-            label = labels.pop(key, None)
-            if not slots and label is None and models is None:
-                continue
-            items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
-            if label is not None:
-                self.stored_labels += 1
-        if items:
-            self.store.put_states(items)  # type: ignore[union-attr]
-            self.stored += len(items)
-
-
-def _request_keys(request_ids: Iterable[PKey]) -> Iterator[Key]:
-    return (pkey[0] if type(pkey) is tuple else pkey for pkey in request_ids)  # type: ignore[misc]

@@ -1,0 +1,152 @@
+"""The part of the join that moves state beyond its memory budget to disk and back (see
+``core.spill`` for the store, ``core.join`` for the rules the state follows wherever it is).
+
+A request's whole state (its models' slots, a waiting label, the models it has) is in memory or on
+disk, never split. ``JoinBuffer`` holds a batch's requests in memory from ``hold`` to
+``release``, and brings one request's back before any record of it outside a batch (``_ready``)
+and a due bucket's before its sweep (``_load``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+from stream.core.buckets import Buckets, request_keys
+from stream.core.ids import Key
+from stream.core.slots import PAIRED, PKey, is_pair
+from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes
+
+__all__ = ["OnDisk"]
+
+
+class OnDisk:
+    """``JoinBuffer``'s state beyond ``max_entries`` entries, on disk."""
+
+    ids: dict[PKey, Any]
+    labels: dict[Key, Any]
+    others: dict[Key, list[int]]
+    max_entries: int
+    store_dir: str | None
+    store: SpillStore | None
+    stored: int
+    stored_labels: int
+    stored_predictions: int
+    _held: int
+    _prediction_due: Buckets
+    _label_due: Buckets
+    _tombstone_due: Buckets
+
+    def hold(self, keys: Iterable[Key]) -> None:
+        """A batch begins: the state of ``keys`` comes back from disk (one read), and nothing
+        moves to disk until ``release``. The batch paths (``insert_prediction`` and the others)
+        need their keys held."""
+        self._held += 1
+        if self.stored:
+            self._load(keys)
+
+    def release(self) -> None:
+        """A batch ended: state beyond ``max_entries`` moves to disk."""
+        self._held -= 1
+        if self.max_entries and not self._held and self.in_memory() > self.max_entries:
+            self._spill()
+
+    def in_memory(self) -> int:
+        """Entries held in memory: slots, waiting labels, and ids in the time buckets' lists."""
+        return (len(self.ids) + len(self.labels) + self._prediction_due.count + self._label_due.count
+                + self._tombstone_due.count)
+
+    def disk_bytes(self) -> int:
+        """The size of the store on disk (0 without one)."""
+        return 0 if self.store is None else self.store.disk_bytes()
+
+    def on_disk(self) -> tuple[int, int]:
+        """(predictions, labels) waiting for their other half on disk (of ``pending``)."""
+        return self.stored_predictions, self.stored_labels
+
+    def status(self) -> StoreStatus:
+        """What is on disk: pending requests, the store's size, how long its reads took."""
+        if self.store is None:
+            return StoreStatus()
+        reads = self.store.reads
+        return StoreStatus(self.on_disk(), self.store.disk_bytes(), Reads(list(reads.counts), reads.sum_s))
+
+    def _ready(self, key: Key) -> None:
+        """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
+        the request's comes back."""
+        if not self._held and self.in_memory() > self.max_entries:
+            self._spill()
+        if self.stored:
+            self._load((key,))
+
+    def _load(self, keys: Iterable[Key]) -> list[Key]:
+        """Bring the state of ``keys`` that is on disk back to memory; returns their keys."""
+        ids, labels, others = self.ids, self.labels, self.others
+        wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
+        if not wanted or self.store is None:
+            return []
+        found = self.store.take_states([key_bytes(key) for key in wanted])
+        back = []
+        for key, value in zip(wanted, found, strict=True):
+            if value is None:
+                continue
+            back.append(key)
+            slots, label, models = pickle.loads(value)
+            for model, slot in slots:
+                if type(slot) is tuple and slot and slot[0] == PAIRED:
+                    slot = (PAIRED, *slot[1:])  # the marker is told by identity
+                elif type(slot) is not int:
+                    self.stored_predictions -= 1
+                ids[(key, model) if model else key] = slot
+            if models is not None:
+                others[key] = models
+            if label is not None:
+                labels[key] = label
+                self.stored_labels -= 1
+            self.stored -= 1
+        return back
+
+    def _spill(self) -> None:
+        """Move whole buckets to disk, those due soonest first (of all three lists), with the
+        state of every request they list, until three quarters of ``max_entries`` stay."""
+        if self.store is None:
+            self.store = SpillStore(self.store_dir)
+        target = self.max_entries * 3 // 4
+        lists = (self._prediction_due, self._label_due, self._tombstone_due)
+        candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)
+        ids, labels = self.ids, self.labels
+        for bucket, kind in candidates:
+            if self.in_memory() <= target:
+                break
+            self._store_states(request_keys(lists[kind].spill(bucket, self.store)))
+        excess = self.in_memory() - target
+        if excess > 0:  # state that came back while its buckets stay on disk: the longest held first
+            keys = [*itertools.islice(request_keys(ids), excess), *itertools.islice(labels, excess)]
+            self._store_states(keys[:excess])
+
+    def _store_states(self, keys: Iterable[Key]) -> None:
+        """Move the state of ``keys`` that is in memory to disk."""
+        ids, labels, others = self.ids, self.labels, self.others
+        items = []
+        for key in dict.fromkeys(keys):
+            slots = []
+            slot = ids.pop(key, None)
+            if slot is not None:
+                slots.append((0, slot))
+            models = others.pop(key, None)
+            for model in models or ():
+                slot = ids.pop((key, model), None)
+                if slot is not None:
+                    slots.append((model, slot))
+            self.stored_predictions += sum(type(s) is not int and not is_pair(s) for _, s in slots)
+            label = labels.pop(key, None)
+            if not slots and label is None and models is None:
+                continue
+            items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
+            if label is not None:
+                self.stored_labels += 1
+        if items:
+            self.store.put_states(items)  # type: ignore[union-attr]
+            self.stored += len(items)
