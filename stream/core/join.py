@@ -117,6 +117,7 @@ class JoinBuffer(OnDisk):
         self.others: dict[Key, list[int]] = {}  # models other than 0 with state under a request
         self.several = False  # set by the engine once it sees a second model
         self.pending_predictions = 0
+        self.pairs = 0  # slots in ``ids`` that hold a pair
         # What the last call replaced (REVISED: the old label and its matches) or shared with
         # (SHARED: the request's other matches); read by the caller right after the call.
         self.replaced: tuple[Entry, list[tuple[Outcome, Entry]]] = ((0.0, None), [])
@@ -180,6 +181,7 @@ class JoinBuffer(OnDisk):
         if label is not None:
             ts = self.prediction_ts(entry)
             ids[pkey] = pair(entry, label)
+            self.pairs += 1
             self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
             late = label[0] - ts > self.ttl_s
             if shared:
@@ -209,6 +211,7 @@ class JoinBuffer(OnDisk):
                     return self._contest((key,), entry)
                 if kind is not int:
                     ids[key] = pair(known, entry)  # swept with the prediction's bucket, or later
+                    self.pairs += 1
                     self.pending_predictions -= 1
                     outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
                     return outcome, [(outcome, known)], entry
@@ -241,6 +244,7 @@ class JoinBuffer(OnDisk):
             for pkey in pending:
                 prediction = ids[pkey]
                 ids[pkey] = pair(prediction, entry)
+                self.pairs += 1
                 matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
             self.pending_predictions -= len(pending)
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
@@ -287,6 +291,7 @@ class JoinBuffer(OnDisk):
             return None
         label = self.labels.pop(key)
         ids[pkey] = pair(entry, label)
+        self.pairs += 1
         self._prediction_due.add((ts if ts > label[0] else label[0]) + self.ttl_s, pkey)
         return label
 
@@ -315,6 +320,7 @@ class JoinBuffer(OnDisk):
         if known is None or type(known) is int or (type(known) is tuple and known[0] is PAIRED):
             return None
         ids[pkey] = pair(known, entry)
+        self.pairs += 1
         self.pending_predictions -= 1
         return known
 
@@ -402,6 +408,7 @@ class JoinBuffer(OnDisk):
                     deadline = (ts if ts > entry[2] else entry[2]) + ttl
                     if deadline < watermark:
                         ids[request_id] = _JOINED
+                        self.pairs -= 1
                     else:  # its label came later than the prediction, or was replaced by a later one
                         later.append((deadline, request_id))
                 elif prediction_ts(entry) + ttl < watermark:

@@ -21,6 +21,8 @@ from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes
 
 __all__ = ["OnDisk"]
 
+WRITE_BATCH = 4096  # states written at a time: what a large move to disk holds at once stays small
+
 
 class OnDisk:
     """``JoinBuffer``'s state beyond ``max_entries`` entries, on disk."""
@@ -34,6 +36,7 @@ class OnDisk:
     stored: int
     stored_labels: int
     stored_predictions: int
+    pairs: int
     _held: int
     _prediction_due: Buckets
     _label_due: Buckets
@@ -54,9 +57,10 @@ class OnDisk:
             self._spill()
 
     def in_memory(self) -> int:
-        """Entries held in memory: slots, waiting labels, and ids in the time buckets' lists."""
-        return (len(self.ids) + len(self.labels) + self._prediction_due.count + self._label_due.count
-                + self._tombstone_due.count)
+        """Entries held in memory: slots (a pair counts three: it holds a prediction and a label's
+        time and value), waiting labels, and ids in the time buckets' lists."""
+        return (len(self.ids) + 2 * self.pairs + len(self.labels) + self._prediction_due.count
+                + self._label_due.count + self._tombstone_due.count)
 
     def disk_bytes(self) -> int:
         """The size of the store on disk (0 without one)."""
@@ -97,6 +101,7 @@ class OnDisk:
             for model, slot in slots:
                 if type(slot) is tuple and slot and slot[0] == PAIRED:
                     slot = (PAIRED, *slot[1:])  # the marker is told by identity
+                    self.pairs += 1
                 elif type(slot) is not int:
                     self.stored_predictions -= 1
                 ids[(key, model) if model else key] = slot
@@ -140,13 +145,21 @@ class OnDisk:
                 slot = ids.pop((key, model), None)
                 if slot is not None:
                     slots.append((model, slot))
-            self.stored_predictions += sum(type(s) is not int and not is_pair(s) for _, s in slots)
+            paired = sum(is_pair(s) for _, s in slots)
+            self.pairs -= paired
+            self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
             label = labels.pop(key, None)
             if not slots and label is None and models is None:
                 continue
             items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
             if label is not None:
                 self.stored_labels += 1
+            if len(items) == WRITE_BATCH:
+                self._put(items)
+                items = []
+        self._put(items)
+
+    def _put(self, items: list[tuple[bytes, bytes]]) -> None:
         if items:
             self.store.put_states(items)  # type: ignore[union-attr]
             self.stored += len(items)

@@ -80,6 +80,7 @@ def played(join: JoinBuffer, ops: list[Op], batch: int) -> list[Any]:
         join.release()
         assert not join.max_entries or join.in_memory() <= join.max_entries
         held = sum(type(slot) is not int and not is_pair(slot) for slot in join.ids.values())
+        assert join.pairs == sum(is_pair(slot) for slot in join.ids.values())
         assert (held + join.on_disk()[0], len(join.labels) + join.on_disk()[1]) == join.pending()
     answers.append(swept(join.expire(math.inf)))
     answers.append(join.pending())
