@@ -11,7 +11,7 @@ scan of everything stored.
 The store is a cache of what the join's inputs rebuild, not a record of them: it has no write-ahead
 log, lives in a fresh temporary directory named after its process, and is deleted when the join
 is (or the process ends); the stores of processes killed meanwhile go when the next store in the
-same directory is made (``remove_orphans``).
+same directory is made, or a worker starts (``remove_orphans``).
 RocksDB (through rocksdict, which the Kafka worker's faust tables use already) rather than
 SQLite or LMDB: batched point reads with bloom filters, writes that never rewrite in place, and a
 memory use set by a few options whatever the size on disk.
@@ -41,7 +41,7 @@ from typing import Any, cast
 from stream.core.ids import Key
 
 __all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
-           "request_key"]
+           "remove_orphans", "request_key"]
 
 WRITE_BUFFER_BYTES = 16 << 20  # a memtable; RocksDB keeps at most two
 BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks)

@@ -35,7 +35,7 @@ from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Prediction, raw_text
 from stream.core.snapshot import restore_rolling, rolling_snapshot
-from stream.core.spill import StoreStatus
+from stream.core.spill import StoreStatus, remove_orphans
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.kafka.batches import (
@@ -96,6 +96,7 @@ class Join:
         self.config = config
         self.engine_config = dataclasses.replace(config, windows=engine_windows(config.windows),
                                                  join_store_dir=config.join_store_dir or config.data_dir)
+        remove_orphans(self.engine_config.join_store_dir)  # what a killed worker's joins left on disk
         self.engines: dict[int, Engine] = {}
         self.max_window_s = max((w.size_s for w in self.engine_config.windows), default=0)
         self.stale = True  # rebuild the engines from the table before the next message
