@@ -71,7 +71,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self.join = JoinBuffer(config.join_ttl_s, SWEEP_EVERY_S, prediction_ts=pending_ts,
                                duplicate_labels=config.duplicate_labels, prediction_rank=self._prediction_rank,
                                max_entries=max(1, int(config.join_memory_mb * memory_share * (1 << 20) / ENTRY_BYTES)),
-                               store_dir=config.join_store_dir or None)
+                               store_dir=config.join_store_dir or None, store_share=memory_share)
         self.health = Health()
         self.sampler = Sampler(config.sample)
         self.watermark = -math.inf

@@ -105,7 +105,7 @@ class JoinBuffer(OnDisk):
     def __init__(self, ttl_s: float, bucket_s: float = 60.0,
                  prediction_ts: Callable[[Any], float] = itemgetter(0), duplicate_labels: str = "earliest",
                  prediction_rank: Callable[[Any], Any] = lambda entry: entry, max_entries: int = 0,
-                 store_dir: str | None = None) -> None:
+                 store_dir: str | None = None, store_share: float = 1.0) -> None:
         if duplicate_labels not in DUPLICATE_LABEL_RULES:
             raise ValueError(f"duplicate_labels is one of {', '.join(DUPLICATE_LABEL_RULES)}, not {duplicate_labels!r}")
         self.ttl_s = ttl_s
@@ -129,6 +129,7 @@ class JoinBuffer(OnDisk):
         # in memory between batches (0: no bound), the rest in ``store``, made when first needed.
         self.max_entries = max_entries
         self.store_dir = store_dir
+        self.store_share = store_share  # of the process's store buffers (one of several joins)
         self.store: SpillStore | None = None
         self.stored = 0  # requests whose state is on disk
         self.stored_labels = 0  # of those, the ones with a label waiting

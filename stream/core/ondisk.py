@@ -32,6 +32,7 @@ class OnDisk:
     others: dict[Key, list[int]]
     max_entries: int
     store_dir: str | None
+    store_share: float
     store: SpillStore | None
     stored: int
     stored_labels: int
@@ -117,7 +118,7 @@ class OnDisk:
         """Move whole buckets to disk, those due soonest first (of all three lists), with the
         state of every request they list, until three quarters of ``max_entries`` stay."""
         if self.store is None:
-            self.store = SpillStore(self.store_dir)
+            self.store = SpillStore(self.store_dir, self.store_share)
         target = self.max_entries * 3 // 4
         lists = (self._prediction_due, self._label_due, self._tombstone_due)
         candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)

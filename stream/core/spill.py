@@ -43,8 +43,8 @@ from stream.core.ids import Key
 __all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
            "remove_orphans", "request_key"]
 
-WRITE_BUFFER_BYTES = 16 << 20  # a memtable; RocksDB keeps at most two
-BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks)
+WRITE_BUFFER_BYTES = 16 << 20  # a memtable (a process's, shared out among its joins); RocksDB keeps at most two
+BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks), alike
 READ_BUCKETS_S = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, float("inf"))  # a batched read's
 _PREFIX = "mlmon-join-"  # a store's directory: this, its process id, a dash, a unique part
 _BUCKET = 1 << 63  # a bucket number (signed) as an unsigned big-endian key part: they sort in order
@@ -102,9 +102,10 @@ class StoreStatus:
 class SpillStore:
     """States by request key, and the ids of bucket lists by (list, bucket); states are bytes that
     the join encodes, ids bytes that it encodes too. ``path``: a directory to hold the store's own
-    temporary directory (default: the system's)."""
+    temporary directory (default: the system's); ``share``: the part of a process's joins this
+    one is (a worker's partition), which its write buffers and cache get."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, share: float = 1.0) -> None:
         from rocksdict import Options, Rdict, WriteOptions
 
         if path:
@@ -113,8 +114,8 @@ class SpillStore:
         self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=path or None)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        options.optimize_for_point_lookup(BLOCK_CACHE_MB)
-        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.optimize_for_point_lookup(max(1, round(BLOCK_CACHE_MB * share)))
+        options.set_write_buffer_size(max(1 << 20, int(WRITE_BUFFER_BYTES * share)))
         options.set_max_write_buffer_number(2)
         options.set_max_background_jobs(1)
         self._db = Rdict(self.path, options)
