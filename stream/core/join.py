@@ -436,8 +436,7 @@ class JoinBuffer(OnDisk):
             back = self._load(request_keys(request_ids)) if self.stored else []
             self._bury(request_ids)
             self._store_states(back)
-        if self.max_entries and not self._held and self.in_memory() > self.max_entries:
-            self._spill()
+        self._bound()
 
     def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:
         """Tombstones of resolved ids, until ``deadline`` (listed on disk when their bucket was);

@@ -54,6 +54,10 @@ class OnDisk:
     def release(self) -> None:
         """A batch ended: state beyond ``max_entries`` moves to disk."""
         self._held -= 1
+        self._bound()
+
+    def _bound(self) -> None:
+        """Outside a batch, move state beyond ``max_entries`` to disk."""
         if self.max_entries and not self._held and self.in_memory() > self.max_entries:
             self._spill()
 
@@ -62,10 +66,6 @@ class OnDisk:
         time and value), waiting labels, and ids in the time buckets' lists."""
         return (len(self.ids) + 2 * self.pairs + len(self.labels) + self._prediction_due.count
                 + self._label_due.count + self._tombstone_due.count)
-
-    def disk_bytes(self) -> int:
-        """The size of the store on disk (0 without one)."""
-        return 0 if self.store is None else self.store.disk_bytes()
 
     def on_disk(self) -> tuple[int, int]:
         """(predictions, labels) waiting for their other half on disk (of ``pending``)."""
@@ -81,8 +81,7 @@ class OnDisk:
     def _ready(self, key: Key) -> None:
         """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
         the request's comes back."""
-        if not self._held and self.in_memory() > self.max_entries:
-            self._spill()
+        self._bound()
         if self.stored:
             self._load((key,))
 

@@ -109,7 +109,7 @@ def test_state_goes_to_disk_and_comes_back_by_batch_and_by_bucket() -> None:
     for i in range(1000):
         join.add_prediction(f"r{i}", (float(i % 50), "a"))
     join.release()
-    assert join.in_memory() <= 100 and join.stored >= 900 and join.disk_bytes() > 0
+    assert join.in_memory() <= 100 and join.stored >= 900 and join.status().disk_bytes > 0
     join.hold([f"r{i}" for i in range(0, 1000, 2)])  # one read brings a batch's requests back
     stored = join.stored
     assert stored <= 1000 - 500 and all(join.add_label(f"r{i}", (60.0, "a"))[0].name == "JOINED"
