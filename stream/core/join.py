@@ -135,6 +135,7 @@ class JoinBuffer(OnDisk):
         self.stored_labels = 0  # of those, the ones with a label waiting
         self.stored_predictions = 0  # pending predictions on disk
         self._held = 0  # batches under way (``hold``): nothing moves to disk meanwhile
+        self.unlisted: list[tuple[int, PKey]] = []  # (bucket, id): listings on disk to remove (``_relist``)
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
@@ -211,9 +212,10 @@ class JoinBuffer(OnDisk):
                 if kind is tuple and known[0] is PAIRED:
                     return self._contest((key,), entry)
                 if kind is not int:
-                    ids[key] = pair(known, entry)  # swept with the prediction's bucket, or later
+                    ids[key] = pair(known, entry)
                     self.pairs += 1
                     self.pending_predictions -= 1
+                    self._relist(key, known, entry)
                     outcome = LATE if entry[0] - self.prediction_ts(known) > self.ttl_s else JOINED
                     return outcome, [(outcome, known)], entry
         waiting = self.labels.get(key) if self.labels else None
@@ -246,6 +248,7 @@ class JoinBuffer(OnDisk):
                 prediction = ids[pkey]
                 ids[pkey] = pair(prediction, entry)
                 self.pairs += 1
+                self._relist(pkey, prediction, entry)
                 matches.append((LATE if entry[0] - prediction_ts(prediction) > ttl else JOINED, prediction))
             self.pending_predictions -= len(pending)
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
@@ -323,6 +326,7 @@ class JoinBuffer(OnDisk):
         ids[pkey] = pair(known, entry)
         self.pairs += 1
         self.pending_predictions -= 1
+        self._relist(pkey, known, entry)
         return known
 
     def _revise_prediction(self, key: Key, pkey: PKey, slot: Pair, entry: Entry
@@ -336,6 +340,19 @@ class JoinBuffer(OnDisk):
         ts = prediction_ts(entry)
         self._prediction_due.add((ts if ts > label[0] else label[0]) + ttl, pkey)
         return REVISED, entry, label
+
+    def _relist(self, pkey: PKey, prediction: Entry, label: Entry, old: Entry | None = None) -> None:
+        """A pair is listed in the bucket of its deadline (the later of its timestamps plus the
+        TTL), so that the sweep of its prediction's bucket (or of its old label's) need not
+        read it: a prediction that pairs, or a pair whose label changed (``old``), is listed
+        there, and its listing in its prediction's bucket, if on disk, removed."""
+        ts, ttl, bucket_s = self.prediction_ts(prediction), self.ttl_s, self._prediction_due.bucket_s
+        before = int(((ts if old is None or ts > old[0] else old[0]) + ttl) // bucket_s)
+        deadline = (ts if ts > label[0] else label[0]) + ttl
+        if int(deadline // bucket_s) != before:
+            self._prediction_due.add(deadline, pkey)
+            if old is None and before in self._prediction_due.on_disk:
+                self.unlisted.append((before, pkey))
 
     def _wins(self, new: Entry, old: Entry) -> bool:
         if self.latest_wins:
@@ -362,7 +379,8 @@ class JoinBuffer(OnDisk):
             ts = prediction_ts(slot[1])
             old_matches.append((LATE if old[0] - ts > ttl else JOINED, slot[1]))
             matches.append((LATE if entry[0] - ts > ttl else JOINED, slot[1]))
-            ids[pkey] = pair(slot[1], entry)  # a later deadline: its sweep puts it off (``expire``)
+            ids[pkey] = pair(slot[1], entry)
+            self._relist(pkey, slot[1], entry, old)
         self.replaced = (old, old_matches)
         return REVISED, matches, entry
 
@@ -395,35 +413,39 @@ class JoinBuffer(OnDisk):
         ttl = self.ttl_s
         ids = self.ids
         prediction_ts = self.prediction_ts
-        later: list[tuple[float, PKey]] = []
         tombstones = self._tombstone_due
+        bucket_s = self._prediction_due.bucket_s
         resolved = 0
+        self._unlist()
         for bucket_end, request_ids, on_disk in self._prediction_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
+            bucket = round(bucket_end / bucket_s) - 1
+            elsewhere: set[PKey] | None = None  # pairs listed in their own deadline's bucket: not here
             for request_id in request_ids:
                 entry = ids.get(request_id)
                 if entry is None or type(entry) is int:
                     continue
                 if type(entry) is tuple and entry[0] is PAIRED:
                     ts = prediction_ts(entry[1])
-                    deadline = (ts if ts > entry[2] else entry[2]) + ttl
-                    if deadline < watermark:
-                        ids[request_id] = _JOINED
-                        self.pairs -= 1
-                    else:  # its label came later than the prediction, or was replaced by a later one
-                        later.append((deadline, request_id))
+                    if int(((ts if ts > entry[2] else entry[2]) + ttl) // bucket_s) > bucket:
+                        if elsewhere is None:
+                            elsewhere = set()
+                        elsewhere.add(request_id)
+                        continue
+                    ids[request_id] = _JOINED
+                    self.pairs -= 1
                 elif prediction_ts(entry) + ttl < watermark:
                     ids[request_id] = _PREDICTION_EXPIRED
                     expired(entry)
                     resolved += 1
+            if elsewhere is not None:
+                request_ids = [request_id for request_id in request_ids if request_id not in elsewhere]
             self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back)  # what came from disk to be swept goes back there
-        for deadline, request_id in later:
-            self._prediction_due.add(deadline, request_id)
+            self._store_states(back, kept=True)  # what came from disk to be swept goes back there
         self.pending_predictions -= resolved
         labels = self.labels
         for bucket_end, request_ids, on_disk in self._label_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
@@ -431,11 +453,11 @@ class JoinBuffer(OnDisk):
                     orphaned(entry)
                     ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
             self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back)
+            self._store_states(back, kept=True)
         for _, request_ids, _ in tombstones.due(watermark, self.store):
-            back = self._load(request_keys(request_ids)) if self.stored else []
+            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
             self._bury(request_ids)
-            self._store_states(back)
+            self._store_states(back, kept=True)
         self._bound()
 
     def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:

@@ -14,7 +14,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from stream.core.buckets import Buckets, request_keys
+from stream.core.buckets import Buckets, pkey_bytes, request_keys
 from stream.core.ids import Key
 from stream.core.slots import PAIRED, PKey, is_pair
 from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes
@@ -39,6 +39,7 @@ class OnDisk:
     stored_predictions: int
     pairs: int
     _held: int
+    unlisted: list[tuple[int, PKey]]
     _prediction_due: Buckets
     _label_due: Buckets
     _tombstone_due: Buckets
@@ -85,13 +86,14 @@ class OnDisk:
         if self.stored:
             self._load((key,))
 
-    def _load(self, keys: Iterable[Key]) -> list[Key]:
-        """Bring the state of ``keys`` that is on disk back to memory; returns their keys."""
+    def _load(self, keys: Iterable[Key], keep: bool = False) -> list[Key]:
+        """Bring the state of ``keys`` that is on disk back to memory; returns their keys. With
+        ``keep``, the copy on disk stays, for ``_store_states(..., kept=True)`` to overwrite."""
         ids, labels, others = self.ids, self.labels, self.others
         wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
         if not wanted or self.store is None:
             return []
-        found = self.store.take_states([key_bytes(key) for key in wanted])
+        found = self.store.take_states([key_bytes(key) for key in wanted], keep)
         back = []
         for key, value in zip(wanted, found, strict=True):
             if value is None:
@@ -113,11 +115,20 @@ class OnDisk:
             self.stored -= 1
         return back
 
+    def _unlist(self) -> None:
+        """Remove from the prediction lists on disk the listings ``unlisted`` names: those of
+        predictions that paired since, which their sweep would pass over (``JoinBuffer._relist``).
+        Before the lists on disk are read or written again."""
+        if self.unlisted:
+            self.store.unlist(0, [(bucket, pkey_bytes(pkey)) for bucket, pkey in self.unlisted])  # type: ignore[union-attr]
+            self.unlisted.clear()
+
     def _spill(self) -> None:
         """Move whole buckets to disk, those due soonest first (of all three lists), with the
         state of every request they list, until three quarters of ``max_entries`` stay."""
         if self.store is None:
             self.store = SpillStore(self.store_dir, self.store_share)
+        self._unlist()
         target = self.max_entries * 3 // 4
         lists = (self._prediction_due, self._label_due, self._tombstone_due)
         candidates = sorted((bucket, kind) for kind, buckets in enumerate(lists) for bucket in buckets.by_bucket)
@@ -131,10 +142,12 @@ class OnDisk:
             keys = [*itertools.islice(request_keys(ids), excess), *itertools.islice(labels, excess)]
             self._store_states(keys[:excess])
 
-    def _store_states(self, keys: Iterable[Key]) -> None:
-        """Move the state of ``keys`` that is in memory to disk."""
+    def _store_states(self, keys: Iterable[Key], kept: bool = False) -> None:
+        """Move the state of ``keys`` that is in memory to disk; with ``kept`` (they were loaded
+        with ``keep``), remove the copy on disk of those with none left."""
         ids, labels, others = self.ids, self.labels, self.others
         items = []
+        gone = []
         for key in dict.fromkeys(keys):
             slots = []
             slot = ids.pop(key, None)
@@ -150,6 +163,8 @@ class OnDisk:
             self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
             label = labels.pop(key, None)
             if not slots and label is None and models is None:
+                if kept:
+                    gone.append(key_bytes(key))
                 continue
             items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
             if label is not None:
@@ -158,6 +173,8 @@ class OnDisk:
                 self._put(items)
                 items = []
         self._put(items)
+        if gone:
+            self.store.remove_states(gone)  # type: ignore[union-attr]
 
     def _put(self, items: list[tuple[bytes, bytes]]) -> None:
         if items:

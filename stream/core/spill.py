@@ -106,7 +106,7 @@ class SpillStore:
     one is (a worker's partition), which its write buffers and cache get."""
 
     def __init__(self, path: str | None = None, share: float = 1.0) -> None:
-        from rocksdict import Options, Rdict, WriteOptions
+        from rocksdict import DBCompressionType, Options, Rdict, WriteOptions
 
         if path:
             os.makedirs(path, exist_ok=True)
@@ -118,6 +118,7 @@ class SpillStore:
         options.set_write_buffer_size(max(1 << 20, int(WRITE_BUFFER_BYTES * share)))
         options.set_max_write_buffer_number(2)
         options.set_max_background_jobs(1)
+        options.set_compression_type(DBCompressionType.none())  # pickled states, random ids: little to gain
         self._db = Rdict(self.path, options)
         writes = WriteOptions()
         writes.disable_wal = True  # type: ignore[method-assign,assignment]  # a cache: rebuilt, never recovered
@@ -133,20 +134,24 @@ class SpillStore:
             batch.put(key, value)
         self._db.write(batch)
 
-    def take_states(self, keys: list[bytes]) -> list[bytes | None]:
-        """The states stored under ``keys`` (None where there is none), removed from the store."""
-        from rocksdict import WriteBatch
-
+    def take_states(self, keys: list[bytes], keep: bool = False) -> list[bytes | None]:
+        """The states stored under ``keys`` (None where there is none), removed from the store
+        unless ``keep`` (the caller overwrites or removes them soon)."""
         started = time.perf_counter()
         found: list[bytes | None] = self._db.get(cast(list[Any], keys))  # type: ignore[assignment]
         self.reads.observe(time.perf_counter() - started)
-        batch = WriteBatch(raw_mode=True)
-        for key, value in zip(keys, found, strict=True):
-            if value is not None:
-                batch.delete(key)
-        if len(batch):
-            self._db.write(batch)
+        if not keep:
+            self.remove_states([key for key, value in zip(keys, found, strict=True) if value is not None])
         return found
+
+    def remove_states(self, keys: list[bytes]) -> None:
+        from rocksdict import WriteBatch
+
+        if keys:
+            batch = WriteBatch(raw_mode=True)
+            for key in keys:
+                batch.delete(key)
+            self._db.write(batch)
 
     def put_index(self, kind: int, bucket: int, ids: list[bytes]) -> None:
         """Add ``ids`` to the bucket's list ``kind`` (each id once: a list is a set here)."""
@@ -156,6 +161,16 @@ class SpillStore:
         batch = WriteBatch(raw_mode=True)
         for data in ids:
             batch.put(prefix + data, b"")
+        self._db.write(batch)
+
+    def unlist(self, kind: int, listings: list[tuple[int, bytes]]) -> None:
+        """Remove the ids from the lists ``kind`` of their buckets ((bucket, id) each), where
+        they are (a write: nothing is read)."""
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for bucket, data in listings:
+            batch.delete(_prefix(kind, bucket) + data)
         self._db.write(batch)
 
     def take_index(self, kind: int, bucket: int) -> list[bytes]:
