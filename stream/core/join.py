@@ -12,9 +12,10 @@ one), until the watermark passes the pair's deadline (the later of its timestamp
 Outcomes depend on timestamps only, never on when a sweep runs, so the replay engine and the Kafka
 worker count the same input the same way.
 
-Resolved ids leave a small tombstone (id -> state) until about ``2 * ttl_s`` after their
-time, so duplicates and late labels are recognised; expiry is swept by time buckets (one list
-slot per entry, handed on whole to the tombstone buckets), not a heap of tuples.
+Resolved ids leave a small tombstone (id -> state) until a TTL after their deadline (about
+``2 * ttl_s`` after their time), so duplicates and late labels are recognised; expiry is swept by
+time buckets (``core.sweep``: one list slot per entry, handed on whole to the tombstone buckets),
+not a heap of tuples.
 
 With ``max_entries``, the state of requests beyond it goes to disk (``core.ondisk``), whole
 buckets at a time, those due soonest first, and comes back when a record of the request does
@@ -44,13 +45,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
-from stream.core.buckets import Buckets, request_keys
+from stream.core.buckets import Buckets
 from stream.core.ids import Key, compact_id
-from stream.core.ondisk import OnDisk
-from stream.core.slots import PAIRED, Entry, Pair, PKey, is_pair, pair
+from stream.core.slots import PAIRED, TOMB_EXPIRED, TOMB_JOINED, TOMB_ORPHANED, Entry, Pair, PKey, is_pair, pair
 from stream.core.spill import SpillStore
+from stream.core.sweep import Sweeps
 
 __all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "is_pair",
            "label_rank"]
@@ -75,8 +76,6 @@ class Outcome(Enum):
 PENDING, JOINED, DUPLICATE, LATE = Outcome.PENDING, Outcome.JOINED, Outcome.DUPLICATE, Outcome.LATE
 SHARED, SHARED_LATE, REVISED, REPLACED = Outcome.SHARED, Outcome.SHARED_LATE, Outcome.REVISED, Outcome.REPLACED
 
-# Tombstone states: what a resolved id's next record means.
-_JOINED, _PREDICTION_EXPIRED, _LABEL_ORPHANED = 0, 1, 2
 _NOTHING: tuple[Outcome, None, None] = (Outcome.PENDING, None, None)
 
 
@@ -91,7 +90,7 @@ def label_rank(entry: Entry) -> tuple[float, str, str]:
     return entry[0], type(value).__name__, repr(value)
 
 
-class JoinBuffer(OnDisk):
+class JoinBuffer(Sweeps):
     """Pending predictions and the state of resolved ids share one dict (``ids``): a join or an
     expiry overwrites the slot the id already has, and a new prediction is one lookup.
 
@@ -136,6 +135,8 @@ class JoinBuffer(OnDisk):
         self.stored_predictions = 0  # pending predictions on disk
         self._held = 0  # batches under way (``hold``): nothing moves to disk meanwhile
         self.unlisted: list[tuple[int, PKey]] = []  # (bucket, id): listings on disk to remove (``_relist``)
+        self.tombstones_stored = False  # lone tombstones went to disk (not counted in ``stored``)
+        self._kept_tombs: set[Key] = set()
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
@@ -152,7 +153,7 @@ class JoinBuffer(OnDisk):
         pkey = (key, model) if model else key
         ids = self.ids
         known = ids.get(pkey)
-        if known is not None and known != _LABEL_ORPHANED:
+        if known is not None and known != TOMB_ORPHANED:
             kind = type(known)
             if kind is int:
                 return Outcome.DUPLICATE, None, None  # expired, or its pair can no longer change
@@ -166,7 +167,7 @@ class JoinBuffer(OnDisk):
             ids[pkey] = entry
             self._prediction_due.add(self.prediction_ts(entry) + self.ttl_s, pkey)
             return REPLACED, known, None
-        if model and ids.get(key) == _LABEL_ORPHANED:
+        if model and ids.get(key) == TOMB_ORPHANED:
             del ids[key]  # gone, as model 0's prediction replaces it: alike whatever number its model has
         label = None
         shared: list[tuple[Outcome, Entry]] = []
@@ -237,7 +238,7 @@ class JoinBuffer(OnDisk):
                 return self._contest(pkeys, entry)
             if kind is not int:
                 pending.append(pkey)
-            elif known == _PREDICTION_EXPIRED:
+            elif known == TOMB_EXPIRED:
                 expired = True
             else:  # joined, or an earlier label was orphaned
                 return Outcome.DUPLICATE, [], entry
@@ -254,8 +255,8 @@ class JoinBuffer(OnDisk):
             return (JOINED if any(m[0] is JOINED for m in matches) else LATE), matches, entry
         if expired:
             for pkey in pkeys:
-                if ids.get(pkey) == _PREDICTION_EXPIRED:
-                    ids[pkey] = _JOINED  # any further label is a duplicate
+                if ids.get(pkey) == TOMB_EXPIRED:
+                    ids[pkey] = TOMB_JOINED  # any further label is a duplicate
             return Outcome.LATE, [], entry
         self.labels[key] = entry
         self._label_due.add(entry[0] + self.ttl_s, key)
@@ -387,97 +388,3 @@ class JoinBuffer(OnDisk):
     def pending(self) -> tuple[int, int]:
         """(predictions, labels) waiting for their other half, in memory or on disk."""
         return self.pending_predictions, len(self.labels) + self.stored_labels
-
-    def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
-        """Resolve what the watermark has passed: (expired predictions, orphaned labels); a pair
-        whose deadline passed becomes a tombstone."""
-        expired: list[Entry] = []
-        orphaned: list[Entry] = []
-        self._expire(watermark, expired.append, orphaned.append)
-        return expired, orphaned
-
-    def expire_counts(self, watermark: float) -> tuple[int, int]:
-        """``expire``, counting (expired predictions, orphaned labels) rather than keeping them."""
-        counts = [0, 0]
-
-        def expired(_: Entry) -> None:
-            counts[0] += 1
-
-        def orphaned(_: Entry) -> None:
-            counts[1] += 1
-
-        self._expire(watermark, expired, orphaned)
-        return counts[0], counts[1]
-
-    def _expire(self, watermark: float, expired: Callable[[Entry], None], orphaned: Callable[[Entry], None]) -> None:
-        ttl = self.ttl_s
-        ids = self.ids
-        prediction_ts = self.prediction_ts
-        tombstones = self._tombstone_due
-        bucket_s = self._prediction_due.bucket_s
-        resolved = 0
-        self._unlist()
-        for bucket_end, request_ids, on_disk in self._prediction_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
-            bucket = round(bucket_end / bucket_s) - 1
-            elsewhere: set[PKey] | None = None  # pairs listed in their own deadline's bucket: not here
-            for request_id in request_ids:
-                entry = ids.get(request_id)
-                if entry is None or type(entry) is int:
-                    continue
-                if type(entry) is tuple and entry[0] is PAIRED:
-                    ts = prediction_ts(entry[1])
-                    if int(((ts if ts > entry[2] else entry[2]) + ttl) // bucket_s) > bucket:
-                        if elsewhere is None:
-                            elsewhere = set()
-                        elsewhere.add(request_id)
-                        continue
-                    ids[request_id] = _JOINED
-                    self.pairs -= 1
-                elif prediction_ts(entry) + ttl < watermark:
-                    ids[request_id] = _PREDICTION_EXPIRED
-                    expired(entry)
-                    resolved += 1
-            if elsewhere is not None:
-                request_ids = [request_id for request_id in request_ids if request_id not in elsewhere]
-            self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back, kept=True)  # what came from disk to be swept goes back there
-        self.pending_predictions -= resolved
-        labels = self.labels
-        for bucket_end, request_ids, on_disk in self._label_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
-            for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
-                entry = labels.get(request_id)
-                if entry is not None and entry[0] + ttl < watermark:
-                    del labels[request_id]
-                    orphaned(entry)
-                    ids[request_id] = _LABEL_ORPHANED  # a waiting label means no state under its id
-            self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back, kept=True)
-        for _, request_ids, _ in tombstones.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True) if self.stored else []
-            self._bury(request_ids)
-            self._store_states(back, kept=True)
-        self._bound()
-
-    def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:
-        """Tombstones of resolved ids, until ``deadline`` (listed on disk when their bucket was);
-        removed at once when the watermark is past it already (as this sweep would remove them: at
-        the end of input, every bucket)."""
-        if self._tombstone_due.is_due(deadline, watermark):
-            self._bury(request_ids)
-        else:
-            self._tombstone_due.add_many(deadline, request_ids, self.store if on_disk else None)
-
-    def _bury(self, request_ids: list[PKey]) -> None:
-        """Remove the tombstones among ``request_ids``."""
-        ids, others = self.ids, self.others
-        for request_id in request_ids:
-            if type(ids.get(request_id)) is int:
-                del ids[request_id]
-                if others and type(request_id) is tuple:
-                    models = others.get(request_id[0])
-                    if models is not None and request_id[1] in models:
-                        models.remove(request_id[1])
-                        if not models:
-                            del others[request_id[0]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from stream.core.buckets import Buckets, pkey_bytes, request_keys
 from stream.core.ids import Key
@@ -21,6 +21,7 @@ from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes
 
 __all__ = ["OnDisk"]
 
+_TOMB = b"t"  # before a request's key: its state is a lone tombstone
 WRITE_BATCH = 4096  # states written at a time: what a large move to disk holds at once stays small
 
 
@@ -40,6 +41,8 @@ class OnDisk:
     pairs: int
     _held: int
     unlisted: list[tuple[int, PKey]]
+    tombstones_stored: bool
+    _kept_tombs: set[Key]
     _prediction_due: Buckets
     _label_due: Buckets
     _tombstone_due: Buckets
@@ -49,7 +52,7 @@ class OnDisk:
         moves to disk until ``release``. The batch paths (``insert_prediction`` and the others)
         need their keys held."""
         self._held += 1
-        if self.stored:
+        if self.store is not None:
             self._load(keys)
 
     def release(self) -> None:
@@ -83,20 +86,29 @@ class OnDisk:
         """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
         the request's comes back."""
         self._bound()
-        if self.stored:
+        if self.store is not None:
             self._load((key,))
 
-    def _load(self, keys: Iterable[Key], keep: bool = False) -> list[Key]:
+    def _load(self, keys: Iterable[Key], keep: bool = False, tombstones: bool = True) -> list[Key]:
         """Bring the state of ``keys`` that is on disk back to memory; returns their keys. With
-        ``keep``, the copy on disk stays, for ``_store_states(..., kept=True)`` to overwrite."""
+        ``keep``, the copy on disk stays, for ``_store_states(..., kept=True)`` to overwrite;
+        without ``tombstones``, a state that is a lone tombstone stays on disk."""
         ids, labels, others = self.ids, self.labels, self.others
         wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
         if not wanted or self.store is None:
             return []
-        found = self.store.take_states([key_bytes(key) for key in wanted], keep)
+        names = [key_bytes(key) for key in wanted]
+        tombs = tombstones and self.tombstones_stored
+        found = self.store.take_states([*names, *(_TOMB + name for name in names)] if tombs else names, keep)
         back = []
-        for key, value in zip(wanted, found, strict=True):
+        self._kept_tombs = set()
+        for i, key in enumerate(wanted):
+            value = found[i]
             if value is None:
+                if tombs and (tomb := found[len(wanted) + i]) is not None:
+                    back.append(key)
+                    ids[key] = tomb[0]
+                    self._kept_tombs.add(key)
                 continue
             back.append(key)
             slots, label, models = pickle.loads(value)
@@ -114,6 +126,15 @@ class OnDisk:
                 self.stored_labels -= 1
             self.stored -= 1
         return back
+
+    def _bury_on_disk(self, request_ids: list[PKey]) -> None:
+        """Remove the lone tombstones on disk of ``request_ids`` without reading them: what
+        ``_bury`` does to them (a request's state that is more than that comes back to be buried)."""
+        if self.tombstones_stored and self.store is not None:
+            ids, labels, others = self.ids, self.labels, self.others
+            keys = [pkey for pkey in request_ids if type(pkey) is not tuple]  # model 0's: a lone tombstone's
+            self.store.remove_states([_TOMB + key_bytes(key) for key in cast(list[Key], keys)
+                                      if key not in ids and key not in labels and key not in others])
 
     def _unlist(self) -> None:
         """Remove from the prediction lists on disk the listings ``unlisted`` names: those of
@@ -143,17 +164,28 @@ class OnDisk:
             self._store_states(keys[:excess])
 
     def _store_states(self, keys: Iterable[Key], kept: bool = False) -> None:
-        """Move the state of ``keys`` that is in memory to disk; with ``kept`` (they were loaded
-        with ``keep``), remove the copy on disk of those with none left."""
+        """Move the state of ``keys`` that is in memory to disk; with ``kept`` (the last ``_load``
+        kept their copies), remove the copies that this write does not replace. A lone tombstone
+        (model 0's, nothing else) is stored apart, for ``_bury_on_disk``."""
         ids, labels, others = self.ids, self.labels, self.others
         items = []
+        tombs = []
         gone = []
+        was_tomb = self._kept_tombs if kept else set()
         for key in dict.fromkeys(keys):
+            name = key_bytes(key)
+            models = others.pop(key, None)
+            slot = ids.get(key)
+            if type(slot) is int and models is None and key not in labels:
+                del ids[key]
+                tombs.append((_TOMB + name, bytes((slot,))))
+                if kept and key not in was_tomb:
+                    gone.append(name)
+                continue
             slots = []
             slot = ids.pop(key, None)
             if slot is not None:
                 slots.append((0, slot))
-            models = others.pop(key, None)
             for model in models or ():
                 slot = ids.pop((key, model), None)
                 if slot is not None:
@@ -162,17 +194,22 @@ class OnDisk:
             self.pairs -= paired
             self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
             label = labels.pop(key, None)
+            if kept and key in was_tomb:
+                gone.append(_TOMB + name)
             if not slots and label is None and models is None:
-                if kept:
-                    gone.append(key_bytes(key))
+                if kept and key not in was_tomb:
+                    gone.append(name)
                 continue
-            items.append((key_bytes(key), pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
+            items.append((name, pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
             if label is not None:
                 self.stored_labels += 1
             if len(items) == WRITE_BATCH:
                 self._put(items)
                 items = []
         self._put(items)
+        if tombs:
+            self.store.put_states(tombs)  # type: ignore[union-attr]
+            self.tombstones_stored = True
         if gone:
             self.store.remove_states(gone)  # type: ignore[union-attr]
 

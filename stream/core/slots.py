@@ -12,13 +12,17 @@ from typing import Any
 
 from stream.core.ids import Key
 
-__all__ = ["PAIRED", "Entry", "PKey", "Pair", "is_pair", "pair"]
+__all__ = ["PAIRED", "TOMB_EXPIRED", "TOMB_JOINED", "TOMB_ORPHANED", "Entry", "PKey", "Pair", "is_pair", "pair"]
 
 PKey = Key | tuple[Key, int]  # a prediction's: its request's key (model 0), or (key, model)
 Entry = Any  # the caller's payload: (timestamp, ...), or what ``prediction_ts`` reads
 
 PAIRED = "\x00paired"  # the first item of a pair's slot (identity tells it from any entry)
 Pair = tuple[str, Entry, float, Any]  # (PAIRED, the prediction, the label's time, the label's value)
+
+# Tombstones: a resolved id's slot, an int that says what its next record means: it paired (any
+# label is a duplicate), its prediction expired, or its label was orphaned.
+TOMB_JOINED, TOMB_EXPIRED, TOMB_ORPHANED = 0, 1, 2
 
 
 def is_pair(slot: Any) -> bool:

@@ -102,6 +102,20 @@ def test_tombstones_are_dropped_after_twice_the_ttl() -> None:
     assert "r" not in jb.ids
 
 
+def test_a_pair_is_kept_until_its_own_deadline_and_its_tombstone_a_ttl_longer() -> None:
+    jb = JoinBuffer(ttl_s=100, bucket_s=10)
+    jb.add_prediction("r", (0.0, "p"))
+    jb.add_label("r", (50.0, "l"))  # the pair's deadline: 150, in the bucket that ends at 160
+    jb.expire(115.0)  # the prediction's bucket passed: the pair can still be revised
+    assert joined(jb) == {"r"}
+    jb.expire(161.0)
+    assert joined(jb) == set() and "r" in jb.ids
+    jb.expire(265.0)
+    assert "r" in jb.ids
+    jb.expire(271.0)  # a TTL after the pair's deadline, rounded up to whole buckets
+    assert "r" not in jb.ids
+
+
 def test_end_of_input_resolves_everything() -> None:
     jb = JoinBuffer(ttl_s=100)
     jb.add_prediction("p", (0.0, "p"))

@@ -119,6 +119,33 @@ def test_state_goes_to_disk_and_comes_back_by_batch_and_by_bucket() -> None:
     assert len(expired) == 500 and join.pending() == (0, 0)
 
 
+def test_sweeps_read_back_from_disk_only_what_they_must() -> None:
+    """A pair is not read back at its prediction's deadline (it is listed at its own), and a lone
+    tombstone is removed without being read."""
+    join = JoinBuffer(100, 10, max_entries=10)
+    join.hold([])
+    for i in range(100):
+        join.add_prediction(f"r{i}", (0.0, "a"))
+    join.release()
+    join.hold([f"r{i}" for i in range(100)])
+    for i in range(100):
+        join.add_label(f"r{i}", (50.0, "a"))  # the pairs' deadline: 150
+    join.release()
+    assert join.store is not None and join.stored > 80
+    reads = sum(join.store.reads.counts)
+    join.expire(115.0)  # the predictions' bucket: nothing to read
+    assert sum(join.store.reads.counts) == reads and join.stored > 80
+    join.expire(161.0)  # the pairs' own bucket: read back, and become lone tombstones on disk
+    assert join.stored == 0 and join.tombstones_stored
+    before = join.store.reads.counts[:]
+    join.expire(271.0)  # buried: one batched read (of the states that are more than a tombstone)
+    assert join.store.reads.counts != before and not any(_stored_keys(join.store))
+
+
+def _stored_keys(store: SpillStore) -> list[bytes]:
+    return list(store._db.keys())  # what the store holds, every kind of key
+
+
 def test_the_store_is_removed_with_its_join(tmp_path: Any) -> None:
     join = JoinBuffer(100, 10, max_entries=1, store_dir=str(tmp_path / "state"))
     for i in range(5):
