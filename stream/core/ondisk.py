@@ -4,7 +4,9 @@
 A request's whole state (its models' slots, a waiting label, the models it has) is in memory or on
 disk, never split. ``JoinBuffer`` holds a batch's requests in memory from ``hold`` to
 ``release``, and brings one request's back before any record of it outside a batch (``_ready``)
-and a due bucket's before its sweep (``_load``).
+and a due bucket's before its sweep (``_load``). A state that is nothing but model 0's tombstone
+(most resolved requests) is stored under its own key (``_TOMB`` and the request's), so that its
+removal, a TTL later, is a write without a read (``_bury_on_disk``).
 """
 
 from __future__ import annotations

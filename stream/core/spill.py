@@ -6,7 +6,9 @@ buckets of deadlines, the oldest first, each id of a bucket's list as a key of i
 bucket's prefix. A batch's requests come back with one batched read (``take_states``, RocksDB's
 multi-get, whose bloom filters answer for the requests never seen in under a microsecond), and a
 due bucket's ids by reading its key range and removing what it read (``take_index``), never by a
-scan of everything stored.
+scan of everything stored. Two writes need no read: a listing the join knows its sweep would pass
+over is removed where it is (``unlist``), and a lone tombstone, kept under a key of its own
+(``core.ondisk``), is removed when its bucket is due (``remove_states``).
 
 The store is a cache of what the join's inputs rebuild, not a record of them: it has no write-ahead
 log, lives in a fresh temporary directory named after its process, and is deleted when the join
