@@ -136,7 +136,6 @@ class JoinBuffer(Sweeps):
         self._held = 0  # batches under way (``hold``): nothing moves to disk meanwhile
         self.unlisted: list[tuple[int, PKey]] = []  # (bucket, id): listings on disk to remove (``_relist``)
         self.tombstones_stored = False  # lone tombstones went to disk (not counted in ``stored``)
-        self._kept_tombs: set[Key] = set()
 
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:

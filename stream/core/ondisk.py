@@ -44,7 +44,6 @@ class OnDisk:
     _held: int
     unlisted: list[tuple[int, PKey]]
     tombstones_stored: bool
-    _kept_tombs: set[Key]
     _prediction_due: Buckets
     _label_due: Buckets
     _tombstone_due: Buckets
@@ -54,8 +53,7 @@ class OnDisk:
         moves to disk until ``release``. The batch paths (``insert_prediction`` and the others)
         need their keys held."""
         self._held += 1
-        if self.store is not None:
-            self._load(keys)
+        self._load(keys)
 
     def release(self) -> None:
         """A batch ended: state beyond ``max_entries`` moves to disk."""
@@ -88,29 +86,31 @@ class OnDisk:
         """Before a record of ``key`` outside a batch: state beyond the bound moves to disk, then
         the request's comes back."""
         self._bound()
-        if self.store is not None:
-            self._load((key,))
+        self._load((key,))
 
-    def _load(self, keys: Iterable[Key], keep: bool = False, tombstones: bool = True) -> list[Key]:
-        """Bring the state of ``keys`` that is on disk back to memory; returns their keys. With
-        ``keep``, the copy on disk stays, for ``_store_states(..., kept=True)`` to overwrite;
-        without ``tombstones``, a state that is a lone tombstone stays on disk."""
+    def _load(self, keys: Iterable[Key], keep: bool = False, tombstones: bool = True) -> tuple[list[Key], set[Key]]:
+        """Bring the state of ``keys`` that is on disk back to memory: (their keys, those of them
+        that were lone tombstones). With ``keep``, the copies on disk stay, for
+        ``_store_states(..., kept=...)`` to overwrite; without ``tombstones``, a state that is a lone
+        tombstone stays on disk."""
+        back: list[Key] = []
+        from_tombs: set[Key] = set()
+        if self.store is None:
+            return back, from_tombs
         ids, labels, others = self.ids, self.labels, self.others
         wanted = [key for key in dict.fromkeys(keys) if key not in ids and key not in labels and key not in others]
-        if not wanted or self.store is None:
-            return []
+        if not wanted:
+            return back, from_tombs
         names = [key_bytes(key) for key in wanted]
         tombs = tombstones and self.tombstones_stored
         found = self.store.take_states([*names, *(_TOMB + name for name in names)] if tombs else names, keep)
-        back = []
-        self._kept_tombs = set()
         for i, key in enumerate(wanted):
             value = found[i]
             if value is None:
                 if tombs and (tomb := found[len(wanted) + i]) is not None:
                     back.append(key)
                     ids[key] = tomb[0]
-                    self._kept_tombs.add(key)
+                    from_tombs.add(key)
                 continue
             back.append(key)
             slots, label, models = pickle.loads(value)
@@ -127,7 +127,7 @@ class OnDisk:
                 labels[key] = label
                 self.stored_labels -= 1
             self.stored -= 1
-        return back
+        return back, from_tombs
 
     def _bury_on_disk(self, request_ids: list[PKey]) -> None:
         """Remove the lone tombstones on disk of ``request_ids`` without reading them: what
@@ -165,15 +165,17 @@ class OnDisk:
             keys = [*itertools.islice(request_keys(ids), excess), *itertools.islice(labels, excess)]
             self._store_states(keys[:excess])
 
-    def _store_states(self, keys: Iterable[Key], kept: bool = False) -> None:
-        """Move the state of ``keys`` that is in memory to disk; with ``kept`` (the last ``_load``
-        kept their copies), remove the copies that this write does not replace. A lone tombstone
-        (model 0's, nothing else) is stored apart, for ``_bury_on_disk``."""
+    def _store_states(self, keys: Iterable[Key], kept: set[Key] | None = None) -> None:
+        """Move the state of ``keys`` that is in memory to disk. With ``kept`` (``keys`` came back
+        with ``_load(..., keep=True)``, and ``kept`` is the set of those that were lone tombstones),
+        remove the copies that this write does not replace. A lone tombstone (model 0's, nothing
+        else) is stored apart, for ``_bury_on_disk``."""
         ids, labels, others = self.ids, self.labels, self.others
         items = []
         tombs = []
         gone = []
-        was_tomb = self._kept_tombs if kept else set()
+        was_tomb = kept if kept is not None else set()
+        copies = kept is not None
         for key in dict.fromkeys(keys):
             name = key_bytes(key)
             models = others.pop(key, None)
@@ -181,7 +183,7 @@ class OnDisk:
             if type(slot) is int and models is None and key not in labels:
                 del ids[key]
                 tombs.append((_TOMB + name, bytes((slot,))))
-                if kept and key not in was_tomb:
+                if copies and key not in was_tomb:
                     gone.append(name)
                 continue
             slots = []
@@ -196,10 +198,10 @@ class OnDisk:
             self.pairs -= paired
             self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
             label = labels.pop(key, None)
-            if kept and key in was_tomb:
+            if copies and key in was_tomb:
                 gone.append(_TOMB + name)
             if not slots and label is None and models is None:
-                if kept and key not in was_tomb:
+                if copies and key not in was_tomb:
                     gone.append(name)
                 continue
             items.append((name, pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))

@@ -64,7 +64,7 @@ class Sweeps(OnDisk):
         resolved = 0
         self._unlist()
         for bucket_end, request_ids, on_disk in self._prediction_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True) if self.store is not None else []
+            back, tombs = self._load(request_keys(request_ids), keep=True)
             bucket = round(bucket_end / bucket_s) - 1
             elsewhere: set[PKey] | None = None  # pairs listed in their own deadline's bucket: not here
             for request_id in request_ids:
@@ -87,11 +87,11 @@ class Sweeps(OnDisk):
             if elsewhere is not None:
                 request_ids = [request_id for request_id in request_ids if request_id not in elsewhere]
             self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back, kept=True)  # what came from disk to be swept goes back there
+            self._store_states(back, kept=tombs)  # what came from disk to be swept goes back there
         self.pending_predictions -= resolved
         labels = self.labels
         for bucket_end, request_ids, on_disk in self._label_due.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True) if self.store is not None else []
+            back, tombs = self._load(request_keys(request_ids), keep=True)
             for request_id in cast(list[Key], request_ids):  # labels are per request, never per model
                 entry = labels.get(request_id)
                 if entry is not None and entry[0] + ttl < watermark:
@@ -99,12 +99,12 @@ class Sweeps(OnDisk):
                     orphaned(entry)
                     ids[request_id] = TOMB_ORPHANED  # a waiting label means no state under its id
             self._entomb(bucket_end + ttl, request_ids, watermark, on_disk)
-            self._store_states(back, kept=True)
+            self._store_states(back, kept=tombs)
         for _, request_ids, _ in tombstones.due(watermark, self.store):
-            back = self._load(request_keys(request_ids), keep=True, tombstones=False) if self.store is not None else []
+            back, tombs = self._load(request_keys(request_ids), keep=True, tombstones=False)
             self._bury_on_disk(request_ids)
             self._bury(request_ids)
-            self._store_states(back, kept=True)
+            self._store_states(back, kept=tombs)
         self._bound()
 
     def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:
