@@ -90,40 +90,6 @@ def test_pending_label_that_is_too_late_for_its_prediction() -> None:
     assert jb.add_prediction("r", (0.0, "p"))[0] is Outcome.LATE
 
 
-def test_tombstones_are_dropped_after_twice_the_ttl() -> None:
-    jb = JoinBuffer(ttl_s=100, bucket_s=10)
-    jb.add_prediction("r", (0.0, "p"))
-    jb.add_label("r", (1.0, "l"))
-    jb.expire(150.0)
-    assert "r" in jb.ids
-    jb.expire(205.0)
-    assert "r" in jb.ids
-    jb.expire(221.0)  # 2 * TTL after the prediction, rounded up to whole buckets
-    assert "r" not in jb.ids
-
-
-def test_a_pair_is_kept_until_its_own_deadline_and_its_tombstone_a_ttl_longer() -> None:
-    jb = JoinBuffer(ttl_s=100, bucket_s=10)
-    jb.add_prediction("r", (0.0, "p"))
-    jb.add_label("r", (50.0, "l"))  # the pair's deadline: 150, in the bucket that ends at 160
-    jb.expire(115.0)  # the prediction's bucket passed: the pair can still be revised
-    assert joined(jb) == {"r"}
-    jb.expire(161.0)
-    assert joined(jb) == set() and "r" in jb.ids
-    jb.expire(265.0)
-    assert "r" in jb.ids
-    jb.expire(271.0)  # a TTL after the pair's deadline, rounded up to whole buckets
-    assert "r" not in jb.ids
-
-
-def test_end_of_input_resolves_everything() -> None:
-    jb = JoinBuffer(ttl_s=100)
-    jb.add_prediction("p", (0.0, "p"))
-    jb.add_label("l", (0.0, "l"))
-    assert jb.expire(math.inf) == ([(0.0, "p")], [(0.0, "l")])
-    assert not jb.ids
-
-
 def test_uuid_ids_are_kept_as_numbers_and_stay_distinct_from_other_spellings() -> None:
     jb = JoinBuffer(ttl_s=100)
     rid = "6fa03847-181e-4a78-8a0f-3ba8dc11b05d"
