@@ -174,8 +174,6 @@ class OnDisk:
         items = []
         tombs = []
         gone = []
-        was_tomb = kept if kept is not None else set()
-        copies = kept is not None
         for key in dict.fromkeys(keys):
             name = key_bytes(key)
             models = others.pop(key, None)
@@ -183,7 +181,7 @@ class OnDisk:
             if type(slot) is int and models is None and key not in labels:
                 del ids[key]
                 tombs.append((_TOMB + name, bytes((slot,))))
-                if copies and key not in was_tomb:
+                if kept is not None and key not in kept:
                     gone.append(name)
                 continue
             slots = []
@@ -198,10 +196,10 @@ class OnDisk:
             self.pairs -= paired
             self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
             label = labels.pop(key, None)
-            if copies and key in was_tomb:
+            if kept is not None and key in kept:
                 gone.append(_TOMB + name)
             if not slots and label is None and models is None:
-                if copies and key not in was_tomb:
+                if kept is not None and key not in kept:
                     gone.append(name)
                 continue
             items.append((name, pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))

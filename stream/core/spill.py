@@ -147,6 +147,7 @@ class SpillStore:
         return found
 
     def remove_states(self, keys: list[bytes]) -> None:
+        """Remove ``keys`` (states, or any key of the store), where they are: a write, no read."""
         from rocksdict import WriteBatch
 
         if keys:
@@ -168,12 +169,7 @@ class SpillStore:
     def unlist(self, kind: int, listings: list[tuple[int, bytes]]) -> None:
         """Remove the ids from the lists ``kind`` of their buckets ((bucket, id) each), where
         they are (a write: nothing is read)."""
-        from rocksdict import WriteBatch
-
-        batch = WriteBatch(raw_mode=True)
-        for bucket, data in listings:
-            batch.delete(_prefix(kind, bucket) + data)
-        self._db.write(batch)
+        self.remove_states([_prefix(kind, bucket) + data for bucket, data in listings])
 
     def take_index(self, kind: int, bucket: int) -> list[bytes]:
         """The ids of the bucket's list ``kind``, in byte order, removed from the store."""
