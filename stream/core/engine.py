@@ -76,7 +76,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self.sampler = Sampler(config.sample)
         self.watermark = -math.inf
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
-        self.clock = clock or (lambda: self.watermark if math.isfinite(self.watermark) else self._reached)
+        self.clock = clock or self._event_time  # (a method, not a closure: an engine can be saved, see core.persist)
         self.models: dict[str, Model] = {}
         self.admission = Admission(Limits.of(config, limits_factor, 2 * SWEEP_EVERY_S))
         self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
@@ -406,6 +406,10 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self._fold()
         self._dirty_windows.clear()  # every window is about to be emitted as final anyway
         self.advance(math.inf)
+
+    def _event_time(self) -> float:
+        """Replay's clock: the watermark, or the last finite one."""
+        return self.watermark if math.isfinite(self.watermark) else self._reached
 
     def _now(self) -> tuple[float, str]:
         """The clock, and as RFC 3339: one reading stamps all the records of one flush."""

@@ -137,6 +137,14 @@ class JoinBuffer(Sweeps):
         self.unlisted: list[tuple[int, PKey]] = []  # (bucket, id): listings on disk to remove (``_relist``)
         self.tombstones_stored = False  # lone tombstones went to disk (not counted in ``stored``)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Loaded back (``core.persist``): pairs' slots get the marker itself again (told by identity)."""
+        self.__dict__.update(state)
+        ids = self.ids
+        for key, slot in ids.items():
+            if type(slot) is tuple and slot and slot[0] == PAIRED and slot[0] is not PAIRED:
+                ids[key] = (PAIRED, *slot[1:])
+
     def add_prediction(self, request_id: str, entry: Entry, model: int = 0
                        ) -> tuple[Outcome, Entry | None, Entry | None]:
         """Model ``model``'s prediction: (outcome, it, the label it joined). When it pairs with a

@@ -13,7 +13,9 @@ over is removed where it is (``unlist``), and a lone tombstone, kept under a key
 The store is a cache of what the join's inputs rebuild, not a record of them: it has no write-ahead
 log, lives in a fresh temporary directory named after its process, and is deleted when the join
 is (or the process ends); the stores of processes killed meanwhile go when the next store in the
-same directory is made, or a worker starts (``remove_orphans``).
+same directory is made, or a worker starts (``remove_orphans``). A checkpoint (``checkpoint``)
+keeps a copy as it is at one moment, for an engine saved whole (``core.persist``); a store made
+from it (``source``) starts where the saved engine's join was.
 RocksDB (through rocksdict, which the Kafka worker's faust tables use already) rather than
 SQLite or LMDB: batched point reads with bloom filters, writes that never rewrite in place, and a
 memory use set by a few options whatever the size on disk.
@@ -105,15 +107,19 @@ class SpillStore:
     """States by request key, and the ids of bucket lists by (list, bucket); states are bytes that
     the join encodes, ids bytes that it encodes too. ``path``: a directory to hold the store's own
     temporary directory (default: the system's); ``share``: the part of a process's joins this
-    one is (a worker's partition), which its write buffers and cache get."""
+    one is (a worker's partition), which its write buffers and cache get; ``source``: a
+    checkpoint (``checkpoint``) whose content the store starts with."""
 
-    def __init__(self, path: str | None = None, share: float = 1.0) -> None:
+    def __init__(self, path: str | None = None, share: float = 1.0, source: str | None = None) -> None:
         from rocksdict import DBCompressionType, Options, Rdict, WriteOptions
 
         if path:
             os.makedirs(path, exist_ok=True)
         remove_orphans(path or tempfile.gettempdir())
         self.path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=path or None)
+        self.share = share
+        if source is not None:
+            _copy_checkpoint(source, self.path)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.optimize_for_point_lookup(max(1, round(BLOCK_CACHE_MB * share)))
@@ -193,6 +199,14 @@ class SpillStore:
         tables = self._db.property_int_value("rocksdb.total-sst-files-size") or 0
         return int(tables) + int(self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
 
+    def checkpoint(self, path: str) -> None:
+        """Write the store as it is now to ``path`` (a new directory): RocksDB's checkpoint, its
+        table files hard-linked where the file system allows (they are never changed), its
+        memtables written first. A store made with ``source=path`` starts from it."""
+        from rocksdict import Checkpoint
+
+        Checkpoint(self._db).create_checkpoint(path)
+
     def close(self) -> None:
         self._finalizer()
 
@@ -222,10 +236,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _copy_checkpoint(source: str, path: str) -> None:
+    """A checkpoint's files into a store's directory: table files (never changed) hard-linked,
+    the others (RocksDB rewrites its manifest) copied, so the checkpoint stays as it was."""
+    for name in os.listdir(source):
+        origin, copy = os.path.join(source, name), os.path.join(path, name)
+        if name.endswith((".sst", ".blob")):
+            try:
+                os.link(origin, copy)
+                continue
+            except OSError:  # another file system
+                pass
+        shutil.copyfile(origin, copy)
+
+
 def _prefix(kind: int, bucket: int) -> bytes:
     return b"i" + bytes((kind,)) + (bucket + _BUCKET).to_bytes(8, "big")
 
 
 def _remove(db: Any, path: str) -> None:
-    db.close()
+    with contextlib.suppress(Exception):  # its folder removed already (the process's temporary files)
+        db.close()
     shutil.rmtree(path, ignore_errors=True)
