@@ -35,6 +35,7 @@ class Config(Settings):
     max_future_s: int = 3600  # records stamped further ahead are dead letters (0: no limit; see core.clock)
     flush_interval_ms: int = 250  # wall time between the worker's partials: bounds alert latency
     idle_timeout_s: int = 60  # wall time after which an input partition with no records stops holding windows open
+    checkpoint_interval_s: int = 300  # wall time between saves of a partition's engine (0: none; kafka.checkpoints)
     # Kafka (used by the worker only)
     broker: str = "127.0.0.1:9092"
     predictions_topic: str = "predictions"

@@ -45,7 +45,7 @@ from typing import Any, cast
 from stream.core.ids import Key
 
 __all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
-           "remove_orphans", "request_key"]
+           "process_alive", "remove_orphans", "request_key"]
 
 WRITE_BUFFER_BYTES = 16 << 20  # a memtable (a process's, shared out among its joins); RocksDB keeps at most two
 BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks), alike
@@ -220,13 +220,14 @@ def remove_orphans(folder: str) -> list[str]:
             if not entry.name.startswith(_PREFIX) or not entry.is_dir():
                 continue
             pid = entry.name[len(_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

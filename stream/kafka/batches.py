@@ -1,7 +1,7 @@
 """The join agent's table: its keys, and how its values are stored.
 
-Each join partition writes what its engine took in as *batches* (``batch/<partition>/<id>``): the
-raw JSON of its predictions and labels, one table write per save; its input partitions' event
+Each join partition writes what its engine took in as *batches* (``batch/<partition>/<id>``,
+``batch_key``): the raw JSON of its predictions and labels, one table write per save; its input partitions' event
 times (``\\x00watermark/<input>/<partition>``); and, before batches are pruned, its rolling
 windows' pairs (``\\x00rolling/<partition>``). Batches and rolling pairs are stored compressed.
 
@@ -16,6 +16,7 @@ import math
 import sys
 import zlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import cramjam
 import msgspec
@@ -25,8 +26,8 @@ from stream.core.errors import InvalidRecord
 from stream.core.records import Label, Prediction
 from stream.core.wire import label_from_json, prediction_from_json, timestamp_from_json
 
-__all__ = ["BATCH_KEY", "BATCH_ZSTD_LEVEL", "ROLLING_KEY", "WATERMARK_KEY", "ZSTD_MAGIC", "batch_json", "batch_value",
-           "compressed", "stored_in_order"]
+__all__ = ["BATCH_KEY", "BATCH_ZSTD_LEVEL", "ROLLING_KEY", "WATERMARK_KEY", "ZSTD_MAGIC", "BatchKey", "batch_json",
+           "batch_key", "batch_value", "compressed", "read_batch_key", "stored_in_order"]
 
 WATERMARK_KEY = "\x00watermark/"  # + input/partition: how far it was read
 BATCH_KEY = "batch/"  # + partition/id: a batch of records
@@ -37,6 +38,39 @@ ROLLING_KEY = "\x00rolling/"  # + partition: its rolling windows' pairs, stored 
 # plain JSON: both still read (``batch_json``).
 BATCH_ZSTD_LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first four bytes (RFC 8878)
+
+
+class BatchKey(NamedTuple):
+    partition: int
+    number: int  # a batch's place among its partition's: later batches have larger numbers (0: not known)
+    writer: str  # who wrote it: a join agent between two rebuilds (8 hex digits; "": not known)
+    latest_ts: float | None  # its latest record's timestamp (None: not in the key)
+
+
+def batch_key(partition: int, number: int, writer: str, latest_ts: float) -> str:
+    """A batch's key: its partition, its number (16 hex digits), its writer's id (8 more) and its
+    latest timestamp, so a restart learns which batches a saved engine took in, and when each may be
+    pruned, from the keys alone (``kafka.checkpoints``).
+
+    >>> key = batch_key(3, 1_700_000_000_000_000_000, "0a0b0c0d", 1.7e9)
+    >>> key
+    'batch/3/17979cfe362a0000.0a0b0c0d:1700000000.0'
+    >>> read_batch_key(key)
+    BatchKey(partition=3, number=1700000000000000000, writer='0a0b0c0d', latest_ts=1700000000.0)
+    >>> read_batch_key("batch/3/" + "ab" * 16)  # an id of a version that wrote none of these
+    BatchKey(partition=3, number=0, writer='', latest_ts=None)
+    """
+    return f"{BATCH_KEY}{partition}/{number:016x}.{writer}:{latest_ts!r}"
+
+
+def read_batch_key(key: str) -> BatchKey:
+    """What ``batch_key`` wrote in ``key`` (a key that starts with ``BATCH_KEY``)."""
+    partition, _, name = key[len(BATCH_KEY):].partition("/")
+    number, colon, latest = name.partition(":")
+    if not colon:
+        return BatchKey(int(partition), 0, "", None)
+    number, _, writer = number.partition(".")
+    return BatchKey(int(partition), int(number, 16), writer, float(latest))
 
 
 def compressed(value: bytes) -> bytes:

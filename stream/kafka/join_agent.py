@@ -20,8 +20,8 @@ import functools
 import logging
 import math
 import os
+import secrets
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -43,10 +43,13 @@ from stream.kafka.batches import (
     ROLLING_KEY,
     WATERMARK_KEY,
     batch_json,
+    batch_key,
     batch_value,
     compressed,
+    read_batch_key,
     stored_in_order,
 )
+from stream.kafka.checkpoints import FOLDER, Checkpoints, Reflects
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
@@ -114,6 +117,11 @@ class Join:
         self.forwards: list[tuple[int, bytes, bytes]] = []  # (partition, key, value) for the repartition topic
         self.passed: dict[tuple[str, int], list[int]] = {}  # offsets of records all forwarded: [first, last]
         self.intake = self._new_engine()  # counts and dead-letters records of inputs that are not co-partitioned
+        self.numbers: dict[int, int] = {}  # each partition's latest batch number (see batches.batch_key)
+        self.floors: dict[int, int] = {}  # each partition's latest batch number at the last rebuild
+        self.writer = secrets.token_hex(4)  # this join's id in its batches' keys, new at each rebuild
+        self.checkpoints = Checkpoints(os.path.join(self.engine_config.join_store_dir, FOLDER, config.app_id),
+                                       config.checkpoint_interval_s)
 
     def _new_engine(self) -> Engine:
         return Engine(self.engine_config, clock=time.time, emit_partials=True, limits_factor=ENGINE_GUARD,
@@ -130,46 +138,75 @@ class Join:
         return self.times.watermark(partition)
 
     def rebuild(self, table: Any) -> None:
-        """Fresh engines fed with every stored record in timestamp order, with no watermark (so none
-        is judged stale), then moved to the watermark each partition had reached. What was not
-        saved yet is dropped: its messages were not committed, so Kafka delivers them again.
-        One partition at a time, so only one partition's records are ever decoded at once."""
+        """Each partition's engine as it was: its latest save loaded (``checkpoints``) and fed the
+        batches stored after it, else a fresh engine fed every stored record; in timestamp order,
+        with no watermark (so none is judged stale), then moved to the watermark the partition had
+        reached. What was not saved yet is dropped: its messages were not committed, so Kafka
+        delivers them again. One partition at a time, so only one partition's records are ever
+        decoded at once; a batch is read only to be fed (its number and latest time are in its key)."""
         self.times.clear()
         self.queued.clear()  # as the unsaved ones: their messages were not committed
         self.saved_marks = {}
-        batches: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
-        snapshots: dict[int, list[list[Any]]] = {}
+        keys: dict[int, list[str]] = defaultdict(list)
+        snapshots: dict[int, bytes] = {}
         self.prune_due.clear()
         self.unsaved.clear()
-        for key, value in table.items():
+        self.numbers.clear()
+        for key in table:  # keys only: a batch's value is read when it is fed
             if key.startswith(WATERMARK_KEY):
                 name = key[len(WATERMARK_KEY):]
-                self.saved_marks[name] = mark = float(orjson.loads(value))
+                self.saved_marks[name] = mark = float(orjson.loads(table[key]))
                 self.times.restore(name, mark)
             elif key.startswith(BATCH_KEY):
-                batches[int(key[len(BATCH_KEY):].split("/", 1)[0])].append((key, value))
+                keys[read_batch_key(key).partition].append(key)
             elif key.startswith(ROLLING_KEY):
-                snapshots[int(key[len(ROLLING_KEY):])] = orjson.loads(batch_json(value))
+                snapshots[int(key[len(ROLLING_KEY):])] = table[key]
         self.engines = {}
-        stored = 0
-        for partition in sorted(set(batches) | set(snapshots)):
-            found = batches.pop(partition, [])
-            latest, chunks = stored_in_order([value for _, value in found], REBUILD_CHUNK)
-            for (key, _), ts in zip(found, latest, strict=True):
+        stored = loaded = 0
+        for partition in sorted(set(keys) | set(snapshots)):
+            found = sorted(keys.pop(partition, []))
+            saved = self.checkpoints.load(partition, self.engine_config) if found else None
+            feed = []
+            for key in found:
+                parts = read_batch_key(key)
+                self.numbers[partition] = max(self.numbers.get(partition, 0), parts.number)
+                if saved is None or not saved[1].covers(parts):
+                    feed.append(key)
+                elif parts.latest_ts is not None:
+                    self._schedule_prune(key, parts.latest_ts, partition)
+                else:  # a batch of a version that kept its time only inside it
+                    self._schedule_prune(key, stored_in_order([table[key]], 1)[0][0], partition)
+            latest, chunks = stored_in_order([table[key] for key in feed], REBUILD_CHUNK)
+            for key, ts in zip(feed, latest, strict=True):
                 self._schedule_prune(key, ts, partition)
-            del found
-            engine = self.engine(partition)
-            restore_rolling(engine, snapshots.get(partition, []))  # pairs of pruned batches
+            if saved is not None:
+                engine = self.engines[partition] = saved[0]
+                loaded += 1
+            else:
+                engine = self.engine(partition)
+                if partition in snapshots:  # pairs of pruned batches
+                    restore_rolling(engine, orjson.loads(batch_json(snapshots[partition])))
             for records in chunks:
                 stored += len(records)
                 engine.take_many(records)
-            watermark = self.watermark(partition)
-            if math.isfinite(watermark):
-                engine.resume(watermark - self.config.watermark_lag_s)
-            engine.flush()  # publish every open window's state once more: absolute partials, so harmless
+            watermark = self.watermark(partition) - self.config.watermark_lag_s
+            if math.isfinite(watermark) and watermark > engine.watermark:
+                engine.resume(watermark)
+            engine.flush()  # publish every changed window's state once more: absolute partials, so harmless
             engine.dead_letters.clear()  # stored records were valid
+        self.floors = dict(self.numbers)  # every batch stored now is in the engines
+        self.writer = secrets.token_hex(4)
         self.stale = False
-        log.info("engines rebuilt from %d stored records in %d partitions", stored, len(self.engines))
+        log.info("engines rebuilt from %d stored records in %d partitions (%d from a saved engine)", stored,
+                 len(self.engines), loaded)
+
+    def checkpoint(self, now: float) -> None:
+        """Save one partition's engine if one is due (see ``checkpoints``): called right after the
+        flush wrote every partition's batch and drained every output."""
+        partition = self.checkpoints.due({p: n for p, n in self.numbers.items() if p in self.engines}, now)
+        if partition is not None:
+            reflects = Reflects(self.floors.get(partition, 0), self.writer, self.numbers[partition])
+            self.checkpoints.take(partition, reflects, self.engines[partition], now)
 
     def _schedule_prune(self, key: str, ts: float, partition: int) -> None:
         # Keep a batch until every window of its latest record is final, then forget it.
@@ -342,7 +379,8 @@ class Join:
         self.settle(partition)
         unsaved = self.unsaved.pop(partition, None) or Unsaved()
         if unsaved.predictions or unsaved.labels:
-            key = f"{BATCH_KEY}{partition}/{uuid.uuid4().hex}"
+            number = self.numbers[partition] = max(time.time_ns(), self.numbers.get(partition, 0) + 1)
+            key = batch_key(partition, number, self.writer, unsaved.last_ts)
             table[key] = batch_value(unsaved.predictions, unsaved.labels)
             self._schedule_prune(key, unsaved.last_ts, partition)
         times = self.times

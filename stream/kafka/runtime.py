@@ -38,13 +38,16 @@ Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Any]]  # topic
 
 class Runtime:
     def __init__(self, config: Config, app: Any, batches: Any, windows: Any, send: Send, join: Join,
-                 merge: Merge, handled: Handled, send_records: SendRecords) -> None:
+                 merge: Merge, handled: Handled, send_records: SendRecords,
+                 flush_sent: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.config = config
         self.app = app  # reads .rebalancing and .consumer
         self.batches = batches  # the join's table (see join_agent)
         self.windows = windows  # the merge's table (see merge_agent)
         self.send = send
         self.send_records = send_records  # many records to chosen partitions (the repartition topic's)
+        self.flush_sent = flush_sent  # waits until everything sent so far reached Kafka (None: sends are at once)
+        self.confirming: asyncio.Future[None] | None = None  # saved engines waiting for the producer's flush
         self.join = join
         self.merge = merge
         self.handled = handled
@@ -233,6 +236,7 @@ class Runtime:
             for engine in join.engines.values():
                 engine.flush()
             items = join.outputs()  # drained with no await before the watermarks are read
+            join.checkpoint(now)  # an engine saved now has taken in its stored batches, its outputs drained
             beat = join.heartbeat(partitions)
             forward_beat = join.forward_heartbeat(inputs) if inputs else None
             await self._forward()  # every record read before forward_beat was made, then forward_beat
@@ -246,6 +250,8 @@ class Runtime:
                     await self.send(config.partials_topic, None, beat, partition)
         for partition, offsets in saved.items():
             self.mark_handled(partition, offsets)
+        if join.checkpoints.unconfirmed and (self.confirming is None or self.confirming.done()):
+            self.confirming = asyncio.ensure_future(self.confirm_checkpoints())  # flushes are not held meanwhile
         if time.monotonic() >= self.health_due:
             self.health_due = time.monotonic() + 1.0
             await self.learn_where_logs_begin()
@@ -263,6 +269,20 @@ class Runtime:
                          health["join_store_bytes"] / (1 << 20))
             join.lag = consumer_lag(app.consumer, join.offsets)
             return_free_memory()
+
+    async def confirm_checkpoints(self) -> None:
+        """A saved engine counts once every output drained before it reached Kafka (see
+        :mod:`checkpoints`): the producer is flushed first. A failed flush drops the saves."""
+        checkpoints = self.join.checkpoints
+        taken = list(checkpoints.unconfirmed)
+        try:
+            if self.flush_sent is not None:
+                await self.flush_sent()
+        except Exception as exc:
+            log.warning("saved engines dropped: the producer's flush failed: %s", exc)
+            checkpoints.discard(taken)
+            return
+        checkpoints.confirm(taken)
 
     async def learn_where_logs_begin(self) -> None:
         """The start offset of each assigned input without a committed offset (see Handled)."""

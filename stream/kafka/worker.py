@@ -153,7 +153,8 @@ def build_app(config: Config, partition_counts: dict[str, int] | None = None) ->
     async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
         return await outputs[topic].send(key=key, value=value, partition=partition)
 
-    runtime = Runtime(config, app, batches, windows, send, join, merge, handled, batch_sender(app))
+    runtime = Runtime(config, app, batches, windows, send, join, merge, handled, batch_sender(app),
+                      lambda: app.producer.flush())
 
     # faust's fetch loop hands each partition's fetched input messages to join_inputs (no
     # conductor, stream or event per message: see deliver_without_tasks); the agent subscribes
