@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START = 1_767_225_600.0
 THROUGHPUTS = ("ceiling_pairs_per_s", "aiokafka_floor_pairs_per_s", "faust_floor_pairs_per_s",
                "worker1_pairs_per_s", "worker1_misrouted_pairs_per_s", "worker2_pairs_per_s", "replay_pairs_per_s")
+SAVE_EVERY_S = 30  # rss: the worker's checkpoint_interval; the restart comes after one more
 TICK_TS = START + 10_000_000  # far-future records on every partition close every window
 
 
@@ -400,6 +401,7 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int, 
     """Worker RSS growth per never-labeled prediction, and how long a restart takes to rebuild them;
     with ``memory_mb``, a 60-day TTL and that ``join_memory_mb``: most of them wait on disk."""
     extra, ttl = (f"join_memory_mb: {memory_mb}\n", "60d") if memory_mb else ("", "1h")
+    extra += f"checkpoint_interval: {SAVE_EVERY_S}s\n"
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8], extra=extra, ttl=ttl)
     workers = Workers(path, 1, folder / "worker-rss.log").start()
     try:
@@ -415,6 +417,9 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int, 
         health = list(latest_health(config).values())
         on_disk = sum(h.get("pending_on_disk_predictions", 0) for h in health)
         store = sum(h.get("join_store_bytes", 0) for h in health)
+        time.sleep(SAVE_EVERY_S + 5)  # every partition's engine saved with all of them (see kafka.checkpoints)
+        saves = [float(s) for s in re.findall(r"saved partition \d+'s engine in ([\d.]+) s",
+                                               workers.log.read_text(errors="replace"))]
         workers.stop()
         restarted = time.monotonic()
         workers.start()
@@ -429,7 +434,8 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int, 
                 "rss_peak_bytes_per_pending": (peak - baseline) / pending,
                 "rss_loaded_bytes": loaded, "rss_peak_bytes": peak, "recovery_s": recovery_s,
                 "rss_bytes_per_pending_after_restart": (rebuilt - baseline) / pending,
-                "rss_after_restart_bytes": rebuilt, "pending_on_disk": on_disk, "store_bytes": store}
+                "rss_after_restart_bytes": rebuilt, "pending_on_disk": on_disk, "store_bytes": store,
+                "save_s_max": max(saves)}
     finally:
         workers.stop()
         forget_run(config)
@@ -522,6 +528,7 @@ def main() -> None:
             report["rss_bytes_per_pending"] = round(memory["rss_bytes_per_pending"], 1)
             report["rss_peak_bytes_per_pending"] = round(memory["rss_peak_bytes_per_pending"], 1)
             report["recovery_s_for_pending"] = round(memory["recovery_s"], 1)
+            report["engine_save_s_max"] = round(memory["save_s_max"], 2)
             report["rss_bytes_per_pending_after_restart"] = round(memory["rss_bytes_per_pending_after_restart"], 1)
         forget_run(config)
     report["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}

@@ -71,7 +71,7 @@ def assert_balanced(config: Config, worker: Worker) -> dict[str, object]:
 
 
 def test_ten_kills_under_load_on_busy_cores_lose_nothing_and_count_nothing_twice(kafka: Broker, tmp_path: Path) -> None:
-    config, path = setup(kafka, tmp_path, extra="join_memory_mb: 0.02\n")  # most pending state on disk
+    config, path = setup(kafka, tmp_path, extra="join_memory_mb: 0.02\ncheckpoint_interval: 2s\n")  # most on disk; saved often
     scenario = load(seed=31, pairs=16_000)
     worker = Worker(path, tmp_path / "worker.log").start()
     sender = sending(config, scenario, rate_per_s=150.0, partitioner="consistent_random")  # about 110 s
