@@ -5,7 +5,8 @@ partition of each co-partitioned input, and those forwarded on the repartition t
 durable state is a changelog-backed table, a log of *batches* per join partition: the raw records
 its engine took in (each model's first prediction and the first label of each request; no duplicate),
 one table write per flush. Each join partition's core :class:`Engine` is a pure function of its
-batches: after a start, a crash or a rebalance it is rebuilt by feeding them back. Offsets are
+batches: after a start, a crash or a rebalance it is rebuilt by feeding them back, to its latest
+save if it has one (:mod:`stream.kafka.stored`, :mod:`stream.kafka.checkpoints`). Offsets are
 committed only up to messages whose batch is written (or, forwarded, handed to the producer), so
 a record missing from the table is read again from Kafka (none lost), and a replayed one is a
 duplicate to the rebuilt engine (none counted twice). Each engine publishes the *absolute* state
@@ -34,22 +35,10 @@ from stream.core.clock import future_reason
 from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.records import Prediction, raw_text
-from stream.core.snapshot import restore_rolling, rolling_snapshot
 from stream.core.spill import StoreStatus, remove_orphans
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
-from stream.kafka.batches import (
-    BATCH_KEY,
-    ROLLING_KEY,
-    WATERMARK_KEY,
-    batch_json,
-    batch_key,
-    batch_value,
-    compressed,
-    read_batch_key,
-    stored_in_order,
-)
-from stream.kafka.checkpoints import FOLDER, Checkpoints, Reflects
+from stream.kafka.checkpoints import FOLDER, Checkpoints
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
@@ -63,30 +52,20 @@ from stream.kafka.routing import (
     read_heartbeat,
     source_name,
 )
+from stream.kafka.stored import SOURCES, Stored
 
-__all__ = [
-    "MARKS",
-    "PRUNE_SLACK_S",
-    "SAVE_BYTES",
-    "SOURCES",
-    "Join",
-    "Output",
-]
+__all__ = ["SAVE_BYTES", "Join", "Output"]
 
 log = logging.getLogger("mlmon.worker")
 
 SAVE_BYTES = 256 * 1024  # a partition writes its batch at this size, or at the next flush
-SOURCES = ("predictions", "labels")
-MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
-PRUNE_SLACK_S = 120.0
-REBUILD_CHUNK = 8192  # stored records decoded and taken in at a time by a rebuild (see batches.stored_in_order)
 # A partition's engine takes this many times the limits (a bound on its memory): the worker applies
 # the limits themselves where every partition's figures meet (kafka.registry).
 ENGINE_GUARD = 4
 Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
-class Join:
+class Join(Stored):
     """The join agent's state and handlers, independent of how faust delivers messages.
 
     The batch table is a log: each write (a *batch*) holds the raw records the partition's engine
@@ -117,9 +96,9 @@ class Join:
         self.forwards: list[tuple[int, bytes, bytes]] = []  # (partition, key, value) for the repartition topic
         self.passed: dict[tuple[str, int], list[int]] = {}  # offsets of records all forwarded: [first, last]
         self.intake = self._new_engine()  # counts and dead-letters records of inputs that are not co-partitioned
-        self.numbers: dict[int, int] = {}  # each partition's latest batch number (see batches.batch_key)
-        self.floors: dict[int, int] = {}  # each partition's latest batch number at the last rebuild
-        self.writer = secrets.token_hex(4)  # this join's id in its batches' keys, new at each rebuild
+        self.numbers: dict[int, int] = {}
+        self.floors: dict[int, int] = {}
+        self.writer = secrets.token_hex(4)
         self.checkpoints = Checkpoints(os.path.join(self.engine_config.join_store_dir, FOLDER, config.app_id),
                                        config.checkpoint_interval_s)
 
@@ -136,83 +115,6 @@ class Join:
     def watermark(self, partition: int) -> float:
         """A join partition's event time (see :mod:`stream.kafka.event_time`)."""
         return self.times.watermark(partition)
-
-    def rebuild(self, table: Any) -> None:
-        """Each partition's engine as it was: its latest save loaded (``checkpoints``) and fed the
-        batches stored after it, else a fresh engine fed every stored record; in timestamp order,
-        with no watermark (so none is judged stale), then moved to the watermark the partition had
-        reached. What was not saved yet is dropped: its messages were not committed, so Kafka
-        delivers them again. One partition at a time, so only one partition's records are ever
-        decoded at once; a batch is read only to be fed (its number and latest time are in its key)."""
-        self.times.clear()
-        self.queued.clear()  # as the unsaved ones: their messages were not committed
-        self.saved_marks = {}
-        keys: dict[int, list[str]] = defaultdict(list)
-        snapshots: dict[int, bytes] = {}
-        self.prune_due.clear()
-        self.unsaved.clear()
-        self.numbers.clear()
-        for key in table:  # keys only: a batch's value is read when it is fed
-            if key.startswith(WATERMARK_KEY):
-                name = key[len(WATERMARK_KEY):]
-                self.saved_marks[name] = mark = float(orjson.loads(table[key]))
-                self.times.restore(name, mark)
-            elif key.startswith(BATCH_KEY):
-                keys[read_batch_key(key).partition].append(key)
-            elif key.startswith(ROLLING_KEY):
-                snapshots[int(key[len(ROLLING_KEY):])] = table[key]
-        self.engines = {}
-        stored = loaded = 0
-        for partition in sorted(set(keys) | set(snapshots)):
-            found = sorted(keys.pop(partition, []))
-            saved = self.checkpoints.load(partition, self.engine_config) if found else None
-            feed = []
-            for key in found:
-                parts = read_batch_key(key)
-                self.numbers[partition] = max(self.numbers.get(partition, 0), parts.number)
-                if saved is None or not saved[1].covers(parts):
-                    feed.append(key)
-                elif parts.latest_ts is not None:
-                    self._schedule_prune(key, parts.latest_ts, partition)
-                else:  # a batch of a version that kept its time only inside it
-                    self._schedule_prune(key, stored_in_order([table[key]], 1)[0][0], partition)
-            latest, chunks = stored_in_order([table[key] for key in feed], REBUILD_CHUNK)
-            for key, ts in zip(feed, latest, strict=True):
-                self._schedule_prune(key, ts, partition)
-            if saved is not None:
-                engine = self.engines[partition] = saved[0]
-                loaded += 1
-            else:
-                engine = self.engine(partition)
-                if partition in snapshots:  # pairs of pruned batches
-                    restore_rolling(engine, orjson.loads(batch_json(snapshots[partition])))
-            for records in chunks:
-                stored += len(records)
-                engine.take_many(records)
-            watermark = self.watermark(partition) - self.config.watermark_lag_s
-            if math.isfinite(watermark) and watermark > engine.watermark:
-                engine.resume(watermark)
-            engine.flush()  # publish every changed window's state once more: absolute partials, so harmless
-            engine.dead_letters.clear()  # stored records were valid
-        self.floors = dict(self.numbers)  # every batch stored now is in the engines
-        self.writer = secrets.token_hex(4)
-        self.stale = False
-        log.info("engines rebuilt from %d stored records in %d partitions (%d from a saved engine)", stored,
-                 len(self.engines), loaded)
-
-    def checkpoint(self, now: float) -> None:
-        """Save one partition's engine if one is due (see ``checkpoints``): called right after the
-        flush wrote every partition's batch and drained every output."""
-        partition = self.checkpoints.due({p: n for p, n in self.numbers.items() if p in self.engines}, now)
-        if partition is not None:
-            reflects = Reflects(self.floors.get(partition, 0), self.writer, self.numbers[partition])
-            self.checkpoints.take(partition, reflects, self.engines[partition], now)
-
-    def _schedule_prune(self, key: str, ts: float, partition: int) -> None:
-        # Keep a batch until every window of its latest record is final, then forget it.
-        deadline = ts + self.max_window_s + self.config.join_ttl_s + PRUNE_SLACK_S
-        if math.isfinite(deadline):
-            self.prune_due[int(deadline // 60)].append((key, partition))
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         """One message: ``handle_many`` of it alone."""
@@ -372,28 +274,6 @@ class Join:
         self.future_limit = time.time() + max_future_s if max_future_s > 0 else math.inf
         return ts > self.future_limit
 
-    def save(self, table: Any, partition: int) -> list[list[Any]]:
-        """Write what the partition took in since the last save as one batch, and its watermarks;
-        return the [topic, first, last] offsets of the messages handled meanwhile, now safe to commit.
-        (Inside faust this must run in that partition's event context: see ``in_partition``.)"""
-        self.settle(partition)
-        unsaved = self.unsaved.pop(partition, None) or Unsaved()
-        if unsaved.predictions or unsaved.labels:
-            number = self.numbers[partition] = max(time.time_ns(), self.numbers.get(partition, 0) + 1)
-            key = batch_key(partition, number, self.writer, unsaved.last_ts)
-            table[key] = batch_value(unsaved.predictions, unsaved.labels)
-            self._schedule_prune(key, unsaved.last_ts, partition)
-        times = self.times
-        for source in MARKS:
-            if source != "low" and source not in times.own:
-                continue  # read here, but not this partition's own input: nothing to restore
-            name = source_name(source, partition)
-            mark = times.watermark(partition) if source == "low" else times.read_mark(source, partition)
-            if mark != -math.inf and mark != self.saved_marks.get(name):
-                table[f"{WATERMARK_KEY}{name}"] = orjson.dumps(mark)
-                self.saved_marks[name] = mark
-        return unsaved.offsets
-
     def queued_records(self, partition: int) -> int:
         """Records waiting for the partition's engine (``settle``)."""
         queue = self.queued.get(partition)
@@ -403,28 +283,6 @@ class Join:
         """What the next save would write at most: taken in, or queued (not all may be taken)."""
         unsaved, queue = self.unsaved.get(partition), self.queued.get(partition)
         return (0 if unsaved is None else unsaved.size) + (0 if queue is None else queue.size)
-
-    def prune(self, table: Any, partition: int) -> int:
-        """Forget batches of this partition whose windows are all final (changelog deletes). Rolling
-        windows reach further back than any timed window: their pairs are stored first, whole."""
-        horizon = int(self.watermark(partition) // 60)
-        gone = []
-        for bucket in [b for b in self.prune_due if b < horizon]:
-            keep = []
-            for key, part in self.prune_due.pop(bucket):
-                if part != partition:
-                    keep.append((key, part))
-                elif key in table:
-                    gone.append(key)
-            if keep:
-                self.prune_due[bucket].extend(keep)
-        if gone and any(not w.timed for w in self.engine_config.windows):
-            self.settle(partition)
-            snapshot = rolling_snapshot(self.engine(partition))
-            table[f"{ROLLING_KEY}{partition}"] = compressed(orjson.dumps(snapshot))
-        for key in gone:
-            del table[key]
-        return len(gone)
 
     def outputs(self) -> list[Output]:
         """(topic, key, value): partials keyed by model, and dead letters, since the last call."""

@@ -4,7 +4,8 @@ Each test sends a simulated classifier's traffic (duplicates, early and missing 
 first two, most records on another partition than their request's) while the fault happens, then
 requires every final window to equal scikit-learn on the ground truth (so nothing was lost and
 nothing counted twice) and the worker's health counters to balance. The kills hit a worker whose
-join keeps most of its pending state on disk (``join_memory_mb`` of about 200 entries).
+join keeps most of its pending state on disk (``join_memory_mb`` of about 200 entries) and that
+saves its partitions' engines every 2 s (each restart loads the latest saves).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def assert_balanced(config: Config, worker: Worker) -> dict[str, object]:
 
 
 def test_ten_kills_under_load_on_busy_cores_lose_nothing_and_count_nothing_twice(kafka: Broker, tmp_path: Path) -> None:
-    config, path = setup(kafka, tmp_path, extra="join_memory_mb: 0.02\ncheckpoint_interval: 2s\n")  # most on disk; saved often
+    # most pending state on disk; each partition's engine saved every 2 s (the kills hit saves too)
+    config, path = setup(kafka, tmp_path, extra="join_memory_mb: 0.02\ncheckpoint_interval: 2s\n")
     scenario = load(seed=31, pairs=16_000)
     worker = Worker(path, tmp_path / "worker.log").start()
     sender = sending(config, scenario, rate_per_s=150.0, partitioner="consistent_random")  # about 110 s
@@ -88,6 +90,7 @@ def test_ten_kills_under_load_on_busy_cores_lose_nothing_and_count_nothing_twice
         sender.join()
         worker.stop()
     assert len(rebuilt_by(worker)) >= 10  # every kill hit a worker that was processing
+    assert re.search(r"in \d+ partitions \([1-9]\d* from a saved engine\)", worker.log.read_text())
     on_disk = [int(n) for n in re.findall(r"predictions \((\d+) on disk\)", worker.log.read_text())]
     assert max(on_disk, default=0) > 0  # the rebuilt joins kept their state on disk
 
