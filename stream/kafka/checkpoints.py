@@ -11,9 +11,10 @@ the producer, then ``confirm`` renames it into place (``<root>/<partition>/<upto
 the older saves of the partition go. A restart loads the latest confirmed save and feeds the
 batches it does not reflect. Why that is exact:
 
-- a batch it reflects that the table no longer has was pruned (its windows are final) or never
-  reached the changelog (then its messages were not committed: Kafka delivers them again, and the
-  saved engine, which has them, counts them once);
+- every batch it reflects had reached the table's changelog when it was confirmed (the producer's
+  flush sends the changelog's records too; a save must never hold records the table lacks, or a
+  rebuild without it, on another machine, would miss them), so one the table no longer has was
+  pruned: its windows are final;
 - a batch it does not reflect is fed (or, lost, delivered again): among them those that another
   worker wrote while it held the partition, whatever their numbers (clocks differ);
 - a batch numbered up to ``floor`` that reaches the table after that rebuild was written by a
