@@ -400,7 +400,7 @@ def pending_memory(bootstrap: str, folder: Path, partitions: int, pending: int, 
                    ) -> dict[str, float]:
     """Worker RSS growth per never-labeled prediction, and how long a restart takes to rebuild them;
     with ``memory_mb``, a 60-day TTL and that ``join_memory_mb``: most of them wait on disk."""
-    extra, ttl = (f"join_memory_mb: {memory_mb}\n", "60d") if memory_mb else ("", "1h")
+    extra, ttl = (f"join_memory_mb: {memory_mb}\n", "60d") if memory_mb else ("", "1d")  # none expires meanwhile
     extra += f"checkpoint_interval: {SAVE_EVERY_S}s\n"
     config, path = config_for(bootstrap, folder, partitions, uuid.uuid4().hex[:8], extra=extra, ttl=ttl)
     workers = Workers(path, 1, folder / "worker-rss.log").start()
