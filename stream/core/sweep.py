@@ -13,6 +13,7 @@ and goes back after it; a lone tombstone is removed without being read
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,6 +35,9 @@ class Sweeps(OnDisk):
     _label_due: Buckets
     _tombstone_due: Buckets
 
+    def pending(self) -> tuple[int, int]:
+        raise NotImplementedError
+
     def expire(self, watermark: float) -> tuple[list[Entry], list[Entry]]:
         """Resolve what the watermark has passed: (expired predictions, orphaned labels); a pair
         whose deadline passed becomes a tombstone."""
@@ -43,7 +47,12 @@ class Sweeps(OnDisk):
         return expired, orphaned
 
     def expire_counts(self, watermark: float) -> tuple[int, int]:
-        """``expire``, counting (expired predictions, orphaned labels) rather than keeping them."""
+        """``expire``, counting (expired predictions, orphaned labels) rather than keeping them.
+        At the end of input (an infinite watermark) every pending prediction expires and every
+        waiting label is orphaned: they are counted, and the state dropped, with nothing read
+        back from disk (``expire`` reads it all)."""
+        if watermark == math.inf:
+            return self._expire_all()
         counts = [0, 0]
 
         def expired(_: Entry) -> None:
@@ -106,6 +115,24 @@ class Sweeps(OnDisk):
             self._bury(request_ids)
             self._store_states(back, kept=tombs)
         self._bound()
+
+    def _expire_all(self) -> tuple[int, int]:
+        """The end of input: (pending predictions, waiting labels), then the join is empty."""
+        counts = self.pending()
+        self.ids.clear()
+        self.labels.clear()
+        self.others.clear()
+        self.pending_predictions = self.pairs = 0
+        self.stored = self.stored_predictions = self.stored_labels = 0
+        self.unlisted.clear()
+        self.tombstones_stored = False
+        for name in ("_prediction_due", "_label_due", "_tombstone_due"):
+            due = getattr(self, name)
+            setattr(self, name, Buckets(due.bucket_s, due.kind))
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        return counts
 
     def _entomb(self, deadline: float, request_ids: list[PKey], watermark: float, on_disk: bool) -> None:
         """Tombstones of resolved ids, until ``deadline`` (listed on disk when their bucket was);
