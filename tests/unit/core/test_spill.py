@@ -56,9 +56,10 @@ op = st.one_of(
 )
 
 
-def played(join: JoinBuffer, ops: list[Op], batch: int) -> list[Any]:
+def played(join: JoinBuffer, ops: list[Op], batch: int, end: bool = True) -> list[Any]:
     """Every answer of ``join`` to ``ops``: outcomes, what a call replaced or shared, expiries,
-    pending counts; ``batch``: records held (``hold``) that many at a time."""
+    pending counts; ``batch``: records held (``hold``) that many at a time; ``end``: then the
+    end of input (an infinite watermark)."""
     answers: list[Any] = []
     watermark = 0.0
     for start in range(0, len(ops), batch):
@@ -82,8 +83,9 @@ def played(join: JoinBuffer, ops: list[Op], batch: int) -> list[Any]:
         held = sum(type(slot) is not int and not is_pair(slot) for slot in join.ids.values())
         assert join.pairs == sum(is_pair(slot) for slot in join.ids.values())
         assert (held + join.on_disk()[0], len(join.labels) + join.on_disk()[1]) == join.pending()
-    answers.append(swept(join.expire(math.inf)))
-    answers.append(join.pending())
+    if end:
+        answers.append(swept(join.expire(math.inf)))
+        answers.append(join.pending())
     return answers
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stream.core.join import JoinBuffer, is_pair
 from stream.core.slots import TOMB_JOINED
-from tests.unit.core.test_spill import op
+from tests.unit.core.test_spill import op, played
 
 
 def test_tombstones_are_dropped_after_twice_the_ttl() -> None:
@@ -60,33 +60,15 @@ def test_a_watermark_that_jumps_past_both_deadlines_resolves_the_pair_as_steps_w
     assert "r" not in jb.ids
 
 
-def fed(join: JoinBuffer, ops: list[Any], batch: int) -> JoinBuffer:
-    """``ops`` (``test_spill.op``) given to ``join``, held ``batch`` records at a time."""
-    watermark = 0.0
-    for start in range(0, len(ops), batch):
-        chunk = ops[start:start + batch]
-        join.hold([f"r{o[1]}" for o in chunk if o[0] != "expire"])
-        for kind, a, b, c in chunk:
-            if kind == "prediction":
-                join.several = join.several or c > 0
-                join.add_prediction(f"r{a}", (float(b), f"p{b}"), c)
-            elif kind == "label":
-                join.add_label(f"r{a}", (float(b), c))
-            else:
-                watermark += a
-                join.expire_counts(watermark)
-        join.release()
-    return join
-
-
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op, max_size=80), entries=st.sampled_from([0, 1, 3, 8]), batch=st.sampled_from([1, 3, 10]),
        rule=st.sampled_from(["earliest", "latest"]), ttl=st.sampled_from([30, 100]))
 def test_the_end_of_input_counts_what_sweeping_every_bucket_resolves(ops: list[Any], entries: int, batch: int,
                                                                     rule: str, ttl: int) -> None:
     """At an infinite watermark the counts come without reading anything back from disk."""
-    swept, counted = (fed(JoinBuffer(ttl, 20, duplicate_labels=rule, max_entries=entries), ops, batch)
-                      for _ in range(2))
+    swept, counted = (JoinBuffer(ttl, 20, duplicate_labels=rule, max_entries=entries) for _ in range(2))
+    for join in (swept, counted):
+        played(join, ops, batch, end=False)
     expired, orphaned = swept.expire(math.inf)
     assert counted.expire_counts(math.inf) == (len(expired), len(orphaned))
     assert swept.pending() == counted.pending() == (0, 0)
