@@ -22,6 +22,7 @@ from stream.kafka.batches import (
     BATCH_KEY,
     ROLLING_KEY,
     WATERMARK_KEY,
+    BatchKey,
     batch_json,
     batch_key,
     batch_value,
@@ -81,7 +82,7 @@ class Stored:
         self.times.clear()
         self.queued.clear()  # as the unsaved ones: their messages were not committed
         self.saved_marks = {}
-        keys: dict[int, list[str]] = defaultdict(list)
+        keys: dict[int, list[tuple[str, BatchKey]]] = defaultdict(list)
         snapshots: dict[int, bytes] = {}
         self.prune_due.clear()
         self.unsaved.clear()
@@ -92,17 +93,17 @@ class Stored:
                 self.saved_marks[name] = mark = float(orjson.loads(table[key]))
                 self.times.restore(name, mark)
             elif key.startswith(BATCH_KEY):
-                keys[read_batch_key(key).partition].append(key)
+                parts = read_batch_key(key)
+                keys[parts.partition].append((key, parts))
             elif key.startswith(ROLLING_KEY):
                 snapshots[int(key[len(ROLLING_KEY):])] = table[key]
         self.engines = {}
         stored = loaded = 0
         for partition in sorted(set(keys) | set(snapshots)):
-            found = sorted(keys.pop(partition, []))
+            found = keys.pop(partition, [])
             saved = self.checkpoints.load(partition, self.engine_config) if found else None
             feed = []
-            for key in found:
-                parts = read_batch_key(key)
+            for key, parts in found:
                 self.numbers[partition] = max(self.numbers.get(partition, 0), parts.number)
                 if saved is None or not saved[1].covers(parts):
                     feed.append(key)
