@@ -25,8 +25,10 @@ stream.core.persist.Mismatch: saved with other settings
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
+import itertools
 import os
 import pickle
 from typing import Any
@@ -57,11 +59,17 @@ class Mismatch(ValueError):
     """A save made by other code, or with other settings, than the loader's."""
 
 
+def _count(counter: itertools.count[int]) -> tuple[Any, tuple[int]]:
+    """An ``itertools.count`` (step 1) as its next value: Python stops pickling them itself in 3.14."""
+    return itertools.count, (int(repr(counter)[len("count("):-1]),)
+
+
 class _Saver(pickle.Pickler):
     """Pickles an engine; each join store it meets is checkpointed beside it instead."""
 
     def __init__(self, file: io.BufferedWriter, folder: str) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.dispatch_table = {**copyreg.dispatch_table, itertools.count: _count}
         self.folder = folder
         self.stores = 0
 
