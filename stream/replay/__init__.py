@@ -34,7 +34,7 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, parse_label, parse_prediction, raw_text
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
-from stream.replay import bulk, shards
+from stream.replay import bulk, parts, shards
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
@@ -145,12 +145,22 @@ class Collected:
 
 class _Inputs:
     """The inputs of one kind, read into events; with ``share`` (index, count), only the records of
-    that share's requests (see ``shards``)."""
+    that share's requests (see ``shards``), read from its file ``part`` when there is one (``parts``)."""
 
-    def __init__(self, kind: int, found: list[Input], config: Config, share: tuple[int, int] | None = None) -> None:
+    def __init__(self, kind: int, found: list[Input], config: Config, share: tuple[int, int] | None = None,
+                 part: Path | None = None) -> None:
         self.kind, self.source, self.found, self.config = kind, SOURCES[kind], found, config
         self.share = share
+        self.part = part
         self.occupancy: shards.Occupancy | None = None  # with a share, of the last ``events`` (see there)
+
+    @property
+    def held_bytes(self) -> int:
+        """About what its rows take as text held in memory (``bulk.fits``): its share's file's
+        size when it has one, else its inputs'."""
+        if self.part is not None:
+            return self.part.stat().st_size
+        return sum(found.held_bytes for found in self.found)
 
     def where(self, sequence: int) -> dict[str, Any]:
         """Where an event's record came from, for its dead letter."""
@@ -165,6 +175,9 @@ class _Inputs:
 
     def owned(self, index: int, progress: Progress) -> Iterator[tuple[int, Any]]:
         """(sequence number, raw) of input ``index``'s rows, those of the share's requests with a share."""
+        if self.part is not None:  # its reading was counted as its share's file was written
+            yield from parts.rows(self.part, index)
+            return
         found, source = self.found[index], self.source
         max_bytes = self.config.max_record_bytes
         base = index << ROW_BITS
@@ -330,16 +343,18 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
 
 def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], OutboxT],
          clock: Callable[[], float] | None, format: str | None, final_only: bool, quiet: bool, run_events: int,
-         processes: int | None, share: tuple[int, int] | None = None
+         processes: int | None, share: tuple[int, int] | None = None, part: tuple[Path, Path] | None = None
          ) -> tuple[Engine, OutboxT, bool, list[_Inputs]]:
-    """``run``, in this process; with ``share``, that share's records into final partials (``shards``)."""
+    """``run``, in this process; with ``share``, that share's records into final partials
+    (``shards``), read from its files ``part`` (predictions, labels) when it has them (``parts``)."""
     from stream.replay.pipeline import MIN_BYTES, child_events
 
-    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share),
-             _Inputs(LABEL, inputs(labels, "labels", format), config, share)]
+    kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share, part and part[0]),
+             _Inputs(LABEL, inputs(labels, "labels", format), config, share, part and part[1])]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
+    memory_share = 1 / min(share[1], shards.SHARES) if share is not None else 1.0  # shares at once
     if share is not None and bulk.fits(kinds):  # all in memory: settled requests are counted at once
-        engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=1 / share[1])
+        engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=memory_share)
         engine.sweeps = []
         sink = open_sink()
         progress = Progress(total, quiet)
@@ -356,7 +371,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
         processes = 1  # it will be sorted: no child (see ``pipeline``)
     for sort in (False, True) if in_order else (True,):  # input out of order from the start: sorted at once
         engine = Engine(config, clock, revisions=not final_only, emit_partials=share is not None,
-                        memory_share=1 / share[1] if share is not None else 1.0)
+                        memory_share=memory_share)
         if share is not None:
             engine.sweeps = []
         sink = open_sink()

@@ -22,8 +22,8 @@ import numpy as np
 from stream.core.columns import LabelColumns, PredictionColumns, labels_from_json, predictions_from_json
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction
+from stream.replay.occupancy import Occupancy
 from stream.replay.progress import Progress
-from stream.replay.shards import Occupancy
 
 if TYPE_CHECKING:
     from stream.replay import Event, Outbox, _Inputs
@@ -36,7 +36,7 @@ CHUNK_LINES = 65_536  # lines decoded at a time (and held as bytes meanwhile)
 
 def fits(kinds: list[_Inputs]) -> bool:
     """Whether the inputs are small enough to be held in memory (``MAX_BYTES``)."""
-    return sum(found.held_bytes for kind in kinds for found in kind.found) <= MAX_BYTES
+    return sum(kind.held_bytes for kind in kinds) <= MAX_BYTES
 
 
 def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[list[tuple[str, bool]]] | None,

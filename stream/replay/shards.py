@@ -1,13 +1,14 @@
-"""Replay in shares: each of two processes replays the requests whose id hashes to its share, and
-their windows' final states are merged into one record per window, as a Kafka worker's partitions
-are (``core.merge``). One process alone replays its input as one share the same way, so that it
-counts it held in memory (``bulk``) and writes what two processes write, in the same order.
+"""Replay in shares: each of two processes replays the requests whose id hashes to its shares, and
+the windows' final states of every share are merged into one record per window, as a Kafka
+worker's partitions are (``core.merge``). One process alone replays its input as one share the
+same way, so that it counts it held in memory (``bulk``) and writes what two processes write, in
+the same order.
 
 Every row is read by both processes, and its request id alone decoded (a row without one belongs
 to the share its row number picks, which refuses it); a share's records go through the engine
 as in one process. A request's predictions and labels meet in one share, so the join, the counts
-and the health counters of the two add up to those of one process. A record's figures are the
-same, and so is its stamp: a final record's time is the first sweep of the whole input, the two
+and the health counters of the shares add up to those of one process. A record's figures are the
+same, and so is its stamp: a final record's time is the first sweep of the whole input, all
 shares' sweeps together, at or after the watermark that makes its window final.
 
 A share cannot judge alone what one process judges from the order of all records, so shares take
@@ -17,18 +18,22 @@ clock), replay runs again in one process, record by record. It runs that way fro
 rules or detectors judge revisions as they come, or when revisions or a caller's clock are asked
 for; in one share when the input is rows in memory, smaller than ``pipeline.MIN_BYTES``, or on one
 core (then only if it can be held in memory: ``bulk.fits``). A rolling window's last pairs are
-the last of both shares' (each keeps its own last ones), as the worker merges them. Each share
+the last of all shares' (each keeps its own last ones), as the worker merges them. Each share
 admits the names it meets (models, versions, segment keys and values, classes): when those of all
 shares together fit the limits, no share nor one process record by record ever reached one; when
 they do not, replay runs again in one process, record by record.
+
+A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as columns (``bulk``).
+An input larger than two such shares (or than ``join_memory_mb`` allows: ``parts.share_bytes``)
+runs in as many shares as it takes, each process's one after another: it reads every input once
+and writes its shares' rows to a file each (``parts``, under ``join_store_dir`` when set), so that
+memory follows a share, not the history, however late its labels come.
 
 Each share writes its final partials and dead letters to a file as they come, and they are merged
 from there, so memory follows the windows still open, not the history. The output differs from
 one process's record by record only in the order of records final at the same time (here by the
 time they became final, then model, version, segment and window, whatever the number of shares)
 and of dead letters (here as the shares wrote them).
-
-A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as columns (``bulk``).
 """
 
 from __future__ import annotations
@@ -54,14 +59,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
 from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.merge import assemble, merge_states, record_figures_many, rolling_state
 from stream.core.rules import rfc3339
+from stream.replay import parts
+from stream.replay.occupancy import Occupancy
 
 if TYPE_CHECKING:
     from stream.config import Config
@@ -94,71 +99,6 @@ def owner(raw: Any, sequence: int, shares: int, max_bytes: int) -> int:
     if type(request_id) is not str:
         return sequence % shares
     return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % shares
-
-
-class Occupancy:
-    """The records of one kind per time bucket of ``max_future_s / 2``: how many, the first and the
-    last timestamp. Two records in one bucket are closer than ``max_future_s``, so the occupancy of
-    the whole input (both shares' added) tells exactly whether one process would refuse a record as
-    stamped alone in the future (``core.clock.judge_in_time_order``)."""
-
-    def __init__(self, max_future_s: float) -> None:
-        self.width_s = max_future_s / 2
-        self.buckets: dict[int, list[float]] = {}  # bucket -> [count, first, last]
-
-    def watch(self, events: Iterator[Any]) -> Iterator[Any]:
-        """The events, each noted (at least cost in time order: a bucket's records one after another)."""
-        buckets, width = self.buckets, self.width_s
-        cell, start, end = [0, 0.0, 0.0], math.inf, -math.inf  # the bucket of the event before
-        for event in events:
-            ts = event[0]
-            if not start <= ts < end:
-                bucket = int(ts // width)
-                start, end = bucket * width, (bucket + 1) * width
-                found = buckets.get(bucket)
-                if found is None:
-                    buckets[bucket] = cell = [0, ts, ts]
-                else:
-                    cell = found
-            cell[0] += 1
-            if ts < cell[1]:
-                cell[1] = ts
-            elif ts > cell[2]:
-                cell[2] = ts
-            yield event
-
-    def note(self, timestamps: npt.NDArray[np.float64]) -> None:
-        """``watch`` for records at ``timestamps``, all at once."""
-        if not len(timestamps):
-            return
-        ts = np.sort(timestamps)
-        buckets = (ts // self.width_s).astype(np.int64)
-        starts = np.flatnonzero(np.diff(buckets, prepend=buckets[0] - 1))
-        ends = np.append(starts[1:], len(ts))
-        other = Occupancy(2 * self.width_s)
-        cells = zip(buckets[starts].tolist(), (ends - starts).tolist(), ts[starts].tolist(), ts[ends - 1].tolist(),
-                    strict=True)
-        other.buckets = {bucket: [count, first, last] for bucket, count, first, last in cells}
-        self.add(other)
-
-    def add(self, other: Occupancy) -> None:
-        for bucket, (count, first, last) in other.buckets.items():
-            cell = self.buckets.get(bucket)
-            if cell is None:
-                self.buckets[bucket] = [count, first, last]
-            else:
-                cell[0] += count
-                cell[1], cell[2] = min(cell[1], first), max(cell[2], last)
-
-    def refuses(self, max_future_s: float) -> bool:
-        """Whether one process would refuse any record: one alone in its bucket, more than
-        ``max_future_s`` after the record before it and before the one after it (or last)."""
-        cells = [self.buckets[b] for b in sorted(self.buckets)]
-        for i, (count, ts, _) in enumerate(cells):
-            if count == 1 and i > 0 and ts - cells[i - 1][2] > max_future_s and (
-                    i + 1 == len(cells) or cells[i + 1][1] - ts > max_future_s):
-                return True
-        return False
 
 
 @dataclass
@@ -201,8 +141,9 @@ def _frames(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, A
 
 
 def shares_for(config: Config, kinds: list[_Inputs], final_only: bool, clock: Any, processes: int | None) -> int:
-    """How many shares replay runs in: 2 (two processes), 1 (this process alone, held in memory:
-    ``bulk``), or 0 (the per-record path of ``replay._run``)."""
+    """How many shares replay runs in: 2 or more (two processes; more when two shares would not
+    fit in memory: ``parts``), 1 (this process alone, held in memory: ``bulk``), or 0 (the
+    per-record path of ``replay._run``)."""
     if clock is not None or not final_only or config.rules or config.detectors:
         return 0
     if 0 < config.max_future_s < 60:  # buckets of under 30 s (see ``Occupancy``): too many to count
@@ -220,59 +161,103 @@ def shares_for(config: Config, kinds: list[_Inputs], final_only: bool, clock: An
         pickle.dumps(config)
     except Exception:
         return one
-    return SHARES
+    return parts.shares_needed(sum(kind.held_bytes for kind in kinds), config.join_memory_mb, SHARES)
 
 
-def replay_share(predictions: Any, labels: Any, config: Config, share: tuple[int, int], format: str | None,
-                 quiet: bool, run_events: int, spool: Path) -> _Share:
-    """Replay one share (in this process) into final partials, written to ``spool``."""
-    from stream.replay import _run
+def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[int, int], shares: int,
+                 format: str | None, quiet: bool, run_events: int, folder: Path) -> _Share:
+    """Replay the shares of this process (``process``: its index and how many there are; share k is
+    process k's modulo that) into final partials, written to ``folder``'s ``share-<k>``. More
+    shares than processes are first split into files (``parts``), then replayed one by one."""
+    from stream.replay import ROW_BITS, _Inputs, _run
+    from stream.replay.progress import Progress
+    from stream.replay.sources import inputs
 
-    engine, _, sort, kinds = _run(predictions, labels, config, lambda: _Spool(spool), None, format, True, quiet,
-                                  run_events, 1, share=share)
-    names = engine.admission.names() | {("class", name, c) for name, model in engine.models.items()
-                                        if model.classes is not None for c in model.classes.names}
-    occupancy = [kind.occupancy for kind in kinds if kind.occupancy is not None]
-    return _Share(engine.health, occupancy, engine.clock(), names, sort)
+    mine = list(range(process[0], shares, process[1]))
+    split: list[dict[int, Path]] = []
+    if len(mine) > 1:
+        kinds = [_Inputs(kind, inputs(spec, source, format), config)
+                 for kind, (spec, source) in enumerate(((predictions, "predictions"), (labels, "labels")))]
+        progress = Progress(sum(found.size_bytes for kind in kinds for found in kind.found), quiet)
+        max_bytes = config.max_record_bytes
+        try:
+            for kind in kinds:
+                sources = [functools.partial(_numbered, found.rows(kind.source), index << ROW_BITS)
+                           for index, found in enumerate(kind.found)]
+                folder_kind = folder / f"{kind.source}-{process[0]}"
+                folder_kind.mkdir()
+                split.append(parts.split(sources, lambda raw, sequence: owner(raw, sequence, shares, max_bytes),
+                                         mine, folder_kind, progress.read if progress.bar is not None else None))
+        finally:
+            progress.close()
+    found = []
+    for share in mine:
+        engine, _, sort, kinds = _run(predictions, labels, config, functools.partial(_Spool, folder / f"share-{share}"),
+                                      None, format, True, quiet or bool(split), run_events, 1, share=(share, shares),
+                                      part=(split[0][share], split[1][share]) if split else None)
+        names = engine.admission.names() | {("class", name, c) for name, model in engine.models.items()
+                                            if model.classes is not None for c in model.classes.names}
+        occupancy = [kind.occupancy for kind in kinds if kind.occupancy is not None]
+        found.append(_Share(engine.health, occupancy, engine.clock(), names, sort))
+        del engine, kinds
+        for path in (split[0].pop(share), split[1].pop(share)) if split else ():
+            path.unlink()
+    return _joined(found)
+
+
+def _numbered(rows: Iterator[tuple[int, Any, int]], base: int) -> Iterator[tuple[int, Any, int]]:
+    """An input's rows numbered as events are (``base``: the input's index, shifted)."""
+    for number, raw, size in rows:
+        yield base | number, raw, size
+
+
+def _joined(found: list[_Share]) -> _Share:
+    """Shares' answers as one: health added, occupancies added, names together."""
+    health = Health()
+    for field in dataclasses.fields(Health):
+        setattr(health, field.name, functools.reduce(_added, [getattr(share.health, field.name) for share in found]))
+    occupancy = found[0].occupancy
+    for answer in found[1:]:
+        for kind in range(len(occupancy)):
+            occupancy[kind].add(answer.occupancy[kind])
+    return _Share(health, occupancy, max(share.reached for share in found), set().union(*(s.names for s in found)),
+                  any(share.sorted for share in found))
 
 
 def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], Sink | Collected],
                   format: str | None, quiet: bool, run_events: int, shares: int = SHARES
                   ) -> tuple[Engine, Sink | Collected, bool] | None:
-    """Replay in ``shares`` shares (this process, and a child for the second), merged into
+    """Replay in ``shares`` shares (this process, and a child for every second one), merged into
     ``open_sink``'s sink; None when it must run in one process, record by record (see the module)."""
-    with tempfile.TemporaryDirectory(prefix="mlmon-shares-") as folder:
+    if config.join_store_dir:  # where state on disk goes: a share's input too
+        os.makedirs(config.join_store_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlmon-shares-", dir=config.join_store_dir or None) as folder:
+        processes = min(shares, SHARES)
         spools = [Path(folder) / f"share-{share}" for share in range(shares)]
-        child = None if shares == 1 else _Child((predictions, labels, config, (1, shares), format, True, run_events,
-                                                 spools[1]))
+        child = None if processes == 1 else _Child((predictions, labels, config, (1, processes), shares, format, True,
+                                                    run_events, Path(folder)))
         try:
-            found = [replay_share(predictions, labels, config, (0, shares), format, quiet, run_events, spools[0])]
+            found = [replay_share(predictions, labels, config, (0, processes), shares, format, quiet, run_events,
+                                  Path(folder))]
             if child is not None:
                 found.append(child.answer())
         finally:
             if child is not None:
                 child.close()
-        occupancy = found[0].occupancy
-        for answer in found[1:]:
-            for kind in range(len(occupancy)):
-                occupancy[kind].add(answer.occupancy[kind])
-        if any(kind.refuses(config.max_future_s) for kind in occupancy):
+        every = _joined(found)
+        if any(kind.refuses(config.max_future_s) for kind in every.occupancy):
             return None
         folded = ("refused_models", "folded_classes", "folded_segments", "folded_versions")
-        if any(getattr(share.health, name) for share in found for name in folded) or not _within_limits(
-                config, set().union(*(share.names for share in found))):
+        if any(getattr(every.health, name) for name in folded) or not _within_limits(config, every.names):
             return None
         engine = Engine(config)
-        for field in dataclasses.fields(Health):
-            name = field.name
-            values = [getattr(share.health, name) for share in found]
-            setattr(engine.health, name, functools.reduce(_added, values))
+        engine.health = every.health
         sink = open_sink()
         try:
-            _merge(engine, sink, spools, max(share.reached for share in found))
+            _merge(engine, sink, spools, every.reached)
         finally:
             sink.close()  # as ``_run`` closes it: the caller gets it written
-    return engine, sink, any(share.sorted for share in found)
+    return engine, sink, every.sorted
 
 
 def _added(a: Any, b: Any) -> Any:
@@ -347,15 +332,15 @@ def _merge(engine: Engine, sink: Sink | Collected, spools: list[Path], reached: 
 def _records(engine: Engine, ready: list[tuple[float, list[dict[str, Any]]]], sweeps: list[list[float]],
              reached: float) -> list[dict[str, Any]]:
     """The final records of windows whose partials are all in."""
-    states = [rolling_state(parts, parts[0]["window"]["size_n"]) if parts[0]["window"]["kind"] == "rolling"
-              else merge_states(parts) for _, parts in ready]
-    figures = record_figures_many([(parts[0]["model"], state) for (_, parts), state in zip(ready, states, strict=True)],
-                                  engine.book)
+    states = [rolling_state(partials, partials[0]["window"]["size_n"]) if partials[0]["window"]["kind"] == "rolling"
+              else merge_states(partials) for _, partials in ready]
+    figures = record_figures_many([(partials[0]["model"], state)
+                                   for (_, partials), state in zip(ready, states, strict=True)], engine.book)
     out = []
-    for (final_at, parts), state, figured in zip(ready, states, figures, strict=True):
+    for (final_at, partials), state, figured in zip(ready, states, figures, strict=True):
         firsts = [share[at] for share in sweeps if (at := bisect.bisect_left(share, final_at)) < len(share)]
         stamp = min(firsts) if firsts else reached
-        head = parts[0]
+        head = partials[0]
         out.append(assemble(head["model"], head["model_version"], head["segment"], head["window"], state.predictions,
                             figured, True, rfc3339(stamp), engine.config.sample))
     return out

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
-from stream.replay import bulk, replay, shards
-from stream.replay.shards import Occupancy, replay_shared
+from stream.replay import bulk, parts, replay, shards
+from stream.replay.occupancy import Occupancy
+from stream.replay.shards import replay_shared
 from stream.simulate import Scenario, streams
 
 
@@ -277,3 +278,23 @@ def test_sampled_shares_write_what_one_process_writes(tmp_path: Path, held: bool
             want = by_window[key(row["model"], row["model_version"], json.loads(row["segment"]),
                                  json.loads(row["window"]))]
             assert (row["sample_rate"], json.loads(row["standard_errors"])) == (0.4, want["standard_errors"])
+
+
+@pytest.mark.parametrize(("shares", "threads", "held"), [(6, 1, True), (5, 2, True), (4, 1, False)])
+def test_many_shares_write_what_one_process_writes(tmp_path: Path, shares: int, threads: int, held: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input split into more shares than processes (``parts``: a file per share, replayed one
+    after another) writes what one process writes, record by record; so does one process alone."""
+    monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second process is forked
+    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
+    monkeypatch.setattr(parts, "FRAME_ROWS", 53)  # many frames, of every input
+    predictions, labels = inputs(tmp_path, 3)
+    config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
+                                  "windows": ["tumbling 1h", "rolling 500", "cumulative"]})
+    shared: list[bool] = []
+    reference = replayed(tmp_path, predictions, labels, 0, config, shared)
+    many = replayed(tmp_path, predictions, labels, shares, config, shared)
+    two = replayed(tmp_path, predictions, labels, 2, config, shared)
+    assert shared == [True, True] and len(many["dead"]) >= 1000 and many["health"]["pairs"] > 1000
+    compared(reference, many)
+    assert many["written"] == two["written"]  # in the same order
