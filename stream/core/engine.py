@@ -92,6 +92,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self._slot_s = float(math.gcd(*hops)) if hops else 1e300  # cumulative only: one slot
         self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
         self._sets: dict[tuple[str, str, Any, int], WindowSet] = {}
+        self._set_slots: list[tuple[int, tuple[str, str, Any, int]]] = []  # (slot, key) of ``_sets``, a heap
         self._set_numbers = itertools.count()
         self._numbered: dict[int, WindowSet] = {}  # the same sets, by number
         self._codec = PendingCodec()
@@ -365,8 +366,11 @@ class Engine(Revisions, Ingest, Settled, Placement):
             if emit:
                 self._emit(final, True, self._now())
             horizon = watermark - self._stale_after_s
-            self._sets = {k: s for k, s in self._sets.items() if (k[3] + 1) * self._slot_s > horizon}
-            self._numbered = {s.number: s for s in self._sets.values()}  # no pending prediction is older
+            slots = self._set_slots  # no pending prediction is older than the sets it drops
+            while slots and (slots[0][0] + 1) * self._slot_s <= horizon:
+                wset = self._sets.pop(heapq.heappop(slots)[1], None)
+                if wset is not None:
+                    self._numbered.pop(wset.number, None)
         if math.isinf(watermark) and emit:
             rolling = [r for series in self._series.values() for r in series.rolling if r.pairs]
             for window in rolling:

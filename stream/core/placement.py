@@ -40,6 +40,7 @@ class Placement:
     _series: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series]
     _sets: dict[tuple[str, str, Any, int], WindowSet]
     _numbered: dict[int, WindowSet]
+    _set_slots: list[tuple[int, tuple[str, str, Any, int]]]
     _set_numbers: itertools.count[int]
     _stale_after_s: float
     _codec: PendingCodec
@@ -107,7 +108,9 @@ class Placement:
         number = next(self._set_numbers) & 0xFFFFFFFF
         ends = [end for spec in self.specs for start in spec.starts(ts) if (end := spec.end(start)) is not None]
         wset = WindowSet(model, group, tuple(windows), number, min(ends, default=math.inf) + self._stale_after_s)
-        self._sets[(model.name, version, segment, slot)] = self._numbered[number] = wset
+        place = (model.name, version, segment, slot)
+        self._sets[place] = self._numbered[number] = wset
+        heapq.heappush(self._set_slots, (slot, place))
         return wset
 
     def _unpack(self, entry: PendingPrediction) -> tuple[float, WindowSet, Any, tuple[Any, ...] | None,
