@@ -1,18 +1,23 @@
 """Replay with months-late labels: the join's memory bounded by ``join_memory_mb``, the rest of
 the pending predictions on disk, against the same replay with everything in memory.
 
-    python -m benchmarks.pending --pending 20000000 --memory-mb 256
+    python -m benchmarks.pending --pending 20000000 --memory-mb 512
+    python -m benchmarks.pending --pending 4000000 --memory-mb 100 --detector   # record by record
 
 The data is a fraud model's: N predictions (scores, a segment, canonical UUID request ids) over
 30 days of event time, and 85% of them labeled 40 to 59 days later (chargebacks), with
 ``join_ttl: 60d``; both files in time order. At day 30 every prediction is pending at once. Each
 run is a fresh process (``mlmon replay``'s default output); this one watches it every half
-second: the replaying process's resident memory, and the size of the join's store on disk. In
-turns: (1) ``join_memory_mb`` of ``--memory-mb`` (most pending predictions on disk), (2) a budget
-that holds every pending prediction in memory. Reports records per second, peak RSS, RSS above
-the budget, the store's peak bytes on disk per pending prediction, and (1)'s throughput as a
-share of (2)'s. Replay runs its default two processes (each half of the requests, and half of
-``join_memory_mb``): peak RSS is the sum of both processes' peaks. Never part of the test command.
+second: the replaying process's resident memory, and the size on disk of what it keeps under
+``join_store_dir`` (the join's store, and the files of the shares a large input is split into).
+In turns: (1) ``join_memory_mb`` of ``--memory-mb``, (2) a budget that holds every pending
+prediction in memory. Reports records per second, peak RSS, RSS above the budget, the peak bytes
+on disk per pending prediction, and (1)'s throughput as a share of (2)'s. Replay runs its default
+two processes (each half of the requests, and half of ``join_memory_mb``; a large input in many
+shares, ``stream/replay/parts.py``): peak RSS is the sum of both processes' peaks. ``--detector``
+replays with one CUSUM detector rule instead, which judges revisions in time order, so one
+process takes every record one by one, and what exceeds the budget waits in the join's store on
+disk (RocksDB). Never part of the test command.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import json, resource, sys, time
 from pathlib import Path
 from stream.config import Config
 from stream.replay import replay
-folder, memory_mb, store = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+folder, memory_mb, store, detector = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+rules = [{"name": "AccuracyDrop", "metric": "accuracy", "detector": "cusum", "drop": 0.05, "models": ["*"]}]
 config = Config.from_mapping({"join_ttl": "60d", "join_memory_mb": memory_mb, "join_store_dir": store,
-                              "series_ttl": "90d"})
+                              "series_ttl": "90d", "rules": rules if detector else []})
 started = time.perf_counter()
 result = replay(folder / "p.jsonl", folder / "l.jsonl", config, folder / "m.jsonl", final_only=True)
 health = result.engine.health
@@ -101,11 +107,13 @@ def _size(path: Path) -> int:
     return total
 
 
-def run(folder: Path, memory_mb: float) -> dict[str, Any]:
-    """One replay in a fresh process, watched: its figures, peak RSS and peak store size."""
+def run(folder: Path, memory_mb: float, detector: bool = False) -> dict[str, Any]:
+    """One replay in a fresh process, watched: its figures, peak RSS and the peak size of what it
+    keeps on disk."""
     store = folder / f"store-{memory_mb:g}"
     store.mkdir(exist_ok=True)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(memory_mb), str(store)],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(memory_mb), str(store),
+                              str(int(detector))],
                              stdout=subprocess.PIPE, text=True)
     disk = rss = 0
     while child.poll() is None:
@@ -124,6 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pending", type=int, default=20_000_000, help="predictions, all pending at day 30")
     parser.add_argument("--memory-mb", type=float, default=256.0, help="join_memory_mb of the bounded run")
+    parser.add_argument("--detector", action="store_true", help="replay with a detector rule: record by record, "
+                        "one process, what exceeds the budget in the join's store")
     parser.add_argument("--folder", default="", help="where the data and stores go (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.folder or None) as name:
@@ -133,14 +143,14 @@ def main() -> None:
         print(f"wrote {predictions:,} predictions and {labels:,} labels in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
         everything_mb = args.pending * 400 / (1 << 20) + 1024  # far above what they take
-        bounded, free = run(folder, args.memory_mb), run(folder, everything_mb)
+        bounded, free = run(folder, args.memory_mb, args.detector), run(folder, everything_mb, args.detector)
     records = predictions + labels
     report = {"pending": predictions, "records": records}
-    for name, found in (("on_disk", bounded), ("in_memory", free)):
+    for name, found in (("bounded", bounded), ("in_memory", free)):
         report[name] = {"records_per_s": round(records / found["seconds"]), "seconds": round(found["seconds"], 1),
                         "peak_rss_mib": round(found["peak_rss_bytes"] / (1 << 20), 1),
                         "rss_above_budget_mib": round(found["peak_rss_bytes"] / (1 << 20) - found["memory_mb"], 1),
-                        "store_bytes_per_pending": round(found["peak_store_bytes"] / predictions, 1),
+                        "disk_bytes_per_pending": round(found["peak_store_bytes"] / predictions, 1),
                         "rss_bytes_per_pending": round(found["peak_rss_bytes"] / predictions, 1),
                         "pairs": found["pairs"], "expired": found["expired"]}
     report["throughput_ratio"] = round(free["seconds"] / bounded["seconds"], 3)

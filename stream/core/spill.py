@@ -211,15 +211,16 @@ class SpillStore:
         self._finalizer()
 
 
-def remove_orphans(folder: str) -> list[str]:
+def remove_orphans(folder: str, prefix: str = _PREFIX) -> list[str]:
     """Remove the stores in ``folder`` whose process is gone (killed before it could remove
-    them); returns their paths."""
+    them); returns their paths. ``prefix``: of other directories named alike (a prefix, the
+    process id, a dash, a unique part)."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            if not entry.name.startswith(_PREFIX) or not entry.is_dir():
+            if not entry.name.startswith(prefix) or not entry.is_dir():
                 continue
-            pid = entry.name[len(_PREFIX):].split("-", 1)[0]
+            pid = entry.name[len(prefix):].split("-", 1)[0]
             if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.path)

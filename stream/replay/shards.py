@@ -65,6 +65,7 @@ from stream.core.engine import Engine
 from stream.core.health import Health
 from stream.core.merge import assemble, merge_states, record_figures_many, rolling_state
 from stream.core.rules import rfc3339
+from stream.core.spill import remove_orphans
 from stream.replay import parts
 from stream.replay.occupancy import Occupancy
 
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = ["SHARES", "Occupancy", "owner", "replay_shared"]
 
 SHARES = 2
+_FOLDER = "mlmon-shares-"  # a replay's folder for its shares' files: this, its process id, a dash, a unique part
 
 
 class _Id(msgspec.Struct):
@@ -229,9 +231,10 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
                   ) -> tuple[Engine, Sink | Collected, bool] | None:
     """Replay in ``shares`` shares (this process, and a child for every second one), merged into
     ``open_sink``'s sink; None when it must run in one process, record by record (see the module)."""
-    if config.join_store_dir:  # where state on disk goes: a share's input too
-        os.makedirs(config.join_store_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mlmon-shares-", dir=config.join_store_dir or None) as folder:
+    where = config.join_store_dir or tempfile.gettempdir()  # where state on disk goes: the shares' files too
+    os.makedirs(where, exist_ok=True)
+    remove_orphans(where, _FOLDER)  # what a killed replay left
+    with tempfile.TemporaryDirectory(prefix=f"{_FOLDER}{os.getpid()}-", dir=where) as folder:
         processes = min(shares, SHARES)
         spools = [Path(folder) / f"share-{share}" for share in range(shares)]
         child = None if processes == 1 else _Child((predictions, labels, config, (1, processes), shares, format, True,

@@ -298,3 +298,32 @@ def test_many_shares_write_what_one_process_writes(tmp_path: Path, shares: int, 
     assert shared == [True, True] and len(many["dead"]) >= 1000 and many["health"]["pairs"] > 1000
     compared(reference, many)
     assert many["written"] == two["written"]  # in the same order
+
+
+def test_shares_files_go_under_join_store_dir_and_what_a_killed_replay_left_goes(tmp_path: Path) -> None:
+    """The shares' files live under ``join_store_dir`` while replay runs; a folder that a killed
+    replay left there (its process gone) is removed, another process's is kept."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    store = tmp_path / "store"
+    (store / f"mlmon-shares-{gone}-abc").mkdir(parents=True)
+    (store / f"mlmon-shares-{os.getpid()}-abc").mkdir()
+    predictions, labels = inputs(tmp_path, 4)
+    config = Config.from_mapping({"regression_models": ["price"], "join_store_dir": str(store)})
+    seen: list[list[str]] = []
+    split = parts.split
+
+    def spy(*args: Any) -> Any:
+        seen.append(sorted(p.name for p in store.iterdir()))
+        return split(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parts, "split", spy)
+        patch.setattr(shards, "shares_for", lambda *args: 4)
+        patch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it sees the spy
+        replay(predictions, labels, config, tmp_path / "m.jsonl", processes=2)
+    assert seen and all(f"mlmon-shares-{gone}-abc" not in names and len(names) == 2 for names in seen)
+    assert sorted(p.name for p in store.iterdir()) == [f"mlmon-shares-{os.getpid()}-abc"]
