@@ -26,19 +26,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FRAME_ROWS", "MAX_SHARES", "rows", "share_bytes", "shares_needed", "split"]
+__all__ = ["FRAME_ROWS", "MAX_SHARES", "MIN_SHARE_BYTES", "rows", "share_bytes", "shares_needed", "split"]
 
 FRAME_ROWS = 2048  # rows a share buffers before it writes them: memory is this times the shares of a process
-MAX_SHARES = 4096  # however small the budget, at most this many shares (and files)
+MIN_SHARE_BYTES = 16 << 20  # however small the budget: more shares would cost more time than they save memory
+MAX_SHARES = 1024  # however large the input, at most this many shares (and files)
 _HEADER = struct.Struct("<IQ")  # input index, payload bytes
 
 
 def share_bytes(join_memory_mb: float, processes: int) -> int:
     """The input a share may hold in memory: at most ``bulk.MAX_BYTES``, and half a process's part
-    of ``join_memory_mb`` (a share's input held as columns takes about twice its size)."""
+    of ``join_memory_mb`` (a share's input held as columns takes about twice its size), but no less
+    than ``MIN_SHARE_BYTES`` (each share costs a pass over the event time it spans)."""
     from stream.replay import bulk
 
-    return int(min(bulk.MAX_BYTES, join_memory_mb * (1 << 20) / processes / 2))
+    return int(min(bulk.MAX_BYTES, max(MIN_SHARE_BYTES, join_memory_mb * (1 << 20) / processes / 2)))
 
 
 def shares_needed(total_bytes: int, join_memory_mb: float, processes: int) -> int:
