@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.core.windows import SWEEP_EVERY_S, final_at
+
 __all__ = ["NOTE_EVERY_S", "OTHER", "Admission", "Limits", "Refusals", "Slots"]
 
 OTHER = "__other__"
@@ -42,12 +44,13 @@ class Limits:
     series_ttl_s: float = 7 * 86400.0
 
     @classmethod
-    def of(cls, config: Any, factor: int = 1, slack_s: float = 0.0) -> Limits:
+    def of(cls, config: Any, factor: int = 1) -> Limits:
         """A configuration's limits, each ``factor`` times as large. A name is forgotten no sooner
-        than ``join_ttl`` plus the longest window (plus ``slack_s``) after it was last seen: by
-        then all its windows are final and no prediction of it is pending."""
+        than a sweep after the last window it can be in is final (``core.windows.final_at``: of a
+        window as long as the longest, from when it was last seen): by then no prediction of it is
+        pending."""
         longest = max((w.size_s or 0 for w in config.windows), default=0)
-        ttl_s = max(config.series_ttl_s, config.join_ttl_s + longest + slack_s)
+        ttl_s = max(config.series_ttl_s, final_at(longest, config.join_ttl_s) + SWEEP_EVERY_S)
         return cls(config.max_models * factor, config.max_versions_per_model * factor,
                    config.max_segment_keys * factor, config.max_segment_values * factor, ttl_s)
 

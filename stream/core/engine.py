@@ -78,7 +78,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         self._reached = 0.0  # the last finite watermark: replay's clock at the end of input
         self.clock = clock or self._event_time  # (a method, not a closure: an engine can be saved, see core.persist)
         self.models: dict[str, Model] = {}
-        self.admission = Admission(Limits.of(config, limits_factor, 2 * SWEEP_EVERY_S))
+        self.admission = Admission(Limits.of(config, limits_factor))
         self._model_numbers = itertools.count()  # never reused: the join tells models apart by number
         self._refusals = Refusals(10 * config.max_models)  # refused models: a dead letter an hour each
         self.metric_records: list[dict[str, Any]] = []

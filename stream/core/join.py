@@ -52,12 +52,12 @@ from stream.core.ids import Key, compact_id
 from stream.core.slots import PAIRED, TOMB_EXPIRED, TOMB_JOINED, TOMB_ORPHANED, Entry, Pair, PKey, is_pair, pair
 from stream.core.spill import SpillStore
 from stream.core.sweep import Sweeps
+from stream.core.windows import SWEEP_EVERY_S
 
 __all__ = ["DUPLICATE_LABEL_RULES", "SWEEP_EVERY_S", "Entry", "JoinBuffer", "Key", "Outcome", "PKey", "is_pair",
            "label_rank"]
 
 DUPLICATE_LABEL_RULES = ("earliest", "latest")
-SWEEP_EVERY_S = 60.0  # event time between the engine's expiry sweeps, and the width of the buckets they expire
 
 
 

@@ -19,7 +19,7 @@ from stream.core.pending import PendingCodec, PendingPrediction
 from stream.core.records import class_name
 from stream.core.series import Model, RollingWindow, Series, Window, WindowSet
 from stream.core.settings import Settings
-from stream.core.windows import WindowSpec
+from stream.core.windows import WindowSpec, final_at
 
 __all__ = ["Placement"]
 
@@ -130,9 +130,9 @@ class Placement:
         return series
 
     def final_at(self, end: float | None) -> float:
-        """The watermark from which a window that ends at ``end`` (None: never) is final: its end
-        plus the TTL and one sweep of slack, past which no pair can join it."""
-        return math.inf if end is None else end + self._stale_after_s
+        """The watermark from which a window that ends at ``end`` (None: never) is final
+        (``core.windows.final_at``)."""
+        return final_at(end, self.config.join_ttl_s)
 
     def _window(self, series: Series, spec: WindowSpec, start: int, model: Model) -> Window:
         window = series.windows.get((spec, start))

@@ -9,17 +9,32 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from stream.core.errors import ConfigError
 
-__all__ = ["KINDS", "WindowSpec", "counting_window", "format_duration", "parse_duration_s"]
+__all__ = ["KINDS", "SWEEP_EVERY_S", "WindowSpec", "counting_window", "final_at", "format_duration",
+           "parse_duration_s"]
 
 KINDS = ("tumbling", "hopping", "rolling", "cumulative")
+SWEEP_EVERY_S = 60.0  # event time between the engine's sweeps (expiry, windows made final): its join's buckets
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+
+
+def final_at(end: float | None, ttl_s: float) -> float:
+    """The watermark from which a window that ends at ``end`` (None: never) is final, the one rule
+    that every part asks (the engine, the worker's merger, what it keeps for a rebuild): its end,
+    plus the TTL (a label may pair with a prediction inside it until then), plus one sweep (the
+    engine judges expiry a sweep at a time).
+
+    >>> final_at(3600.0, 86400.0), final_at(None, 60.0)
+    (90060.0, inf)
+    """
+    return math.inf if end is None else end + ttl_s + SWEEP_EVERY_S
 
 
 def parse_duration_s(value: Any) -> int:

@@ -28,12 +28,12 @@ from stream.core.keys import record_key, segment_label
 from stream.core.merge import merge_states, metric_record, rolling_state
 from stream.core.records import raw_text
 from stream.core.rules import RuleBook, RuleState, rfc3339
-from stream.core.windows import WindowSpec
+from stream.core.windows import WindowSpec, final_at
 from stream.kafka.cumulative import cumulative_base, engine_windows
 from stream.kafka.join_agent import Output
 from stream.kafka.registry import Registry
 
-__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "SWEEP_SLACK_S", "Merge", "cumulative_key"]
+__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "Merge", "cumulative_key"]
 
 log = logging.getLogger("mlmon.worker")
 
@@ -51,7 +51,6 @@ def _model_of(key: str) -> str:
 def cumulative_key(partial: dict[str, Any]) -> str:
     """The record key of the cumulative window of a partial's series."""
     return record_key({**partial, "window": CUMULATIVE.describe(0)})
-SWEEP_SLACK_S = 60.0  # the engine finalizes a window at end + TTL + one sweep
 
 
 class Merge:
@@ -129,7 +128,7 @@ class Merge:
     def _final_at(self, partial: dict[str, Any]) -> float:
         spec: WindowSpec = self.specs[partial["window"]["name"]]
         end = spec.end(partial["window"].get("start", 0))
-        return math.inf if end is None else end + self.config.join_ttl_s + SWEEP_SLACK_S
+        return final_at(end, self.config.join_ttl_s)
 
     def handle(self, table: Any, here: int, offset: int, value: bytes | None) -> list[Output]:
         """One message of merger partition ``here``: a partial or a heartbeat. One that cannot be

@@ -40,7 +40,7 @@ RETRY_S = 3600.0  # event time between two asks for a refused model (and two of 
 class Registry:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.limits = Limits.of(config, slack_s=120.0)
+        self.limits = Limits.of(config)
         self.decided: dict[str, bool] = {}  # at homes: model -> admitted
         self.asked_at: dict[str, float] = {}  # at homes: model -> event time it was last asked for
         self.waiting: set[str] = set()  # at homes: models asked for and not decided yet

@@ -18,6 +18,7 @@ import orjson
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.snapshot import restore_rolling, rolling_snapshot
+from stream.core.windows import final_at
 from stream.kafka.batches import (
     BATCH_KEY,
     ROLLING_KEY,
@@ -41,7 +42,7 @@ log = logging.getLogger("mlmon.worker")
 
 SOURCES = ("predictions", "labels")
 MARKS = (*SOURCES, "low")  # a partition's stored event times: each input's, and the partition's
-PRUNE_SLACK_S = 120.0
+PRUNE_SLACK_S = 60.0  # a batch is kept a sweep longer than its records' last window is open
 REBUILD_CHUNK = 8192  # stored records decoded and taken in at a time by a rebuild (see batches.stored_in_order)
 
 
@@ -145,7 +146,7 @@ class Stored:
 
     def _schedule_prune(self, key: str, ts: float, partition: int) -> None:
         # Keep a batch until every window of its latest record is final, then forget it.
-        deadline = ts + self.max_window_s + self.config.join_ttl_s + PRUNE_SLACK_S
+        deadline = final_at(ts + self.max_window_s, self.config.join_ttl_s) + PRUNE_SLACK_S
         if math.isfinite(deadline):
             self.prune_due[int(deadline // 60)].append((key, partition))
 
