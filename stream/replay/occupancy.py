@@ -18,7 +18,7 @@ __all__ = ["Occupancy"]
 class Occupancy:
     """The records of one kind per time bucket of ``max_future_s / 2``: how many, the first and the
     last timestamp. Two records in one bucket are closer than ``max_future_s``, so the occupancy of
-    the whole input (both shares' added) tells exactly whether one process would refuse a record as
+    the whole input (every share's added) tells exactly whether one process would refuse a record as
     stamped alone in the future (``core.clock.judge_in_time_order``)."""
 
     def __init__(self, max_future_s: float) -> None:
