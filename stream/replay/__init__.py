@@ -178,17 +178,21 @@ class _Inputs:
         if self.part is not None:  # its reading was counted as its share's file was written
             yield from parts.rows(self.part, index)
             return
-        found, source = self.found[index], self.source
         max_bytes = self.config.max_record_bytes
-        base = index << ROW_BITS
         read = progress.read if progress.bar is not None else None
         mine, shares = self.share or (0, 1)
-        for number, raw, size in found.rows(source):
+        for sequence, raw, size in self.numbered(index):
             if read is not None:
                 read(size)
-            if shares > 1 and owner(raw, base | number, shares, max_bytes) != mine:
+            if shares > 1 and owner(raw, sequence, shares, max_bytes) != mine:
                 continue
-            yield base | number, raw
+            yield sequence, raw
+
+    def numbered(self, index: int) -> Iterator[tuple[int, Any, int]]:
+        """(sequence number, raw, bytes it stands for) of every row of input ``index``."""
+        base = index << ROW_BITS
+        for number, raw, size in self.found[index].rows(self.source):
+            yield base | number, raw, size
 
     def record(self, sequence: int, raw: Any, engine: Engine) -> Prediction | Label | None:
         """A row's record; or None, after its dead letter with the reason."""

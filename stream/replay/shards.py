@@ -171,7 +171,7 @@ def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[i
     """Replay the shares of this process (``process``: its index and how many there are; share k is
     process k's modulo that) into final partials, written to ``folder``'s ``share-<k>``. More
     shares than processes are first split into files (``parts``), then replayed one by one."""
-    from stream.replay import ROW_BITS, _Inputs, _run
+    from stream.replay import _Inputs, _run
     from stream.replay.progress import Progress
     from stream.replay.sources import inputs
 
@@ -184,8 +184,7 @@ def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[i
         max_bytes = config.max_record_bytes
         try:
             for kind in kinds:
-                sources = [functools.partial(_numbered, found.rows(kind.source), index << ROW_BITS)
-                           for index, found in enumerate(kind.found)]
+                sources = [functools.partial(kind.numbered, index) for index in range(len(kind.found))]
                 folder_kind = folder / f"{kind.source}-{process[0]}"
                 folder_kind.mkdir()
                 split.append(parts.split(sources, lambda raw, sequence: owner(raw, sequence, shares, max_bytes),
@@ -205,12 +204,6 @@ def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[i
         for path in (split[0].pop(share), split[1].pop(share)) if split else ():
             path.unlink()
     return _joined(found)
-
-
-def _numbered(rows: Iterator[tuple[int, Any, int]], base: int) -> Iterator[tuple[int, Any, int]]:
-    """An input's rows numbered as events are (``base``: the input's index, shifted)."""
-    for number, raw, size in rows:
-        yield base | number, raw, size
 
 
 def _joined(found: list[_Share]) -> _Share:
