@@ -11,8 +11,9 @@ run is a fresh process (``mlmon replay``'s default output); this one watches it 
 second: the replaying process's resident memory, and the size on disk of what it keeps under
 ``join_store_dir`` (the join's store, and the files of the shares a large input is split into).
 In turns: (1) ``join_memory_mb`` of ``--memory-mb``, (2) a budget that holds every pending
-prediction in memory. Reports records per second, peak RSS, RSS above the budget, the peak bytes
-on disk per pending prediction, and (1)'s throughput as a share of (2)'s. Replay runs its default
+prediction in memory (and lets each of replay's two processes hold its half of the input at once,
+in one share, nothing split to disk). Reports records per second, peak RSS, RSS above the
+budget, the peak bytes on disk per pending prediction, and (1)'s throughput as a share of (2)'s. Replay runs its default
 two processes (each half of the requests, and half of ``join_memory_mb``; a large input in many
 shares, ``stream/replay/parts.py``): peak RSS is the sum of both processes' peaks. ``--detector``
 replays with one CUSUM detector rule instead, which judges revisions in time order, so one
@@ -142,7 +143,9 @@ def main() -> None:
         predictions, labels = write(folder, args.pending)
         print(f"wrote {predictions:,} predictions and {labels:,} labels in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
-        everything_mb = args.pending * 400 / (1 << 20) + 1024  # far above what they take
+        input_mb = sum(path.stat().st_size for path in folder.glob("*.jsonl")) / (1 << 20)
+        # far above what the join takes; replay's two processes each hold half the input in one share
+        everything_mb = max(args.pending * 400 / (1 << 20), 2 * input_mb) + 1024
         bounded, free = run(folder, args.memory_mb, args.detector), run(folder, everything_mb, args.detector)
     records = predictions + labels
     report = {"pending": predictions, "records": records}

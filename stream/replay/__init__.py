@@ -356,8 +356,9 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share, part and part[0]),
              _Inputs(LABEL, inputs(labels, "labels", format), config, share, part and part[1])]
     total = sum(found.size_bytes for kind in kinds for found in kind.found)
-    memory_share = 1 / min(share[1], shards.SHARES) if share is not None else 1.0  # shares at once
-    if share is not None and bulk.fits(kinds):  # all in memory: settled requests are counted at once
+    at_once = min(share[1], shards.SHARES) if share is not None else 1  # shares replayed at once
+    memory_share = 1 / at_once
+    if share is not None and bulk.fits(kinds, at_once):  # all in memory: settled requests are counted at once
         engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=memory_share)
         engine.sweeps = []
         sink = open_sink()

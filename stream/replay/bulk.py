@@ -1,7 +1,7 @@
 """A share of replay held in memory: its settled requests counted at once, the others fed in time order.
 
-A share (``shards``) whose input fits in ``MAX_BYTES`` (``fits``) reads all its records first, as columns
-(``core.columns``; a line they refuse is read one by one, into a record or a dead letter). The
+A share (``shards``) whose input fits in its part of ``join_memory_mb`` (``fits``) reads all its
+records first, as columns (``core.columns``; a line they refuse is read one by one, into a record or a dead letter). The
 engine counts the requests that their own records settle as arrays (``Engine.take_settled``:
 for a backtest, nearly all of them), and the others go through it one by one in timestamp order,
 with event time moved to the settled records' times in between (``Engine.ticks``), so that its
@@ -22,21 +22,22 @@ import numpy as np
 from stream.core.columns import LabelColumns, PredictionColumns, labels_from_json, predictions_from_json
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction
+from stream.replay import parts
 from stream.replay.occupancy import Occupancy
 from stream.replay.progress import Progress
 
 if TYPE_CHECKING:
     from stream.replay import Event, Outbox, _Inputs
 
-__all__ = ["MAX_BYTES", "feed_all", "fits", "interleaved"]
+__all__ = ["feed_all", "fits", "interleaved"]
 
-MAX_BYTES = 128 << 20  # input (both kinds) whose shares are held in memory: about twice its size in each process
 CHUNK_LINES = 65_536  # lines decoded at a time (and held as bytes meanwhile)
 
 
-def fits(kinds: list[_Inputs]) -> bool:
-    """Whether the inputs are small enough to be held in memory (``MAX_BYTES``)."""
-    return sum(kind.held_bytes for kind in kinds) <= MAX_BYTES
+def fits(kinds: list[_Inputs], processes: int) -> bool:
+    """Whether the inputs are small enough to be held in memory by one of ``processes`` replaying
+    at once (``parts.share_bytes``: about twice their size within its part of ``join_memory_mb``)."""
+    return sum(kind.held_bytes for kind in kinds) <= parts.share_bytes(kinds[0].config.join_memory_mb, processes)
 
 
 def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[list[tuple[str, bool]]] | None,

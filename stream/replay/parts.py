@@ -14,7 +14,7 @@ pickled row numbers and raw rows (JSON lines as bytes, CSV and Parquet rows as d
 ``FRAME_ROWS`` rows of that input, in the input's order.
 
 >>> share_bytes(1024.0, 2), shares_needed(10 << 30, 1024.0, 2)
-(134217728, 80)
+(268435456, 40)
 """
 
 from __future__ import annotations
@@ -35,12 +35,10 @@ _HEADER = struct.Struct("<IQ")  # input index, payload bytes
 
 
 def share_bytes(join_memory_mb: float, processes: int) -> int:
-    """The input a share may hold in memory: at most ``bulk.MAX_BYTES``, and half a process's part
-    of ``join_memory_mb`` (a share's input held as columns takes about twice its size), but no less
-    than ``MIN_SHARE_BYTES`` (each share costs a pass over the event time it spans)."""
-    from stream.replay import bulk
-
-    return int(min(bulk.MAX_BYTES, max(MIN_SHARE_BYTES, join_memory_mb * (1 << 20) / processes / 2)))
+    """The input a share may hold in memory: half a process's part of ``join_memory_mb`` (a share's
+    input held as columns takes about twice its size), but no less than ``MIN_SHARE_BYTES`` (each
+    share costs a pass over the event time it spans)."""
+    return int(max(MIN_SHARE_BYTES, join_memory_mb * (1 << 20) / processes / 2))
 
 
 def shares_needed(total_bytes: int, join_memory_mb: float, processes: int) -> int:

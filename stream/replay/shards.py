@@ -23,9 +23,9 @@ admits the names it meets (models, versions, segment keys and values, classes): 
 shares together fit the limits, no share nor one process record by record ever reached one; when
 they do not, replay runs again in one process, record by record.
 
-A share's input of up to ``bulk.MAX_BYTES`` is held in memory and counted as columns (``bulk``).
-An input larger than two such shares (or than ``join_memory_mb`` allows: ``parts.share_bytes``)
-runs in as many shares as it takes, each process's one after another: it reads every input once
+A share's input of up to ``parts.share_bytes`` (half its process's part of ``join_memory_mb``) is
+held in memory and counted as columns (``bulk``). An input larger than two such shares runs in as
+many shares as it takes, each process's one after another: it reads every input once
 and writes its shares' rows to a file each (``parts``, under ``join_store_dir`` when set), so that
 memory follows a share, not the history, however late its labels come.
 
@@ -154,7 +154,7 @@ def shares_for(config: Config, kinds: list[_Inputs], final_only: bool, clock: An
     from stream.replay.pipeline import MIN_BYTES
 
     files = [found for kind in kinds for found in kind.found]
-    one = 1 if bulk.fits(kinds) else 0
+    one = 1 if bulk.fits(kinds, 1) else 0
     if processes == 1 or any(found.path is None for found in files):  # rows in memory: this process
         return one
     if processes is None and (sum(found.size_bytes for found in files) < MIN_BYTES or (os.cpu_count() or 1) < 2):

@@ -150,7 +150,7 @@ def test_directories_and_globs_of_files_in_several_formats(
 def test_unsorted_input_is_sorted_externally_to_the_same_records(
         tmp_path: Path, inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bulk, "MAX_BYTES", 0)  # not held in memory, however small
+    monkeypatch.setattr(bulk, "fits", lambda kinds, processes: False)  # not held in memory, however small
     predictions, labels = inputs
     ordered, first = run(tmp_path, "jsonl", predictions, labels)
     assert not first.sorted_in_memory
@@ -172,8 +172,8 @@ def test_unsorted_input_is_sorted_externally_to_the_same_records(
 def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None:
     """A scaled-down version of the 50-million-record benchmark (benchmarks/replay.py): 400,000
     shuffled records, sorted in runs of 20,000, grow the replaying process's peak RSS by under
-    100 MiB (sorting them in memory grows it by about 250). Held in memory below ``bulk.MAX_BYTES``
-    otherwise (``replay.bulk``)."""
+    100 MiB (sorting them in memory grows it by about 250). Held in memory when it fits
+    (``bulk.fits``) otherwise (``replay.bulk``)."""
     predictions, labels = streams(Scenario(pairs=200_000, rate_per_s=20.0, label_delay_mean_s=60.0, segments=()))
     for name, rows, seed in (("p", predictions, 1), ("l", labels, 2)):
         random.Random(seed).shuffle(rows)
@@ -185,7 +185,7 @@ def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None
         from stream.config import Config
         from stream.replay import bulk, replay
 
-        bulk.MAX_BYTES = 0  # sorted externally, not held in memory
+        bulk.fits = lambda kinds, processes: False  # sorted externally, not held in memory
 
         def peak_kib():
             return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])

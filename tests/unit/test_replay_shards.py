@@ -24,6 +24,11 @@ from stream.replay.shards import replay_shared
 from stream.simulate import Scenario, streams
 
 
+def _never(kinds: Any, processes: int) -> bool:
+    """``bulk.fits`` for a test of shares not held in memory, however small."""
+    return False
+
+
 def inputs(folder: Path, seed: int, broken_clock: bool = False, in_order: bool = False,
            future_at: int | None = None) -> tuple[Path, Path]:
     """Two models (one a regression model), duplicates with other values, early and missing labels,
@@ -111,7 +116,7 @@ def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_
                                                   threads: int, held: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second share is forked
     monkeypatch.setattr(bulk, "CHUNK_LINES", 97 if threads == 1 else bulk.CHUNK_LINES)  # decoded in many chunks
-    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)  # (forked: the second share too)
+    monkeypatch.setattr(bulk, "fits", bulk.fits if held else _never)  # (forked: the second share too)
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "windows": windows})
@@ -162,7 +167,7 @@ def test_a_broken_clock_or_a_limit_reached_replays_in_one_process(tmp_path: Path
     """A record one process refuses as alone in the future, or a segment value folded into
     ``__other__``: decided from the order of all records, so the two shares step aside."""
     monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it sees what is patched here
-    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
+    monkeypatch.setattr(bulk, "fits", bulk.fits if held else _never)
     predictions, labels = inputs(tmp_path, 3, broken_clock=True)
     config = Config.from_mapping({"regression_models": ["price"]})
     shared: list[bool] = []
@@ -186,7 +191,7 @@ def test_input_found_out_of_order_on_the_way_is_judged_as_read_again(tmp_path: P
     on the way is forgotten, so the broken clock's record among those rows is judged (refused) as
     one process judges it."""
     monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it sees what is patched here
-    monkeypatch.setattr(bulk, "MAX_BYTES", 0)
+    monkeypatch.setattr(bulk, "fits", _never)
     predictions, labels = inputs(tmp_path, 4, future_at=2000)
     config = Config.from_mapping({"regression_models": ["price"], "join_ttl": "30m"})
     shared: list[bool] = []
@@ -253,7 +258,7 @@ def test_sampled_shares_write_what_one_process_writes(tmp_path: Path, held: bool
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """``sample``: requests left out before the settled ones are counted as columns, and record by
     record, leave the same records, counts and dead letters."""
-    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
+    monkeypatch.setattr(bulk, "fits", bulk.fits if held else _never)
     predictions, labels = inputs(tmp_path, 3)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "sample": 0.4})
@@ -286,7 +291,7 @@ def test_many_shares_write_what_one_process_writes(tmp_path: Path, shares: int, 
     """An input split into more shares than processes (``parts``: a file per share, replayed one
     after another) writes what one process writes, record by record; so does one process alone."""
     monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second process is forked
-    monkeypatch.setattr(bulk, "MAX_BYTES", bulk.MAX_BYTES if held else 0)
+    monkeypatch.setattr(bulk, "fits", bulk.fits if held else _never)
     monkeypatch.setattr(parts, "FRAME_ROWS", 53)  # many frames, of every input
     predictions, labels = inputs(tmp_path, 3)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
