@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from stream.core.buckets import Buckets, pkey_bytes, request_keys
 from stream.core.ids import Key
-from stream.core.slots import PAIRED, PKey, is_pair
+from stream.core.slots import PAIRED, PKey
 from stream.core.spill import Reads, SpillStore, StoreStatus, key_bytes
 
 __all__ = ["OnDisk"]
@@ -174,41 +174,44 @@ class OnDisk:
         items = []
         tombs = []
         gone = []
+        stored = stored_labels = 0
+        dumps, highest = pickle.dumps, pickle.HIGHEST_PROTOCOL
         for key in dict.fromkeys(keys):
             name = key_bytes(key)
-            models = others.pop(key, None)
-            slot = ids.get(key)
-            if type(slot) is int and models is None and key not in labels:
-                del ids[key]
+            models = others.pop(key, None) if others else None
+            slot = ids.pop(key, None)
+            label = labels.pop(key, None)
+            if type(slot) is int and models is None and label is None:
                 tombs.append((_TOMB + name, bytes((slot,))))
                 if kept is not None and key not in kept:
                     gone.append(name)
                 continue
-            slots = []
-            slot = ids.pop(key, None)
-            if slot is not None:
-                slots.append((0, slot))
+            slots = [] if slot is None else [(0, slot)]
             for model in models or ():
                 slot = ids.pop((key, model), None)
                 if slot is not None:
                     slots.append((model, slot))
-            paired = sum(is_pair(s) for _, s in slots)
-            self.pairs -= paired
-            self.stored_predictions += sum(type(s) is not int for _, s in slots) - paired
-            label = labels.pop(key, None)
+            for _, slot in slots:
+                if type(slot) is not int:
+                    if type(slot) is tuple and slot[0] is PAIRED:
+                        self.pairs -= 1
+                    else:
+                        stored += 1
             if kept is not None and key in kept:
                 gone.append(_TOMB + name)
             if not slots and label is None and models is None:
                 if kept is not None and key not in kept:
                     gone.append(name)
                 continue
-            items.append((name, pickle.dumps((slots, label, models), pickle.HIGHEST_PROTOCOL)))
+            items.append((name, dumps((slots, label, models), highest)))
             if label is not None:
-                self.stored_labels += 1
+                stored_labels += 1
             if len(items) == WRITE_BATCH:
                 self._put(items)
                 items = []
         self._put(items)
+        self.stored_predictions += stored
+        self.stored_labels += stored_labels
         if tombs:
             self.store.put_states(tombs)  # type: ignore[union-attr]
             self.tombstones_stored = True

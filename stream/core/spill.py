@@ -47,7 +47,8 @@ from stream.core.ids import Key
 __all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
            "process_alive", "remove_orphans", "request_key"]
 
-WRITE_BUFFER_BYTES = 16 << 20  # a memtable (a process's, shared out among its joins); RocksDB keeps at most two
+WRITE_BUFFER_BYTES = 8 << 20  # a memtable (a process's, shared out among its joins), at most two: smaller ones take
+# writes faster (their skiplist stays in the CPU's caches), larger ones are flushed less often
 BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks), alike
 READ_BUCKETS_S = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, float("inf"))  # a batched read's
 _PREFIX = "mlmon-join-"  # a store's directory: this, its process id, a dash, a unique part
