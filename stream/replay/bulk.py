@@ -1,13 +1,13 @@
 """A share of replay held in memory: its settled requests counted at once, the others fed in time order.
 
 A share (``shards``) whose input fits in its part of ``join_memory_mb`` (``fits``) reads all its
-records first, as columns (``core.columns``; a line they refuse is read one by one, into a record
-or a dead letter). The engine counts the requests that their own records settle as arrays (``Engine.take_settled``:
-for a backtest, nearly all of them), and the others go through it one by one in timestamp order,
-with event time moved to the settled records' times in between (``Engine.ticks``), so that its
-sweeps, and the final partials they emit, fall where receiving every record would put them. The
-counts, sweeps and partials are those of feeding every record (``tests/unit/core/test_settled.py``,
-and the shard tests against one process).
+records first, as columns (``core.columns``; a line they refuse is read one by one, into a record or
+a dead letter). The engine counts the requests that their own records settle as arrays
+(``Engine.take_settled``: for a backtest, nearly all of them), and the others go through it one by
+one in timestamp order, with event time moved to the settled records' times in between
+(``Engine.ticks``), so that its sweeps, and the final partials they emit, fall where receiving every
+record would put them. The counts, sweeps and partials are those of feeding every record
+(``tests/unit/core/test_settled.py``, and the shard tests against one process).
 """
 
 from __future__ import annotations
