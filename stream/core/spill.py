@@ -44,11 +44,12 @@ from typing import Any, cast
 
 from stream.core.ids import Key
 
-__all__ = ["BLOCK_CACHE_MB", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore", "StoreStatus", "key_bytes",
-           "process_alive", "remove_orphans", "request_key"]
+__all__ = ["BLOCK_CACHE_MB", "MIN_WRITE_BUFFER_BYTES", "READ_BUCKETS_S", "WRITE_BUFFER_BYTES", "Reads", "SpillStore",
+           "StoreStatus", "key_bytes", "process_alive", "remove_orphans", "request_key"]
 
 WRITE_BUFFER_BYTES = 8 << 20  # a memtable (a process's, shared out among its joins), at most two: smaller ones take
 # writes faster (their skiplist stays in the CPU's caches), larger ones are flushed less often
+MIN_WRITE_BUFFER_BYTES = 2 << 20  # a join's, however many share them: smaller ones leave many small files to read
 BLOCK_CACHE_MB = 16  # blocks read back (RocksDB's tuning for point lookups: bloom filters, hashed blocks), alike
 READ_BUCKETS_S = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, float("inf"))  # a batched read's
 _PREFIX = "mlmon-join-"  # a store's directory: this, its process id, a dash, a unique part
@@ -124,7 +125,7 @@ class SpillStore:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.optimize_for_point_lookup(max(1, round(BLOCK_CACHE_MB * share)))
-        options.set_write_buffer_size(max(1 << 20, int(WRITE_BUFFER_BYTES * share)))
+        options.set_write_buffer_size(max(MIN_WRITE_BUFFER_BYTES, int(WRITE_BUFFER_BYTES * share)))
         options.set_max_write_buffer_number(2)
         options.set_max_background_jobs(1)
         options.set_compression_type(DBCompressionType.lz4())  # the fastest to read back of those that shrink it
