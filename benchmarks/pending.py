@@ -7,18 +7,18 @@ the pending predictions on disk, against the same replay with everything in memo
 The data is a fraud model's: N predictions (scores, a segment, canonical UUID request ids) over
 30 days of event time, and 85% of them labeled 40 to 59 days later (chargebacks), with
 ``join_ttl: 60d``; both files in time order. At day 30 every prediction is pending at once. Each
-run is a fresh process (``mlmon replay``'s default output); this one watches it every half
-second: the replaying process's resident memory, and the size on disk of what it keeps under
-``join_store_dir`` (the join's store, and the files of the shares a large input is split into).
-In turns: (1) ``join_memory_mb`` of ``--memory-mb``, (2) a budget that holds every pending
-prediction in memory (and lets each of replay's two processes hold its half of the input at once,
-in one share, nothing split to disk). Reports records per second, peak RSS, RSS above the
-budget, the peak bytes on disk per pending prediction, and (1)'s throughput as a share of (2)'s. Replay runs its default
+run is a fresh process (``mlmon replay``'s default output); this one watches it every half second:
+the replaying process's resident memory, and the size on disk of what it keeps under
+``join_store_dir`` (the join's store, and the files of the shares a large input is split into). In
+turns: (1) ``join_memory_mb`` of ``--memory-mb``, (2) a budget that holds every pending prediction
+in memory (and lets each of replay's two processes hold its half of the input at once, in one share,
+nothing split to disk). Reports records per second, peak RSS, RSS above the budget, the peak bytes
+on disk per pending prediction, and (1)'s throughput as a share of (2)'s. Replay runs its default
 two processes (each half of the requests, and half of ``join_memory_mb``; a large input in many
 shares, ``stream/replay/parts.py``): peak RSS is the sum of both processes' peaks. ``--detector``
-replays with one CUSUM detector rule instead, which judges revisions in time order, so one
-process takes every record one by one, and what exceeds the budget waits in the join's store on
-disk (RocksDB). Never part of the test command.
+replays with one CUSUM detector rule instead, which judges revisions in time order, so one process
+takes every record one by one, and what exceeds the budget waits in the join's store on disk
+(RocksDB). Never part of the test command.
 """
 
 from __future__ import annotations

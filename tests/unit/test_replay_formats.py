@@ -172,8 +172,8 @@ def test_unsorted_input_is_sorted_externally_to_the_same_records(
 def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None:
     """A scaled-down version of the 50-million-record benchmark (benchmarks/replay.py): 400,000
     shuffled records, sorted in runs of 20,000, grow the replaying process's peak RSS by under
-    100 MiB (sorting them in memory grows it by about 250). Held in memory when it fits
-    (``bulk.fits``) otherwise (``replay.bulk``)."""
+    100 MiB (sorting them in memory grows it by about 250); ``bulk.fits`` is patched to say no,
+    since an input this small is otherwise held in memory (``replay.bulk``)."""
     predictions, labels = streams(Scenario(pairs=200_000, rate_per_s=20.0, label_delay_mean_s=60.0, segments=()))
     for name, rows, seed in (("p", predictions, 1), ("l", labels, 2)):
         random.Random(seed).shuffle(rows)
