@@ -148,8 +148,8 @@ class Settled:
                                                                          float(pts[at])))
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
-        classified = [models[name] for name in names]
-        guesses = self._class_ids(names, [columns.values[i] for i in chosen])
+        model_codes = _coded(columns.models)[rows]
+        guesses = self._class_ids(model_codes, _coded(columns.values)[rows], columns.models, columns.values)
         label_rows = label_of[rows]
         paired = label_rows >= 0
         lags = np.where(paired, np.append(labels.timestamps, 0.0)[label_rows] - pts, 0.0)
@@ -159,7 +159,7 @@ class Settled:
         health.late_labels += int(np.count_nonzero(late))
         health.joined_labels += len(joined)
         health.add_pairs(lags[joined])
-        regression = np.fromiter((model.classes is None for model in classified), bool, len(chosen))
+        regression = np.fromiter((models[name].classes is None for name in names), bool, len(chosen))
         for j, i in zip(joined[regression[joined]].tolist(), label_rows[joined[regression[joined]]].tolist(),
                         strict=True):  # exact sums, in any order
             stats = owners[group[j]].targets
@@ -167,41 +167,59 @@ class Settled:
             stats.update(float(labels.values[i]), float(columns.values[chosen[j]]))
         joined = joined[~regression[joined]]
         joined = joined[np.argsort(group[joined], kind="stable")]
-        pairs = joined.tolist()
-        pair_models = [models[names[j]] for j in pairs]
-        truths = self._class_ids([names[j] for j in pairs], [labels.values[i] for i in label_rows[joined].tolist()])
-        scored = [columns.score_names[chosen[j]] for j in pairs]
-        probabilities = [columns.score_values[chosen[j]] for j in pairs]
-        layouts: dict[tuple[int, tuple[str, ...]], int] = {}
-        kinds = np.fromiter((-1 if names is None else layouts.setdefault((model.number, names), len(layouts))
-                             for model, names in zip(pair_models, scored, strict=True)), np.int64, len(pairs))
-        layout_names = [layout for _, layout in layouts]
+        truths = self._class_ids(model_codes[joined], _coded(labels.values)[label_rows[joined]], columns.models,
+                                 labels.values)
+        pair_rows = rows[joined]
+        kinds, layout_names = self._layouts(columns, pair_rows, model_codes[joined])
+        probabilities = _Probabilities(columns)
 
         def scores(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
-            width = len(layout_names[kind])
-            flat = itertools.chain.from_iterable([probabilities[i] for i in at.tolist()])
-            return layout_names[kind], np.fromiter(flat, np.float64, len(at) * width).reshape(len(at), width)
+            names = layout_names[kind]
+            return names, probabilities.rows(pair_rows[at], len(names))
 
         self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, scores)  # marks every owner
         self._fold()
 
-    def _class_ids(self, names: list[str], values: list[Any]) -> npt.NDArray[np.int64]:
-        """The class id of each value for its model, named in ``names`` (0 for a regression
-        model's); classes new to a model are numbered in the order they come."""
-        out = np.zeros(len(values), dtype=np.int64)
-        numbers: dict[str, int] = {}
-        codes = np.fromiter(map(numbers.setdefault, names, itertools.count()), np.int64, len(names))
-        for name, code in numbers.items():
-            model = self.models[name]
+    def _class_ids(self, model_codes: npt.NDArray[np.int64], value_codes: npt.NDArray[np.int64],
+                   model_names: list[str], values: list[Any]) -> npt.NDArray[np.int64]:
+        """The class id of each row's value for its model (0 for a regression model's): the model
+        ``model_names[model_codes[i]]``, the value ``values[value_codes[i]]`` (codes: ``_coded``);
+        classes new to a model are numbered in the order they come."""
+        out = np.zeros(len(value_codes), dtype=np.int64)
+        for code in np.unique(model_codes).tolist():
+            model = self.models[model_names[code]]
             if model.classes is None:
                 continue
-            rows = np.flatnonzero(codes == code)
-            chosen = [values[i] for i in rows.tolist()]
+            at = np.flatnonzero(model_codes == code)
+            found, first, inverse = np.unique(value_codes[at], return_index=True, return_inverse=True)
             known = model.classes.ids
-            ids = {value: known[value] if value in known else self._class_id(model, value)
-                   for value in dict.fromkeys(chosen)}
-            out[rows] = np.fromiter(map(ids.__getitem__, chosen), np.int64, len(chosen))
+            ids = np.empty(len(found), dtype=np.int64)
+            for k in np.argsort(first, kind="stable").tolist():
+                value = values[int(found[k])]
+                ids[k] = known[value] if value in known else self._class_id(model, value)
+            out[at] = ids[inverse.reshape(-1)]
         return out
+
+    def _layouts(self, columns: PredictionColumns, rows: npt.NDArray[np.int64], model_codes: npt.NDArray[np.int64]
+                 ) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
+        """For pairs of the predictions ``rows`` (of the models ``model_codes``): which pairs of a
+        model have scores of the same names, numbered in the order they come (-1: no scores), and
+        those names (``_add_pairs``'s ``kinds``)."""
+        kinds = np.full(len(rows), -1, dtype=np.int64)
+        names = columns.score_names
+        codes = _coded(names)[rows]
+        scored = np.flatnonzero(~np.fromiter(map(_is_none, names), bool, len(names))[rows])
+        if not len(scored):
+            return kinds, []
+        numbers = np.array([self.models[columns.models[c]].number for c in model_codes[scored].tolist()],
+                           dtype=np.int64)
+        found, first, inverse = np.unique(numbers * len(names) + codes[scored], return_index=True,
+                                          return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(found), dtype=np.int64)
+        rank[order] = np.arange(len(found))
+        kinds[scored] = rank[inverse.reshape(-1)]
+        return kinds, [names[int(codes[scored[first[k]]])] for k in order.tolist()]  # type: ignore[misc]
 
     def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, pcode: npt.NDArray[np.int64],
                        lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
@@ -261,3 +279,27 @@ def _classes(values: list[Any]) -> Mask:
 def _targets(values: list[Any]) -> Mask:
     """Which values are a regression model's targets: numbers (not booleans)."""
     return np.fromiter((type(value) in _NUMBERS for value in values), bool, len(values))
+
+
+def _coded(column: list[Any]) -> npt.NDArray[np.int64]:
+    """Each row's code: the first row that holds a value equal to its own."""
+    first: dict[Any, int] = {}
+    return np.fromiter(map(first.setdefault, column, itertools.count()), np.int64, len(column))
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class _Probabilities:
+    """A column's scores as one array: a row's probabilities, in its record's order, from its offset."""
+
+    def __init__(self, columns: PredictionColumns) -> None:
+        values = columns.score_values
+        lengths = np.fromiter(map(len, [() if v is None else v for v in values]), np.int64, len(values))
+        self.offsets = np.cumsum(lengths) - lengths
+        self.flat = np.fromiter(itertools.chain.from_iterable(filter(None, values)), np.float64, int(lengths.sum()))
+
+    def rows(self, rows: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.float64]:
+        """The probabilities of ``rows``, each of ``width`` classes, a row each."""
+        return self.flat[self.offsets[rows][:, None] + np.arange(width)]  # type: ignore[no-any-return]
