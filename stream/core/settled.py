@@ -91,7 +91,8 @@ class Settled:
         n = len(predictions) + len(labels)  # a request's number: the row where it first came
         classifier = {name: not self.config.is_regression(name) for name in set(predictions.models)}
         classifies = np.fromiter(map(classifier.__getitem__, predictions.models), bool, len(predictions))
-        if not self._within_limits(predictions, labels, pcode, lcode, classifies):
+        codes = _Codes(predictions, labels)
+        if not self._within_limits(predictions, labels, codes, pcode, lcode, classifies):
             return none
         settled = (np.bincount(pcode, minlength=n) <= 1) & (np.bincount(lcode, minlength=n) <= 1)
         values = predictions.values
@@ -118,15 +119,16 @@ class Settled:
                 self._model(name, float(pts[row]))
                 if len(self.models) == len(classifier):
                     break
-        self._count_settled(predictions, np.flatnonzero(taken_p), label_of[pcode], labels)
+        self._count_settled(predictions, np.flatnonzero(taken_p), label_of[pcode], labels, codes)
         self.health.labels += int(np.count_nonzero(taken_l))
         self.health.orphaned_labels += int(np.count_nonzero(taken_l & (prediction_of[lcode] < 0)))
         return taken_p, taken_l
 
     def _count_settled(self, columns: PredictionColumns, rows: npt.NDArray[np.int64],
-                       label_of: npt.NDArray[np.int64], labels: LabelColumns) -> None:
+                       label_of: npt.NDArray[np.int64], labels: LabelColumns, codes: _Codes) -> None:
         """The settled predictions ``rows`` into their window sets, with the pairs they make
-        (``label_of``: the row of each prediction's label in ``labels``, or -1)."""
+        (``label_of``: the row of each prediction's label in ``labels``, or -1; ``codes``: the
+        columns' codes)."""
         health = self.health
         health.predictions += len(rows)
         models, sets = self.models, self._sets
@@ -148,8 +150,8 @@ class Settled:
                                                                          float(pts[at])))
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
-        model_codes = _coded(columns.models)[rows]
-        guesses = self._class_ids(model_codes, _coded(columns.values)[rows], columns.models, columns.values)
+        model_codes = codes.models[rows]
+        guesses = self._class_ids(model_codes, codes.values[rows], columns.models, columns.values)
         label_rows = label_of[rows]
         paired = label_rows >= 0
         lags = np.where(paired, np.append(labels.timestamps, 0.0)[label_rows] - pts, 0.0)
@@ -159,7 +161,7 @@ class Settled:
         health.late_labels += int(np.count_nonzero(late))
         health.joined_labels += len(joined)
         health.add_pairs(lags[joined])
-        regression = np.fromiter((models[name].classes is None for name in names), bool, len(chosen))
+        regression = _by_code(model_codes, lambda code: models[columns.models[code]].classes is None, bool)
         for j, i in zip(joined[regression[joined]].tolist(), label_rows[joined[regression[joined]]].tolist(),
                         strict=True):  # exact sums, in any order
             stats = owners[group[j]].targets
@@ -167,11 +169,11 @@ class Settled:
             stats.update(float(labels.values[i]), float(columns.values[chosen[j]]))
         joined = joined[~regression[joined]]
         joined = joined[np.argsort(group[joined], kind="stable")]
-        truths = self._class_ids(model_codes[joined], _coded(labels.values)[label_rows[joined]], columns.models,
+        truths = self._class_ids(model_codes[joined], codes.label_values[label_rows[joined]], columns.models,
                                  labels.values)
         pair_rows = rows[joined]
-        kinds, layout_names = self._layouts(columns, pair_rows, model_codes[joined])
-        probabilities = _Probabilities(columns)
+        kinds, layout_names = self._layouts(columns, codes.layouts, pair_rows, model_codes[joined])
+        probabilities = _Probabilities(columns, codes.layouts)
 
         def scores(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
             names = layout_names[kind]
@@ -200,19 +202,18 @@ class Settled:
             out[at] = ids[inverse.reshape(-1)]
         return out
 
-    def _layouts(self, columns: PredictionColumns, rows: npt.NDArray[np.int64], model_codes: npt.NDArray[np.int64]
-                 ) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
-        """For pairs of the predictions ``rows`` (of the models ``model_codes``): which pairs of a
-        model have scores of the same names, numbered in the order they come (-1: no scores), and
-        those names (``_add_pairs``'s ``kinds``)."""
+    def _layouts(self, columns: PredictionColumns, layouts: npt.NDArray[np.int64], rows: npt.NDArray[np.int64],
+                 model_codes: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], list[tuple[str, ...]]]:
+        """For pairs of the predictions ``rows`` (of the models ``model_codes``; ``layouts``: the
+        codes of the column's score names): which pairs of a model have scores of the same names,
+        numbered in the order they come (-1: no scores), and those names (``_add_pairs``'s ``kinds``)."""
         kinds = np.full(len(rows), -1, dtype=np.int64)
         names = columns.score_names
-        codes = _coded(names)[rows]
-        scored = np.flatnonzero(~np.fromiter(map(_is_none, names), bool, len(names))[rows])
+        codes = layouts[rows]
+        scored = np.flatnonzero(codes != _code_of(names, None))
         if not len(scored):
             return kinds, []
-        numbers = np.array([self.models[columns.models[c]].number for c in model_codes[scored].tolist()],
-                           dtype=np.int64)
+        numbers = _by_code(model_codes[scored], lambda code: self.models[columns.models[code]].number, np.int64)
         found, first, inverse = np.unique(numbers * len(names) + codes[scored], return_index=True,
                                           return_inverse=True)
         order = np.argsort(first, kind="stable")
@@ -221,29 +222,27 @@ class Settled:
         kinds[scored] = rank[inverse.reshape(-1)]
         return kinds, [names[int(codes[scored[first[k]]])] for k in order.tolist()]  # type: ignore[misc]
 
-    def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, pcode: npt.NDArray[np.int64],
-                       lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
+    def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, codes: _Codes,
+                       pcode: npt.NDArray[np.int64], lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
         """Whether the input's names fit every limit (then none is refused or folded, whatever
         the order they come in): models, versions, segment keys and values, and classes (of a
         classification model's predictions, and of the labels of requests classified: for each
         model, at least as many as it meets)."""
-        config = self.config
+        config, models = self.config, predictions.models
         versions: dict[str, set[str]] = {}
-        for model, version in set(zip(predictions.models, predictions.versions, strict=True)):
-            versions.setdefault(model, set()).add(version)
+        for at, version in _distinct(codes.models, codes.versions):
+            versions.setdefault(models[at], set()).add(predictions.versions[version])
         segments: dict[str, set[tuple[str, str]]] = {}
-        for model, segment in set(zip(predictions.models, predictions.segments, strict=True)):
-            segments.setdefault(model, set()).update(segment)
+        for at, segment in _distinct(codes.models, codes.segments):
+            segments.setdefault(models[at], set()).update(predictions.segments[segment])
         classes: dict[str, set[tuple[type, Any]]] = {}
-        chosen = np.flatnonzero(classifies).tolist()
-        values = [predictions.values[i] for i in chosen]
-        for model, kind, value in set(zip([predictions.models[i] for i in chosen], map(type, values), values,
-                                          strict=True)):
-            classes.setdefault(model, set()).add((kind, value))
+        values = predictions.values
+        for at, value in _distinct(codes.models, codes.values, np.flatnonzero(classifies)):
+            classes.setdefault(models[at], set()).add((type(values[value]), values[value]))
         classified = np.zeros(int(max(pcode.max(initial=-1), lcode.max(initial=-1))) + 1, dtype=bool)
         classified[pcode[classifies]] = True
-        values = [labels.values[i] for i in np.flatnonzero(classified[lcode]).tolist()]
-        label_classes = set(zip(map(type, values), values, strict=True))
+        label_classes = {(type(labels.values[code]), labels.values[code])
+                         for code in np.unique(codes.label_values[classified[lcode]]).tolist()}
         if len(versions) > config.max_models or any(len(found | label_classes) > config.max_classes
                                                     for found in classes.values()):
             return False
@@ -281,24 +280,64 @@ def _targets(values: list[Any]) -> Mask:
     return np.fromiter((type(value) in _NUMBERS for value in values), bool, len(values))
 
 
+class _Codes:
+    """The columns' values as codes (``_coded``), each column coded once: models, versions,
+    segments, score names and predicted values of the predictions; values of the labels."""
+
+    def __init__(self, predictions: PredictionColumns, labels: LabelColumns) -> None:
+        self.models = _coded(predictions.models)
+        self.versions = _coded(predictions.versions)
+        self.segments = _coded(predictions.segments)
+        self.layouts = _coded(predictions.score_names)
+        self.values = _coded_values(predictions.values)
+        self.label_values = _coded_values(labels.values)
+
+
 def _coded(column: list[Any]) -> npt.NDArray[np.int64]:
     """Each row's code: the first row that holds a value equal to its own."""
     first: dict[Any, int] = {}
     return np.fromiter(map(first.setdefault, column, itertools.count()), np.int64, len(column))
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
+def _coded_values(column: list[Any]) -> npt.NDArray[np.int64]:
+    """As ``_coded``, where values equal but of other types (1, 1.0 and True) differ."""
+    if set(map(type, column)) <= {str}:
+        return _coded(column)
+    return _coded(list(zip(map(type, column), column, strict=True)))
+
+
+def _code_of(column: list[Any], value: Any) -> int:
+    """The code (``_coded``) of ``value`` in ``column``, or -1 if it has none."""
+    try:
+        return column.index(value)
+    except ValueError:
+        return -1
+
+
+def _distinct(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], rows: npt.NDArray[np.int64] | None = None
+              ) -> list[tuple[int, int]]:
+    """The distinct pairs of codes ``(a[i], b[i])`` of ``rows`` (else of every row)."""
+    if rows is not None:
+        a, b = a[rows], b[rows]
+    width = int(b.max(initial=0)) + 1
+    return [divmod(pair, width) for pair in np.unique(a * width + b).tolist()]
+
+
+def _by_code(codes: npt.NDArray[np.int64], of: Callable[[int], Any], dtype: Any) -> npt.NDArray[Any]:
+    """``of(code)`` for each of ``codes``, called once per distinct code."""
+    found, inverse = np.unique(codes, return_inverse=True)
+    return np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse.reshape(-1)]
 
 
 class _Probabilities:
     """A column's scores as one array: a row's probabilities, in its record's order, from its offset."""
 
-    def __init__(self, columns: PredictionColumns) -> None:
-        values = columns.score_values
-        lengths = np.fromiter(map(len, [() if v is None else v for v in values]), np.int64, len(values))
+    def __init__(self, columns: PredictionColumns, layouts: npt.NDArray[np.int64]) -> None:
+        names = columns.score_names
+        lengths = _by_code(layouts, lambda code: len(names[code] or ()), np.int64)
         self.offsets = np.cumsum(lengths) - lengths
-        self.flat = np.fromiter(itertools.chain.from_iterable(filter(None, values)), np.float64, int(lengths.sum()))
+        self.flat = np.fromiter(itertools.chain.from_iterable(filter(None, columns.score_values)), np.float64,
+                                int(lengths.sum()))
 
     def rows(self, rows: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.float64]:
         """The probabilities of ``rows``, each of ``width`` classes, a row each."""
