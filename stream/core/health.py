@@ -66,7 +66,7 @@ class Health:
         """Count pairs whose label lags are ``lags_s``, as ``_pair`` counts each: the pairs, the
         exact sum of their lags and their lag buckets."""
         self.pairs += len(lags_s)
-        self.label_lag_units += sum(map(lag_units, lags_s.tolist()))
+        self.label_lag_units += _units_summed(lags_s)
         buckets = self.label_lag_buckets
         counts = np.bincount(np.searchsorted(_LAG_EDGES, lags_s, side="left"), minlength=len(LAG_BUCKETS_S))
         for bucket, count in enumerate(counts.tolist()):
@@ -87,3 +87,13 @@ class Health:
             "labels": self.labels - self.joined_labels - self.duplicate_labels - self.orphaned_labels
             - self.late_labels - self.invalid_labels - self.unsampled_labels - pending_labels,
         }
+
+
+def _units_summed(lags_s: npt.NDArray[np.float64]) -> int:
+    """The sum of ``lag_units`` of each lag, exactly: numpy's ``rint`` rounds halves to even as
+    ``round`` does, and lags under 2**31 s make units under 2**63, summed as two halves of 32 bits
+    (each half's sum fits 64 bits for fewer than 2**31 lags); longer lags are summed one by one."""
+    if not len(lags_s) or len(lags_s) >= 1 << 31 or float(np.abs(lags_s).max()) >= 2.0**31:
+        return sum(map(lag_units, lags_s.tolist()))
+    units = np.rint(lags_s * LAG_UNIT).astype(np.int64)
+    return (int((units >> 32).sum()) << 32) + int((units & 0xFFFFFFFF).sum())

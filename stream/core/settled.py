@@ -96,10 +96,11 @@ class Settled:
             return none
         settled = (np.bincount(pcode, minlength=n) <= 1) & (np.bincount(lcode, minlength=n) <= 1)
         values = predictions.values
-        settled[pcode[~np.where(classifies, _classes(values), _targets(values))]] = False
+        settled[pcode[~np.where(classifies, _classes(values, codes.values), _targets(values, codes.values))]] = False
         targets = np.zeros(n, dtype=bool)  # requests a regression model predicted for
         targets[pcode[~classifies]] = True
-        settled[lcode[~np.where(targets[lcode], _targets(labels.values), _classes(labels.values))]] = False
+        settled[lcode[~np.where(targets[lcode], _targets(labels.values, codes.label_values),
+                                _classes(labels.values, codes.label_values))]] = False
         pts, lts = predictions.timestamps, labels.timestamps
         label_of = np.full(n, -1, dtype=np.int64)
         label_of[lcode] = np.arange(len(labels))
@@ -270,15 +271,15 @@ class Settled:
         return ts[new].tolist()  # type: ignore[no-any-return]
 
 
-def _classes(values: list[Any]) -> Mask:
-    """Which values are classes the settled path counts: strings."""
-    return np.fromiter(map(str.__instancecheck__, values), bool, len(values))
+def _classes(values: list[Any], codes: npt.NDArray[np.int64]) -> Mask:
+    """Which values (coded as ``_coded_values`` codes them) are classes the settled path counts: strings."""
+    return _by_code(codes, lambda code: isinstance(values[code], str), bool)
 
 
-def _targets(values: list[Any]) -> Mask:
-    """Which values are a regression model's targets: numbers (not booleans)."""
-    return np.fromiter((type(value) in _NUMBERS for value in values), bool, len(values))
-
+def _targets(values: list[Any], codes: npt.NDArray[np.int64]) -> Mask:
+    """Which values (coded as ``_coded_values`` codes them) are a regression model's targets:
+    numbers (not booleans)."""
+    return _by_code(codes, lambda code: type(values[code]) in _NUMBERS, bool)
 
 class _Codes:
     """The columns' values as codes (``_coded``), each column coded once: models, versions,
