@@ -302,7 +302,7 @@ def _coded(column: list[Any]) -> npt.NDArray[np.int64]:
 
 def _coded_values(column: list[Any]) -> npt.NDArray[np.int64]:
     """As ``_coded``, where values equal but of other types (1, 1.0 and True) differ."""
-    if set(map(type, column)) <= {str}:
+    if len(set(map(type, column))) <= 1:
         return _coded(column)
     return _coded(list(zip(map(type, column), column, strict=True)))
 
