@@ -12,7 +12,9 @@ prediction or an orphaned label. Replay (``stream.replay.bulk``) hands the engin
 at once, counts the settled requests here, in a few array operations, and feeds the others
 through ``receive_many`` in time order, with ``observe`` at the times ``ticks`` gives for the
 settled ones, so that sweeps and final records fall where they would have
-(``tests/unit/core/test_settled.py`` holds the two ways equal).
+(``tests/unit/core/test_settled.py`` holds the two ways equal). Each column is coded once
+(``_Codes``: a row's code is the first row that holds an equal value), so that the limits, class
+ids and score layouts are worked out once per distinct value, and the rest on arrays of codes.
 """
 
 from __future__ import annotations
