@@ -184,7 +184,13 @@ def _kept(ok: npt.NDArray[np.bool_], taken: list[int], refused: list[int]
 
 def _decoded(lines: list[bytes], decode: Callable[[bytes], Any], max_bytes: int
              ) -> tuple[list[int], list[int], list[Any]]:
-    """(indexes of the lines decoded, of the others, their structs)."""
+    """(indexes of the lines decoded, of the others, their structs): all at once when every line
+    decodes (as nearly always), else line by line."""
+    if not lines or max(map(len, lines)) <= max_bytes:
+        try:
+            return list(range(len(lines))), [], list(map(decode, lines))
+        except _DECODE_ERRORS:
+            pass
     taken, refused, records = [], [], []
     for i, line in enumerate(lines):
         if len(line) > max_bytes:
