@@ -5,7 +5,6 @@ an engine that took everything without a stop gives."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import os
 import random
@@ -43,11 +42,19 @@ def run(config: Config, events: list[Prediction | Label], partials: bool, cut: i
         if number == cut and stop:
             saved = os.path.join(folder, f"saved-{number}")
             save_engine(engine, saved)
-            del engine
+            closed(engine)
             engine = load_engine(saved, config)
             shutil.rmtree(saved)  # a loaded engine's store is a copy: the save can go
     engine.finish()
-    return outcome(engine)
+    found = outcome(engine)
+    closed(engine)
+    return found
+
+
+def closed(engine: Engine) -> None:
+    """The engine's store closed and removed now, not when the collector finds the engine."""
+    if engine.join.store is not None:
+        engine.join.store.close()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -65,7 +72,6 @@ def test_an_engine_saved_and_loaded_goes_on_as_one_that_never_stopped(
         random.Random(seed).shuffle(events)
         assert run(config, events, partials, cut, True, folder) == run(config, events, partials, cut, False, folder)
     finally:
-        gc.collect()  # the engines' stores close before their folder goes
         shutil.rmtree(folder, ignore_errors=True)
 
 
