@@ -283,6 +283,7 @@ def _targets(values: list[Any], codes: npt.NDArray[np.int64]) -> Mask:
     numbers (not booleans)."""
     return _by_code(codes, lambda code: type(values[code]) in _NUMBERS, bool)
 
+
 class _Codes:
     """The columns' values as codes (``_coded``), each column coded once: models, versions,
     segments, score names and predicted values of the predictions; values of the labels."""
