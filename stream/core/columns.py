@@ -38,7 +38,7 @@ from stream.core.records import (
     parse_timestamp,
 )
 from stream.core.stamps import epoch_seconds
-from stream.core.wire import _DECODE_ERRORS, _LABELS, _PREDICTIONS, Outcome, _outcome, _Refused, _segment
+from stream.core.wire import _DECODE_ERRORS, _LABELS, _PREDICTIONS, Outcome, _outcome, _Refused, segment_of
 
 __all__ = ["LabelColumns", "PredictionColumns", "labels_from_json", "predictions_from_json"]
 
@@ -137,17 +137,21 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     names: list[tuple[str, ...] | None] = [None if r.scores is None else keep(c := tuple(r.scores), c) for r in records]
     probabilities: list[tuple[float, ...] | None] = [None if r.scores is None else tuple(r.scores.values())
                                                      for r in records]
-    segments = [r.segment for r in records]
+    segments = [bytes(r.segment) for r in records]
     del records
     ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(names, probabilities)
     timestamps, ok_ts = _timestamps(stamps)
     ok &= ok_ts & _outcomes_ok(values)
-    checked: list[Segment] = []
-    for i, segment in enumerate(segments):
+    known: dict[bytes, Segment | None] = {}  # each distinct text read once (None: refused)
+    for text in set(segments):
         try:
-            checked.append(() if segment is None else _segment(segment))
+            known[text] = segment_of(text)
         except _Refused:
-            checked.append(())
+            known[text] = None
+    checked = list(map(known.__getitem__, segments))
+    if None in known.values():
+        for i in [i for i, segment in enumerate(checked) if segment is None]:
+            checked[i] = ()
             ok[i] = False
     pick, taken, refused = _kept(ok, taken, refused)
     return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
@@ -224,12 +228,17 @@ def _timestamps(stamps: list[float | str]) -> tuple[npt.NDArray[np.float64], npt
     3339 strings of the common forms are read a column at a time (``core.stamps``), the others one
     by one."""
     texts = np.flatnonzero(np.fromiter(map(str.__instancecheck__, stamps), bool, len(stamps)))
-    out = np.fromiter((math.nan if type(ts) is str else ts for ts in stamps), np.float64, len(stamps))
     if len(texts):
         chosen = [stamps[i] for i in texts.tolist()]
+        numbers = stamps.copy()
+        for i in texts.tolist():
+            numbers[i] = math.nan
+        out = np.array(numbers, dtype=np.float64)
         out[texts], handled = epoch_seconds(chosen)  # type: ignore[arg-type]
         for i in np.flatnonzero(~handled).tolist():
             out[texts[i]] = _parsed(chosen[i])  # type: ignore[arg-type]
+    else:
+        out = np.array(stamps, dtype=np.float64)
     return out, (out >= MIN_TIMESTAMP_S) & (out <= MAX_TIMESTAMP_S)
 
 
@@ -258,11 +267,18 @@ def _outcome_ok(value: Outcome) -> bool:
 
 def _scores_ok(names: list[tuple[str, ...] | None], values: list[tuple[float, ...] | None]) -> npt.NDArray[np.bool_]:
     """As ``core.wire._scores``: at least one class, at most ``MAX_SCORE_CLASSES``, none named
-    empty (once per set of classes), each a probability in [0, 1]."""
+    empty (once per set of classes), each a probability in [0, 1] (all of them at once)."""
     bad = {classes for classes in set(names)
            if classes is not None and (not 0 < len(classes) <= MAX_SCORE_CLASSES or not all(classes))}
-    return np.fromiter((p is None or (c not in bad and min(p) >= 0.0 and max(p) <= 1.0)
-                        for c, p in zip(names, values, strict=True)), bool, len(names))
+    ok = np.fromiter((c not in bad for c in names), bool, len(names)) if bad else np.ones(len(names), dtype=bool)
+    lengths = np.fromiter((0 if p is None else len(p) for p in values), np.int64, len(values))
+    flat = np.fromiter(itertools.chain.from_iterable(p for p in values if p is not None), np.float64,
+                       int(lengths.sum()))
+    outside = ~((flat >= 0.0) & (flat <= 1.0))  # NaN too
+    if outside.any():
+        holds = np.flatnonzero(lengths)
+        ok[holds[np.add.reduceat(outside, np.cumsum(lengths[holds]) - lengths[holds]) > 0]] = False
+    return ok
 
 
 def _joined(columns: list[Any]) -> Any:

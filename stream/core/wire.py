@@ -47,28 +47,32 @@ __all__ = ["label_from_json", "prediction_from_json", "timestamp_from_json"]
 Outcome = str | int | float | bool
 
 
-class _Prediction(msgspec.Struct):
+_NO_SEGMENT = b"null"
+
+
+class _Prediction(msgspec.Struct, gc=False):  # no cycles: the collector need not track them
     request_id: str
     model: str
     timestamp: float | str
     prediction: Outcome
     model_version: str = "unknown"
     scores: dict[str, float] | None = None
-    segment: dict[str, str] | None = None
+    segment: msgspec.Raw = msgspec.Raw(_NO_SEGMENT)  # its JSON text, read once per distinct text (``segment_of``)
 
 
-class _Label(msgspec.Struct):
+class _Label(msgspec.Struct, gc=False):
     request_id: str
     timestamp: float | str
     label: Outcome
 
 
-class _Stamped(msgspec.Struct):
+class _Stamped(msgspec.Struct, gc=False):
     timestamp: float | str
 
 
 SEGMENTS_KEPT = 4096  # distinct segments whose checked, sorted form is kept (a bound, whatever the input)
-_SEGMENTS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_SEGMENTS: dict[bytes, tuple[tuple[str, str], ...]] = {}
+_SEGMENT = msgspec.json.Decoder(dict[str, str] | None)
 NAMES_KEPT = 4096  # distinct model and version names kept checked (a bound, whatever the input)
 _NAMES: dict[str, str] = {}
 _PREDICTIONS = msgspec.json.Decoder(_Prediction)
@@ -87,10 +91,9 @@ def prediction_from_json(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Predi
     if len(raw) <= max_bytes:
         try:
             rec = _PREDICTIONS.decode(raw)
-            segment = rec.segment
             return Prediction(_request_id(rec.request_id), _name(rec.model), _name(rec.model_version),
                               _timestamp(rec.timestamp), _outcome(rec.prediction), _scores(rec.scores),
-                              () if segment is None else _segment(segment))
+                              segment_of(bytes(rec.segment)))
         except (_Refused, *_DECODE_ERRORS):
             pass
     return parse_prediction(decode(raw, max_bytes))
@@ -173,19 +176,29 @@ def _scores(value: dict[str, float] | None) -> tuple[str | float, ...] | None:
     return tuple(flat)
 
 
-def _segment(value: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """Checked and sorted, once per distinct segment (``SEGMENTS_KEPT`` of them are kept)."""
-    items = tuple(value.items())
-    known = _SEGMENTS.get(items)
+def segment_of(text: bytes) -> tuple[tuple[str, str], ...]:
+    """A segment from its JSON text (an object of strings, or null), checked and sorted, once per
+    distinct text (``SEGMENTS_KEPT`` of them are kept); ``_Refused`` when it is not one a record
+    may have."""
+    known = _SEGMENTS.get(text)
     if known is not None:
         return known
+    try:
+        value = _SEGMENT.decode(text)
+    except _DECODE_ERRORS:
+        raise _Refused from None
+    segment = () if value is None else _checked_segment(value)
+    if len(_SEGMENTS) < SEGMENTS_KEPT:
+        _SEGMENTS[text] = segment
+    return segment
+
+
+def _checked_segment(value: dict[str, str]) -> tuple[tuple[str, str], ...]:
     if len(value) > MAX_SEGMENT_KEYS:
         raise _Refused
+    items = tuple(value.items())
     for key, val in items:
         if (not key or not val or len(key) + len(val) > 2 * MAX_NAME_CHARS or not key.isprintable()
                 or key.isspace() or not val.isprintable() or val.isspace()):
             raise _Refused
-    segment = tuple(sorted(items))
-    if len(_SEGMENTS) < SEGMENTS_KEPT:
-        _SEGMENTS[items] = segment
-    return segment
+    return tuple(sorted(items))

@@ -79,7 +79,7 @@ SHARES = 2
 _FOLDER = "mlmon-shares-"  # a replay's folder for its shares' files: this, its process id, a dash, a unique part
 
 
-class _Id(msgspec.Struct):
+class _Id(msgspec.Struct, gc=False):
     request_id: str
 
 

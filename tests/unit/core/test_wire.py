@@ -104,3 +104,13 @@ def test_the_bytes_path_equals_the_dict_path(obj: dict[str, Any]) -> None:
 ])
 def test_malformed_bytes_get_the_same_reason(raw: bytes) -> None:
     same(raw)
+
+
+@pytest.mark.parametrize("segment", [b"null", b"{}", b'{"k":"v"}', b' { "k" : "v" } ', b'{"k":"v","k":"w"}',
+                                     b'{"b":"1","a":"2"}', b'{"k":5}', b'"k"', b"[]", b'{"k":"\\u00e9"}',
+                                     b'{"k":"\\ud800"}', b'{"":"v"}'])
+def test_a_segment_read_from_its_text_is_the_dict_paths(segment: bytes) -> None:
+    """Segments are read once per distinct JSON text: however written (spaces, key order, a key
+    twice, escapes, null, not an object), the record or the reason is the dict path's."""
+    same(b'{"request_id":"r","model":"m","timestamp":1.6e9,"prediction":1,"segment":' + segment + b"}")
+    same(b'{"request_id":"r","model":"m","timestamp":1.6e9,"prediction":1,"segment":' + segment + b',"label":1}')
