@@ -38,7 +38,7 @@ from stream.core.records import (
     parse_timestamp,
 )
 from stream.core.stamps import epoch_seconds
-from stream.core.wire import _DECODE_ERRORS, _LABELS, _PREDICTIONS, Outcome, _outcome, _Refused, segment_of
+from stream.core.wire import _DECODE_ERRORS, _LABELS, _PREDICTIONS, Outcome, _outcome, _Refused, _segment_of
 
 __all__ = ["LabelColumns", "PredictionColumns", "labels_from_json", "predictions_from_json"]
 
@@ -145,7 +145,7 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     known: dict[bytes, Segment | None] = {}  # each distinct text read once (None: refused)
     for text in set(segments):
         try:
-            known[text] = segment_of(text)
+            known[text] = _segment_of(text)
         except _Refused:
             known[text] = None
     checked = list(map(known.__getitem__, segments))

@@ -57,7 +57,7 @@ class _Prediction(msgspec.Struct, gc=False):  # no cycles: the collector need no
     prediction: Outcome
     model_version: str = "unknown"
     scores: dict[str, float] | None = None
-    segment: msgspec.Raw = msgspec.Raw(_NO_SEGMENT)  # its JSON text, read once per distinct text (``segment_of``)
+    segment: msgspec.Raw = msgspec.Raw(_NO_SEGMENT)  # its JSON text, read once per distinct text (``_segment_of``)
 
 
 class _Label(msgspec.Struct, gc=False):
@@ -71,6 +71,7 @@ class _Stamped(msgspec.Struct, gc=False):
 
 
 SEGMENTS_KEPT = 4096  # distinct segments whose checked, sorted form is kept (a bound, whatever the input)
+SEGMENT_TEXT_KEPT = 4096  # bytes of JSON text up to which a segment is kept by its text (16 MiB at most)
 _SEGMENTS: dict[bytes, tuple[tuple[str, str], ...]] = {}
 _SEGMENT = msgspec.json.Decoder(dict[str, str] | None)
 NAMES_KEPT = 4096  # distinct model and version names kept checked (a bound, whatever the input)
@@ -93,7 +94,7 @@ def prediction_from_json(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Predi
             rec = _PREDICTIONS.decode(raw)
             return Prediction(_request_id(rec.request_id), _name(rec.model), _name(rec.model_version),
                               _timestamp(rec.timestamp), _outcome(rec.prediction), _scores(rec.scores),
-                              segment_of(bytes(rec.segment)))
+                              _segment_of(bytes(rec.segment)))
         except (_Refused, *_DECODE_ERRORS):
             pass
     return parse_prediction(decode(raw, max_bytes))
@@ -176,10 +177,10 @@ def _scores(value: dict[str, float] | None) -> tuple[str | float, ...] | None:
     return tuple(flat)
 
 
-def segment_of(text: bytes) -> tuple[tuple[str, str], ...]:
+def _segment_of(text: bytes) -> tuple[tuple[str, str], ...]:
     """A segment from its JSON text (an object of strings, or null), checked and sorted, once per
-    distinct text (``SEGMENTS_KEPT`` of them are kept); ``_Refused`` when it is not one a record
-    may have."""
+    distinct text (``SEGMENTS_KEPT`` texts of up to ``SEGMENT_TEXT_KEPT`` bytes are kept: spaces
+    may pad a valid segment's text); ``_Refused`` when it is not one a record may have."""
     known = _SEGMENTS.get(text)
     if known is not None:
         return known
@@ -188,7 +189,7 @@ def segment_of(text: bytes) -> tuple[tuple[str, str], ...]:
     except _DECODE_ERRORS:
         raise _Refused from None
     segment = () if value is None else _checked_segment(value)
-    if len(_SEGMENTS) < SEGMENTS_KEPT:
+    if len(_SEGMENTS) < SEGMENTS_KEPT and len(text) <= SEGMENT_TEXT_KEPT:
         _SEGMENTS[text] = segment
     return segment
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from stream.core import wire
 from stream.core.records import MAX_RECORD_BYTES, decode, parse_label, parse_prediction
 from stream.core.wire import label_from_json, prediction_from_json, timestamp_from_json
 from stream.errors import InvalidRecord
@@ -114,3 +115,12 @@ def test_a_segment_read_from_its_text_is_the_dict_paths(segment: bytes) -> None:
     twice, escapes, null, not an object), the record or the reason is the dict path's."""
     same(b'{"request_id":"r","model":"m","timestamp":1.6e9,"prediction":1,"segment":' + segment + b"}")
     same(b'{"request_id":"r","model":"m","timestamp":1.6e9,"prediction":1,"segment":' + segment + b',"label":1}')
+
+
+def test_a_segment_padded_past_the_kept_length_is_read_and_not_kept() -> None:
+    """A valid segment's text may be padded with any number of spaces: it is read each time rather
+    than kept, so that the texts kept stay bounded (``SEGMENT_TEXT_KEPT``)."""
+    text = b'{"k": "v"' + b" " * wire.SEGMENT_TEXT_KEPT + b"}"
+    raw = b'{"request_id":"r","model":"m","timestamp":1.6e9,"prediction":1,"segment":' + text + b"}"
+    assert prediction_from_json(raw, 1 << 20).segment == (("k", "v"),)
+    assert text not in wire._SEGMENTS
