@@ -47,6 +47,7 @@ _EDGE_LIST = EDGES.tolist()
 CALIBRATION_OF = np.maximum(np.arange(BINS) - 1, 0) // _PER_CALIBRATION_BIN  # histogram bin -> calibration bin
 _CALIBRATION_LIST = CALIBRATION_OF.tolist()
 POSITIVE_NAMES = ("1", "true", "yes")
+PYTHON_BINS = 48  # up to this many used bins, the figures are summed in plain Python (see _ranking)
 SMALL_BATCH = 16  # up to this many cells, a batch is added cell by cell (numpy's calls cost more)
 
 Hist = npt.NDArray[np.int64]  # (classes, 2, BINS): [c, 1, k] pairs labeled c whose scores[c] is in bin k
@@ -236,9 +237,6 @@ class _Ranked:
     positives: list[int]
 
 
-RANK_CHUNK = 8  # histograms summed together: a few, so that numpy's temporaries stay in cache
-
-
 def _rank_all(hists: list[Hist]) -> list[_Ranked]:
     """AUC, average precision and calibration counts of each histogram, over the bins that hold
     pairs.
@@ -247,58 +245,67 @@ def _rank_all(hists: list[Hist]) -> list[_Ranked]:
     and the bound is that half of the shared pairs (each may be either way). Average precision:
     a bin's scores are taken as tied (scikit-learn's rule for ties); any order of its pairs puts
     each of its positives' precision between the bin's lowest and highest, which bounds the
-    error.
-
-    By numpy, ``RANK_CHUNK`` histograms at a time, over their used bins only (gathered, highest
-    score first): counts at or above a bin are running sums within each histogram, and each
-    histogram's terms are added one after another from its highest bin down (``np.bincount``
-    adds in index order), so a histogram's figures are the same whichever others come with it,
-    bit for bit those of summing its bins in that order one by one
-    (``tests/unit/core/test_ranking.py`` holds the two equal), while its counts and their
-    products stay below 2**53 (up to some 90 million positives a window)."""
-    out: list[_Ranked] = []
-    for at in range(0, len(hists), RANK_CHUNK):
-        out += _rank_some(np.stack(hists[at:at + RANK_CHUNK]))
-    return out
-
-
-def _rank_some(stack: Hist) -> list[_Ranked]:
-    """``_rank_all`` of histograms stacked as (n, 2, BINS)."""
-    count = len(stack)
-    top = stack[:, :, ::-1]  # highest scores first
-    negatives, positives = np.ascontiguousarray(top[:, 0]).reshape(-1), np.ascontiguousarray(top[:, 1]).reshape(-1)
-    used = np.flatnonzero(negatives | positives)  # counts are never negative
-    row = used // BINS
-    neg, pos = negatives[used].astype(np.float64), positives[used].astype(np.float64)  # whole numbers below 2**53
-    ends = np.searchsorted(row, np.arange(1, count + 1))
-    starts = np.concatenate([[0], ends[:-1]])
-    neg_run, tp = _running(neg, starts, ends), _running(pos, starts, ends)  # at or above each used bin
-    n_neg, n_pos = np.zeros(count), np.zeros(count)
-    filled = ends > starts
-    n_neg[filled], n_pos[filled] = neg_run[ends[filled] - 1], tp[ends[filled] - 1]
-    hit = np.flatnonzero(pos)  # only bins with positives add to the sums
-    r, p, n, tp = row[hit], pos[hit], neg[hit], tp[hit]
-    seen = neg_run[hit] + tp
-    auc_sum = np.bincount(r, weights=p * (n_neg[r] - neg_run[hit]), minlength=count)
-    shared = np.bincount(r, weights=p * n, minlength=count)
-    ap_sum = np.bincount(r, weights=p * tp / seen, minlength=count)
-    ap_bound = np.bincount(r, weights=p * (tp / (seen - n) - (tp - p + 1) / seen), minlength=count)
-    per_bin = stack[:, :, 1:].reshape(count, 2, CALIBRATION_BINS, _PER_CALIBRATION_BIN).sum(axis=3)
-    per_bin[:, :, 0] += stack[:, :, 0]
-    counts, positive_counts = (per_bin[:, 0] + per_bin[:, 1]).tolist(), per_bin[:, 1].tolist()
-    return [_ranked(*values) for values in zip(n_pos.astype(np.int64).tolist(), n_neg.astype(np.int64).tolist(),
-                                               auc_sum.tolist(), shared.tolist(), ap_sum.tolist(), ap_bound.tolist(),
-                                               counts, positive_counts, strict=True)]
+    error. A histogram with few used bins (most revisions) takes one plain-Python pass, where
+    numpy's per-call cost would dominate; the others take numpy's vectorised form of the same
+    sums, all in one pass."""
+    if not hists:
+        return []
+    stack = np.stack(hists)
+    used = stack.sum(axis=1) != 0
+    dense = np.flatnonzero(np.count_nonzero(used, axis=1) > PYTHON_BINS).tolist()
+    out: list[_Ranked | None] = [None] * len(hists)
+    if dense:
+        for i, ranked in zip(dense, _ranking_numpy(stack[dense]), strict=True):
+            out[i] = ranked
+    return [ranked if ranked is not None else _ranking_python(stack[i], used[i]) for i, ranked in enumerate(out)]
 
 
-def _running(values: npt.NDArray[np.float64], starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]
-             ) -> npt.NDArray[np.float64]:
-    """Running sums of ``values`` (whole numbers) restarting at each of ``starts`` (segments
-    ``starts[i]:ends[i]``, one after another): exact while they stay below 2**53."""
-    total = np.cumsum(values)
-    before = np.concatenate([[0.0], total])[starts]  # the sum of the segments before each one
-    running: npt.NDArray[np.float64] = total - np.repeat(before, ends - starts)
-    return running
+def _ranking_python(hist: Hist, used: npt.NDArray[np.bool_]) -> _Ranked:
+    where = np.flatnonzero(used)
+    bins, negatives, positives = where.tolist(), hist[0, where].tolist(), hist[1, where].tolist()
+    n_pos, n_neg = sum(positives), sum(negatives)
+    auc_sum = shared = ap_sum = ap_bound = 0.0
+    above_neg = tp = seen = 0
+    count, positive_count = [0] * CALIBRATION_BINS, [0] * CALIBRATION_BINS
+    calibration_of = _CALIBRATION_LIST
+    for i in range(len(bins) - 1, -1, -1):
+        n, p = negatives[i], positives[i]
+        if p:
+            auc_sum += p * (n_neg - above_neg - n)
+            shared += p * n
+            before_tp, before = tp, seen
+            tp += p
+            seen += p + n
+            ap_sum += p * tp / seen
+            ap_bound += p * ((before_tp + p) / (before + p) - (before_tp + 1) / seen)
+        else:
+            seen += n
+        above_neg += n
+        c = calibration_of[bins[i]]
+        count[c] += n + p
+        positive_count[c] += p
+    return _ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count, positive_count)
+
+
+def _ranking_numpy(hists: Hist) -> list[_Ranked]:
+    """The sums of ``_ranking_python`` for histograms stacked as (n, 2, BINS), over all bins at once
+    (an unused bin adds 0), in integers where they are counts; divisors are kept at least 1 where
+    the term they divide is 0. Each row is summed on its own, as it would be alone."""
+    top = hists[:, :, ::-1]  # highest scores first
+    neg, pos = top[:, 0], top[:, 1]
+    cum = top.cumsum(axis=2)
+    neg_cum, tp = cum[:, 0], cum[:, 1]  # negatives and positives at or above each bin
+    n_neg = neg_cum[:, -1:]
+    seen = neg_cum + tp
+    seen_1 = np.maximum(seen, 1)
+    ap_sum = (pos * (tp / seen_1)).sum(axis=1)
+    ap_bound = (pos * (tp / np.maximum(seen - neg, 1) - (tp - pos + 1) / seen_1)).sum(axis=1)
+    auc_sum, shared = (pos * (n_neg - neg_cum)).sum(axis=1), (pos * neg).sum(axis=1)
+    per_bin = hists[:, :, 1:].reshape(len(hists), 2, CALIBRATION_BINS, _PER_CALIBRATION_BIN).sum(axis=3)
+    per_bin[:, :, 0] += hists[:, :, 0]
+    count, positive_count = (per_bin[:, 0] + per_bin[:, 1]).tolist(), per_bin[:, 1].tolist()
+    return [_ranked(*row) for row in zip(tp[:, -1].tolist(), n_neg[:, 0].tolist(), auc_sum.tolist(), shared.tolist(),
+                                         ap_sum.tolist(), ap_bound.tolist(), count, positive_count, strict=True)]
 
 
 def _ranked(n_pos: float, n_neg: float, auc_sum: float, shared: float, ap_sum: float, ap_bound: float,

@@ -6,6 +6,7 @@ import warnings
 import zlib
 from collections import defaultdict
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -63,51 +64,14 @@ def test_binary_figures_are_within_their_recorded_bounds_of_sklearn(rows: list[t
     assert_binary_within_bounds(rows, binary(rows), exact=False)
 
 
-def _ranked_one_by_one(hist: np.ndarray) -> tuple[Any, ...]:
-    """The reference ``ranking._rank_all`` must equal: one histogram's used bins taken one by one
-    in plain Python, highest score first (AUC sum and shared pairs, average precision and its
-    bound, calibration counts)."""
-    where = np.flatnonzero(hist.sum(axis=0))
-    bins, negatives, positives = where.tolist(), hist[0, where].tolist(), hist[1, where].tolist()
-    n_pos, n_neg = sum(positives), sum(negatives)
-    auc_sum = shared = ap_sum = ap_bound = 0.0
-    above_neg = tp = seen = 0
-    count, positive_count = [0] * 10, [0] * 10
-    for i in range(len(bins) - 1, -1, -1):
-        n, p = negatives[i], positives[i]
-        if p:
-            auc_sum += p * (n_neg - above_neg - n)
-            shared += p * n
-            before_tp, before = tp, seen
-            tp += p
-            seen += p + n
-            ap_sum += p * tp / seen
-            ap_bound += p * ((before_tp + p) / (before + p) - (before_tp + 1) / seen)
-        else:
-            seen += n
-        above_neg += n
-        c = int(ranking.CALIBRATION_OF[bins[i]])
-        count[c] += n + p
-        positive_count[c] += p
-    return n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count, positive_count
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.booleans(), st.one_of(probability, gridded), st.integers(1, 3)), max_size=300),
-                min_size=1, max_size=8))
-def test_all_histograms_ranked_at_once_equal_each_one_summed_bin_by_bin(windows: list[list[Any]]) -> None:
-    """``_rank_all`` gathers every histogram's used bins and sums them by numpy: each one's sums are
-    bit for bit those of its bins taken one by one, sparse or dense, empty or one-sided."""
-    hists = []
-    for rows in windows:
-        hist = np.zeros((2, BINS), dtype=np.int64)
-        for positive, p, times in rows:
-            hist[int(positive), int(np.searchsorted(ranking.EDGES, p))] += times
-        hists.append(hist)
-    got = ranking._rank_all(hists)
-    for hist, ranked in zip(hists, got, strict=True):
-        n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count, positive_count = _ranked_one_by_one(hist)
-        assert ranked == ranking._ranked(n_pos, n_neg, auc_sum, shared, ap_sum, ap_bound, count, positive_count)
+@pytest.mark.parametrize("python_bins", [0, BINS], ids=["numpy", "plain-python"])
+@settings(max_examples=150, deadline=None)
+@given(rows=two_classes)
+def test_the_numpy_and_the_plain_python_sums_both_equal_sklearn(python_bins: int, rows: list[tuple[bool, float]]
+                                                                ) -> None:
+    """Which one sums a revision depends on how many bins it uses: each is checked on every size."""
+    with mock.patch.object(ranking, "PYTHON_BINS", python_bins):
+        assert_binary_within_bounds(rows, binary(rows), exact=False)
 
 
 def _window_bins(rows: list[tuple[int, float]], names: list[str]) -> ScoreBins:
@@ -120,16 +84,19 @@ def _window_bins(rows: list[tuple[int, float]], names: list[str]) -> ScoreBins:
     return bins
 
 
+@pytest.mark.parametrize("python_bins", [0, ranking.PYTHON_BINS], ids=["all-numpy", "by-size"])
 @settings(max_examples=100, deadline=None)
 @given(windows=st.lists(st.tuples(st.sampled_from([["no", "yes"], ["a", "b", "c"]]),
                                   st.lists(st.tuples(st.integers(0, 2), probability), max_size=400)),
                         min_size=1, max_size=12),
        order=st.randoms(use_true_random=False))
-def test_many_windows_ranked_together_get_each_one_alone_figures(windows: list[tuple[list[str], list[Any]]],
+def test_many_windows_ranked_together_get_each_one_alone_figures(python_bins: int,
+                                                                 windows: list[tuple[list[str], list[Any]]],
                                                                  order: Any) -> None:
     """A flush ranks its windows together (``figures_many``): whichever others come with it, sparse
     or dense, binary or multiclass, each window's figures are the ones it gets alone, bit for bit."""
-    _check_ranked_together(windows, order)
+    with mock.patch.object(ranking, "PYTHON_BINS", python_bins):
+        _check_ranked_together(windows, order)
 
 
 def _check_ranked_together(windows: list[tuple[list[str], list[Any]]], order: Any) -> None:
