@@ -137,23 +137,20 @@ class Settled:
         models, sets = self.models, self._sets
         pts = columns.timestamps[rows]
         chosen = rows.tolist()
-        names = [columns.models[i] for i in chosen]
-        slots = (pts // self._slot_s).astype(np.int64).tolist()
-        index: dict[tuple[str, str, Any, int], int] = {}
-        keys = zip(names, [columns.versions[i] for i in chosen], [columns.segments[i] for i in chosen], slots,
-                   strict=True)
-        group = np.fromiter(map(index.setdefault, keys, itertools.count()), np.int64, len(chosen))
-        _, group = np.unique(group, return_inverse=True)  # numbered 0, 1, ... in the order they come
-        group = group.astype(np.int64)
-        _, first = np.unique(group, return_index=True)
+        slots = (pts // self._slot_s).astype(np.int64)
+        model_codes = codes.models[rows]
+        key = _paired(_paired(_paired(model_codes, codes.versions[rows]), codes.segments[rows]),
+                      slots - slots.min(initial=0))
+        group, first = _first_come(key)  # window sets numbered 0, 1, ... in the order they come
         owners = []
-        for key, at in zip(index, first.tolist(), strict=True):
-            wset = sets.get(key)
-            owners.append(wset if wset is not None else self._window_set(models[key[0]], key[1], key[2], key[3],
+        for at, slot in zip(first.tolist(), slots[first].tolist(), strict=True):
+            row = chosen[at]
+            name, version, segment = columns.models[row], columns.versions[row], columns.segments[row]
+            wset = sets.get((name, version, segment, slot))
+            owners.append(wset if wset is not None else self._window_set(models[name], version, segment, slot,
                                                                          float(pts[at])))
         for wset, count in zip(owners, np.bincount(group, minlength=len(owners)).tolist(), strict=True):
             wset.predictions += count
-        model_codes = codes.models[rows]
         guesses = self._class_ids(model_codes, codes.values[rows], columns.models, columns.values)
         label_rows = label_of[rows]
         paired = label_rows >= 0
@@ -217,13 +214,8 @@ class Settled:
         if not len(scored):
             return kinds, []
         numbers = _by_code(model_codes[scored], lambda code: self.models[columns.models[code]].number, np.int64)
-        found, first, inverse = np.unique(numbers * len(names) + codes[scored], return_index=True,
-                                          return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        rank = np.empty(len(found), dtype=np.int64)
-        rank[order] = np.arange(len(found))
-        kinds[scored] = rank[inverse.reshape(-1)]
-        return kinds, [names[int(codes[scored[first[k]]])] for k in order.tolist()]  # type: ignore[misc]
+        kinds[scored], first = _first_come(numbers * len(names) + codes[scored])
+        return kinds, [names[int(codes[scored[at]])] for at in first.tolist()]  # type: ignore[misc]
 
     def _within_limits(self, predictions: PredictionColumns, labels: LabelColumns, codes: _Codes,
                        pcode: npt.NDArray[np.int64], lcode: npt.NDArray[np.int64], classifies: Mask) -> bool:
@@ -325,6 +317,24 @@ def _distinct(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], rows: npt.NDAr
         a, b = a[rows], b[rows]
     width = int(b.max(initial=0)) + 1
     return [divmod(pair, width) for pair in np.unique(a * width + b).tolist()]
+
+
+def _paired(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """One code for each distinct pair ``(a[i], b[i])`` of codes (numbers from 0, below 2**31),
+    ordered as the pairs are; a number below the count of rows."""
+    width = int(b.max(initial=0)) + 1
+    inverse: npt.NDArray[np.int64] = np.unique(a * width + b, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return inverse
+
+
+def _first_come(keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's number among the distinct ``keys``, numbered 0, 1, ... in the order they first
+    come, and the row where each first comes."""
+    found, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(found), dtype=np.int64)
+    rank[order] = np.arange(len(found))
+    return rank[inverse.reshape(-1)], first[order]
 
 
 def _by_code(codes: npt.NDArray[np.int64], of: Callable[[int], Any], dtype: Any) -> npt.NDArray[Any]:
