@@ -38,7 +38,7 @@ from stream.replay import bulk, parts, shards
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
-from stream.replay.shards import owner
+from stream.replay.shards import owners
 from stream.replay.sources import Input, inputs
 
 __all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay", "run"]
@@ -175,24 +175,30 @@ class _Inputs:
 
     def owned(self, index: int, progress: Progress) -> Iterator[tuple[int, Any]]:
         """(sequence number, raw) of input ``index``'s rows, those of the share's requests with a share."""
+        for sequences, raws in self.owned_chunks(index, progress):
+            yield from zip(sequences, raws, strict=True)
+
+    def owned_chunks(self, index: int, progress: Progress) -> Iterator[tuple[list[int], list[Any]]]:
+        """``owned`` a chunk at a time: (sequence numbers, raws)."""
         if self.part is not None:  # its reading was counted as its share's file was written
-            yield from parts.rows(self.part, index)
+            yield from parts.frames(self.part, index)
             return
         max_bytes = self.config.max_record_bytes
         read = progress.read if progress.bar is not None else None
         mine, shares = self.share or (0, 1)
-        for sequence, raw, size in self.numbered(index):
+        for sequences, raws, size in self.numbered(index):
             if read is not None:
                 read(size)
-            if shares > 1 and owner(raw, sequence, shares, max_bytes) != mine:
-                continue
-            yield sequence, raw
+            if shares > 1:
+                keep = [share == mine for share in owners(raws, sequences, shares, max_bytes)]
+                sequences, raws = list(itertools.compress(sequences, keep)), list(itertools.compress(raws, keep))
+            yield sequences, raws
 
-    def numbered(self, index: int) -> Iterator[tuple[int, Any, int]]:
-        """(sequence number, raw, bytes it stands for) of every row of input ``index``."""
+    def numbered(self, index: int) -> Iterator[tuple[list[int], list[Any], int]]:
+        """Input ``index``'s rows a chunk at a time: (sequence numbers, raws, bytes they stand for)."""
         base = index << ROW_BITS
-        for number, raw, size in self.found[index].rows(self.source):
-            yield base | number, raw, size
+        for numbers, raws, size in self.found[index].chunks(self.source):
+            yield (numbers if base == 0 else [base | number for number in numbers]), raws, size
 
     def record(self, sequence: int, raw: Any, engine: Engine) -> Prediction | Label | None:
         """A row's record; or None, after its dead letter with the reason."""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["feed_all", "fits", "interleaved"]
 
-CHUNK_LINES = 65_536  # lines decoded at a time (and held as bytes meanwhile)
+CHUNK_LINES = 65_536  # lines decoded at a time, about (and held as bytes meanwhile)
 
 
 def fits(kinds: list[_Inputs], processes: int) -> bool:
@@ -90,16 +90,21 @@ def _columns(kind: _Inputs, engine: Engine, progress: Progress) -> PredictionCol
     lines: list[bytes] = []
     sequences: list[int] = []
     for index in range(len(kind.found)):
-        for sequence, raw in kind.owned(index, progress):
-            if type(raw) is bytes:
-                lines.append(raw)
-                sequences.append(sequence)
-                if len(lines) == CHUNK_LINES:
-                    decoded(lines, sequences)
-                    lines, sequences = [], []
-            elif (record := kind.record(sequence, raw, engine)) is not None:
-                records.append(record)
-                at.append(sequence)
+        for numbers, raws in kind.owned_chunks(index, progress):
+            if set(map(type, raws)) == {bytes}:  # JSON lines (as a JSONL file's every row is)
+                lines += raws
+                sequences += numbers
+            else:
+                for sequence, raw in zip(numbers, raws, strict=True):
+                    if type(raw) is bytes:
+                        lines.append(raw)
+                        sequences.append(sequence)
+                    elif (record := kind.record(sequence, raw, engine)) is not None:
+                        records.append(record)
+                        at.append(sequence)
+            if len(lines) >= CHUNK_LINES:
+                decoded(lines, sequences)
+                lines, sequences = [], []
     decoded(lines, sequences)
     found = type(parts[0]).joined(parts)
     found.add(at, records)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FRAME_ROWS", "MAX_SHARES", "MIN_SHARE_BYTES", "rows", "share_bytes", "shares_needed", "split"]
+__all__ = ["FRAME_ROWS", "MAX_SHARES", "MIN_SHARE_BYTES", "frames", "rows", "share_bytes", "shares_needed", "split"]
 
 FRAME_ROWS = 2048  # rows a share buffers before it writes them: memory is this times the shares of a process
 MIN_SHARE_BYTES = 16 << 20  # however small the budget: more shares would cost more time than they save memory
@@ -51,11 +51,13 @@ def shares_needed(total_bytes: int, join_memory_mb: float, processes: int) -> in
     return min(MAX_SHARES, per_process * processes)
 
 
-def split(sources: Sequence[Callable[[], Iterator[tuple[int, Any, int]]]], owner: Callable[[Any, int], int],
-          mine: list[int], folder: Path, read: Callable[[int], None] | None) -> dict[int, Path]:
-    """The rows of ``sources`` (each input's ``(sequence, raw, bytes)``, in order) whose share
-    (``owner(raw, sequence)``) is one of ``mine``, written to a file per share in ``folder``;
-    returns each share's file (written, even when empty). ``read`` hears of every row's bytes."""
+def split(sources: Sequence[Callable[[], Iterator[tuple[list[int], list[Any], int]]]],
+          owners: Callable[[list[Any], list[int]], list[int]], mine: list[int], folder: Path,
+          read: Callable[[int], None] | None) -> dict[int, Path]:
+    """The rows of ``sources`` (each input's chunks of ``(sequences, raws, bytes)``, in order)
+    whose share (``owners(raws, sequences)``, a share per row) is one of ``mine``, written to a
+    file per share in ``folder``; returns each share's file (written, even when empty). ``read``
+    hears of every chunk's bytes."""
     paths = {share: folder / f"part-{share}" for share in mine}
     files: dict[int, IO[bytes]] = {}
     try:
@@ -63,19 +65,19 @@ def split(sources: Sequence[Callable[[], Iterator[tuple[int, Any, int]]]], owner
             files[share] = path.open("wb")
         for index, source in enumerate(sources):
             held: dict[int, tuple[list[int], list[Any]]] = {share: ([], []) for share in mine}
-            for sequence, raw, size in source():
+            for sequences, raws, size in source():
                 if read is not None:
                     read(size)
-                share = owner(raw, sequence)
-                found = held.get(share)
-                if found is None:
-                    continue
-                found[0].append(sequence)
-                found[1].append(raw)
-                if len(found[0]) == FRAME_ROWS:
-                    _write(files[share], index, found)
-                    found[0].clear()
-                    found[1].clear()
+                for share, sequence, raw in zip(owners(raws, sequences), sequences, raws, strict=True):
+                    found = held.get(share)
+                    if found is None:
+                        continue
+                    found[0].append(sequence)
+                    found[1].append(raw)
+                    if len(found[0]) == FRAME_ROWS:
+                        _write(files[share], index, found)
+                        found[0].clear()
+                        found[1].clear()
             for share, found in held.items():
                 if found[0]:
                     _write(files[share], index, found)
@@ -85,8 +87,9 @@ def split(sources: Sequence[Callable[[], Iterator[tuple[int, Any, int]]]], owner
     return paths
 
 
-def rows(path: Path, index: int) -> Iterator[tuple[int, Any]]:
-    """(sequence, raw) of input ``index``'s rows in the share's file ``path``, in order."""
+def frames(path: Path, index: int) -> Iterator[tuple[list[int], list[Any]]]:
+    """(sequences, raws) of input ``index``'s rows in the share's file ``path``, in order, a frame
+    at a time."""
     with path.open("rb") as file:
         while header := file.read(_HEADER.size):
             at, size = _HEADER.unpack(header)
@@ -94,7 +97,13 @@ def rows(path: Path, index: int) -> Iterator[tuple[int, Any]]:
                 file.seek(size, 1)
                 continue
             sequences, raws = pickle.loads(file.read(size))
-            yield from zip(sequences, raws, strict=True)
+            yield sequences, raws
+
+
+def rows(path: Path, index: int) -> Iterator[tuple[int, Any]]:
+    """(sequence, raw) of input ``index``'s rows in the share's file ``path``, in order."""
+    for sequences, raws in frames(path, index):
+        yield from zip(sequences, raws, strict=True)
 
 
 def _write(file: IO[bytes], index: int, found: tuple[list[int], list[Any]]) -> None:

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from stream.config import Config
     from stream.replay import Collected, Sink, _Inputs
 
-__all__ = ["SHARES", "Occupancy", "owner", "replay_shared"]
+__all__ = ["SHARES", "Occupancy", "owner", "owners", "replay_shared"]
 
 SHARES = 2
 _FOLDER = "mlmon-shares-"  # a replay's folder for its shares' files: this, its process id, a dash, a unique part
@@ -101,6 +101,20 @@ def owner(raw: Any, sequence: int, shares: int, max_bytes: int) -> int:
     if type(request_id) is not str:
         return sequence % shares
     return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % shares
+
+
+def owners(raws: list[Any], sequences: list[int], shares: int, max_bytes: int) -> list[int]:
+    """``owner`` of each row. JSON lines have their request ids decoded all at once when every
+    one of them decodes (as nearly always), else row by row."""
+    if raws and set(map(type, raws)) == {bytes} and max(map(len, raws)) <= max_bytes:
+        try:
+            found = list(map(_IDS.decode, raws))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        else:
+            crc = zlib.crc32
+            return [crc(one.request_id.encode("utf-8", "surrogatepass")) % shares for one in found]
+    return [owner(raw, sequence, shares, max_bytes) for raw, sequence in zip(raws, sequences, strict=True)]
 
 
 @dataclass
@@ -187,7 +201,7 @@ def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[i
                 sources = [functools.partial(kind.numbered, index) for index in range(len(kind.found))]
                 folder_kind = folder / f"{kind.source}-{process[0]}"
                 folder_kind.mkdir()
-                split.append(parts.split(sources, lambda raw, sequence: owner(raw, sequence, shares, max_bytes),
+                split.append(parts.split(sources, lambda raws, sequences: owners(raws, sequences, shares, max_bytes),
                                          mine, folder_kind, progress.read if progress.bar is not None else None))
         finally:
             progress.close()

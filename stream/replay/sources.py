@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,12 +27,13 @@ import orjson
 from stream.core.records import raw_text
 from stream.errors import ConfigError
 
-__all__ = ["FORMATS", "Input", "inputs", "jsonl_lines"]
+__all__ = ["FORMATS", "Input", "inputs", "jsonl_chunks", "jsonl_lines"]
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
             ".pq": "parquet"}
 BATCH_ROWS = 8192
+CHUNK_BYTES = 1 << 21  # about what a JSONL file is read in at a time (``jsonl_chunks``)
 PARQUET_ROW_BYTES = 256  # a record with scores and a segment, as a JSON line
 _REQUIRED = {"predictions": ("request_id", "timestamp", "model", "prediction"),
              "labels": ("request_id", "timestamp", "label")}
@@ -74,6 +76,17 @@ class Input:
             yield from jsonl_lines(self.path)  # type: ignore[arg-type]
         else:
             yield from _columnar(self.path, self.format, source)  # type: ignore[arg-type]
+
+    def chunks(self, source: str) -> Iterator[tuple[list[int], list[Any], int]]:
+        """``rows`` a chunk at a time: ``(row numbers, raws, bytes they stand for)``, so that a
+        caller works on lists rather than on a row at a time."""
+        if self.rows_in_memory is None and self.format == "jsonl":
+            yield from jsonl_chunks(self.path)  # type: ignore[arg-type]
+            return
+        rows = self.rows(source)
+        while chunk := list(itertools.islice(rows, BATCH_ROWS)):
+            numbers, raws, sizes = zip(*chunk, strict=True)
+            yield list(numbers), list(raws), sum(sizes)
 
     def raw(self, number: int, source: str) -> Any:
         """Row ``number`` again, for a dead letter decided later (rare, so read again)."""
@@ -123,12 +136,27 @@ def _in_memory(spec: Any) -> list[Any]:
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(line number from 1, line, its bytes) of a JSONL file's lines that are not blank."""
-    with path.open("rb") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.isspace():  # not blank (iterating a file yields no empty line)
-                yield number, line, len(line)
-            # blank lines are skipped, and stand for no bytes worth reporting
+    """(line number from 1, line, its bytes) of a JSONL file's lines that are not blank: ``jsonl_chunks``
+    a line at a time."""
+    for numbers, lines, _ in jsonl_chunks(path):
+        for number, line in zip(numbers, lines, strict=True):
+            yield number, line, len(line)
+
+
+def jsonl_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[int], list[bytes], int]]:
+    """The lines of a JSONL file that are not blank, about ``chunk_bytes`` at a time: (their line
+    numbers from 1, them, the bytes of the chunk's lines, blank ones too)."""
+    with path.open("rb") as file:
+        first = 1
+        while lines := file.readlines(chunk_bytes):
+            size = sum(map(len, lines))
+            numbers = range(first, first + len(lines))
+            first += len(lines)
+            if any(map(bytes.isspace, lines)):
+                keep = [not line.isspace() for line in lines]
+                yield list(itertools.compress(numbers, keep)), list(itertools.compress(lines, keep)), size
+            else:
+                yield list(numbers), lines, size
 
 
 def _check_columns(path: Path, kind: str, source: str) -> None:

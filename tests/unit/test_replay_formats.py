@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from stream import Monitor
@@ -25,6 +27,7 @@ from stream.config import Config
 from stream.errors import ConfigError
 from stream.replay import bulk, replay
 from stream.replay.progress import Progress
+from stream.replay.sources import jsonl_chunks
 from stream.simulate import Scenario, draws, streams
 
 SCENARIO = Scenario(pairs=3000, rate_per_s=0.5, label_coverage=0.9, duplicate_rate=0.02, label_delay_mean_s=900.0,
@@ -314,3 +317,21 @@ def test_the_api_takes_pandas_dataframes(inputs: tuple[list[dict[str, Any]], lis
     assert a is not None and b is not None and a.metrics
     assert [r["metrics"] for r in a.metrics] == [r["metrics"] for r in b.metrics]
     assert a.health == b.health
+
+
+@given(lines=st.lists(st.sampled_from([b'{"a": 1}', b"", b"  ", b"\t\r", b"x\x0by", b"\xff" * 30]), max_size=50),
+       last_newline=st.booleans(), chunk_bytes=st.integers(1, 120))
+@settings(max_examples=200, deadline=None)
+def test_a_jsonl_file_is_read_in_chunks_as_line_by_line(tmp_path_factory: pytest.TempPathFactory, lines: list[bytes],
+                                                        last_newline: bool, chunk_bytes: int) -> None:
+    """``jsonl_chunks`` gives the lines that are not blank, numbered as in the file (split at
+    newlines only), whatever the size of a chunk, and counts every byte."""
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    path = tmp_path_factory.mktemp("chunks") / "x.jsonl"
+    path.write_bytes(data)
+    pieces = data.split(b"\n")
+    expected = [(n, line + b"\n" if n < len(pieces) else line) for n, line in enumerate(pieces, 1)]
+    expected = [(n, line) for n, line in expected if line and not line.isspace()]
+    chunks = list(jsonl_chunks(path, chunk_bytes))
+    assert [(n, line) for numbers, found, _ in chunks for n, line in zip(numbers, found, strict=True)] == expected
+    assert sum(size for _, _, size in chunks) == len(data)

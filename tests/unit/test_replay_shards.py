@@ -332,3 +332,24 @@ def test_shares_files_go_under_join_store_dir_and_what_a_killed_replay_left_goes
         replay(predictions, labels, config, tmp_path / "m.jsonl", processes=2)
     assert seen and all(f"mlmon-shares-{gone}-abc" not in names and len(names) == 2 for names in seen)
     assert sorted(p.name for p in store.iterdir()) == [f"mlmon-shares-{os.getpid()}-abc"]
+
+
+ROWS = st.one_of(
+    st.builds(lambda i: b'{"request_id": "%s", "label": 1}\n' % i.encode("utf-8", "surrogatepass"),
+              st.text(max_size=12)),
+    st.sampled_from([b'{"request_id": 7}\n', b"not json\n", b'{"label": 1}\n', b'{"request_id": "a"} {"x": 1}\n',
+                     b'{"request_id": "a"},{"request_id": "b"}\n', b'{"request_id": "\\ud800"}\n',
+                     b'{"request_id": "a", "request_id": "b"}\n', b'{"request_id": "%s"}\n' % (b"x" * 200)]),
+    st.fixed_dictionaries({"request_id": st.text(max_size=5)}),
+    st.just('{"request_id": "a"}'),
+)
+
+
+@given(rows=st.lists(ROWS, max_size=40), shares=st.integers(2, 5))
+@settings(max_examples=300, deadline=None)
+def test_owners_of_a_chunk_are_those_of_its_rows_one_by_one(rows: list[Any], shares: int) -> None:
+    """``owners`` (a chunk's request ids decoded at once) gives each row the share ``owner`` gives it
+    alone, whatever the rows: not JSON, no id, an id not a string, too long, dicts, text."""
+    sequences = list(range(7, 7 + len(rows)))
+    assert shards.owners(rows, sequences, shares, 128) == [shards.owner(row, s, shares, 128)
+                                                           for row, s in zip(rows, sequences, strict=True)]
