@@ -46,9 +46,14 @@ def compact_ids(request_ids: list[str]) -> list[Key]:
 
     >>> compact_ids(["6fa03847-181e-4a78-8a0f-3ba8dc11b05d", "6FA03847-181E-4A78-8A0F-3BA8DC11B05D"] * 8)[:2]
     [148376216477092837008177150713331298397, '6FA03847-181E-4A78-8A0F-3BA8DC11B05D']
+    >>> compact_ids(["req-1", "req-2"])
+    ['req-1', 'req-2']
     """
     n = len(request_ids)
-    if n < 16 or set(map(len, request_ids)) != {36}:
+    lengths = set(map(len, request_ids))
+    if 36 not in lengths:  # no UUID among them: each as it is
+        return list(request_ids)
+    if n < 16 or lengths != {36}:
         return [compact_id(r) for r in request_ids]
     text = "".join(request_ids).encode()
     if len(text) != 36 * n:  # not ASCII

@@ -17,6 +17,8 @@ their reasons stay its own (``tests/unit/core/test_stamps.py`` holds the two equ
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -36,19 +38,27 @@ def epoch_seconds(texts: list[str]) -> tuple[npt.NDArray[np.float64], npt.NDArra
     handled = np.zeros(len(texts), dtype=bool)
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
     rows = np.flatnonzero((lengths >= _SHORTEST) & (lengths <= _LONGEST))
+    chosen = [texts[i] for i in rows.tolist()]
+    try:  # one byte a character: the common forms are ASCII
+        held = np.array(chosen, dtype=f"S{_LONGEST}")
+    except UnicodeEncodeError:
+        ascii_only = np.fromiter(map(str.isascii, chosen), bool, len(chosen))
+        rows = rows[ascii_only]
+        held = np.array(list(itertools.compress(chosen, ascii_only.tolist())), dtype=f"S{_LONGEST}")
     if not len(rows):
         return out, handled
-    held = np.array([texts[i] for i in rows.tolist()], dtype=f"U{_LONGEST}")
-    points = held.view(np.uint32).reshape(len(rows), _LONGEST).astype(np.int64)
+    points = held.view(np.uint8).reshape(len(rows), _LONGEST)
     size = lengths[rows]
-    digit = points - _ZERO
-    is_digit = (digit >= 0) & (digit <= 9)
+    is_digit = (points >= _ZERO) & (points <= _ZERO + 9)
     ok = is_digit[:, _DIGITS].all(axis=1)
     ok &= (points[:, 4] == ord("-")) & (points[:, 7] == ord("-")) & (points[:, 13] == ord(":"))
     ok &= (points[:, 16] == ord(":")) & ((points[:, 10] == ord("T")) | (points[:, 10] == ord("t")))
 
-    def at(offset: int) -> npt.NDArray[np.int64]:  # each row's code point ``offset`` from its end
-        return np.take_along_axis(points, (size - offset)[:, None], axis=1)[:, 0]
+    def at(offset: int) -> npt.NDArray[np.int64]:  # each row's character ``offset`` from its end
+        return np.take_along_axis(points, (size - offset)[:, None], axis=1)[:, 0].astype(np.int64)
+
+    def digit(k: int) -> npt.NDArray[np.int64]:  # each row's character ``k`` as a digit (if it is one)
+        return points[:, k].astype(np.int64) - _ZERO
 
     last = at(1)
     zulu = (last == ord("Z")) | (last == ord("z"))
@@ -66,12 +76,12 @@ def epoch_seconds(texts: list[str]) -> tuple[npt.NDArray[np.float64], npt.NDArra
     for k in range(6):  # the fraction's digits, padded with zeros to six
         present = k < fraction
         ok &= ~present | is_digit[:, 20 + k]
-        micros = micros * 10 + np.where(present, digit[:, 20 + k], 0)
+        micros = micros * 10 + np.where(present, digit(20 + k), 0)
 
     def number(first: int, width: int) -> npt.NDArray[np.int64]:
         value = np.zeros(len(rows), dtype=np.int64)
         for k in range(first, first + width):
-            value = value * 10 + digit[:, k]
+            value = value * 10 + digit(k)
         return value
 
     year, month, day = number(0, 4), number(5, 2), number(8, 2)

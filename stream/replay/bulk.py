@@ -13,7 +13,7 @@ record would put them. The counts, sweeps and partials are those of feeding ever
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,9 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
     rest: list[Event] = []
     for number, (found, mask) in enumerate(zip(columns, taken, strict=True)):
         rows, timestamps = found.rows, found.timestamps.tolist()
-        rest += [(timestamps[i], number, rows[i], found.record(i)) for i in np.flatnonzero(~mask).tolist()]
+        at = np.flatnonzero(~mask).tolist()
+        records: Sequence[Prediction | Label] = found.records(at)
+        rest += [(timestamps[i], number, rows[i], record) for i, record in zip(at, records, strict=True)]
     rest.sort(key=itemgetter(0, 1, 2))
     ticks = engine.ticks(np.concatenate([found.timestamps[mask] for found, mask in zip(columns, taken, strict=True)]))
     del columns

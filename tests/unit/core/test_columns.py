@@ -55,6 +55,13 @@ def test_columns_take_what_the_per_record_path_takes(objs: list[dict[str, Any]],
             assert record == one(lines[row]) and fields(record) == fields(one(lines[row])), lines[row]
         for row in refused:
             outcome(one, lines[row])  # decided there, record or reason
+        keep = [rng.random() < 0.5 for _ in taken]
+        kept, extra = columns.take(keep), [one(lines[row]) for row in refused if outcome(one, lines[row])]
+        joined = type(columns).joined([kept, columns])
+        joined.add([-1] * len(extra), extra)
+        expected = [columns.record(i) for i in range(len(taken)) if keep[i]] + columns.records(
+            list(range(len(taken)))) + extra  # taken, joined and added, the scores of each row its own
+        assert joined.records(list(range(len(joined)))) == expected
 
 
 def test_a_long_line_is_left_to_the_per_record_path() -> None:
