@@ -153,24 +153,3 @@ def test_nothing_is_settled_where_pairs_count_in_order_or_names_exceed_a_limit()
             {"name": "Low", "metric": "accuracy", "window": "tumbling_1h", "below": 0.6}]}):
         config = Config.from_mapping(options)
         assert settled_first(config, events, 4096)[1] == 0
-
-
-class _OneHash(str):
-    """A request id whose hash is every other one's."""
-
-    def __hash__(self) -> int:
-        return 7
-
-
-@given(first=st.lists(st.sampled_from(["a", "b", "c", "é", "", "a" * 40]), max_size=20),
-       then=st.lists(st.sampled_from(["a", "b", "d", "\ud800"]), max_size=20), colliding=st.booleans())
-def test_request_ids_are_numbered_where_they_first_come_even_when_hashes_collide(first: list[str], then: list[str],
-                                                                                 colliding: bool) -> None:
-    from stream.core.settled import _request_codes
-
-    if colliding:
-        first, then = [_OneHash(x) for x in first], [_OneHash(x) for x in then]
-    numbers: dict[str, int] = {}
-    expected = [numbers.setdefault(x, i) for i, x in enumerate(first + then)]
-    codes = _request_codes(first, then)
-    assert codes[0].tolist() + codes[1].tolist() == expected
