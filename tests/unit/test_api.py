@@ -74,7 +74,7 @@ def test_with_no_configuration_the_first_three_lines_run_the_demonstration() -> 
     for name in ("AccuracyDrop", "ModelAccuracyLow"):
         assert [status for alert, status in out["alerts"] if alert == name] == ["firing", "resolved"], out
     assert out["balance"] == {"predictions": 0, "labels": 0}
-    assert out["seconds"] < 10, out
+    assert out["seconds"] < 30, out  # a few seconds here; the bound allows a loaded machine
     assert "no 'source' given" in run.stderr, run.stderr
 
 

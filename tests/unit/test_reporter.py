@@ -96,8 +96,8 @@ def test_with_the_broker_away_calls_return_at_once_and_what_the_buffer_cannot_ho
         started = time.perf_counter()
         reporter.prediction(str(i), "1", scores={"0": 0.2, "1": 0.8})
         took.append(time.perf_counter() - started)
-    took.sort()
-    assert took[int(len(took) * 0.99)] < 0.001, f"p99 {took[int(len(took) * 0.99)] * 1e3:.2f} ms"
+    took.sort()  # a call that waited for the broker would take its timeouts (seconds): far above this bound
+    assert took[int(len(took) * 0.99)] < 0.05, f"p99 {took[int(len(took) * 0.99)] * 1e3:.2f} ms"
     stats = reporter.stats()
     assert (stats.accepted, stats.dropped, stats.waiting, stats.delivered) == (1000, 4000, 1000, 0)
     assert caplog.text.count("the local buffer is full") == 1  # once per kind, not per record

@@ -118,8 +118,8 @@ def test_with_the_broker_stopped_calls_return_at_once_and_the_buffered_records_a
             if reporter.stats().dropped == dropped:
                 accepted.append(f"during-{i}")
         took.sort()
-        p99 = took[int(len(took) * 0.99)]
-        assert p99 < 0.001, f"p99 of prediction() with the broker down: {p99 * 1e3:.2f} ms"
+        p99 = took[int(len(took) * 0.99)]  # a call that waited for the broker would take seconds
+        assert p99 < 0.05, f"p99 of prediction() with the broker down: {p99 * 1e3:.2f} ms"
         stats = reporter.stats()
         assert len(accepted) == 2000 and stats.dropped == 3000 and stats.waiting == 2000, stats
         broker.start()

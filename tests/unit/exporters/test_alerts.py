@@ -29,7 +29,10 @@ def test_firing_alerts_are_resent_until_resolved_and_failures_are_retried() -> N
 
     delivery = Delivery("http://am:9093", "http://hook/x", resend_s=0.3, post=post).start()
     delivery.submit([FIRING])
-    time.sleep(2.5)
+    deadline = time.monotonic() + 60  # the first send comes after two retries (0.5 s, then 1 s), then re-sends
+    while sum(url == "http://am:9093/api/v2/alerts" for url, _ in posts) < 2:
+        assert time.monotonic() < deadline, posts
+        time.sleep(0.05)
     delivery.submit([RESOLVED])
     delivery.close()
     am = [body for url, body in posts if url == "http://am:9093/api/v2/alerts"]
