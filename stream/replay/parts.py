@@ -4,7 +4,7 @@ memory replays as shares that each fit in it (``bulk``), every input read once.
 ``shards`` runs an input of more than two shares of ``share_bytes`` as many shares, those of each
 process one after another. Each process reads every input once and writes the rows of its own
 shares (``shards.owner``: a hash of the request id) to a file per share and kind (``split``); a
-share then reads its rows from there (``rows``), with their row numbers, so that a dead letter
+share then reads its rows from there (``frames``), with their row numbers, so that a dead letter
 names the input's file and line as ever. A share's requests are whole in it (every record of a
 request is in its share), so its join holds only its own, and the shares' final partials merge
 into the records one process writes (``shards._merge``).
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FRAME_ROWS", "MAX_SHARES", "MIN_SHARE_BYTES", "frames", "rows", "share_bytes", "shares_needed", "split"]
+__all__ = ["FRAME_ROWS", "MAX_SHARES", "MIN_SHARE_BYTES", "frames", "share_bytes", "shares_needed", "split"]
 
 FRAME_ROWS = 2048  # rows a share buffers before it writes them: memory is this times the shares of a process
 MIN_SHARE_BYTES = 16 << 20  # however small the budget: more shares would cost more time than they save memory
@@ -98,12 +98,6 @@ def frames(path: Path, index: int) -> Iterator[tuple[list[int], list[Any]]]:
                 continue
             sequences, raws = pickle.loads(file.read(size))
             yield sequences, raws
-
-
-def rows(path: Path, index: int) -> Iterator[tuple[int, Any]]:
-    """(sequence, raw) of input ``index``'s rows in the share's file ``path``, in order."""
-    for sequences, raws in frames(path, index):
-        yield from zip(sequences, raws, strict=True)
 
 
 def _write(file: IO[bytes], index: int, found: tuple[list[int], list[Any]]) -> None:
