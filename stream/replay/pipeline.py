@@ -6,7 +6,7 @@ child would add its transfer to that wait (measured: no faster, up to 10% slower
 A child sends what one process would have done, in the order it would have done it: each event,
 each dead letter at its place among the events (a record refused while the next event was being
 read), and the bytes read, for the progress bar. So the engine sees the same calls in the same
-order, and the output is the same, byte for byte (``tests/unit/test_replay_pipeline.py``).
+order, and the output is the same, byte for byte (``tests/unit/replay/test_pipeline.py``).
 Events travel as tuples of their fields, a batch per message; records are made again here.
 """
 
