@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
             if "chaos" in parts:
                 item.add_marker(pytest.mark.chaos)
-        else:  # tests/unit and the doctests in stream/
+        elif item.get_closest_marker("slow") is None:  # tests/unit and the doctests in stream/
             item.add_marker(pytest.mark.unit)
 
 

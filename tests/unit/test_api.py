@@ -57,6 +57,7 @@ def test_bad_configs_fail_at_setup(config: dict[str, object]) -> None:
         Monitor(config=config).setup()
 
 
+@pytest.mark.slow
 def test_with_no_configuration_the_first_three_lines_run_the_demonstration() -> None:
     """In a fresh interpreter, as a newcomer types it: the demonstration's figures and its alerts
     firing then resolving (the detector rule before the threshold rule), with a log line saying

@@ -4,13 +4,10 @@ after it (or last); every record comes out once, in order."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.core.clock import future_reason, judge_in_time_order
-
-pytestmark = pytest.mark.unit
 
 
 @settings(max_examples=300, deadline=None)

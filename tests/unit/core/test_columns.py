@@ -17,8 +17,6 @@ from stream.core.errors import InvalidRecord
 from stream.core.wire import label_from_json, prediction_from_json
 from tests.unit.core.test_wire import records
 
-pytestmark = pytest.mark.unit
-
 MALFORMED = [b"", b"[]", b"null", b"{", b"\xff\xfe",
              b'{"request_id":"r","model":"m","timestamp":1e400,"prediction":"a"}',
              b'{"request_id":"r","request_id":"s","model":"m","timestamp":1.6e9,"prediction":"a","label":"b"}',
@@ -38,6 +36,7 @@ def fields(record: Any) -> list[tuple[type, Any]]:
     return [(type(v), v) for v in (getattr(record, name) for name in record.__slots__)]
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(st.lists(records(), max_size=12), st.lists(st.sampled_from(MALFORMED), max_size=3), st.randoms())
 def test_columns_take_what_the_per_record_path_takes(objs: list[dict[str, Any]], malformed: list[bytes],

@@ -156,6 +156,7 @@ def alerts(predictions: list[dict[str, Any]], labels: list[dict[str, Any]]) -> l
     return result.alerts
 
 
+@pytest.mark.slow
 def test_replay_detects_a_fall_in_one_segment_only_whatever_the_order_of_the_records() -> None:
     predictions, labels = stream(5, 60_000, 30_000, 45_000)
     events = alerts(predictions, labels)

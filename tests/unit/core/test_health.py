@@ -4,13 +4,10 @@ lag's units one by one sums to, whatever the lags."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.core.health import LAG_UNIT, Health, lag_units
-
-pytestmark = pytest.mark.unit
 
 lags = st.one_of(
     st.floats(-(2.0**40), 2.0**40, allow_nan=False),  # beyond 2**31 s: summed one by one

@@ -26,8 +26,6 @@ from stream.core.records import Label, Prediction, parse_label, parse_prediction
 from stream.core.windows import WindowSpec
 from stream.errors import InvalidRecord
 
-pytestmark = pytest.mark.unit
-
 T0 = 1_600_000_000.0
 MODELS = ("m", "n", "k", "r")  # binary with scores, binary, multiclass with scores, regression
 
@@ -130,6 +128,7 @@ def in_batches(config: Config, events: list[Prediction | Label], revisions: bool
     return outcome(engine)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=60), options=setting, seed=st.integers(0, 2**32 - 1),
        order=st.sampled_from(["time", "shuffled", "nearly"]), revisions=st.booleans(),
@@ -240,6 +239,7 @@ def taking(config: Config, events: list[Prediction | Label], sizes: list[int], b
     return {**outcome(engine), "taken": taken}
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=60), options=setting, seed=st.integers(0, 2**32 - 1),
        sizes=st.lists(st.integers(1, 3 * BULK_PAIRS), min_size=1, max_size=4),

@@ -20,8 +20,6 @@ from stream.core.engine import Engine
 from stream.core.join import label_rank
 from stream.core.records import parse_label, parse_prediction
 
-pytestmark = pytest.mark.unit
-
 TTL_S = 100
 WINDOW_S = 50
 T0 = 1_600_000_000.0

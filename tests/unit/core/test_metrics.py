@@ -69,6 +69,7 @@ def assert_same(mine: dict[str, object], theirs: dict[str, object]) -> None:
 
 
 # Small matrices are computed in plain Python, larger ones by numpy: both, binary and multiclass.
+@pytest.mark.slow
 @pytest.mark.parametrize("small_matrix", [0, 100], ids=["numpy", "python"])
 @pytest.mark.parametrize("n_classes", [2, 5], ids=["binary", "multiclass"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

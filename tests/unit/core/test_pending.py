@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.core.pending import INLINE_SCORES, MAX_LAYOUTS, PendingCodec, pending_ts
-
-pytestmark = pytest.mark.unit
 
 timestamps = st.floats(946_684_800.0, 253_402_300_799.0)
 numbers = st.integers(0, 2**32 - 1)

@@ -24,8 +24,6 @@ from stream.core.slots import PAIRED
 from tests.unit.core.test_ingest import configured, outcome, parsed, records, request, setting
 from tests.unit.core.test_spill import budget
 
-pytestmark = pytest.mark.unit
-
 
 def run(config: Config, events: list[Prediction | Label], partials: bool, cut: int, stop: bool, folder: str) -> Any:
     """``events`` taken 7 at a time as the worker takes them (event time moved after each batch),
@@ -57,6 +55,7 @@ def closed(engine: Engine) -> None:
         engine.join.store.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=40), options=setting, seed=st.integers(0, 2**32 - 1),
        entries=st.sampled_from([0, 2, 20]), partials=st.booleans(), cut=st.integers(0, 12))

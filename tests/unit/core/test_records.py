@@ -111,6 +111,7 @@ def test_rfc3339_timestamps() -> None:
     assert parse_timestamp("2000-01-01T01:01:00+01:00") == 946684860.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sample", [1.0, 0.3])
 def test_engine_output_matches_the_output_schemas(tmp_path: Path, sample: float) -> None:
     from stream.config import Config

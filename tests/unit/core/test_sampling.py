@@ -27,8 +27,6 @@ from stream.core.records import Label, Prediction
 from stream.core.sampling import Sampler, standard_errors
 from tests.unit.core.test_ingest import configured, outcome, parsed, records, request, setting
 
-pytestmark = pytest.mark.unit
-
 SAMPLED_FIELDS = ("sample_rate", "standard_errors")
 
 
@@ -150,6 +148,7 @@ def test_standard_errors_are_the_ratio_estimator_s_over_every_pair(seed: int, n:
     assert regression["mean_error"] == pytest.approx(ratio_error(e, np.ones(n), rate), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_the_standard_error_matches_the_spread_of_sampled_figures() -> None:
     """Samples of 10% of 20,000 requests under 200 hash seeds (other request ids): sampled
     accuracy and F1 around every request's spread as their standard errors say (within 15%)."""

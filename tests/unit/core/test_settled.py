@@ -22,8 +22,6 @@ from stream.core.records import Label, Prediction
 from stream.replay.bulk import interleaved
 from tests.unit.core.test_ingest import parsed, records
 
-pytestmark = pytest.mark.unit
-
 label = st.fixed_dictionaries({"delay": st.sampled_from([-301, -250, -160, -100, -61, -30, -1, 0, 1, 59, 60, 61, 99,
                                                           100, 101, 139, 140, 141, 200, 260, 301, 500]),
                                "value": st.sampled_from(["a", "b", "c", "a", "b", 1, True])})
@@ -103,6 +101,7 @@ def settled_first(config: Config, events: list[Event], batch: int) -> tuple[dict
     return outcome(engine), int(sum(mask.sum() for mask in taken))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=80), options=setting, batch=st.sampled_from([1, 3, 4096]))
 def test_settled_requests_counted_at_once_give_what_every_record_fed_gives(

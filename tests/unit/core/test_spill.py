@@ -26,14 +26,13 @@ from stream.errors import ConfigError
 from tests.unit.core.test_ingest import configured, parsed, records, request, setting
 from tests.unit.core.test_sampling import fed
 
-pytestmark = pytest.mark.unit
-
 
 def budget(entries: int) -> float:
     """``join_memory_mb`` that holds ``entries`` in memory."""
     return entries * ENTRY_BYTES / (1 << 20) + 1e-9
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=50), options=setting, seed=st.integers(0, 2**32 - 1),
        entries=st.sampled_from([1, 2, 5, 20]), how=st.sampled_from(["one by one", "in batches", "taken"]))
@@ -94,6 +93,7 @@ def swept(found: tuple[list[Any], list[Any]]) -> tuple[list[Any], list[Any]]:
     return sorted(found[0], key=repr), sorted(found[1], key=repr)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(ops=st.lists(op, max_size=80), entries=st.integers(1, 6), batch=st.sampled_from([1, 3, 10]),
        rule=st.sampled_from(["earliest", "latest"]), ttl=st.sampled_from([30, 100]))

@@ -14,8 +14,6 @@ from stream.core.errors import InvalidRecord
 from stream.core.records import MAX_TIMESTAMP_S, MIN_TIMESTAMP_S, parse_timestamp
 from stream.core.stamps import epoch_seconds
 
-pytestmark = pytest.mark.unit
-
 
 def one_by_one(text: str) -> float:
     try:

@@ -7,10 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.unit
-
 CORE = Path(__file__).resolve().parents[3] / "stream" / "core"
 
 

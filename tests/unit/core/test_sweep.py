@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,6 +61,7 @@ def test_a_watermark_that_jumps_past_both_deadlines_resolves_the_pair_as_steps_w
     assert "r" not in jb.ids
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op, max_size=80), entries=st.sampled_from([0, 1, 3, 8]), batch=st.sampled_from([1, 3, 10]),
        rule=st.sampled_from(["earliest", "latest"]), ttl=st.sampled_from([30, 100]))

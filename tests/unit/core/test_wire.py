@@ -17,8 +17,6 @@ from stream.core.wire import label_from_json, prediction_from_json, timestamp_fr
 from stream.errors import InvalidRecord
 from tests.unit.core.test_records import BAD_PREDICTIONS, GOOD_PREDICTIONS
 
-pytestmark = pytest.mark.unit
-
 
 def outcome(parse: Callable[[], Any]) -> tuple[str, Any]:
     try:
@@ -76,6 +74,7 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
     return obj
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(records())
 @example({"request_id": "r", "model": "m", "timestamp": 1.6e9, "prediction": 2**64})

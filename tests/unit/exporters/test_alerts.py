@@ -3,6 +3,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from stream.exporters.alerts import Delivery, to_alertmanager
 
 FIRING = {"status": "firing", "fingerprint": "f1", "labels": {"alertname": "A", "severity": "warning"},
@@ -17,6 +19,7 @@ def test_events_become_alertmanager_alerts() -> None:
     assert to_alertmanager(RESOLVED)["endsAt"] == "2026-01-01T01:00:00Z"
 
 
+@pytest.mark.slow
 def test_firing_alerts_are_resent_until_resolved_and_failures_are_retried() -> None:
     posts: list[tuple[str, Any]] = []
     failures = [2]

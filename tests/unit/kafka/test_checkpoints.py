@@ -10,14 +10,11 @@ import random
 from typing import Any
 
 import orjson
-import pytest
 
 from stream.config import Config
 from stream.kafka.batches import batch_key, read_batch_key
 from stream.kafka.join_agent import Join
 from stream.kafka.routing import partition_of
-
-pytestmark = pytest.mark.unit
 
 START = 1_767_225_600.0
 

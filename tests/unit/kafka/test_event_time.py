@@ -8,13 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.kafka.event_time import EventTimes
-
-pytestmark = pytest.mark.unit
 
 PARTITIONS = 3
 SOURCES = [f"{source}/{p}" for source in ("predictions", "labels") for p in range(PARTITIONS)]

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,6 +105,7 @@ valid = st.builds(lambda rid, model, dt, value, score: orjson.dumps(
     st.sampled_from(["a", "b"]), st.sampled_from([0.1, 0.7]))
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["predictions", "labels", "repartition"]), st.integers(0, 2),
                           st.lists(st.one_of(valid, valid, valid, record, raw_bytes), min_size=1, max_size=12)),

@@ -18,8 +18,6 @@ from stream.core.engine import Engine
 from stream.core.records import Label, Prediction, parse_label, parse_prediction
 from stream.kafka.merge_agent import Merge
 
-pytestmark = pytest.mark.unit
-
 PARTITIONS = 3
 LAG_S = 30
 
@@ -132,6 +130,7 @@ def comparable(alerts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(a["fingerprint"], a["status"], a["value"], json.dumps(a["detector"], sort_keys=True)) for a in alerts]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "restarts"), [(1, 0), (2, 0), (3, 4), (4, 9)])
 def test_the_merger_raises_replays_alerts(seed: int, restarts: int) -> None:
     records = history(seed)

@@ -171,6 +171,7 @@ def test_unsorted_input_is_sorted_externally_to_the_same_records(
     assert finals(ordered) == finals(shuffled)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures VmHWM in /proc (Linux)")
 def test_unsorted_replay_stays_within_a_tight_memory_cap(tmp_path: Path) -> None:
     """A scaled-down version of the 50-million-record benchmark (benchmarks/replay.py): 400,000

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,7 @@ def jsonl(path: Path, items: list[Any]) -> Path:
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(predictions | lines, max_size=12), st.lists(labels, max_size=12))
 def test_replay_of_anything_raises_nothing_and_accounts_for_every_record(
@@ -70,6 +72,7 @@ def test_replay_of_anything_raises_nothing_and_accounts_for_every_record(
     assert health.labels == len(labs) and health.predictions <= len(preds)  # (blank lines are skipped)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(predictions | anything, max_size=12), st.lists(labels | anything, max_size=12))
 def test_the_python_api_takes_anything_and_dead_letters_what_it_cannot_count(

@@ -38,6 +38,7 @@ def check(history: dict[str, Path], *extra: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.mark.slow
 def test_json_names_each_series_alerts_and_the_detectors_promise(history: dict[str, Path]) -> None:
     code, out = check(history, "--json")
     assert code == 0
@@ -56,6 +57,7 @@ def test_json_names_each_series_alerts_and_the_detectors_promise(history: dict[s
     assert sum(len(item["alerts"]) for item in flapping) > 4  # the threshold rule flaps where the detector does not
 
 
+@pytest.mark.slow
 def test_table_reads_as_sentences(history: dict[str, Path]) -> None:
     code, out = check(history)
     assert code == 0
