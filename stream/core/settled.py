@@ -173,11 +173,12 @@ class Settled:
                                  labels.values)
         pair_rows = rows[joined]
         kinds, layout_names = self._layouts(columns, codes.layouts, pair_rows, model_codes[joined])
-        probabilities = _Probabilities(columns, codes.layouts)
+        starts, probabilities = columns.score_starts(), columns.score_values
 
         def scores(kind: int, at: npt.NDArray[np.int64]) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
+            """The names and probabilities of the pairs ``at`` (of one ``kind``), a row each."""
             names = layout_names[kind]
-            return names, probabilities.rows(pair_rows[at], len(names))
+            return names, probabilities[starts[pair_rows[at]][:, None] + np.arange(len(names))]
 
         self._add_pairs(owners, group[joined], truths, guesses[joined], kinds, scores)  # marks every owner
         self._fold()
@@ -341,17 +342,3 @@ def _by_code(codes: npt.NDArray[np.int64], of: Callable[[int], Any], dtype: Any)
     """``of(code)`` for each of ``codes``, called once per distinct code."""
     found, inverse = np.unique(codes, return_inverse=True)
     return np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse.reshape(-1)]
-
-
-class _Probabilities:
-    """A column's scores as one array: a row's probabilities, in its record's order, from its offset."""
-
-    def __init__(self, columns: PredictionColumns, layouts: npt.NDArray[np.int64]) -> None:
-        names = columns.score_names
-        lengths = _by_code(layouts, lambda code: len(names[code] or ()), np.int64)
-        self.offsets = np.cumsum(lengths) - lengths
-        self.flat = columns.score_values
-
-    def rows(self, rows: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.float64]:
-        """The probabilities of ``rows``, each of ``width`` classes, a row each."""
-        return self.flat[self.offsets[rows][:, None] + np.arange(width)]  # type: ignore[no-any-return]
