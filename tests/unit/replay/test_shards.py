@@ -353,3 +353,19 @@ def test_owners_of_a_chunk_are_those_of_its_rows_one_by_one(rows: list[Any], sha
     sequences = list(range(7, 7 + len(rows)))
     assert shards.owners(rows, sequences, shares, 128) == [shards.owner(row, s, shares, 128)
                                                            for row, s in zip(rows, sequences, strict=True)]
+
+
+@given(request_id=st.text(max_size=12), shares=st.integers(2, 5), sequence=st.integers(0, 1000))
+@settings(max_examples=300, deadline=None)
+def test_a_request_has_one_owner_whatever_its_rows_format(request_id: str, shares: int, sequence: int) -> None:
+    """A request id hashes alike as a CSV or Parquet row's value, as JSON text without escapes, and
+    with every character escaped, so a request's rows meet in one share whatever their form."""
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no JSON line holds it as a string
+        return
+    dict_row = shards.owner({"request_id": request_id}, sequence, shares, 1 << 20)
+    lines = [json.dumps({"request_id": request_id, "label": 1}, ensure_ascii=False).encode(),  # escapes: " \\ controls
+             json.dumps({"label": 1, "request_id": request_id}).encode()]  # and every character past ASCII
+    assert [shards.owner(line, sequence + 1, shares, 1 << 20) for line in lines] == [dict_row, dict_row]
+    assert shards.owners(lines, [sequence + 1] * 2, shares, 1 << 20) == [dict_row, dict_row]
