@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stream.core.codes import unique_ints
+
 __all__ = ["EPS", "ONE_MINUS_EPS", "PROPORTIONS", "UNIT", "RegressionStats", "ScoreSums", "classification", "exact",
            "units", "units_by_cell", "wilson_interval"]
 
@@ -188,7 +190,7 @@ def units_by_cell(cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64])
         scaled = values[start:start + _CHUNK] * float(UNIT)
         high = np.floor(scaled * 2.0 ** -32)
         low = np.rint(scaled - high * 2.0 ** 32).astype(np.int64)
-        used, where = np.unique(cells[start:start + _CHUNK], return_inverse=True)
+        used, where = unique_ints(cells[start:start + _CHUNK], return_inverse=True)
         high_sums, low_sums = np.zeros(len(used), dtype=np.int64), np.zeros(len(used), dtype=np.int64)
         np.add.at(high_sums, where, high.astype(np.int64))
         np.add.at(low_sums, where, low)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stream.core.codes import unique_ints
 from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.health import Health
 from stream.core.join import SWEEP_EVERY_S, JoinBuffer
@@ -189,18 +190,18 @@ class Settled:
         ``model_names[model_codes[i]]``, the value ``values[value_codes[i]]`` (codes: ``_coded``);
         classes new to a model are numbered in the order they come."""
         out = np.zeros(len(value_codes), dtype=np.int64)
-        for code in np.unique(model_codes).tolist():
+        for code in unique_ints(model_codes).tolist():
             model = self.models[model_names[code]]
             if model.classes is None:
                 continue
             at = np.flatnonzero(model_codes == code)
-            found, first, inverse = np.unique(value_codes[at], return_index=True, return_inverse=True)
+            found, first, inverse = unique_ints(value_codes[at], return_index=True, return_inverse=True)
             known = model.classes.ids
             ids = np.empty(len(found), dtype=np.int64)
             for k in np.argsort(first, kind="stable").tolist():
                 value = values[int(found[k])]
                 ids[k] = known[value] if value in known else self._class_id(model, value)
-            out[at] = ids[inverse.reshape(-1)]
+            out[at] = ids[inverse]
         return out
 
     def _layouts(self, columns: PredictionColumns, layouts: npt.NDArray[np.int64], rows: npt.NDArray[np.int64],
@@ -238,7 +239,7 @@ class Settled:
         classified = np.zeros(int(max(pcode.max(initial=-1), lcode.max(initial=-1))) + 1, dtype=bool)
         classified[pcode[classifies]] = True
         label_classes = {(type(labels.values[code]), labels.values[code])
-                         for code in np.unique(codes.label_values[classified[lcode]]).tolist()}
+                         for code in unique_ints(codes.label_values[classified[lcode]]).tolist()}
         if len(versions) > config.max_models or any(len(found | label_classes) > config.max_classes
                                                     for found in classes.values()):
             return False
@@ -258,12 +259,21 @@ class Settled:
         emission, which writes nothing here: final records only, and no rules.)"""
         if not len(timestamps):
             return []
-        ts = np.unique(timestamps)
-        sweep = (ts - self._lag_s) // SWEEP_EVERY_S
-        new = np.ones(len(ts), dtype=bool)
-        new[1:] = sweep[1:] != sweep[:-1]
-        new[-1] = True
-        return ts[new].tolist()  # type: ignore[no-any-return]
+        sweep = (timestamps - self._lag_s) // SWEEP_EVERY_S
+        first_sweep = float(sweep.min())
+        if float(sweep.max()) - first_sweep < max(4 * len(timestamps), 1024):  # the first of each by a table
+            interval = (sweep - first_sweep).astype(np.int64)
+            firsts = np.full(int(interval.max()) + 1, np.inf)
+            np.minimum.at(firsts, interval, timestamps)
+            out: list[float] = firsts[np.isfinite(firsts)].tolist()
+        else:
+            ts = np.unique(timestamps)
+            sweep = (ts - self._lag_s) // SWEEP_EVERY_S
+            new = np.ones(len(ts), dtype=bool)
+            new[1:] = sweep[1:] != sweep[:-1]
+            out = ts[new].tolist()
+        last = float(timestamps.max())
+        return out if out[-1] == last else [*out, last]
 
 
 def _classes(values: list[Any], codes: npt.NDArray[np.int64]) -> Mask:
@@ -313,32 +323,35 @@ def _code_of(column: list[Any], value: Any) -> int:
 
 def _distinct(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], rows: npt.NDArray[np.int64] | None = None
               ) -> list[tuple[int, int]]:
-    """The distinct pairs of codes ``(a[i], b[i])`` of ``rows`` (else of every row)."""
+    """The distinct pairs of codes ``(a[i], b[i])`` of ``rows`` (else of every row), in ascending order."""
     if rows is not None:
         a, b = a[rows], b[rows]
-    width = int(b.max(initial=0)) + 1
-    return [divmod(pair, width) for pair in np.unique(a * width + b).tolist()]
+    a_found, a_rank = unique_ints(a, return_inverse=True)
+    b_found, b_rank = unique_ints(b, return_inverse=True)
+    return [(int(a_found[i]), int(b_found[j]))
+            for i, j in (divmod(pair, len(b_found)) for pair in unique_ints(a_rank * len(b_found) + b_rank).tolist())]
 
 
 def _paired(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """One code for each distinct pair ``(a[i], b[i])`` of codes (numbers from 0, below 2**31),
-    ordered as the pairs are; a number below the count of rows."""
-    width = int(b.max(initial=0)) + 1
-    inverse: npt.NDArray[np.int64] = np.unique(a * width + b, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    """One code for each distinct pair ``(a[i], b[i])`` of codes (non-negative), numbered from 0
+    in the pairs' ascending order; a number below the count of rows."""
+    _, a_rank = unique_ints(a, return_inverse=True)
+    b_found, b_rank = unique_ints(b, return_inverse=True)
+    inverse: npt.NDArray[np.int64] = unique_ints(a_rank * len(b_found) + b_rank, return_inverse=True)[1]
     return inverse
 
 
 def _first_come(keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Each row's number among the distinct ``keys``, numbered 0, 1, ... in the order they first
     come, and the row where each first comes."""
-    found, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    found, first, inverse = unique_ints(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty(len(found), dtype=np.int64)
     rank[order] = np.arange(len(found))
-    return rank[inverse.reshape(-1)], first[order]
+    return rank[inverse], first[order]
 
 
 def _by_code(codes: npt.NDArray[np.int64], of: Callable[[int], Any], dtype: Any) -> npt.NDArray[Any]:
     """``of(code)`` for each of ``codes``, called once per distinct code."""
-    found, inverse = np.unique(codes, return_inverse=True)
-    return np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse.reshape(-1)]
+    found, inverse = unique_ints(codes, return_inverse=True)
+    return np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse]
