@@ -29,10 +29,10 @@ def unique_ints(values: npt.NDArray[np.int64], return_index: bool = False, retur
     n = len(values)
     top = int(values.max()) + 1 if n else 0
     if n and (int(values.min()) < 0 or top > max(_SPREAD * n, 1024)):
-        out = np.unique(values, return_index=return_index, return_inverse=return_inverse)
+        sorted_out: Any = np.unique(values, return_index=return_index, return_inverse=return_inverse)  # type: ignore[call-overload]
         if return_inverse:
-            out = (*out[:-1], out[-1].reshape(-1).astype(np.int64))
-        return out
+            return (*sorted_out[:-1], sorted_out[-1].reshape(-1).astype(np.int64))
+        return sorted_out
     present = np.zeros(top, dtype=bool)
     present[values] = True
     found = np.flatnonzero(present).astype(values.dtype)

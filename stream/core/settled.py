@@ -354,4 +354,5 @@ def _first_come(keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt
 def _by_code(codes: npt.NDArray[np.int64], of: Callable[[int], Any], dtype: Any) -> npt.NDArray[Any]:
     """``of(code)`` for each of ``codes``, called once per distinct code."""
     found, inverse = unique_ints(codes, return_inverse=True)
-    return np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse]
+    out: npt.NDArray[Any] = np.array([of(code) for code in found.tolist()], dtype=dtype)[inverse]
+    return out
