@@ -260,18 +260,10 @@ class Settled:
         if not len(timestamps):
             return []
         sweep = (timestamps - self._lag_s) // SWEEP_EVERY_S
-        first_sweep = float(sweep.min())
-        if float(sweep.max()) - first_sweep < max(4 * len(timestamps), 1024):  # the first of each by a table
-            interval = (sweep - first_sweep).astype(np.int64)
-            firsts = np.full(int(interval.max()) + 1, np.inf)
-            np.minimum.at(firsts, interval, timestamps)
-            out: list[float] = firsts[np.isfinite(firsts)].tolist()
-        else:
-            ts = np.unique(timestamps)
-            sweep = (ts - self._lag_s) // SWEEP_EVERY_S
-            new = np.ones(len(ts), dtype=bool)
-            new[1:] = sweep[1:] != sweep[:-1]
-            out = ts[new].tolist()
+        _, interval = unique_ints((sweep - sweep.min()).astype(np.int64), return_inverse=True)
+        firsts = np.full(int(interval.max()) + 1, np.inf)  # the first time of each interval, in order
+        np.minimum.at(firsts, interval, timestamps)
+        out: list[float] = firsts.tolist()
         last = float(timestamps.max())
         return out if out[-1] == last else [*out, last]
 
@@ -328,8 +320,8 @@ def _distinct(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], rows: npt.NDAr
         a, b = a[rows], b[rows]
     a_found, a_rank = unique_ints(a, return_inverse=True)
     b_found, b_rank = unique_ints(b, return_inverse=True)
-    return [(int(a_found[i]), int(b_found[j]))
-            for i, j in (divmod(pair, len(b_found)) for pair in unique_ints(a_rank * len(b_found) + b_rank).tolist())]
+    pairs = unique_ints(a_rank * len(b_found) + b_rank).tolist()
+    return [(int(a_found[i]), int(b_found[j])) for i, j in (divmod(pair, len(b_found)) for pair in pairs)]
 
 
 def _paired(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
