@@ -7,7 +7,7 @@ a table go to ``np.unique`` itself.
 
 >>> found, first, inverse = unique_ints(np.array([5, 2, 5, 0]), return_index=True, return_inverse=True)
 >>> found.tolist(), first.tolist(), inverse.tolist()
-([0, 2, 5], [3, 1, 0])
+([0, 2, 5], [3, 1, 0], [2, 1, 2, 0])
 """
 
 from __future__ import annotations
