@@ -318,19 +318,25 @@ def _distinct(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], rows: npt.NDAr
     """The distinct pairs of codes ``(a[i], b[i])`` of ``rows`` (else of every row), in ascending order."""
     if rows is not None:
         a, b = a[rows], b[rows]
-    a_found, a_rank = unique_ints(a, return_inverse=True)
-    b_found, b_rank = unique_ints(b, return_inverse=True)
-    pairs = unique_ints(a_rank * len(b_found) + b_rank).tolist()
-    return [(int(a_found[i]), int(b_found[j])) for i, j in (divmod(pair, len(b_found)) for pair in pairs)]
+    keys, a_found, b_found = _pair_keys(a, b)
+    width = len(b_found)
+    return [(int(a_found[k // width]), int(b_found[k % width])) for k in unique_ints(keys).tolist()]
 
 
 def _paired(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """One code for each distinct pair ``(a[i], b[i])`` of codes (non-negative), numbered from 0
     in the pairs' ascending order; a number below the count of rows."""
-    _, a_rank = unique_ints(a, return_inverse=True)
-    b_found, b_rank = unique_ints(b, return_inverse=True)
-    inverse: npt.NDArray[np.int64] = unique_ints(a_rank * len(b_found) + b_rank, return_inverse=True)[1]
+    inverse: npt.NDArray[np.int64] = unique_ints(_pair_keys(a, b)[0], return_inverse=True)[1]
     return inverse
+
+
+def _pair_keys(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A key for each pair ``(a[i], b[i])`` of codes, in the pairs' order and below the count of rows
+    squared (the ranks of ``a[i]`` and ``b[i]`` among their distinct values), and those values."""
+    a_found, a_rank = unique_ints(a, return_inverse=True)
+    b_found, b_rank = unique_ints(b, return_inverse=True)
+    return a_rank * len(b_found) + b_rank, a_found, b_found
 
 
 def _first_come(keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
