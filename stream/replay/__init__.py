@@ -35,6 +35,7 @@ from stream.core.records import Label, Prediction, parse_label, parse_prediction
 from stream.core.wire import label_from_json, prediction_from_json
 from stream.errors import InvalidRecord
 from stream.replay import bulk, parts, shards
+from stream.replay.exchange import Exchange
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
 from stream.replay.progress import Progress
@@ -152,6 +153,7 @@ class _Inputs:
         self.kind, self.source, self.found, self.config = kind, SOURCES[kind], found, config
         self.share = share
         self.part = part
+        self.exchange: Exchange | None = None  # two shares held in memory: the owner pass split (``exchange``)
         self.occupancy: shards.Occupancy | None = None  # with a share, of the last ``events`` (see there)
 
     @property
@@ -186,6 +188,14 @@ class _Inputs:
         max_bytes = self.config.max_record_bytes
         read = progress.read if progress.bar is not None else None
         mine, shares = self.share or (0, 1)
+        if self.exchange is not None:
+            for (sequences, raws, size), found in self.exchange.owned(
+                    self.numbered(index), lambda raws, sequences: owners(raws, sequences, shares, max_bytes)):
+                if read is not None:
+                    read(size)
+                keep = [share == mine for share in found]
+                yield list(itertools.compress(sequences, keep)), list(itertools.compress(raws, keep))
+            return
         for sequences, raws, size in self.numbered(index):
             if read is not None:
                 read(size)
@@ -353,10 +363,12 @@ def run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], S
 
 def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], OutboxT],
          clock: Callable[[], float] | None, format: str | None, final_only: bool, quiet: bool, run_events: int,
-         processes: int | None, share: tuple[int, int] | None = None, part: tuple[Path, Path] | None = None
-         ) -> tuple[Engine, OutboxT, bool, list[_Inputs]]:
+         processes: int | None, share: tuple[int, int] | None = None, part: tuple[Path, Path] | None = None,
+         exchange: Exchange | None = None) -> tuple[Engine, OutboxT, bool, list[_Inputs]]:
     """``run``, in this process; with ``share``, that share's records into final partials
-    (``shards``), read from its files ``part`` (predictions, labels) when it has them (``parts``)."""
+    (``shards``), read from its files ``part`` (predictions, labels) when it has them (``parts``);
+    with ``exchange`` too, the owner pass split with the other share's process when both hold
+    their shares in memory (``exchange``; closed here either way)."""
     from stream.replay.pipeline import MIN_BYTES, child_events
 
     kinds = [_Inputs(PREDICTION, inputs(predictions, "predictions", format), config, share, part and part[0]),
@@ -369,12 +381,18 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
         engine.sweeps = []
         sink = open_sink()
         progress = Progress(total, quiet)
+        for kind in kinds:
+            kind.exchange = exchange
         try:
             bulk.feed_all(kinds, engine, sink, _files(kinds), progress)
         finally:
+            if exchange is not None:
+                exchange.close()
             sink.close()
             progress.close()
         return engine, sink, True, kinds
+    if exchange is not None:  # the other process reads its share as it comes, and so does this one: alone
+        exchange.close()
     if processes is None:
         processes = 2 if total >= MIN_BYTES and (os.cpu_count() or 1) >= 2 else 1
     in_order = all(kind.starts_in_order() for kind in kinds) if processes > 1 or share is not None else True

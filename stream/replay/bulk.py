@@ -46,6 +46,9 @@ def feed_all(kinds: list[_Inputs], engine: Engine, sink: Outbox, files: list[lis
     from stream.replay import FEED_EVENTS, receive
 
     columns = [_columns(kind, engine, progress) for kind in kinds]
+    for kind in kinds:
+        if kind.exchange is not None:  # the other process has all it needs from this one: let it go on
+            kind.exchange.close()
     max_future_s = kinds[0].config.max_future_s
     for kind, found in zip(kinds, columns, strict=True):
         if max_future_s > 0:  # every record counts (see ``shards.Occupancy``), sampled or not

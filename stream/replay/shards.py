@@ -68,6 +68,7 @@ from stream.core.merge import assemble, merge_states, record_figures_many, rolli
 from stream.core.rules import rfc3339
 from stream.core.spill import remove_orphans
 from stream.replay import parts
+from stream.replay.exchange import Exchange, ExchangeFailed, keep, pair
 from stream.replay.occupancy import Occupancy
 
 if TYPE_CHECKING:
@@ -211,16 +212,21 @@ def shares_for(config: Config, kinds: list[_Inputs], final_only: bool, clock: An
 
 
 def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[int, int], shares: int,
-                 format: str | None, quiet: bool, run_events: int, folder: Path) -> _Share:
+                 format: str | None, quiet: bool, run_events: int, folder: Path, exchange: Exchange | None = None
+                 ) -> _Share:
     """Replay the shares of this process (``process``: its index and how many there are; share k is
     process k's modulo that) into final partials, written to ``folder``'s ``share-<k>``. More
-    shares than processes are first split into files (``parts``), then replayed one by one."""
+    shares than processes are first split into files (``parts``), then replayed one by one. With
+    ``exchange`` (two processes, a share each), the owner pass is split with the other process."""
     from stream.replay import _Inputs, _run
     from stream.replay.progress import Progress
     from stream.replay.sources import inputs
 
     mine = list(range(process[0], shares, process[1]))
     split: list[dict[int, Path]] = []
+    if exchange is not None and len(mine) > 1:
+        exchange.close()
+        exchange = None
     if len(mine) > 1:
         kinds = [_Inputs(kind, inputs(spec, source, format), config)
                  for kind, (spec, source) in enumerate(((predictions, "predictions"), (labels, "labels")))]
@@ -239,7 +245,7 @@ def replay_share(predictions: Any, labels: Any, config: Config, process: tuple[i
     for share in mine:
         engine, _, sort, kinds = _run(predictions, labels, config, functools.partial(_Spool, folder / f"share-{share}"),
                                       None, format, True, quiet or bool(split), run_events, 1, share=(share, shares),
-                                      part=(split[0][share], split[1][share]) if split else None)
+                                      part=(split[0][share], split[1][share]) if split else None, exchange=exchange)
         names = engine.admission.names() | {("class", name, c) for name, model in engine.models.items()
                                             if model.classes is not None for c in model.classes.names}
         occupancy = [kind.occupancy for kind in kinds if kind.occupancy is not None]
@@ -274,11 +280,17 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
     with tempfile.TemporaryDirectory(prefix=f"{_FOLDER}{os.getpid()}-", dir=where) as folder:
         processes = min(shares, SHARES)
         spools = [Path(folder) / f"share-{share}" for share in range(shares)]
+        ends = pair() if processes == 2 and _Child.forks() else None
         child = None if processes == 1 else _Child((predictions, labels, config, (1, processes), shares, format, True,
-                                                    run_events, Path(folder)))
+                                                    run_events, Path(folder)), ends)
         try:
-            found = [replay_share(predictions, labels, config, (0, processes), shares, format, quiet, run_events,
-                                  Path(folder))]
+            try:
+                found = [replay_share(predictions, labels, config, (0, processes), shares, format, quiet, run_events,
+                                      Path(folder), ends and keep(ends[0], ends[1]))]
+            except ExchangeFailed:
+                if child is not None:
+                    child.answer()  # raises what ended it
+                raise
             if child is not None:
                 found.append(child.answer())
         finally:
@@ -390,28 +402,35 @@ class _Child:
     """The second share's process, given its arguments: forked when this process runs one thread
     (it starts at once, with all it needs imported), else a new interpreter (``child``)."""
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, args: tuple[Any, ...], ends: tuple[Exchange, Exchange] | None = None) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0
-        if hasattr(os, "fork") and threading.active_count() == 1:
+        if self.forks():
             read, write = os.pipe()
             self.pid = os.fork()
             if self.pid == 0:  # pragma: no cover - runs in the child
                 try:
                     os.close(read)
                     with os.fdopen(write, "wb") as out:
-                        pickle.dump(_answer(args), out, protocol=pickle.HIGHEST_PROTOCOL)
+                        pickle.dump(_answer((*args, ends and keep(ends[1], ends[0]))), out,
+                                    protocol=pickle.HIGHEST_PROTOCOL)
                 finally:
                     os._exit(0)
             os.close(write)
             self.out: IO[bytes] = os.fdopen(read, "rb")
         else:
+            assert ends is None, "the owner pass is split only with a forked process"
             self.process = subprocess.Popen([sys.executable, "-c", "from stream.replay.shards import child; child()"],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.write(pickle.dumps(args))
             self.process.stdin.close()
             self.out = self.process.stdout
+
+    @staticmethod
+    def forks() -> bool:
+        """Whether the child is forked (else a new interpreter): when this process runs one thread."""
+        return hasattr(os, "fork") and threading.active_count() == 1
 
     def answer(self) -> _Share:
         """Its share (raises what it raised)."""

@@ -143,12 +143,12 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
             yield number, line, len(line)
 
 
-def jsonl_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[int], list[bytes], int]]:
-    """The lines of a JSONL file that are not blank, about ``chunk_bytes`` at a time: (their line
-    numbers from 1, them, the bytes of the chunk's lines, blank ones too)."""
+def jsonl_chunks(path: Path, chunk_bytes: int | None = None) -> Iterator[tuple[list[int], list[bytes], int]]:
+    """The lines of a JSONL file that are not blank, about ``chunk_bytes`` (``CHUNK_BYTES``) at a
+    time: (their line numbers from 1, them, the bytes of the chunk's lines, blank ones too)."""
     with path.open("rb") as file:
         first = 1
-        while lines := file.readlines(chunk_bytes):
+        while lines := file.readlines(chunk_bytes or CHUNK_BYTES):
             size = sum(map(len, lines))
             numbers = range(first, first + len(lines))
             first += len(lines)

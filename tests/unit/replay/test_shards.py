@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
-from stream.replay import bulk, parts, replay, shards
+from stream.replay import bulk, parts, replay, shards, sources
+from stream.replay.exchange import Exchange
 from stream.replay.occupancy import Occupancy
 from stream.replay.shards import replay_shared
 from stream.simulate import Scenario, streams
@@ -116,7 +117,19 @@ def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_
                                                   threads: int, held: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards.threading, "active_count", lambda: threads)  # one: the second share is forked
     monkeypatch.setattr(bulk, "CHUNK_LINES", 97 if threads == 1 else bulk.CHUNK_LINES)  # decoded in many chunks
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096 if threads == 1 else sources.CHUNK_BYTES)  # read in many
     monkeypatch.setattr(bulk, "fits", bulk.fits if held else _never)  # (forked: the second share too)
+    split: list[int] = []  # chunks whose owners this process found, where it split the owner pass
+    owned = Exchange.owned
+
+    def spied(self: Exchange, chunks: Any, owners: Any) -> Any:
+        def counted(raws: list[Any], sequences: list[int]) -> list[int]:
+            split.append(len(raws))
+            return owners(raws, sequences)  # type: ignore[no-any-return]
+
+        return owned(self, chunks, counted)
+
+    monkeypatch.setattr(Exchange, "owned", spied)
     predictions, labels = inputs(tmp_path, seed, in_order=in_order)
     config = Config.from_mapping({"regression_models": ["price"], "max_future_s": 7200, "join_ttl": "30m",
                                   "windows": windows})
@@ -128,6 +141,10 @@ def test_two_shares_write_what_one_process_writes(tmp_path: Path, seed: int, in_
     compared(reference, one)
     compared(reference, two)
     assert two["written"] == one["written"]  # in the same order
+    if threads == 1 and held:  # forked, both shares held: each process found the owners of every other chunk
+        assert len(split) > 100
+    else:
+        assert not split
 
 
 def as_csv(folder: Path, predictions: Path, labels: Path) -> tuple[Path, Path]:
