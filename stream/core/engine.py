@@ -54,13 +54,16 @@ ENTRY_BYTES = 100  # memory an entry of the join takes (a slot, a waiting label,
 
 class Engine(Revisions, Ingest, Settled, Placement):
     def __init__(self, config: Settings, clock: Callable[[], float] | None = None, emit_partials: bool = False,
-                 revisions: bool = True, limits_factor: int = 1, memory_share: float = 1.0) -> None:
+                 revisions: bool = True, limits_factor: int = 1, memory_share: float = 1.0, packed: bool = False
+                 ) -> None:
         """``emit_partials``: emit each window's additive state (``Window.partial``) rather than a
-        record, for another process to merge; ``limits_factor``: admit this many times the limits
+        record, for another process to merge (``packed``: a replay's, which takes them pickled:
+        ``WindowState.export``); ``limits_factor``: admit this many times the limits
         (where the limits themselves are applied after a merge); ``memory_share``: the part of
         ``join_memory_mb`` this engine's join may hold (one of several engines)."""
         self.config = config
         self.emit_partials = emit_partials
+        self.packed = packed
         self.revisions = revisions  # records of windows before they are final (upserts)
         self.specs = [s for s in config.windows if s.timed]
         self.rolling_specs = [s for s in config.windows if not s.timed]
@@ -424,7 +427,7 @@ class Engine(Revisions, Ingest, Settled, Placement):
         """A record per window, in order; the figures of those whose pairs changed are computed
         together (``merge.record_figures_many``)."""
         if self.emit_partials:  # a Kafka worker's partition engine: the merger makes the records
-            self.metric_records.extend(window.partial(final) for window in windows)
+            self.metric_records.extend(window.partial(final, self.packed) for window in windows)
             return
         refresh_figures(windows, self.book)
         for window in windows:

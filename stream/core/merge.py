@@ -59,19 +59,21 @@ class WindowState:
                 metrics.update(self.bins.get(self.classes, positive) if ranking is None else ranking)
         return {"classes": self.classes, "confusion_matrix": self.counts.tolist(), "metrics": metrics}
 
-    def export(self) -> dict[str, Any]:
+    def export(self, packed: bool = False) -> dict[str, Any]:
+        """The state as a partial (``packed``: for another process of a replay, see
+        ``ScoreBins.export``)."""
         r = self.regression
         return {
             "predictions": self.predictions,
             "classes": self.classes,
-            "cells": self.counts.tolist(),
+            "cells": self.counts if packed else self.counts.tolist(),
             "scored": self.scores.n,
             "log_loss_sum": self.scores.log_loss_sum,  # the float form earlier versions read
             "brier_sum": self.scores.brier_sum,
             "score_units": [str(self.scores.log_loss_units), str(self.scores.brier_units)],  # exact (metrics.units)
             "regression": None if r is None else r.floats(),  # what earlier versions read
             **({} if r is None else {"regression_exact": r.export()}),
-            **(self.bins.export() if self.bins is not None and self.bins.names else {}),
+            **(self.bins.export(packed) if self.bins is not None and self.bins.names else {}),
         }
 
 

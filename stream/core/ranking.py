@@ -159,11 +159,19 @@ class ScoreBins:
         np.add.at(self.hist.reshape(-1), hist_cells, counts)
         np.add.at(self.sums.reshape(-1), sums_cells, sums)
 
-    def export(self) -> dict[str, Any]:
-        where, values = sparse(self.sums)
+    def export(self, packed: bool = False) -> dict[str, Any]:
+        """The histograms and sums as partials carry them (``sparse``); ``packed``: for another
+        process of a replay rather than for JSON, as arrays and the exact sums as integers, without
+        the float form (``merge.merge_states`` reads either)."""
+        if packed:
+            hist, sums = self.hist.reshape(-1), self.sums.reshape(-1)
+            at, where = np.flatnonzero(hist), np.flatnonzero(sums)
+            return {"score_classes": list(self.names), "score_hist": [at, hist[at]], "score_sums": None,
+                    "score_sums_exact": [where, sums[where].tolist()]}
+        cells, values = sparse(self.sums)
         return {"score_classes": list(self.names), "score_hist": sparse(self.hist),
-                "score_sums": [where, [v / UNIT for v in values]],  # the float form earlier versions read
-                "score_sums_exact": [where, [str(v) for v in values]]}  # text: JSON integers stop at 64 bits
+                "score_sums": [cells, [v / UNIT for v in values]],  # the float form earlier versions read
+                "score_sums_exact": [cells, [str(v) for v in values]]}  # text: JSON integers stop at 64 bits
 
     def get(self, classes: Sequence[str], positive: str | None = None) -> dict[str, Any]:
         """The figures for a model whose labels and predictions were ``classes``: binary ones when

@@ -46,11 +46,12 @@ class Window:
             return WindowState(self.predictions, [], np.zeros((0, 0), dtype=np.int64), self.scores, self.regression)
         return WindowState(self.predictions, *self.cm.table(), self.scores, None, self.bins)
 
-    def partial(self, final: bool) -> dict[str, Any]:
-        """Its additive state as a Kafka worker's partition sends it to the merger (core.merge)."""
+    def partial(self, final: bool, packed: bool = False) -> dict[str, Any]:
+        """Its additive state as a Kafka worker's partition sends it to the merger (core.merge);
+        ``packed``: as a replay's share sends it to the merge (``WindowState.export``)."""
         series = self.series
         return {"model": series.model, "model_version": series.model_version, "segment": series.segment,
-                "window": self.spec.describe(self.start), "final": final, **self.state().export()}
+                "window": self.spec.describe(self.start), "final": final, **self.state().export(packed)}
 
 
 def refresh_figures(windows: Iterable[Window], book: MetricBook | None) -> None:
@@ -122,8 +123,8 @@ class RollingWindow(Window):
             self.scores.merge(sign, sign * terms[0], sign * terms[1])
             self.bins.update(self.cm.index.names[truth], terms[2], sign)  # type: ignore[union-attr]
 
-    def partial(self, final: bool) -> dict[str, Any]:
-        return {**super().partial(final), "pairs": self.export_pairs()}
+    def partial(self, final: bool, packed: bool = False) -> dict[str, Any]:
+        return {**super().partial(final, packed), "pairs": self.export_pairs()}
 
     def export_pairs(self) -> list[list[Any]]:
         """The pairs, classes by name, for the merger: [done_ts, request_id, truth, guess, log loss

@@ -377,7 +377,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
     at_once = min(share[1], shards.SHARES) if share is not None else 1  # shares replayed at once
     memory_share = 1 / at_once
     if share is not None and bulk.fits(kinds, at_once):  # all in memory: settled requests are counted at once
-        engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=memory_share)
+        engine = Engine(config, clock, revisions=False, emit_partials=True, memory_share=memory_share, packed=True)
         engine.sweeps = []
         sink = open_sink()
         progress = Progress(total, quiet)
@@ -400,7 +400,7 @@ def _run(predictions: Any, labels: Any, config: Config, open_sink: Callable[[], 
         processes = 1  # it will be sorted: no child (see ``pipeline``)
     for sort in (False, True) if in_order else (True,):  # input out of order from the start: sorted at once
         engine = Engine(config, clock, revisions=not final_only, emit_partials=share is not None,
-                        memory_share=memory_share)
+                        memory_share=memory_share, packed=True)
         if share is not None:
             engine.sweeps = []
         sink = open_sink()

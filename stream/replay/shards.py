@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
 
 from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
@@ -157,7 +156,7 @@ class _Spool:
         self.file = path.open("wb")
 
     def drain(self, engine: Engine) -> None:
-        partials = [_packed(r) for r in engine.metric_records if r["final"]]
+        partials = [r for r in engine.metric_records if r["final"]]  # packed (``Engine(packed=True)``)
         sweeps = engine.sweeps or []
         if partials or engine.dead_letters or sweeps:
             pickle.dump((partials, engine.dead_letters, sweeps), self.file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -165,17 +164,6 @@ class _Spool:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _packed(partial: dict[str, Any]) -> dict[str, Any]:
-    """A final partial as a spool holds it: its confusion cells and histograms as arrays, which
-    pickle as bytes and merge as they are (``merge_states`` reads lists or arrays alike), so the
-    merge, after both shares, does not convert them."""
-    partial["cells"] = np.array(partial["cells"], dtype=np.int64)
-    hist = partial.get("score_hist")
-    if hist is not None:
-        partial["score_hist"] = [np.array(hist[0], dtype=np.int64), np.array(hist[1], dtype=np.int64)]
-    return partial
 
 
 def _frames(path: Path) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]]:
