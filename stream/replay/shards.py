@@ -268,13 +268,19 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
     with tempfile.TemporaryDirectory(prefix=f"{_FOLDER}{os.getpid()}-", dir=where) as folder:
         processes = min(shares, SHARES)
         spools = [Path(folder) / f"share-{share}" for share in range(shares)]
-        ends = pair() if processes == 2 and _Child.forks() else None
-        child = None if processes == 1 else _Child((predictions, labels, config, (1, processes), shares, format, True,
-                                                    run_events, Path(folder)), ends)
+        ends = pair() if processes == 2 and _Child.forks() else None  # the owner pass split between them
+        try:
+            child = None if processes == 1 else _Child((predictions, labels, config, (1, processes), shares, format,
+                                                        True, run_events, Path(folder)), ends)
+        except BaseException:
+            for end in ends or ():
+                end.close()
+            raise
+        mine = ends and keep(ends[0], ends[1])
         try:
             try:
                 found = [replay_share(predictions, labels, config, (0, processes), shares, format, quiet, run_events,
-                                      Path(folder), ends and keep(ends[0], ends[1]))]
+                                      Path(folder), mine)]
             except ExchangeFailed:
                 if child is not None:
                     child.answer()  # raises what ended it
@@ -282,6 +288,8 @@ def replay_shared(predictions: Any, labels: Any, config: Config, open_sink: Call
             if child is not None:
                 found.append(child.answer())
         finally:
+            if mine is not None:
+                mine.close()  # (closed already, unless its share failed first)
             if child is not None:
                 child.close()
         every = _joined(found)

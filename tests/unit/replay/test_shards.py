@@ -270,6 +270,25 @@ def test_what_stops_the_second_share_stops_replay_with_its_reason(tmp_path: Path
         replay(predictions, labels, Config(), tmp_path / "m.jsonl", processes=2)
 
 
+def test_a_second_share_that_dies_while_the_owner_pass_is_split_stops_replay(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first process waits for owners the second never sends: it learns why, and does not hang."""
+    predictions, labels = inputs(tmp_path, 1)
+    monkeypatch.setattr(shards.threading, "active_count", lambda: 1)  # forked: it runs what is patched here
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)  # many chunks, owners found by both
+    owned, parent = Exchange.owned, os.getpid()
+
+    def dying(self: Exchange, chunks: Any, owners: Any) -> Any:
+        for n, item in enumerate(owned(self, chunks, owners)):
+            if os.getpid() != parent and n == 3:
+                os._exit(5)
+            yield item
+
+    monkeypatch.setattr(Exchange, "owned", dying)
+    with pytest.raises(RuntimeError, match=r"ended early \(exit code 5\)"):
+        replay(predictions, labels, Config(), tmp_path / "m.jsonl", processes=2)
+
+
 @pytest.mark.parametrize("held", [True, False])
 def test_sampled_shares_write_what_one_process_writes(tmp_path: Path, held: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
