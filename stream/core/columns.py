@@ -60,6 +60,9 @@ class PredictionColumns:
     # a tuple a row: half the time to build, checked and counted as it is)
     score_values: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     segments: list[Segment] = field(default_factory=list)
+    # hash() of each request id, taken while the decoder holds it (``Engine.take_settled`` numbers
+    # requests by them, checked; a hash is the process's own, never kept or sent elsewhere)
+    id_hashes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -109,6 +112,7 @@ class PredictionColumns:
         self.score_values = np.concatenate([self.score_values, np.array(
             [p for r in records if r.scores is not None for p in r.scores[1::2]], dtype=np.float64)])
         self.segments += [r.segment for r in records]
+        self.id_hashes = np.concatenate([self.id_hashes, _hashes([r.request_id for r in records])])
 
 
 @dataclass
@@ -119,6 +123,7 @@ class LabelColumns:
     request_ids: list[str] = field(default_factory=list)
     timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     values: list[Outcome] = field(default_factory=list)
+    id_hashes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -145,6 +150,7 @@ class LabelColumns:
         self.request_ids += [r.request_id for r in records]
         self.timestamps = np.concatenate([self.timestamps, [r.timestamp for r in records]])
         self.values += [r.value for r in records]
+        self.id_hashes = np.concatenate([self.id_hashes, _hashes([r.request_id for r in records])])
 
 
 def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
@@ -161,12 +167,15 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     names: list[tuple[str, ...] | None] = []
     flat: list[npt.NDArray[np.float64]] = []
     segments: list[bytes] = []
+    hashes: list[npt.NDArray[np.int64]] = []
     taken: list[int] = []
     refused: list[int] = []
     for found, left, records in _decoded(lines, _PREDICTIONS.decode, max_bytes):
         taken += found
         refused += left
-        ids += [r.request_id for r in records]
+        part = [r.request_id for r in records]
+        hashes.append(_hashes(part))
+        ids += part
         models += [keep(r.model, r.model) for r in records]
         versions += [keep(r.model_version, r.model_version) for r in records]
         stamps += [r.timestamp for r in records]
@@ -196,7 +205,7 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     pick, taken, refused = _kept(ok, taken, refused)
     return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
                              pick(versions), timestamps[ok], pick(values), pick(names), probabilities,
-                             pick(checked)), refused
+                             pick(checked), _joined(hashes)[ok] if hashes else _hashes([])), refused
 
 
 def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
@@ -206,19 +215,22 @@ def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_byte
     ids: list[str] = []
     stamps: list[float | str] = []
     values: list[Outcome] = []
+    hashes: list[npt.NDArray[np.int64]] = []
     taken: list[int] = []
     refused: list[int] = []
     for found, left, records in _decoded(lines, _LABELS.decode, max_bytes):
         taken += found
         refused += left
-        ids += [r.request_id for r in records]
+        part = [r.request_id for r in records]
+        hashes.append(_hashes(part))
+        ids += part
         stamps += [r.timestamp for r in records]
         values += [r.label for r in records]
     timestamps, ok = _timestamps(stamps)
     ok &= _ids_ok(ids) & _outcomes_ok(values)
     pick, taken, refused = _kept(ok, taken, refused)
     return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), timestamps[ok],
-                        pick(values)), refused
+                        pick(values), _joined(hashes)[ok] if hashes else _hashes([])), refused
 
 
 def _kept(ok: npt.NDArray[np.bool_], taken: list[int], refused: list[int]
@@ -259,6 +271,10 @@ def _decoded(lines: list[bytes], decode: Callable[[bytes], Any], max_bytes: int
                 continue
             taken.append(i)
         yield taken, refused, records
+
+
+def _hashes(ids: list[str]) -> npt.NDArray[np.int64]:
+    return np.fromiter(map(hash, ids), np.int64, len(ids))
 
 
 def _ids_ok(ids: list[str]) -> npt.NDArray[np.bool_]:

@@ -86,12 +86,8 @@ class Settled:
                 or self.rolling_specs):
             return none
         ttl, lag = float(self.join.ttl_s), self._lag_s
-        ids: dict[str, int] = {}
-        pcode = np.fromiter(map(ids.setdefault, predictions.request_ids, itertools.count()), np.int64,
-                            len(predictions))
-        lcode = np.fromiter(map(ids.setdefault, labels.request_ids, itertools.count(len(predictions))), np.int64,
-                            len(labels))
-        n = len(predictions) + len(labels)  # a request's number: the row where it first came
+        pcode, lcode = _requests(predictions, labels)
+        n = len(predictions) + len(labels)
         classifier = {name: not self.config.is_regression(name) for name in set(predictions.models)}
         classifies = np.fromiter(map(classifier.__getitem__, predictions.models), bool, len(predictions))
         codes = _Codes(predictions, labels)
@@ -266,6 +262,24 @@ class Settled:
         out: list[float] = firsts.tolist()
         last = float(timestamps.max())
         return out if out[-1] == last else [*out, last]
+
+
+def _requests(predictions: PredictionColumns, labels: LabelColumns
+              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's request number: the row where its request id first comes, the predictions' rows
+    first, then the labels'. From the ids' hashes (``id_hashes``) when no two ids share one (the
+    ids of each hash checked equal), else by a dict of the ids."""
+    count = len(predictions)
+    hashes = np.concatenate([predictions.id_hashes, labels.id_hashes])
+    if len(hashes) == count + len(labels):
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        code = first[inverse]
+        ids = np.array(predictions.request_ids + labels.request_ids, dtype=object)
+        if (ids[code] == ids).all():
+            return code[:count], code[count:]
+    found: dict[str, int] = {}
+    return (np.fromiter(map(found.setdefault, predictions.request_ids, itertools.count()), np.int64, count),
+            np.fromiter(map(found.setdefault, labels.request_ids, itertools.count(count)), np.int64, len(labels)))
 
 
 def _classes(values: list[Any], codes: npt.NDArray[np.int64]) -> Mask:

@@ -19,6 +19,7 @@ from stream.config import Config
 from stream.core.columns import LabelColumns, PredictionColumns
 from stream.core.engine import Engine
 from stream.core.records import Label, Prediction
+from stream.core.settled import _requests
 from stream.replay.bulk import interleaved
 from tests.unit.core.test_ingest import parsed, records
 
@@ -152,3 +153,24 @@ def test_nothing_is_settled_where_pairs_count_in_order_or_names_exceed_a_limit()
             {"name": "Low", "metric": "accuracy", "window": "tumbling_1h", "below": 0.6}]}):
         config = Config.from_mapping(options)
         assert settled_first(config, events, 4096)[1] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(p_ids=st.lists(st.sampled_from(["a", "b", "c", "d", "é", "x" * 40]), max_size=30),
+       l_ids=st.lists(st.sampled_from(["a", "b", "c", "e", "f"]), max_size=30),
+       collide=st.sampled_from(["none", "all", "two"]))
+def test_requests_are_numbered_by_the_row_where_their_id_first_comes(p_ids: list[str], l_ids: list[str],
+                                                                     collide: str) -> None:
+    """By the ids' hashes, checked; by a dict of the ids when two ids share a hash: the same numbers."""
+    predictions, labels = PredictionColumns(), LabelColumns()
+    predictions.add(list(range(len(p_ids))), [Prediction(i, "m", "v", 1.0, "a", None, ()) for i in p_ids])
+    labels.add(list(range(len(l_ids))), [Label(i, 1.0, "a") for i in l_ids])
+    if collide == "all":  # every id shares one hash
+        predictions.id_hashes[:], labels.id_hashes[:] = 7, 7
+    elif collide == "two":  # "a" and "b" share one
+        for found, ids in ((predictions, p_ids), (labels, l_ids)):
+            found.id_hashes[[i for i, x in enumerate(ids) if x in "ab"]] = 7
+    first: dict[str, int] = {}
+    expected = [first.setdefault(i, n) for n, i in enumerate(p_ids + l_ids)]
+    pcode, lcode = _requests(predictions, labels)
+    assert [*pcode.tolist(), *lcode.tolist()] == expected
