@@ -113,6 +113,8 @@ class Sink:
                 out.close()
 
 
+_OTHER = bytes([1, 0]) + bytes(254)  # share 0's rows of two: owners 0 -> 1, 1 -> 0 (``bytes.translate``)
+
 class Outbox(Protocol):
     """Where the engine's outboxes go: ``Sink``, ``Collected``, or a share's spool (``shards``)."""
 
@@ -193,8 +195,8 @@ class _Inputs:
                     self.numbered(index), lambda raws, sequences: owners(raws, sequences, shares, max_bytes)):
                 if read is not None:
                     read(size)
-                keep = [share == mine for share in found]
-                yield list(itertools.compress(sequences, keep)), list(itertools.compress(raws, keep))
+                mask = found if mine == 1 else found.translate(_OTHER)  # a byte a row: 1 where it is this share's
+                yield list(itertools.compress(sequences, mask)), list(itertools.compress(raws, mask))
             return
         for sequences, raws, size in self.numbered(index):
             if read is not None:

@@ -95,8 +95,9 @@ def _columns(kind: _Inputs, engine: Engine, progress: Progress) -> PredictionCol
     lines: list[bytes] = []
     sequences: list[int] = []
     for index in range(len(kind.found)):
+        lines_only = kind.found[index].format == "jsonl" and kind.found[index].path is not None
         for numbers, raws in kind.owned_chunks(index, progress):
-            if set(map(type, raws)) == {bytes}:  # JSON lines (as a JSONL file's every row is)
+            if lines_only or set(map(type, raws)) == {bytes}:  # JSON lines (as a JSONL file's every row is)
                 lines += raws
                 sequences += numbers
             else:
