@@ -159,7 +159,6 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     indexes of the lines left to ``core.wire.prediction_from_json``."""
     same: dict[Any, Any] = {}
     keep = same.setdefault  # one object for each name, class, set of score classes and segment text
-    ids: list[str] = []
     models: list[str] = []
     versions: list[str] = []
     stamps: list[float | str] = []
@@ -167,15 +166,8 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
     names: list[tuple[str, ...] | None] = []
     flat: list[npt.NDArray[np.float64]] = []
     segments: list[bytes] = []
-    hashes: list[npt.NDArray[np.int64]] = []
-    taken: list[int] = []
-    refused: list[int] = []
-    for found, left, records in _decoded(lines, _PREDICTIONS.decode, max_bytes):
-        taken += found
-        refused += left
-        part = [r.request_id for r in records]
-        hashes.append(_hashes(part))
-        ids += part
+    read = _Read()
+    for records in read.parts(lines, _PREDICTIONS.decode, max_bytes):
         models += [keep(r.model, r.model) for r in records]
         versions += [keep(r.model_version, r.model_version) for r in records]
         stamps += [r.timestamp for r in records]
@@ -185,6 +177,7 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
         flat.append(np.fromiter(itertools.chain.from_iterable(map(dict.values, filter(None, scored))), np.float64))
         segments += [keep(text, text) for text in map(bytes, [r.segment for r in records])]
     probabilities = np.concatenate(flat) if flat else np.zeros(0)
+    ids = read.ids
     lengths = _lengths(names)
     ok = _ids_ok(ids) & _names_ok(models) & _names_ok(versions) & _scores_ok(names, probabilities, lengths)
     timestamps, ok_ts = _timestamps(stamps)
@@ -202,35 +195,52 @@ def predictions_from_json(lines: list[bytes], rows: list[int] | None = None, max
             ok[i] = False
     if not ok.all():
         probabilities = probabilities[np.repeat(ok, lengths)]
-    pick, taken, refused = _kept(ok, taken, refused)
+    pick, taken, refused = _kept(ok, read.taken, read.refused)
     return PredictionColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), pick(models),
                              pick(versions), timestamps[ok], pick(values), pick(names), probabilities,
-                             pick(checked), _joined(hashes)[ok] if hashes else _hashes([])), refused
+                             pick(checked), read.id_hashes(ok)), refused
 
 
 def labels_from_json(lines: list[bytes], rows: list[int] | None = None, max_bytes: int = MAX_RECORD_BYTES
                      ) -> tuple[LabelColumns, list[int]]:
     """The labels of ``lines`` as columns, and the indexes of the lines left to
     ``core.wire.label_from_json`` (see ``predictions_from_json``)."""
-    ids: list[str] = []
     stamps: list[float | str] = []
     values: list[Outcome] = []
-    hashes: list[npt.NDArray[np.int64]] = []
-    taken: list[int] = []
-    refused: list[int] = []
-    for found, left, records in _decoded(lines, _LABELS.decode, max_bytes):
-        taken += found
-        refused += left
-        part = [r.request_id for r in records]
-        hashes.append(_hashes(part))
-        ids += part
+    read = _Read()
+    for records in read.parts(lines, _LABELS.decode, max_bytes):
         stamps += [r.timestamp for r in records]
         values += [r.label for r in records]
     timestamps, ok = _timestamps(stamps)
-    ok &= _ids_ok(ids) & _outcomes_ok(values)
-    pick, taken, refused = _kept(ok, taken, refused)
-    return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(ids), timestamps[ok],
-                        pick(values), _joined(hashes)[ok] if hashes else _hashes([])), refused
+    ok &= _ids_ok(read.ids) & _outcomes_ok(values)
+    pick, taken, refused = _kept(ok, read.taken, read.refused)
+    return LabelColumns([rows[i] for i in taken] if rows is not None else taken, pick(read.ids), timestamps[ok],
+                        pick(values), read.id_hashes(ok)), refused
+
+
+class _Read:
+    """What the parts of ``_decoded`` gave so far: the indexes of the lines taken and left, and the
+    request ids of the records taken, with their hashes (taken while the records are at hand)."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+        self.refused: list[int] = []
+        self.ids: list[str] = []
+        self.hashes: list[npt.NDArray[np.int64]] = []
+
+    def parts(self, lines: list[bytes], decode: Callable[[bytes], Any], max_bytes: int) -> Iterator[list[Any]]:
+        """The records of each part (``_decoded``), their lines and ids noted first."""
+        for taken, refused, records in _decoded(lines, decode, max_bytes):
+            self.taken += taken
+            self.refused += refused
+            ids = [r.request_id for r in records]
+            self.hashes.append(_hashes(ids))
+            self.ids += ids
+            yield records
+
+    def id_hashes(self, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+        """The hashes of the ids of the records ``ok`` keeps."""
+        return _joined(self.hashes)[ok] if self.hashes else _hashes([])
 
 
 def _kept(ok: npt.NDArray[np.bool_], taken: list[int], refused: list[int]
