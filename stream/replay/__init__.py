@@ -38,8 +38,8 @@ from stream.replay import bulk, parts, shards
 from stream.replay.exchange import Exchange
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
 from stream.replay.output import MetricsFile, open_metrics
+from stream.replay.ownership import owners
 from stream.replay.progress import Progress
-from stream.replay.shards import owners
 from stream.replay.sources import Input, inputs
 
 __all__ = ["Collected", "Event", "ReplayResult", "Sink", "feed", "replay", "run"]

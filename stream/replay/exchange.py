@@ -1,7 +1,7 @@
 """Two share processes split the owner pass: each finds the owners of every other chunk of input.
 
 Both processes of a replay in two shares read every row of the input, and each keeps the rows of
-its requests (``shards.owners``: a row's request id read and hashed): the one piece of work both
+its requests (``replay.ownership``: a row's request id read and hashed): the one piece of work both
 would do in full. With an ``Exchange``, the process of share 0 finds the owners of the even chunks
 and the other those of the odd ones, and each sends what it found to the other through a pipe.
 Each reads ``AHEAD_CHUNKS`` ahead of what it decodes, so that the other finds the owners it needs

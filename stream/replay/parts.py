@@ -3,7 +3,7 @@ memory replays as shares that each fit in it (``bulk``), every input read once.
 
 ``shards`` runs an input of more than two shares of ``share_bytes`` as many shares, those of each
 process one after another. Each process reads every input once and writes the rows of its own
-shares (``shards.owner``: a hash of the request id) to a file per share and kind (``split``); a
+shares (``ownership.owner``: a hash of the request id) to a file per share and kind (``split``); a
 share then reads its rows from there (``frames``), with their row numbers, so that a dead letter
 names the input's file and line as ever. A share's requests are whole in it (every record of a
 request is in its share), so its join holds only its own, and the shares' final partials merge

@@ -4,9 +4,10 @@ worker's partitions are (``core.merge``). One process alone replays its input as
 same way, so that it counts it held in memory (``bulk``) and writes what two processes write, in
 the same order.
 
-Every row is read by both processes, and its request id alone decoded (a row without one belongs
-to the share its row number picks, which refuses it); a share's records go through the engine
-as in one process. A request's predictions and labels meet in one share, so the join, the counts
+Every row is read by both processes, and its request id alone decoded (``ownership``; a row without
+one belongs to the share its row number picks, which refuses it), each process reading the ids
+of every other chunk for both (``exchange``); a share's records go through the engine as in one
+process. A request's predictions and labels meet in one share, so the join, the counts
 and the health counters of the shares add up to those of one process. A record's figures are the
 same, and so is its stamp: a final record's time is the first sweep of the whole input, all
 shares' sweeps together, at or after the watermark that makes its window final.
@@ -52,13 +53,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-
-import msgspec
 
 from stream.collector import THRESHOLDS
 from stream.core.engine import Engine
@@ -69,71 +67,16 @@ from stream.core.spill import remove_orphans
 from stream.replay import parts
 from stream.replay.exchange import Exchange, ExchangeFailed, keep, pair
 from stream.replay.occupancy import Occupancy
+from stream.replay.ownership import owners
 
 if TYPE_CHECKING:
     from stream.config import Config
     from stream.replay import Collected, Sink, _Inputs
 
-__all__ = ["SHARES", "Occupancy", "owner", "owners", "replay_shared"]
+__all__ = ["SHARES", "Occupancy", "replay_shared"]
 
 SHARES = 2
 _FOLDER = "mlmon-shares-"  # a replay's folder for its shares' files: this, its process id, a dash, a unique part
-
-
-class _Id(msgspec.Struct, gc=False):
-    request_id: msgspec.Raw  # its JSON text: hashed as it is when it holds no escape
-
-
-_IDS = msgspec.json.Decoder(_Id)
-_QUOTE = zlib.crc32(b'"')  # the CRC-32 of a JSON string's opening quote, to go on from
-
-
-def owner(raw: Any, sequence: int, shares: int, max_bytes: int) -> int:
-    """The share of a row (a JSONL line, or a CSV or Parquet row): by a hash of its request id's
-    JSON text (CRC-32; a string's is its UTF-8 between quotes, whatever the format and the process:
-    decoded first if it holds an escape), or by ``sequence`` when it has none to read."""
-    if type(raw) is bytes:
-        if len(raw) <= max_bytes:
-            try:
-                return _share(_IDS.decode(raw).request_id, sequence, shares)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-    elif type(raw) is dict:
-        request_id = raw.get("request_id")
-        if type(request_id) is str:
-            return _quoted_crc(request_id) % shares
-    return sequence % shares
-
-
-def owners(raws: list[Any], sequences: list[int], shares: int, max_bytes: int) -> list[int]:
-    """``owner`` of each row. JSON lines have their request ids read all at once when every one
-    of them decodes (as nearly always), and hashed as they are when none holds an escape."""
-    if raws and set(map(type, raws)) == {bytes} and max(map(len, raws)) <= max_bytes:
-        try:
-            texts = [one.request_id for one in map(_IDS.decode, raws)]
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
-        else:
-            if b"\\" in b"".join(texts):
-                return [_share(text, s, shares) for text, s in zip(texts, sequences, strict=True)]
-            crc = zlib.crc32
-            return [crc(text) % shares for text in texts]
-    return [owner(raw, sequence, shares, max_bytes) for raw, sequence in zip(raws, sequences, strict=True)]
-
-
-def _share(text: msgspec.Raw, sequence: int, shares: int) -> int:
-    """The share of a row whose request id has the JSON text ``text`` (see ``owner``)."""
-    if b"\\" not in bytes(text):
-        return zlib.crc32(text) % shares
-    try:
-        return _quoted_crc(msgspec.json.decode(text, type=str)) % shares
-    except (msgspec.DecodeError, msgspec.ValidationError):  # not a string: no request id to read
-        return sequence % shares
-
-
-def _quoted_crc(request_id: str) -> int:
-    """CRC-32 of a request id's UTF-8 between quotes (its JSON text when it needs no escape)."""
-    return zlib.crc32(b'"', zlib.crc32(request_id.encode("utf-8", "surrogatepass"), _QUOTE))
 
 
 @dataclass

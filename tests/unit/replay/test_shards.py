@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from stream.config import Config
 from stream.core.clock import judge_in_time_order
-from stream.replay import bulk, parts, replay, shards, sources
+from stream.replay import bulk, ownership, parts, replay, shards, sources
 from stream.replay.exchange import Exchange
 from stream.replay.occupancy import Occupancy
 from stream.replay.shards import replay_shared
@@ -387,7 +387,7 @@ def test_owners_of_a_chunk_are_those_of_its_rows_one_by_one(rows: list[Any], sha
     """``owners`` (a chunk's request ids decoded at once) gives each row the share ``owner`` gives it
     alone, whatever the rows: not JSON, no id, an id not a string, too long, dicts, text."""
     sequences = list(range(7, 7 + len(rows)))
-    assert shards.owners(rows, sequences, shares, 128) == [shards.owner(row, s, shares, 128)
+    assert ownership.owners(rows, sequences, shares, 128) == [ownership.owner(row, s, shares, 128)
                                                            for row, s in zip(rows, sequences, strict=True)]
 
 
@@ -400,8 +400,8 @@ def test_a_request_has_one_owner_whatever_its_rows_format(request_id: str, share
         request_id.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: no JSON line holds it as a string
         return
-    dict_row = shards.owner({"request_id": request_id}, sequence, shares, 1 << 20)
+    dict_row = ownership.owner({"request_id": request_id}, sequence, shares, 1 << 20)
     lines = [json.dumps({"request_id": request_id, "label": 1}, ensure_ascii=False).encode(),  # escapes: " \\ controls
              json.dumps({"label": 1, "request_id": request_id}).encode()]  # and every character past ASCII
-    assert [shards.owner(line, sequence + 1, shares, 1 << 20) for line in lines] == [dict_row, dict_row]
-    assert shards.owners(lines, [sequence + 1] * 2, shares, 1 << 20) == [dict_row, dict_row]
+    assert [ownership.owner(line, sequence + 1, shares, 1 << 20) for line in lines] == [dict_row, dict_row]
+    assert ownership.owners(lines, [sequence + 1] * 2, shares, 1 << 20) == [dict_row, dict_row]
