@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["feed_all", "fits", "interleaved"]
 
-CHUNK_LINES = 65_536  # lines decoded at a time, about (and held as bytes meanwhile)
+CHUNK_LINES = 16_384  # lines decoded at a time, about (and held as bytes meanwhile: see ``exchange.AHEAD_CHUNKS``)
 
 
 def fits(kinds: list[_Inputs], processes: int) -> bool:
