@@ -50,6 +50,7 @@ ROW_BITS = 32  # an event's sequence number: (input index << ROW_BITS) | row num
 ROW_MASK = (1 << ROW_BITS) - 1
 Event = tuple[float, int, int, Prediction | Label]  # (timestamp, kind, sequence number, record)
 FEED_EVENTS = 4096  # events the engine takes at a time (and between progress refreshes)
+_OTHER = bytes([1, 0]) + bytes(254)  # share 0's rows of two: owners 0 -> 1, 1 -> 0 (``bytes.translate``)
 
 
 class _OutOfOrder(Exception):
@@ -112,8 +113,6 @@ class Sink:
             if out is not None:
                 out.close()
 
-
-_OTHER = bytes([1, 0]) + bytes(254)  # share 0's rows of two: owners 0 -> 1, 1 -> 0 (``bytes.translate``)
 
 class Outbox(Protocol):
     """Where the engine's outboxes go: ``Sink``, ``Collected``, or a share's spool (``shards``)."""
