@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any, cast
+from collections.abc import Callable
+from typing import cast
 
 from faust.types import TP, ConsumerT
 
@@ -73,8 +74,11 @@ class Sequencer:
     were delivered past the next offset to handle with no progress since, and reads them again.
     """
 
-    def __init__(self, handled: Handled) -> None:
+    def __init__(self, handled: Handled, committed: Callable[[ConsumerT, TP], int | None]) -> None:
+        """``committed``: the consumer's committed offset of a partition, None if none yet
+        (``patches.committed_offset``: faust keeps it privately)."""
         self.handled = handled
+        self.committed = committed
         self.expected: dict[TP, int] = {}  # next offset to handle, per partition
         self.last_asked: dict[TP, tuple[int, float]] = {}  # (offset, when)
         self.delivered: dict[TP, int] = {}  # the latest offset delivered, handled or skipped
@@ -124,8 +128,7 @@ class Sequencer:
 
     def _first(self, consumer: ConsumerT, tp: TP) -> int | None:
         """The first offset of ``tp`` not handled yet; None while where it starts is not known."""
-        committed: Any = consumer._committed_offset  # type: ignore[attr-defined]
-        start = self.handled.start(tp, committed.get(tp))
+        start = self.handled.start(tp, self.committed(consumer, tp))
         return None if start is None else self.handled.reach(tp, start)
 
     def stalled(self, consumer: ConsumerT, now: float | None = None) -> list[str]:

@@ -24,7 +24,7 @@ from stream.kafka.join_agent import SAVE_BYTES, Join, Output
 from stream.kafka.memory import resident_bytes, return_free_memory
 from stream.kafka.merge_agent import Merge
 from stream.kafka.offsets import Handled, Sequencer, rewinds
-from stream.kafka.patches import SendRecords, in_partition, table_writable
+from stream.kafka.patches import SendRecords, committed_offset, in_partition, table_writable
 
 __all__ = ["DEAD_LETTERS_AT_ONCE", "Runtime", "Send", "consumer_lag"]
 
@@ -51,7 +51,7 @@ class Runtime:
         self.join = join
         self.merge = merge
         self.handled = handled
-        self.sequencer = Sequencer(handled)
+        self.sequencer = Sequencer(handled, committed_offset)
         # One sender at a time, in the order outputs were drained: a heartbeat (a partition's
         # watermark) must reach the merger after every partial of the records below that
         # watermark, or it could close a window before the window's last pairs arrive.
@@ -288,7 +288,7 @@ class Runtime:
         """The start offset of each assigned input without a committed offset (see Handled)."""
         consumer = self.app.consumer
         unknown = [tp for tp in consumer.assignment() if tp.topic in self.committed_topics
-                   and consumer._committed_offset.get(tp) is None and tp not in self.handled.earliest]
+                   and committed_offset(consumer, tp) is None and tp not in self.handled.earliest]
         if unknown:
             try:
                 self.handled.earliest.update(await consumer.earliest_offsets(*unknown))

@@ -10,13 +10,14 @@ from typing import Any
 from faust.types import TP
 
 from stream.kafka.offsets import REREAD_AFTER_S, Handled, Sequencer, rewinds
+from stream.kafka.patches import committed_offset
 
 TOPIC = TP("predictions", 0)
 
 
 def test_messages_count_in_offset_order_and_a_gap_has_the_fetch_loop_seek_back() -> None:
     handled = Handled()
-    sequencer = Sequencer(handled)
+    sequencer = Sequencer(handled, committed_offset)
     state: Any = SimpleNamespace(_committed_offset={TOPIC: 10})
     assert [sequencer.admit(state, TOPIC, offset) for offset in (10, 11, 11, 9)] == [True, True, False, False]
     assert rewinds(state).asked == {}  # duplicates: already handled
@@ -29,7 +30,7 @@ def test_messages_count_in_offset_order_and_a_gap_has_the_fetch_loop_seek_back()
 
 def test_after_a_reset_counting_resumes_at_the_first_message_not_saved() -> None:
     handled = Handled()
-    sequencer = Sequencer(handled)
+    sequencer = Sequencer(handled, committed_offset)
     state: Any = SimpleNamespace(_committed_offset={})
     assert sequencer.admit(state, TOPIC, 0) is None  # no commit, and the log's start not known yet
     handled.earliest[TOPIC] = 0
@@ -50,7 +51,7 @@ def test_the_fetch_loop_seeks_assigned_partitions_and_learns_what_the_log_lacks(
 
     state: Any = SimpleNamespace(assignment=lambda: {TOPIC}, seek=seek, _committed_offset={TOPIC: 0})
     handled = Handled()
-    sequencer = Sequencer(handled)
+    sequencer = Sequencer(handled, committed_offset)
     assert sequencer.admit(state, TOPIC, 0) and sequencer.admit(state, TOPIC, 1)
     assert sequencer.admit(state, TOPIC, 5) is False  # 2 missing: faust skipped it, or it is not there
     rewinds(state).asked[TP("labels", 1)] = 7  # not assigned here any more
@@ -72,7 +73,7 @@ def test_a_seek_that_lands_where_it_asked_finds_nothing_missing() -> None:
 
 def test_a_partition_whose_last_messages_came_during_a_rebalance_is_read_again() -> None:
     state: Any = SimpleNamespace(_committed_offset={TOPIC: 10}, assignment=lambda: {TOPIC})
-    sequencer = Sequencer(Handled())
+    sequencer = Sequencer(Handled(), committed_offset)
     for offset in (10, 11, 12):  # the last messages in the log, delivered while nothing may be handled
         sequencer.skipped(TOPIC, offset)
     assert sequencer.stalled(state, now=100.0) == []  # noticed; maybe in flight
@@ -88,7 +89,7 @@ def test_a_partition_whose_last_messages_came_during_a_rebalance_is_read_again()
 
 def test_a_partition_that_keeps_moving_is_never_read_again() -> None:
     state: Any = SimpleNamespace(_committed_offset={TOPIC: 0}, assignment=lambda: {TOPIC})
-    sequencer = Sequencer(Handled())
+    sequencer = Sequencer(Handled(), committed_offset)
     for offset in range(50):
         assert sequencer.admit(state, TOPIC, offset)
         assert sequencer.stalled(state, now=float(offset)) == []
