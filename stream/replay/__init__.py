@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
-
-import orjson
+from typing import Any
 
 from stream.collector import fewer_collections
 from stream.config import Config
@@ -37,7 +35,7 @@ from stream.errors import InvalidRecord
 from stream.replay import bulk, parts, shards
 from stream.replay.exchange import Exchange
 from stream.replay.ordering import RUN_EVENTS, Codec, external_sort
-from stream.replay.output import MetricsFile, open_metrics
+from stream.replay.output import Collected, Outbox, OutboxT, Sink, open_metrics
 from stream.replay.ownership import owners
 from stream.replay.progress import Progress
 from stream.replay.sources import Input, inputs
@@ -79,70 +77,6 @@ class ReplayResult:
             "seconds": round(self.seconds, 3),
             "pairs_per_s": round(health.pairs / self.seconds) if self.seconds else None,
         }
-
-
-class Sink:
-    """Writers for the engine's three outboxes (any may be None: discarded): metric records as
-    JSONL or Parquet (``output``), alerts and dead letters as JSONL. ``final_only``: only each
-    window's final record."""
-
-    def __init__(self, metrics: MetricsFile | None, alerts: IO[bytes] | None, dead: IO[bytes] | None,
-                 final_only: bool = False) -> None:
-        self.metrics, self.alerts, self.dead = metrics, alerts, dead
-        self.final_only = final_only
-        self.counts = [0, 0, 0]
-
-    def drain(self, engine: Engine) -> None:
-        records = engine.metric_records
-        if records:
-            if self.final_only:
-                records = [r for r in records if r["final"]]
-            self.counts[0] += len(records)
-            if self.metrics is not None:
-                self.metrics.write(records)
-            engine.metric_records.clear()
-        for i, box, out in ((1, engine.alert_events, self.alerts), (2, engine.dead_letters, self.dead)):
-            if box:
-                self.counts[i] += len(box)
-                if out is not None:
-                    out.write(b"".join(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE) for item in box))
-                box.clear()
-
-    def close(self) -> None:
-        for out in (self.metrics, self.alerts, self.dead):
-            if out is not None:
-                out.close()
-
-
-class Outbox(Protocol):
-    """Where the engine's outboxes go: ``Sink``, ``Collected``, or a share's spool (``shards``)."""
-
-    def drain(self, engine: Engine) -> None: ...
-
-    def close(self) -> None: ...
-
-
-OutboxT = TypeVar("OutboxT", bound=Outbox)
-
-
-class Collected:
-    """The engine's outboxes kept in memory (the Python API): final metric records only, and every
-    alert event and dead letter."""
-
-    def __init__(self) -> None:
-        self.metrics: list[dict[str, Any]] = []
-        self.alerts: list[dict[str, Any]] = []
-        self.dead_letters: list[dict[str, Any]] = []
-
-    def drain(self, engine: Engine) -> None:
-        self.metrics += [r for r in engine.metric_records if r["final"]]
-        self.alerts += engine.alert_events
-        self.dead_letters += engine.dead_letters
-        for box in (engine.metric_records, engine.alert_events, engine.dead_letters):
-            box.clear()
-
-    def close(self) -> None:
-        pass
 
 
 class _Inputs:

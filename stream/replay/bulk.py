@@ -27,7 +27,8 @@ from stream.replay.occupancy import Occupancy
 from stream.replay.progress import Progress
 
 if TYPE_CHECKING:
-    from stream.replay import Event, Outbox, _Inputs
+    from stream.replay import Event, _Inputs
+    from stream.replay.output import Outbox
 
 __all__ = ["feed_all", "fits", "interleaved"]
 

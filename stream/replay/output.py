@@ -1,4 +1,5 @@
-"""Where replayed metric records go: JSON lines (one record per line, as on the metrics topic),
+"""Where a replay's records go: ``Sink`` writes the engine's three outboxes to files (``Collected``
+keeps them in memory, for the Python API). Metric records: JSON lines (one record per line, as on the metrics topic),
 or a Parquet file (by the ``.parquet`` extension) with one row per record: its scalar fields as
 columns, and its nested ones (segment, window, classes, confusion matrix, metrics) as JSON text,
 so any set of metrics, classes and custom metrics fits one schema. Written in row groups of
@@ -7,11 +8,14 @@ so any set of metrics, classes and custom metrics fits one schema. Written in ro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
-__all__ = ["PARQUET_COLUMNS", "MetricsFile", "open_metrics"]
+if TYPE_CHECKING:
+    from stream.core.engine import Engine
+
+__all__ = ["PARQUET_COLUMNS", "Collected", "MetricsFile", "Outbox", "OutboxT", "Sink", "open_metrics"]
 
 ROW_GROUP = 50_000
 PARQUET_COLUMNS = ("model", "model_version", "segment", "window_name", "window_start", "window", "task", "n",
@@ -82,3 +86,67 @@ def _json(value: Any) -> str | None:
 
 def open_metrics(path: Path) -> MetricsFile:
     return _Parquet(path) if path.suffix.lower() in (".parquet", ".pq") else _Lines(path)
+
+
+class Sink:
+    """Writers for the engine's three outboxes (any may be None: discarded): metric records as
+    JSONL or Parquet (``output``), alerts and dead letters as JSONL. ``final_only``: only each
+    window's final record."""
+
+    def __init__(self, metrics: MetricsFile | None, alerts: IO[bytes] | None, dead: IO[bytes] | None,
+                 final_only: bool = False) -> None:
+        self.metrics, self.alerts, self.dead = metrics, alerts, dead
+        self.final_only = final_only
+        self.counts = [0, 0, 0]
+
+    def drain(self, engine: Engine) -> None:
+        records = engine.metric_records
+        if records:
+            if self.final_only:
+                records = [r for r in records if r["final"]]
+            self.counts[0] += len(records)
+            if self.metrics is not None:
+                self.metrics.write(records)
+            engine.metric_records.clear()
+        for i, box, out in ((1, engine.alert_events, self.alerts), (2, engine.dead_letters, self.dead)):
+            if box:
+                self.counts[i] += len(box)
+                if out is not None:
+                    out.write(b"".join(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE) for item in box))
+                box.clear()
+
+    def close(self) -> None:
+        for out in (self.metrics, self.alerts, self.dead):
+            if out is not None:
+                out.close()
+
+
+class Outbox(Protocol):
+    """Where the engine's outboxes go: ``Sink``, ``Collected``, or a share's spool (``shards``)."""
+
+    def drain(self, engine: Engine) -> None: ...
+
+    def close(self) -> None: ...
+
+
+OutboxT = TypeVar("OutboxT", bound=Outbox)
+
+
+class Collected:
+    """The engine's outboxes kept in memory (the Python API): final metric records only, and every
+    alert event and dead letter."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def drain(self, engine: Engine) -> None:
+        self.metrics += [r for r in engine.metric_records if r["final"]]
+        self.alerts += engine.alert_events
+        self.dead_letters += engine.dead_letters
+        for box in (engine.metric_records, engine.alert_events, engine.dead_letters):
+            box.clear()
+
+    def close(self) -> None:
+        pass

@@ -71,7 +71,8 @@ from stream.replay.ownership import owners
 
 if TYPE_CHECKING:
     from stream.config import Config
-    from stream.replay import Collected, Sink, _Inputs
+    from stream.replay import _Inputs
+    from stream.replay.output import Collected, Sink
 
 __all__ = ["SHARES", "Occupancy", "replay_shared"]
 
