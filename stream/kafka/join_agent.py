@@ -42,6 +42,7 @@ from stream.kafka.checkpoints import FOLDER, Checkpoints
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
+from stream.kafka.messages import Heartbeat, Pairs, Partial, encode
 from stream.kafka.routing import (
     HEARTBEAT,
     KINDS,
@@ -291,14 +292,14 @@ class Join(Stored):
         out = self.intake_outputs()
         for partition, engine in self.engines.items():
             for partial in engine.metric_records:
-                value = {"partition": partition, "partial": partial}
-                out.append((config.partials_topic, partial["model"].encode(), orjson.dumps(value)))
+                message = encode(Partial(partition=partition, partial=partial))
+                out.append((config.partials_topic, partial["model"].encode(), message))
             for dead in engine.dead_letters:
                 out.append((config.dead_letters_topic, None, orjson.dumps(dead)))
             if engine.detectors.rules:  # the pairs of detector rules, for their model's merger
                 for model, pairs in engine.detectors.take():
-                    value = {"partition": partition, "model": model, "pairs": pairs}
-                    out.append((config.partials_topic, model.encode(), orjson.dumps(value)))
+                    message = encode(Pairs(partition=partition, model=model, pairs=pairs))
+                    out.append((config.partials_topic, model.encode(), message))
             engine.metric_records.clear()
             engine.dead_letters.clear()
         return out
@@ -345,8 +346,8 @@ class Join(Stored):
         if not owned:
             return None
         marks = {p: self.watermark(p) for p in sorted(owned)}
-        return orjson.dumps({"watermarks": {str(p): m if math.isfinite(m) else None for p, m in marks.items()},
-                             "idle": self.times.idle_partitions(sorted(owned))})
+        return encode(Heartbeat(watermarks={str(p): m if math.isfinite(m) else None for p, m in marks.items()},
+                                idle=self.times.idle_partitions(sorted(owned))))
 
     def totals(self) -> tuple[Health, tuple[int, int], float]:
         """Health and pending counts summed over this process's partitions, and the lowest watermark."""

@@ -31,6 +31,7 @@ from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec, final_at
 from stream.kafka.cumulative import cumulative_base, engine_windows
 from stream.kafka.join_agent import Output
+from stream.kafka.messages import Ask, Decided, Forget, Heartbeat, Pairs, Partial, decode
 from stream.kafka.registry import Registry
 
 __all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "Merge", "cumulative_key"]
@@ -134,23 +135,25 @@ class Merge:
         """One message of merger partition ``here``: a partial or a heartbeat. One that cannot be
         handled (a bug, or a message mlmon did not write) is dead-lettered with the reason."""
         try:
-            body = orjson.loads(value or b"{}")
-            if "partial" in body:
-                return self.on_partial(table, here, int(body["partition"]), body["partial"])
-            if "pairs" in body:
-                return self.on_pairs(table, here, offset, str(body["model"]), body["pairs"])
-            if "ask" in body:
-                self.registry.on_ask(table, str(body["ask"]), int(body["home"]), float(body["ts"]))
-                return []
-            if "decided" in body:
-                return self.on_decided(table, here, str(body["decided"]), bool(body["admitted"]))
-            if "forget" in body:
-                self.registry.on_forget(table, str(body["forget"]))
-                if self.on_forget is not None:
-                    self.on_forget(str(body["forget"]))
-                return []
-            marks = {int(p): None if m is None else float(m) for p, m in body["watermarks"].items()}
-            return self.on_heartbeat(table, here, marks, {int(p) for p in body.get("idle", ())})
+            match decode(value or b"{}"):
+                case Partial(partition=partition, partial=partial):
+                    return self.on_partial(table, here, partition, partial)
+                case Pairs(model=model, pairs=pairs):
+                    return self.on_pairs(table, here, offset, model, pairs)
+                case Ask(ask=model, home=home, ts=ts):
+                    self.registry.on_ask(table, model, home, ts)
+                    return []
+                case Decided(decided=model, admitted=admitted):
+                    return self.on_decided(table, here, model, admitted)
+                case Forget(forget=model):
+                    self.registry.on_forget(table, model)
+                    if self.on_forget is not None:
+                        self.on_forget(model)
+                    return []
+                case Heartbeat(watermarks=watermarks, idle=idle):
+                    marks = {int(p): m for p, m in watermarks.items()}
+                    return self.on_heartbeat(table, here, marks, set(idle))
+            raise AssertionError("every kind of message is handled above")
         except Exception as exc:
             log.exception("merge failed on partition %s offset %s", here, offset)
             dead = {"source": "partials", "reason": f"the merge agent failed: {exc!r}"[:1024],

@@ -27,6 +27,7 @@ import orjson
 
 from stream.config import Config
 from stream.core.admission import OTHER, Admission, Limits, Slots
+from stream.kafka.messages import Ask, Decided, Forget, encode
 
 __all__ = ["ADMITTED_KEY", "DECISION_KEY", "REGISTRY_KEY", "REGISTRY_PARTITION", "RETRY_S", "Registry"]
 
@@ -80,7 +81,7 @@ class Registry:
         due = asked is None or ts >= asked + (RETRY_S if decided is False else self.limits.series_ttl_s / 4)
         if due and (decided is not None or asked is None):
             self.asked_at[model] = ts
-            self.directed.append((REGISTRY_PARTITION, orjson.dumps({"ask": model, "home": here, "ts": ts})))
+            self.directed.append((REGISTRY_PARTITION, encode(Ask(ask=model, home=here, ts=ts))))
         return decided
 
     def hold(self, model: str) -> None:
@@ -139,11 +140,11 @@ class Registry:
         evicted: list[str] = []
         admitted = self.registry.admit(model, ts, evicted)
         for gone in evicted:
-            self.directed.append((self.homes.pop(gone, home), orjson.dumps({"forget": gone})))
+            self.directed.append((self.homes.pop(gone, home), encode(Forget(forget=gone))))
         if admitted:
             self.homes[model] = home
         table[REGISTRY_KEY] = {m: [seen, self.homes.get(m, home)] for m, seen in self.registry.seen.items()}
-        self.directed.append((home, orjson.dumps({"decided": model, "admitted": admitted})))
+        self.directed.append((home, encode(Decided(decided=model, admitted=admitted))))
 
     def take_directed(self) -> list[tuple[int, bytes]]:
         directed, self.directed = self.directed, []

@@ -14,6 +14,7 @@ from one_worker import OneWorker
 from stream.config import Config
 from stream.core.engine import Engine
 from stream.kafka.join_agent import Join
+from stream.kafka.messages import Heartbeat, decode
 from stream.kafka.routing import partition_of
 
 
@@ -74,8 +75,8 @@ def test_an_input_that_stops_stops_holding_event_time_back_and_a_silent_partitio
     worker.flush(1061.0)  # the heartbeats saying so were read on both partitions
     assert join.watermark(0) == join.watermark(1) == start + 600  # predictions/0 alone sets event time
     assert join.engines[0].watermark == start + 600
-    beat = orjson.loads(join.heartbeat([0, 1]) or b"{}")
-    assert beat == {"watermarks": {"0": start + 600, "1": start + 600}, "idle": [1]}
+    beat = decode(join.heartbeat([0, 1]) or b"{}")
+    assert beat == Heartbeat(watermarks={"0": start + 600, "1": start + 600}, idle=[1])
     worker.send(config.labels_topic, 0, {"request_id": ids[9], "timestamp": start + 540, "label": "a"})
     worker.flush(1062.0)  # the labels are back
     assert join.times.idle == {"predictions/1", "labels/1"}

@@ -15,7 +15,10 @@ DAY = 86400.0
 
 
 def messages(registry: Registry) -> list[tuple[int, dict[str, Any]]]:
-    return [(partition, orjson.loads(body)) for partition, body in registry.take_directed()]
+    """What the registry sent, as an earlier version reads it (without the kind and format version
+    that messages name now: see kafka.messages)."""
+    return [(partition, {k: v for k, v in orjson.loads(body).items() if k not in ("kind", "v")})
+            for partition, body in registry.take_directed()]
 
 
 def answer(registry: Registry, table: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
