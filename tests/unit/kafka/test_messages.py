@@ -27,7 +27,6 @@ from stream.kafka.messages import (
     encode,
 )
 
-pytestmark = pytest.mark.unit
 
 names = st.text(min_size=1, max_size=8)
 values = st.recursive(st.none() | st.booleans() | st.integers(-(2**80), 2**80)

@@ -9,11 +9,12 @@ import csv
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.config import Config
@@ -23,6 +24,7 @@ from stream.replay.exchange import Exchange
 from stream.replay.occupancy import Occupancy
 from stream.replay.shards import replay_shared
 from stream.simulate import Scenario, streams
+from tests.unit.replay import test_fuzz as hostile
 
 
 def _never(kinds: Any, processes: int) -> bool:
@@ -176,6 +178,36 @@ def test_csv_files_are_shared_too(tmp_path: Path) -> None:
     two = replayed(tmp_path, predictions, labels, 2, config, shared)
     assert shared == [True] and one["health"]["pairs"] > 1000
     compared(one, two)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(hostile_predictions=st.lists(hostile.predictions.map(hostile.dump) | hostile.lines
+                                    | st.sampled_from([b"", b"\xef\xbb\xbf{}", b'{"a":1}\r', b"\x00"]), max_size=40),
+       hostile_labels=st.lists(hostile.labels.map(hostile.dump) | hostile.lines, max_size=40),
+       seed=st.integers(0, 10**6))
+def test_hostile_lines_among_valid_ones_give_the_same_outputs_in_shares(
+        hostile_predictions: list[bytes], hostile_labels: list[bytes], seed: int) -> None:
+    """Any line (of any type, any bytes, any date) shuffled into a valid backtest: one share and
+    two processes write what one process writes record by record, dead letters and health too."""
+    rng = random.Random(seed)
+    start = 1_767_225_600
+    predictions = [hostile.dump({"request_id": f"r{i}", "model": rng.choice(["m", "n"]), "prediction": rng.choice("xy"),
+                                 "timestamp": start + rng.random() * 7200, "scores": {"x": 0.25, "y": 0.75}})
+                   for i in range(300)] + hostile_predictions
+    labels = [hostile.dump({"request_id": f"r{i}", "timestamp": start + rng.random() * 9000,
+                            "label": rng.choice("xy")}) for i in range(0, 300, 2)] + hostile_labels
+    rng.shuffle(predictions)
+    rng.shuffle(labels)
+    config = Config.from_mapping({"join_ttl": "1h"})
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        paths = [folder / "p.jsonl", folder / "l.jsonl"]
+        for path, lines in zip(paths, (predictions, labels), strict=True):
+            path.write_bytes(b"".join(line.replace(b"\n", b" ") + b"\n" for line in lines))
+        reference = replayed(folder, *paths, 0, config)
+        compared(reference, replayed(folder, *paths, 1, config))
+        compared(reference, replayed(folder, *paths, 2, config))
 
 
 @pytest.mark.parametrize("held", [True, False])
