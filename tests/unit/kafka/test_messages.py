@@ -27,7 +27,6 @@ from stream.kafka.messages import (
     encode,
 )
 
-
 names = st.text(min_size=1, max_size=8)
 values = st.recursive(st.none() | st.booleans() | st.integers(-(2**80), 2**80)
                       | st.floats(allow_nan=False, allow_infinity=False)  # JSON has neither: both write null
