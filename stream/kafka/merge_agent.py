@@ -132,8 +132,8 @@ class Merge:
         return final_at(end, self.config.join_ttl_s)
 
     def handle(self, table: Any, here: int, offset: int, value: bytes | None) -> list[Output]:
-        """One message of merger partition ``here``: a partial or a heartbeat. One that cannot be
-        handled (a bug, or a message mlmon did not write) is dead-lettered with the reason."""
+        """One message of merger partition ``here`` (any kind of ``kafka.messages``). One that cannot
+        be handled (a bug, or a message mlmon did not write) is dead-lettered with the reason."""
         try:
             match decode(value or b"{}"):
                 case Partial(partition=partition, partial=partial):
