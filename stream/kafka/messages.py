@@ -29,7 +29,7 @@ import msgspec
 __all__ = ["VERSION", "Ask", "Decided", "Forget", "Heartbeat", "Message", "MessageError", "Pairs", "Partial", "decode",
            "encode"]
 
-VERSION = 1  # of every kind's format: raised when a kind changes in a way an earlier reader cannot read
+VERSION = 1  # of every kind's format: increased when a kind changes in a way an earlier reader cannot read
 
 
 class MessageError(ValueError):
@@ -84,8 +84,8 @@ class Forget(_Message, tag="forget"):
 
 
 Message = Partial | Pairs | Heartbeat | Ask | Decided | Forget
-_KINDS: dict[str, type[Any]] = {"partial": Partial, "pairs": Pairs, "heartbeat": Heartbeat, "ask": Ask,
-                                "decided": Decided, "forget": Forget}
+_KINDS: dict[str, type[Any]] = {kind.__struct_config__.tag: kind for kind in (Partial, Pairs, Heartbeat, Ask, Decided,
+                                                                               Forget)}
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Message)
 
