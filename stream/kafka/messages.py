@@ -84,8 +84,8 @@ class Forget(_Message, tag="forget"):
 
 
 Message = Partial | Pairs | Heartbeat | Ask | Decided | Forget
-_KINDS: dict[str, type[Any]] = {kind.__struct_config__.tag: kind for kind in (Partial, Pairs, Heartbeat, Ask, Decided,
-                                                                               Forget)}
+_KINDS: dict[str, type[Any]] = {str(kind.__struct_config__.tag): kind
+                                for kind in (Partial, Pairs, Heartbeat, Ask, Decided, Forget)}
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Message)
 
