@@ -235,21 +235,28 @@ class Merge:
         return [(self.config.dead_letters_topic, None, orjson.dumps(dead))]
 
     def on_decided(self, table: Any, here: int, model: str, admitted: bool) -> list[Output]:
-        """The registry's answer for a model of this home: its held windows go out at the next
-        heartbeat, or, refused, are dropped."""
+        """The registry's answer for a model of this home. Admitted: its held windows go out at
+        once (the first alert of a new model waits for no heartbeat), but those the watermarks have
+        passed, which close at the next heartbeat. Refused: they are dropped."""
         if not self.registry.on_decided(table, model, admitted):
             return []
         open_here = self.open[here]
-        for key in [k for k in open_here if _model_of(k) == model]:
-            if admitted:
-                self.changed[here].add(key)
-            else:
-                del open_here[key]
-                self.changed[here].discard(key)
-                self.entries.pop(key, None)
-                if key in table:
-                    del table[key]
-        return [] if admitted else self._refused(model, self.event_time(here))
+        keys = [k for k in open_here if _model_of(k) == model]
+        if admitted:
+            low = self._low(here)
+            now = {k for k in keys if low is None or open_here[k] > low}
+            self.changed[here] |= set(keys) - now
+            self.changed[here] -= now
+            totals: set[str] = set()
+            out = self._emit_open(table, now, totals)
+            return out + [item for total in sorted(totals) for item in self._emit_cumulative(table, here, total)]
+        for key in keys:
+            del open_here[key]
+            self.changed[here].discard(key)
+            self.entries.pop(key, None)
+            if key in table:
+                del table[key]
+        return self._refused(model, self.event_time(here))
 
     def on_heartbeat(self, table: Any, here: int, watermarks: dict[int, float | None],
                      idle: set[int] | None = None) -> list[Output]:
@@ -266,17 +273,13 @@ class Merge:
         out: list[Output] = []
         changed = self.changed.pop(here, set())
         totals: set[str] = set()  # cumulative windows whose base or open windows changed
-        partitions = range(self.config.partitions)
-        marks = [known[p] for p in partitions if p in known and not idle_here.get(p)]
-        if not marks and known:  # every input idle: as far as any has gone
-            marks = [max(known.values())]
         decided = self.registry.decided
         if self.registry.waiting:
             held = {key for key in changed if decided.get(_model_of(key)) is not True}
             changed -= held
             self.changed[here] |= held  # published once their model is admitted (see registry)
-        if marks and all(p in known or idle_here.get(p) for p in partitions):
-            low = min(marks)
+        low = self._low(here)
+        if low is not None:
             out += self._judge(table, here, low - self.config.watermark_lag_s)  # as the engines' watermark
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
@@ -296,15 +299,35 @@ class Merge:
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=True)
                 table[key] = {"_final": True, "_mp": here}
                 self.entries.pop(key, None)
-        for key in sorted(changed):
+        out += self._emit_open(table, changed, totals)
+        for total in sorted(totals):
+            out += self._emit_cumulative(table, here, total)
+        return out
+
+    def _low(self, here: int) -> float | None:
+        """The watermark that closes merger partition ``here``'s windows: the lowest of its input
+        partitions' but the idle ones (when all are idle, the furthest); None until every input
+        partition has been heard from."""
+        known, idle_here = self.watermarks[here], self.idle[here]
+        partitions = range(self.config.partitions)
+        marks = [known[p] for p in partitions if p in known and not idle_here.get(p)]
+        if not marks and known:  # every input idle: as far as any has gone
+            marks = [max(known.values())]
+        if marks and all(p in known or idle_here.get(p) for p in partitions):
+            return min(marks)
+        return None
+
+    def _emit_open(self, table: Any, keys: set[str], totals: set[str]) -> list[Output]:
+        """A record of each window of ``keys`` still open; the cumulative windows they are summed
+        into are added to ``totals``."""
+        out: list[Output] = []
+        for key in sorted(keys):
             entry = self._entry(table, key)
             if entry is not None and not entry.get("_final"):
                 partials = self._partials(entry)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=False)
                 if self._in_base(partials[0]):
                     totals.add(cumulative_key(partials[0]))
-        for total in sorted(totals):
-            out += self._emit_cumulative(table, here, total)
         return out
 
     def _entry(self, table: Any, key: str) -> dict[str, Any] | None:

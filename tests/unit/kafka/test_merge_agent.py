@@ -47,12 +47,16 @@ def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_wat
     for partition, pairs in ((0, 3), (1, 4)):
         for partial in partials_of(config, partition, pairs):
             merge.on_partial(table, 0, partition, partial)
-    assert route(merge, table) == []  # model m admitted
-    assert merge.on_heartbeat(table, 1, {0: None}) == []  # another merger partition: nothing of its own
-
-    first = merge.on_heartbeat(table, 0, {0: START + 10, 1: None})
+    assert merge.on_heartbeat(table, 0, {0: START + 5, 1: None}) == []  # held: model m is not admitted yet
+    first = route(merge, table)  # admitted: its held windows go out at once
     assert [orjson.loads(v)["n"] for t, _, v in first if t == config.metrics_topic] == [7]
-    assert merge.on_heartbeat(table, 0, {0: START + 20, 1: START + 20}) == []  # nothing changed since
+    assert merge.on_heartbeat(table, 1, {0: None}) == []  # another merger partition: nothing of its own
+    assert merge.on_heartbeat(table, 0, {0: START + 10, 1: None}) == []  # nothing changed since
+    for partial in partials_of(config, 1, 4):  # the same partials again: a new revision at the heartbeat
+        merge.on_partial(table, 0, 1, partial)
+    again = merge.on_heartbeat(table, 0, {0: START + 20, 1: START + 20})
+    assert [orjson.loads(v)["n"] for t, _, v in again if t == config.metrics_topic] == [7]
+    assert merge.on_heartbeat(table, 0, {0: START + 30, 1: START + 30}) == []  # nothing changed since
 
     closing = START + 300 + 60 + 60  # window end + join TTL + sweep slack
     last = [orjson.loads(v) for t, _, v in merge.on_heartbeat(table, 0, {0: closing, 1: closing})
@@ -61,6 +65,20 @@ def test_partials_become_one_record_per_window_at_the_heartbeat_and_close_on_wat
     for partial in partials_of(config, 0, 3):  # a replayed partial cannot reopen a final window
         merge.on_partial(table, 0, 0, partial)
     assert merge.on_heartbeat(table, 0, {0: closing + 1, 1: closing + 1}) == []
+
+
+def test_a_held_window_the_watermarks_passed_closes_at_the_heartbeat_after_its_model_is_admitted() -> None:
+    config = Config.from_mapping({"partitions": 1, "windows": ["tumbling 5m", "tumbling 1h"], "join_ttl_s": 60})
+    merge, table = Merge(config), {}
+    merge.stale = False
+    for partial in partials_of(config, 0, 3):
+        merge.on_partial(table, 0, 0, partial)
+    passed = START + 300 + 60 + 60  # the 5-minute window's end + join TTL + sweep slack; the hour's is open
+    assert merge.on_heartbeat(table, 0, {0: passed}) == []  # held: model m is not admitted yet
+    admitted = [orjson.loads(v) for t, _, v in route(merge, table) if t == config.metrics_topic]
+    assert [(r["window"]["name"], r["final"]) for r in admitted] == [("tumbling_1h", False)]
+    closed = [orjson.loads(v) for t, _, v in merge.on_heartbeat(table, 0, {0: passed + 1}) if t == config.metrics_topic]
+    assert [(r["window"]["name"], r["n"], r["final"]) for r in closed] == [("tumbling_5m", 3, True)]
 
 
 def test_a_message_the_merge_agent_cannot_handle_is_dead_lettered_with_where_it_came_from() -> None:
@@ -107,12 +125,12 @@ def test_a_cumulative_window_is_its_closed_base_windows_plus_the_open_ones_and_s
         for partition, pairs in ((0, 30), (1, 45)):  # 30 s apart: 15 and 22.5 minutes of pairs
             for partial in partials_over(config, partition, pairs, 30.0):
                 merge.on_partial(table, 0, partition, partial)
-        route(merge, table)
-        first = records_of(config, merge.on_heartbeat(table, 0, {0: START + 600, 1: START + 600}))
+        first = records_of(config, route(merge, table))  # model admitted: its windows at once
         assert {r["window"]["name"] for r in first} == published
         [total] = [r for r in first if r["window"]["name"] == "cumulative"]
         assert (total["n"], total["confusion_matrix"]) == (75, [[50, 0], [25, 0]])  # rows: actual a, b
         assert not total["final"] and total["predictions"] == 75
+        merge.on_heartbeat(table, 0, {0: START + 600, 1: START + 600})
         later = START + 7 * 86400  # every base window final: folded into the stored base
         closing = records_of(config, merge.on_heartbeat(table, 0, {0: later, 1: later}))
         [again] = [r for r in closing if r["window"]["name"] == "cumulative"]
@@ -131,9 +149,9 @@ def test_windows_close_without_the_idle_input_partitions() -> None:
     merge.stale = False
     for partial in partials_of(config, 0, 3):
         merge.on_partial(table, 0, 0, partial)
-    route(merge, table)
+    assert [r["final"] for r in records_of(config, route(merge, table))] == [False]  # admitted: at once
     closing = START + 300 + 60 + 60
-    assert [r["final"] for r in records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}))] == [False]
+    assert merge.on_heartbeat(table, 0, {0: closing, 1: None}) == []  # input partition 1 not heard from
     closed = records_of(config, merge.on_heartbeat(table, 0, {0: closing, 1: None}, idle={1}))
     assert [(r["n"], r["final"]) for r in closed] == [(3, True)]
     for partial in partials_of(config, 1, 2):  # partition 1 wakes up with pairs for the closed window
