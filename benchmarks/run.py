@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from benchmarks.core import replay_run
@@ -361,9 +361,30 @@ def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int,
     client = producer(config, **{"linger.ms": 0})
     events: list[tuple[float, str, str]] = []
 
+    listening = threading.Event()
+
     def listen() -> None:
-        for _, event in read(config, config.alerts_topic, follow=True, stop=stop):
-            events.append((time.perf_counter(), event["labels"]["model"], event["status"]))
+        """Every alert event as it comes, timed; ``listening`` once every partition of the alerts
+        topic has been read to its end (assigned, not subscribed: no group to join first)."""
+        consumer = Consumer({**client_settings(config), "group.id": f"alerts-{inputs}", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        consumer.assign([TopicPartition(config.alerts_topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        at_end: set[int] = set()
+        try:
+            while not stop.is_set():
+                message = consumer.poll(0.05)
+                if message is None:
+                    continue
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition() or 0)
+                        if len(at_end) == partitions:
+                            listening.set()
+                    continue
+                event = orjson.loads(message.value() or b"null")
+                events.append((time.perf_counter(), event["labels"]["model"], event["status"]))
+        finally:
+            consumer.close()
 
     listener = threading.Thread(target=listen, daemon=True)
     try:
@@ -372,6 +393,8 @@ def alert_latency(bootstrap: str, folder: Path, partitions: int, crossings: int,
             time.sleep(0.5)
         sender.start()
         listener.start()
+        if not listening.wait(60):
+            raise TimeoutError("the alerts topic could not be read to its end in 60 s")
         time.sleep(5)
         latencies = []
         for i in range(crossings // 2):
