@@ -40,7 +40,7 @@ from stream.core.engine import Engine
 from stream.core.persist import Mismatch, load_engine, save_engine
 from stream.core.settings import Settings
 from stream.core.spill import process_alive
-from stream.kafka.batches import BatchKey
+from stream.kafka.formats import BatchKey
 
 __all__ = ["FOLDER", "Checkpoints", "Reflects"]
 

@@ -41,8 +41,8 @@ from stream.errors import InvalidRecord
 from stream.kafka.checkpoints import FOLDER, Checkpoints
 from stream.kafka.cumulative import engine_windows
 from stream.kafka.event_time import EventTimes
+from stream.kafka.formats import Heartbeat, Pairs, Partial, encode
 from stream.kafka.intake import Queue, Unsaved
-from stream.kafka.messages import Heartbeat, Pairs, Partial, encode
 from stream.kafka.routing import (
     HEARTBEAT,
     KINDS,

@@ -30,17 +30,38 @@ from stream.core.records import raw_text
 from stream.core.rules import RuleBook, RuleState, rfc3339
 from stream.core.windows import WindowSpec, final_at
 from stream.kafka.cumulative import cumulative_base, engine_windows
+from stream.kafka.formats import (
+    CUMULATIVE_KEY,
+    DETECTORS_KEY,
+    RULES_KEY,
+    Ask,
+    CumulativeBase,
+    Decided,
+    DetectorsEntry,
+    Forget,
+    Heartbeat,
+    Pairs,
+    PairsEntry,
+    Partial,
+    RuleEntry,
+    decode,
+    entry_home,
+    entry_partials,
+    final_entry,
+    is_final,
+    open_entry,
+    pairs_key,
+    partial_slot,
+    read_value,
+    stored,
+)
 from stream.kafka.join_agent import Output
-from stream.kafka.messages import Ask, Decided, Forget, Heartbeat, Pairs, Partial, decode
 from stream.kafka.registry import Registry
 
-__all__ = ["CUMULATIVE", "CUMULATIVE_KEY", "DETECTORS_KEY", "RULES_KEY", "Merge", "cumulative_key"]
+__all__ = ["CUMULATIVE", "Merge", "cumulative_key"]
 
 log = logging.getLogger("mlmon.worker")
 
-RULES_KEY = "\x00rules/"  # per model: alert rule states, stored in the window table
-DETECTORS_KEY = "\x00detectors/"  # + model: its detectors' states (DetectorBook.export); + model \x00 offset: pairs
-CUMULATIVE_KEY = "\x00cumulative/"  # + a cumulative window's key: the base windows folded in so far
 CUMULATIVE = WindowSpec("cumulative")
 
 
@@ -105,25 +126,27 @@ class Merge:
         for key, entry in table.items():
             if key.startswith(DETECTORS_KEY):
                 if "\x00" in key[len(DETECTORS_KEY):]:  # never in a model's name (see core.records)
-                    pairs.append((key, entry))
+                    pairs.append((key, read_value(entry, PairsEntry)))
                 else:
-                    self.detectors[int(entry["here"])].restore(key[len(DETECTORS_KEY):], entry)
+                    saved = read_value(entry, DetectorsEntry)
+                    self.detectors[saved.here].restore(key[len(DETECTORS_KEY):], stored(saved))
             elif key.startswith(RULES_KEY):
                 for item in entry:
-                    self.rules.states[(item["rule"], tuple(item["series"]))] = RuleState(**item["state"])
-            elif not key.startswith("\x00") and not entry.get("_final"):
-                partial = next(v for k, v in entry.items() if not k.startswith("_"))
-                here = int(entry["_mp"])
+                    rule = read_value(item, RuleEntry)
+                    self.rules.states[(rule.rule, tuple(rule.series))] = RuleState(**rule.state)
+            elif not key.startswith("\x00") and not is_final(entry):
+                partial = entry_partials(entry)[0]
+                here = entry_home(entry)
                 self.registry.hold(partial["model"])
                 self.entries[key] = entry
                 self.open[here][key] = self._final_at(partial)
                 self.changed[here].add(key)  # emitted again: a crash may have come before it was
                 if self._in_base(partial):
                     self.members[here][cumulative_key(partial)].add(key)
-        for key, entry in sorted(pairs):  # in the order they came (the offsets are zero-padded)
-            here = int(entry["here"])
+        for key, waiting in sorted(pairs):  # in the order they came (the offsets are zero-padded)
             model = key[len(DETECTORS_KEY):].rsplit("\x00", 1)[0]
-            self.stored_pairs[here].append((self.detectors[here].accept(model, entry["pairs"], restoring=True), key))
+            accepted = self.detectors[waiting.here].accept(model, waiting.pairs, restoring=True)
+            self.stored_pairs[waiting.here].append((accepted, key))
         self.stale = False
 
     def _final_at(self, partial: dict[str, Any]) -> float:
@@ -171,16 +194,13 @@ class Merge:
         partial, stands_for = self.registry.fold(table, partial, ts)
         key = record_key(partial)
         entry = self._entry(table, key)
-        if entry is not None and entry.get("_final"):
+        if entry is not None and is_final(entry):
             # A replay of a window already closed, or, when it changes what was published, records
             # of an input that was idle when the window closed: counted and logged, not merged.
             if partial.get("final") is False and partition in self.idle_partitions(here):
                 self._late(partial, partition)
             return []
-        entry = dict(entry or {})
-        entry[f"{partition}|{stands_for}" if stands_for else str(partition)] = partial
-        entry["_mp"] = here
-        table[key] = self.entries[key] = entry  # (a new dict each time: the table may encode it later)
+        table[key] = self.entries[key] = open_entry(entry, partial_slot(partition, stands_for), partial, here)
         self.open[here].setdefault(key, self._final_at(partial))
         self.changed[here].add(key)
         if self._in_base(partial):
@@ -194,8 +214,8 @@ class Merge:
         if self.registry.decided.get(model) is False:
             return []
         until = self.detectors[here].accept(model, message)
-        key = f"{DETECTORS_KEY}{model}\x00{offset:020d}"
-        table[key] = {"here": here, "pairs": message}
+        key = pairs_key(model, offset)
+        table[key] = stored(PairsEntry(here=here, pairs=message))
         self.stored_pairs[here].append((until, key))
         return []
 
@@ -207,11 +227,11 @@ class Merge:
         models = {book.watched[number].model for number, _ in book.waiting}
         events = book.advance(watermark, time.time())
         for model in sorted(models):
-            table[f"{DETECTORS_KEY}{model}"] = {"here": here, **book.export(model)}
-        stored = self.stored_pairs[here]  # messages whose pairs are all judged now (after the state that counts them)
-        for _, key in [item for item in stored if item[0] < watermark]:
+            table[f"{DETECTORS_KEY}{model}"] = stored(DetectorsEntry(here=here, **book.export(model)))
+        waiting = self.stored_pairs[here]  # messages whose pairs are all judged now (after the state that counts them)
+        for _, key in [item for item in waiting if item[0] < watermark]:
             del table[key]
-        stored[:] = [item for item in stored if item[0] >= watermark]
+        waiting[:] = [item for item in waiting if item[0] >= watermark]
         if events and self.on_alerts is not None:
             self.on_alerts(events)
         return [(self.config.alerts_topic, e["fingerprint"].encode(), orjson.dumps(e)) for e in events]
@@ -284,20 +304,20 @@ class Merge:
             open_here = self.open[here]
             for _, key in sorted((f, k) for k, f in open_here.items() if f <= low):
                 entry = self._entry(table, key)
-                if entry is not None and not entry.get("_final") and decided.get(_model_of(key)) is not True:
+                if entry is not None and not is_final(entry) and decided.get(_model_of(key)) is not True:
                     continue  # final once its model is decided
                 del open_here[key]
                 changed.discard(key)
-                if entry is None or entry.get("_final"):
+                if entry is None or is_final(entry):
                     continue
-                partials = self._partials(entry)
+                partials = entry_partials(entry)
                 if self._in_base(partials[0]):
                     total = cumulative_key(partials[0])
                     self._fold(table, total, partials)  # before the window is marked final: a crash between
                     self.members[here][total].discard(key)  # folds it again, and the fold sees it did
                     totals.add(total)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=True)
-                table[key] = {"_final": True, "_mp": here}
+                table[key] = final_entry(here)
                 self.entries.pop(key, None)
         out += self._emit_open(table, changed, totals)
         for total in sorted(totals):
@@ -323,8 +343,8 @@ class Merge:
         out: list[Output] = []
         for key in sorted(keys):
             entry = self._entry(table, key)
-            if entry is not None and not entry.get("_final"):
-                partials = self._partials(entry)
+            if entry is not None and not is_final(entry):
+                partials = entry_partials(entry)
                 out += self._emit(table, key, partials[0], partials[0]["window"], partials, final=False)
                 if self._in_base(partials[0]):
                     totals.add(cumulative_key(partials[0]))
@@ -352,29 +372,32 @@ class Merge:
         """Whether the partial's window is one a cumulative window is summed from."""
         return self.base is not None and partial["window"]["name"] == self.base.name
 
-    @staticmethod
-    def _partials(entry: dict[str, Any]) -> list[dict[str, Any]]:
-        return [v for k, v in entry.items() if not k.startswith("_")]
-
     def _fold(self, table: Any, total: str, partials: list[dict[str, Any]]) -> None:
         """Add a final base window to its cumulative window's stored base, once."""
         start = partials[0]["window"]["start"]
-        stored = table.get(CUMULATIVE_KEY + total)
-        if stored is not None and start <= stored["through"]:
+        base = self._base(table, total)
+        if base is not None and start <= base.through:
             return  # folded already (base windows of a series close in start order)
-        states = partials if stored is None else [stored["state"], *partials]
+        states = partials if base is None else [base.state, *partials]
         head = {k: partials[0][k] for k in ("model", "model_version", "segment")}
-        table[CUMULATIVE_KEY + total] = {"through": start, "head": head, "state": merge_states(states).export()}
+        table[CUMULATIVE_KEY + total] = stored(CumulativeBase(through=start, head=head,
+                                                              state=merge_states(states).export()))
+
+    @staticmethod
+    def _base(table: Any, total: str) -> CumulativeBase | None:
+        """The stored base of cumulative window ``total``, if any."""
+        value = table.get(CUMULATIVE_KEY + total)
+        return None if value is None else read_value(value, CumulativeBase)
 
     def _emit_cumulative(self, table: Any, here: int, total: str) -> list[Output]:
         """The cumulative record of a series: its stored base and every base window still open."""
-        stored = table.get(CUMULATIVE_KEY + total)
-        states = [] if stored is None else [stored["state"]]
-        head = None if stored is None else stored["head"]
+        base = self._base(table, total)
+        states = [] if base is None else [base.state]
+        head = None if base is None else base.head
         for key in self.members[here].get(total, ()):
             entry = self._entry(table, key)
-            if entry is not None and not entry.get("_final"):
-                partials = self._partials(entry)
+            if entry is not None and not is_final(entry):
+                partials = entry_partials(entry)
                 states += partials
                 head = head or partials[0]
         if head is None:
@@ -405,6 +428,5 @@ class Merge:
         return out
 
     def _save_rules(self, table: Any, model: str) -> None:
-        states = [{"rule": rule, "series": list(series), "state": asdict(state)}
-                  for (rule, series), state in self.rules.states.items() if series[0] == model]
-        table[f"{RULES_KEY}{model}"] = states
+        table[f"{RULES_KEY}{model}"] = [stored(RuleEntry(rule=rule, series=list(series), state=asdict(state)))
+                                         for (rule, series), state in self.rules.states.items() if series[0] == model]

@@ -27,14 +27,21 @@ import orjson
 
 from stream.config import Config
 from stream.core.admission import OTHER, Admission, Limits, Slots
-from stream.kafka.messages import Ask, Decided, Forget, encode
+from stream.kafka.formats import (
+    ADMITTED_KEY,
+    DECISION_KEY,
+    REGISTRY_KEY,
+    Ask,
+    Decided,
+    Forget,
+    encode,
+    read_registry,
+    registry_value,
+)
 
-__all__ = ["ADMITTED_KEY", "DECISION_KEY", "REGISTRY_KEY", "REGISTRY_PARTITION", "RETRY_S", "Registry"]
+__all__ = ["REGISTRY_PARTITION", "RETRY_S", "Registry"]
 
 REGISTRY_PARTITION = 0
-REGISTRY_KEY = "\x00registry"  # at the registry: model -> [last seen, home]
-DECISION_KEY = "\x00decided/"  # + model, at its home: admitted or not
-ADMITTED_KEY = "\x00admitted/"  # + model, at its home: its versions, segment keys and values
 RETRY_S = 3600.0  # event time between two asks for a refused model (and two of its dead letters)
 
 
@@ -62,8 +69,9 @@ class Registry:
         self._fresh()
         for key, value in table.items():
             if key == REGISTRY_KEY:
-                self.registry.restore({model: seen for model, (seen, _) in value.items()})
-                self.homes.update({model: home for model, (_, home) in value.items()})
+                known = read_registry(value)
+                self.registry.restore({model: seen for model, (seen, _) in known.items()})
+                self.homes.update({model: home for model, (_, home) in known.items()})
             elif key.startswith(DECISION_KEY):
                 self.decided[key[len(DECISION_KEY):]] = bool(value)
             elif key.startswith(ADMITTED_KEY):
@@ -143,7 +151,7 @@ class Registry:
             self.directed.append((self.homes.pop(gone, home), encode(Forget(forget=gone))))
         if admitted:
             self.homes[model] = home
-        table[REGISTRY_KEY] = {m: [seen, self.homes.get(m, home)] for m, seen in self.registry.seen.items()}
+        table[REGISTRY_KEY] = registry_value(self.registry.seen, self.homes, home)
         self.directed.append((home, encode(Decided(decided=model, admitted=admitted))))
 
     def take_directed(self) -> list[tuple[int, bytes]]:

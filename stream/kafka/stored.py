@@ -19,7 +19,10 @@ from stream.config import Config
 from stream.core.engine import Engine
 from stream.core.snapshot import restore_rolling, rolling_snapshot
 from stream.core.windows import final_at
-from stream.kafka.batches import (
+from stream.kafka.batches import stored_in_order
+from stream.kafka.checkpoints import Checkpoints, Reflects
+from stream.kafka.event_time import EventTimes
+from stream.kafka.formats import (
     BATCH_KEY,
     ROLLING_KEY,
     WATERMARK_KEY,
@@ -29,10 +32,7 @@ from stream.kafka.batches import (
     batch_value,
     compressed,
     read_batch_key,
-    stored_in_order,
 )
-from stream.kafka.checkpoints import Checkpoints, Reflects
-from stream.kafka.event_time import EventTimes
 from stream.kafka.intake import Queue, Unsaved
 from stream.kafka.routing import source_name
 

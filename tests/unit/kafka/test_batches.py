@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from stream.config import Config
 from stream.core.records import Label, Prediction, parse_label, parse_prediction
-from stream.kafka.batches import BATCH_KEY, ZSTD_MAGIC, batch_json, batch_value, stored_in_order
+from stream.kafka.batches import stored_in_order
+from stream.kafka.formats import BATCH_KEY, ZSTD_MAGIC, batch_json, batch_value
 from stream.kafka.join_agent import Join
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from stream.config import Config
-from stream.kafka.batches import batch_key, read_batch_key
+from stream.kafka.formats import batch_key, read_batch_key
 from stream.kafka.join_agent import Join
 from stream.kafka.routing import partition_of
 

@@ -13,8 +13,8 @@ import pytest
 from one_worker import OneWorker
 from stream.config import Config
 from stream.core.engine import Engine
+from stream.kafka.formats import Heartbeat, decode
 from stream.kafka.join_agent import Join
-from stream.kafka.messages import Heartbeat, decode
 from stream.kafka.routing import partition_of
 
 

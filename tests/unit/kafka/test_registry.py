@@ -9,14 +9,15 @@ import orjson
 
 from stream.config import Config
 from stream.core.admission import OTHER
-from stream.kafka.registry import DECISION_KEY, REGISTRY_KEY, REGISTRY_PARTITION, Registry
+from stream.kafka.formats import DECISION_KEY, REGISTRY_KEY
+from stream.kafka.registry import REGISTRY_PARTITION, Registry
 
 DAY = 86400.0
 
 
 def messages(registry: Registry) -> list[tuple[int, dict[str, Any]]]:
     """What the registry sent, as an earlier version reads it (without the kind and format version
-    that messages name now: see kafka.messages)."""
+    that messages name now: see kafka.formats)."""
     return [(partition, {k: v for k, v in orjson.loads(body).items() if k not in ("kind", "v")})
             for partition, body in registry.take_directed()]
 

@@ -1,6 +1,7 @@
 """The partials topic's messages: each kind read back as written, messages of an earlier version
 read by their keys, an earlier version's reader served by the keys it knows, and anything else
-refused with its reason (then dead-lettered by the merge agent)."""
+refused with its reason (then dead-lettered by the merge agent). The merge table's values: stored
+as an earlier version stored them, read back, and a later format or another form refused."""
 
 from __future__ import annotations
 
@@ -12,20 +13,35 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.config import Config
-from stream.kafka.merge_agent import Merge
-from stream.kafka.messages import (
+from stream.kafka.formats import (
     VERSION,
     Ask,
+    CumulativeBase,
     Decided,
+    DetectorsEntry,
     Forget,
     Heartbeat,
     Message,
     MessageError,
     Pairs,
+    PairsEntry,
     Partial,
+    RuleEntry,
+    TableError,
     decode,
     encode,
+    entry_home,
+    entry_partials,
+    final_entry,
+    is_final,
+    open_entry,
+    partial_slot,
+    read_registry,
+    read_value,
+    registry_value,
+    stored,
 )
+from stream.kafka.merge_agent import Merge
 
 names = st.text(min_size=1, max_size=8)
 values = st.recursive(st.none() | st.booleans() | st.integers(-(2**80), 2**80)
@@ -95,3 +111,44 @@ def test_the_merge_agent_dead_letters_a_message_of_a_later_version_with_the_reas
     [(topic, _, dead)] = merge.handle({}, 1, 7, value)
     assert topic == config.dead_letters_topic
     assert "from a later mlmon (this one reads up to 1)" in orjson.loads(dead)["reason"]
+
+
+# ------------------------------------------------------------------ the merge table
+
+HEAD = {"model": "m", "model_version": "v1", "segment": {}}
+TABLE_VALUES = [  # (as an earlier version stored it, the typed value that stores the same)
+    ({"through": 1767225600, "head": HEAD, "state": {"n": 3}},
+     CumulativeBase(through=1767225600, head=HEAD, state={"n": 3})),
+    ({"rule": "Low", "series": ["m", "v1", ""], "state": {"firing": True}},
+     RuleEntry(rule="Low", series=["m", "v1", ""], state={"firing": True})),
+    ({"here": 3, "judged_to": None, "detectors": [["cusum", "v1", {}, {"s": 0.5}]]},
+     DetectorsEntry(here=3, judged_to=None, detectors=[["cusum", "v1", {}, {"s": 0.5}]])),
+    ({"here": 1, "pairs": {"pairs": [[1.5, 1]]}}, PairsEntry(here=1, pairs={"pairs": [[1.5, 1]]})),
+]
+
+
+@pytest.mark.parametrize(("earlier", "value"), TABLE_VALUES)
+def test_table_values_are_stored_as_an_earlier_version_stored_them_and_read_back(earlier: dict[str, Any],
+                                                                                  value: Any) -> None:
+    assert orjson.dumps(stored(value)) == orjson.dumps(earlier)  # the same JSON, key for key
+    assert read_value(orjson.loads(orjson.dumps(earlier)), type(value)) == value
+
+
+@pytest.mark.parametrize(("earlier", "value"), TABLE_VALUES)
+def test_a_table_value_of_a_later_format_or_another_form_is_refused(earlier: dict[str, Any], value: Any) -> None:
+    with pytest.raises(TableError, match="of format 2, from a later mlmon"):
+        read_value({**earlier, "v": 2}, type(value))
+    with pytest.raises(TableError, match=f"a stored {type(value).__name__}"):
+        read_value({k: v for k, v in earlier.items() if k != next(iter(earlier))}, type(value))
+
+
+def test_window_entries_and_the_registry_map_read_back_as_written() -> None:
+    partial = {"model": "m", "n": 2}
+    entry = open_entry(None, partial_slot(3, ""), partial, 5)
+    entry = open_entry(entry, partial_slot(1, '["v9",{}]'), {**partial, "n": 1}, 5)
+    assert entry == {"3": partial, "_mp": 5, '1|["v9",{}]': {**partial, "n": 1}}
+    assert (entry_partials(entry), entry_home(entry), is_final(entry)) == ([partial, {**partial, "n": 1}], 5, False)
+    assert final_entry(5) == {"_final": True, "_mp": 5} and is_final(final_entry(5))
+    value = registry_value({"a": 10.0, "b": 20.5}, {"a": 2}, 7)
+    assert value == {"a": [10.0, 2], "b": [20.5, 7]}
+    assert read_registry(orjson.loads(orjson.dumps(value))) == {"a": (10.0, 2), "b": (20.5, 7)}
