@@ -14,17 +14,11 @@ import numpy as np
 from stream.core.errors import InvalidRecord
 from stream.core.records import Label, Prediction
 from stream.core.wire import label_from_json, prediction_from_json, timestamp_from_json
-from stream.kafka.formats import batch_json
+from stream.kafka.formats import read_batch
 
 __all__ = ["stored_in_order"]
 
 
-class _Stored(msgspec.Struct):
-    predictions: list[msgspec.Raw] = msgspec.field(name="p")  # the records' JSON as stored, not decoded yet
-    labels: list[msgspec.Raw] = msgspec.field(name="l")
-
-
-_STORED = msgspec.json.Decoder(_Stored)
 _DECODERS = (prediction_from_json, label_from_json)
 _ANY_SIZE = sys.maxsize  # stored records were taken in: a smaller max_record_bytes since refuses none
 
@@ -43,7 +37,7 @@ def stored_in_order(values: list[bytes], chunk: int) -> tuple[list[float], Itera
     stamps: list[float] = []
     latest: list[float] = []
     for value in values:
-        batch = _STORED.decode(batch_json(value))
+        batch = read_batch(value)
         last = -math.inf
         for kind, part in ((0, batch.predictions), (1, batch.labels)):
             for raw in part:

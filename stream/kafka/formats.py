@@ -63,9 +63,10 @@ import msgspec
 __all__ = ["ADMITTED_KEY", "BATCH_KEY", "BATCH_ZSTD_LEVEL", "CUMULATIVE_KEY", "DECISION_KEY", "DETECTORS_KEY",
            "REGISTRY_KEY", "ROLLING_KEY", "RULES_KEY", "VERSION", "WATERMARK_KEY", "ZSTD_MAGIC", "Ask", "BatchKey",
            "CumulativeBase", "Decided", "DetectorsEntry", "Forget", "Heartbeat", "Message", "MessageError", "Pairs",
-           "PairsEntry", "Partial", "RuleEntry", "TableError", "batch_json", "batch_key", "batch_value", "compressed",
-           "decode", "encode", "entry_home", "entry_partials", "final_entry", "is_final", "open_entry", "pairs_key",
-           "partial_slot", "read_batch_key", "read_registry", "read_value", "registry_value", "stored"]
+           "PairsEntry", "Partial", "RuleEntry", "StoredBatch", "TableError", "batch_json", "batch_key",
+           "batch_value", "compressed", "decode", "encode", "entry_home", "entry_partials", "final_entry",
+           "is_final", "open_entry", "pairs_key", "partial_slot", "read_batch", "read_batch_key", "read_registry",
+           "read_value", "registry_value", "stored"]
 
 VERSION = 1  # of every kind's format: increased when a kind changes in a way an earlier reader cannot read
 
@@ -349,6 +350,21 @@ def compressed(value: bytes) -> bytes:
 def batch_value(predictions: list[bytes], labels: list[bytes]) -> bytes:
     """A batch as stored: records' raw JSON, as consumed."""
     return compressed(b'{"p":[' + b",".join(predictions) + b'],"l":[' + b",".join(labels) + b"]}")
+
+
+class StoredBatch(msgspec.Struct):
+    """A stored batch's records, their JSON as stored (decoded only when needed)."""
+
+    predictions: list[msgspec.Raw] = msgspec.field(name="p")
+    labels: list[msgspec.Raw] = msgspec.field(name="l")
+
+
+_BATCH = msgspec.json.Decoder(StoredBatch)
+
+
+def read_batch(value: bytes) -> StoredBatch:
+    """What ``batch_value`` stored (or an earlier version's zlib or plain JSON: ``batch_json``)."""
+    return _BATCH.decode(batch_json(value))
 
 
 def batch_json(value: bytes) -> bytes:
